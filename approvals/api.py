@@ -1,0 +1,129 @@
+"""Ticket endpoints of the HTTP API. Access checks are explicit in each view."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from approvals.lifecycle import TransitionConflict, cancel, expire_if_overdue
+from approvals.models import Status, Ticket
+from approvals.review import ReviewForbidden, submit_review
+from approvals.rules import can_view, is_requester
+from approvals.serializers import ResultSerializer, ReviewRequestSerializer, TicketSerializer
+from approvals.waiting import wait_for_change
+from audit.models import EventKind
+from audit.recorder import record
+from identity.authentication import request_context
+from identity.principal import Principal
+
+
+def _visible_ticket(request: Request, ticket_id: int) -> Ticket:
+    principal: Principal = request.auth
+    ticket = (
+        Ticket.objects.select_related("datasource", "owner", "agent").prefetch_related("reviews__reviewer")
+        .filter(pk=ticket_id)
+        .first()
+    )
+    if ticket is None or not can_view(ticket, principal):
+        raise NotFound("no such ticket")  # an outsider cannot tell a hidden ticket from a missing one
+    if expire_if_overdue(ticket):
+        ticket.refresh_from_db()
+    return ticket
+
+
+def _requester_ticket(request: Request, ticket_id: int) -> Ticket:
+    ticket = _visible_ticket(request, ticket_id)
+    if not is_requester(ticket, request.auth):
+        raise PermissionDenied("only the requester can do this")
+    return ticket
+
+
+class TicketView(APIView):
+    @extend_schema(responses=TicketSerializer)
+    def get(self, request: Request, ticket_id: int) -> Response:
+        return Response(TicketSerializer(_visible_ticket(request, ticket_id)).data)
+
+
+class TicketWaitView(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("timeout", OpenApiTypes.INT, description="seconds to wait (max 60)")],
+        responses=TicketSerializer,
+    )
+    def get(self, request: Request, ticket_id: int) -> Response:
+        ticket = _visible_ticket(request, ticket_id)
+        try:
+            timeout = float(request.query_params.get("timeout", "30"))
+        except ValueError:
+            return Response({"detail": "timeout must be a number of seconds"}, status=400)
+        timeout = min(max(timeout, 0.0), float(settings.WAIT_TIMEOUT_MAX_SECONDS))
+        ticket = wait_for_change(ticket, timeout)
+        ticket = _visible_ticket(request, ticket.pk)  # fresh reviews too
+        return Response(TicketSerializer(ticket).data)
+
+
+class TicketResultView(APIView):
+    @extend_schema(responses={200: ResultSerializer, 409: OpenApiTypes.OBJECT})
+    def get(self, request: Request, ticket_id: int) -> Response:
+        ticket = _requester_ticket(request, ticket_id)
+        if ticket.status != Status.EXECUTED:
+            return Response({"detail": f"ticket is {ticket.status}; no result yet", "status": ticket.status}, status=409)
+        stored = ticket.result or {}
+        with transaction.atomic():
+            record(
+                EventKind.TICKET_RESULT_READ,
+                principal=request.auth,
+                context=request_context(request),
+                datasource=ticket.datasource.name,
+                ticket_id=ticket.pk,
+                summary="requester read the masked result",
+            )
+        return Response(
+            {
+                "columns": stored.get("columns", []),
+                "rows": stored.get("rows", []),
+                "rowcount": ticket.rowcount,
+                "truncated": bool(stored.get("truncated", False)),
+            }
+        )
+
+
+class TicketReviewsView(APIView):
+    @extend_schema(request=ReviewRequestSerializer, responses={201: TicketSerializer})
+    def post(self, request: Request, ticket_id: int) -> Response:
+        body = ReviewRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        if not Ticket.objects.filter(pk=ticket_id).exists():
+            raise NotFound("no such ticket")
+        try:
+            submit_review(
+                ticket_id,
+                request.auth,
+                body.validated_data["decision"],
+                body.validated_data["comment"],
+                request_context(request),
+            )
+        except ReviewForbidden as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
+        except TransitionConflict as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        ticket = Ticket.objects.select_related("datasource", "owner", "agent").get(pk=ticket_id)
+        return Response(TicketSerializer(ticket).data, status=status.HTTP_201_CREATED)
+
+
+class TicketCancelView(APIView):
+    @extend_schema(request=None, responses={200: TicketSerializer})
+    def post(self, request: Request, ticket_id: int) -> Response:
+        ticket = _requester_ticket(request, ticket_id)
+        try:
+            cancel(ticket, request.auth, request_context(request))
+        except TransitionConflict as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        ticket.refresh_from_db()
+        return Response(TicketSerializer(ticket).data)

@@ -1,0 +1,116 @@
+"""Opening, cancelling and expiring tickets. Each transition is one conditional UPDATE plus its audit event."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from approvals.models import Status, Ticket, sql_digest
+from approvals.notify import publish_change_on_commit
+from audit.models import EventKind, Outcome
+from audit.recorder import Context, record
+from identity.principal import Principal
+from policy.models import DataSource
+
+
+class TransitionConflict(Exception):
+    """The ticket is no longer in a state that allows this action (409)."""
+
+
+def open_ticket(
+    *,
+    principal: Principal,
+    datasource: DataSource,
+    sql: str,
+    reason: str,
+    risk: str,
+    reasons: Sequence[str],
+    statement_types: Sequence[str],
+    relations: Sequence[str],
+    approvals_required: int,
+    fingerprint: str,
+    context: Context,
+) -> Ticket:
+    """Create a pending ticket and its audit event; the caller's transaction covers both."""
+    now = timezone.now()
+    ticket = Ticket.objects.create(
+        datasource=datasource,
+        agent=principal.agent,
+        owner=principal.human,
+        sql=sql,
+        sql_sha256=sql_digest(sql),
+        fingerprint=fingerprint,
+        reason=reason,
+        risk=risk,
+        reasons=list(reasons),
+        statement_types=list(statement_types),
+        relations=list(relations),
+        approvals_required=approvals_required,
+        front=context.front or "http",
+        session_id=context.session_id,
+        created_at=now,
+        expires_at=now + timedelta(seconds=settings.TICKET_PENDING_TTL_SECONDS),
+    )
+    record(
+        EventKind.TICKET_CREATED,
+        principal=principal,
+        context=context,
+        outcome=Outcome.HELD,
+        datasource=datasource.name,
+        ticket_id=ticket.pk,
+        statement=sql,
+        summary=f"held for approval ({approvals_required} needed): " + "; ".join(reasons),
+        details={"risk": risk, "reasons": list(reasons), "sql_sha256": ticket.sql_sha256, "reason": reason},
+    )
+    publish_change_on_commit(ticket.pk, Status.PENDING)
+    return ticket
+
+
+def cancel(ticket: Ticket, principal: Principal, context: Context) -> None:
+    with transaction.atomic():
+        changed = Ticket.objects.filter(pk=ticket.pk, status=Status.PENDING).update(
+            status=Status.CANCELLED, decided_at=timezone.now()
+        )
+        if not changed:
+            raise TransitionConflict(f"ticket {ticket.pk} is no longer pending")
+        record(
+            EventKind.TICKET_CANCELLED,
+            principal=principal,
+            context=context,
+            datasource=ticket.datasource.name,
+            ticket_id=ticket.pk,
+            summary="cancelled by the requester",
+        )
+        publish_change_on_commit(ticket.pk, Status.CANCELLED)
+
+
+def expire_if_overdue(ticket: Ticket) -> bool:
+    """Expire one ticket whose pending window has passed; True if this call expired it."""
+    with transaction.atomic():
+        changed = Ticket.objects.overdue().filter(pk=ticket.pk).update(
+            status=Status.EXPIRED, decided_at=timezone.now()
+        )
+        if changed:
+            record(
+                EventKind.TICKET_EXPIRED,
+                principal=Principal(human=ticket.owner, agent=ticket.agent),
+                context=Context(front="system"),
+                datasource=ticket.datasource.name,
+                ticket_id=ticket.pk,
+                outcome=Outcome.FAILURE,
+                summary="expired without enough approvals",
+            )
+            publish_change_on_commit(ticket.pk, Status.EXPIRED)
+    return bool(changed)
+
+
+def expire_overdue() -> int:
+    """The periodic sweep; lazy expiry on access (expire_if_overdue) covers the gaps between sweeps."""
+    expired = 0
+    for ticket in Ticket.objects.overdue().select_related("datasource", "owner", "agent"):
+        expired += expire_if_overdue(ticket)
+    return expired

@@ -1,0 +1,85 @@
+"""Runs allowed reads on the target over the read-only role.
+
+Defence in depth: the role itself has only SELECT (the database refuses writes whatever we send), every read runs
+in a ``READ ONLY`` transaction with a statement timeout, and only statements the classifier allowed get here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from psycopg import Connection
+from psycopg_pool import ConnectionPool
+
+from policy.target_catalog import text_only_adapters
+
+_cursor_names = itertools.count()
+
+
+@dataclass
+class ReadResult:
+    columns: list[str] = field(default_factory=list)
+    origins: list[tuple[int, int]] = field(default_factory=list)
+    rows: list[list[str | None]] = field(default_factory=list)
+    rowcount: int = 0
+    truncated: bool = False
+    status: str = ""
+
+
+class ReadExecutor:
+    def __init__(self, url: str, *, max_size: int = 8) -> None:
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"autocommit": True, "application_name": "phigate-gateway", "context": text_only_adapters()},
+            open=True,
+        )
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def run(self, sql: str, *, cursor_capable: bool, row_cap: int, timeout_ms: int) -> ReadResult:
+        """``cursor_capable``: a plain SELECT, fetched through a server-side cursor so a huge result stops at the cap."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+            if cursor_capable:
+                return _run_with_cursor(conn, sql, row_cap)
+            return _run_plain(conn, sql, row_cap)
+
+
+def _describe(result: ReadResult, pgresult: object) -> None:
+    nfields = pgresult.nfields  # type: ignore[attr-defined]
+    result.columns = [(pgresult.fname(i) or b"?").decode() for i in range(nfields)]  # type: ignore[attr-defined]
+    result.origins = [(pgresult.ftable(i), pgresult.ftablecol(i)) for i in range(nfields)]  # type: ignore[attr-defined]
+
+
+def _run_with_cursor(conn: Connection, sql: str, row_cap: int) -> ReadResult:
+    result = ReadResult()
+    with conn.cursor(name=f"phigate_read_{next(_cursor_names)}") as cursor:
+        cursor.execute(sql)
+        if cursor.pgresult is not None:
+            _describe(result, cursor.pgresult)
+        rows = cursor.fetchmany(row_cap + 1)
+    result.truncated = len(rows) > row_cap
+    result.rows = [list(row) for row in rows[:row_cap]]
+    result.rowcount = len(result.rows)
+    result.status = f"SELECT {result.rowcount}"
+    return result
+
+
+def _run_plain(conn: Connection, sql: str, row_cap: int) -> ReadResult:
+    result = ReadResult()
+    cursor = conn.execute(sql)
+    if cursor.pgresult is not None and cursor.description is not None:
+        _describe(result, cursor.pgresult)
+        rows = cursor.fetchall()
+        result.truncated = len(rows) > row_cap
+        result.rows = [list(row) for row in rows[:row_cap]]
+        result.rowcount = len(result.rows)
+    else:
+        result.rowcount = max(cursor.rowcount, 0)
+    result.status = cursor.statusmessage or ""
+    return result

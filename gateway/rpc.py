@@ -1,0 +1,149 @@
+"""How the web process asks the gateway to run a statement: a signed request over a Redis list.
+
+The web process holds no target credential, so API statements are handed to the gateway, which runs the policy
+pipeline. Requests are signed with the deployment's secret key (a writer to Redis alone cannot forge one) and
+carry a deadline: a request picked up after its caller gave up is dropped, never executed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from django.contrib.auth import get_user_model
+from django.core import signing
+from django.db import close_old_connections
+
+from audit.recorder import Context
+from gateway.pipeline import DatasourceRuntime, StatementOutcome, handle_statement
+from identity.models import Agent
+from identity.principal import Principal
+
+log = logging.getLogger(__name__)
+
+REQUEST_QUEUE = "phigate:gateway:requests"
+REPLY_PREFIX = "phigate:gateway:reply:"
+_SALT = "phigate.gateway.rpc"
+
+
+class GatewayUnavailable(Exception):
+    """No gateway answered in time (503)."""
+
+
+def _reply_key(request_id: str) -> str:
+    return REPLY_PREFIX + request_id
+
+
+def call_gateway(
+    client: redis.Redis,
+    *,
+    principal: Principal,
+    datasource: str,
+    sql: str,
+    reason: str,
+    context: Context,
+    timeout_seconds: float,
+) -> StatementOutcome:
+    request_id = uuid.uuid4().hex
+    payload = {
+        "id": request_id,
+        "deadline": time.time() + timeout_seconds,
+        "user_id": principal.human.pk,
+        "agent_id": principal.agent.pk if principal.agent else None,
+        "datasource": datasource,
+        "sql": sql,
+        "reason": reason,
+        "context": {"front": context.front, "source_address": context.source_address, "session_id": context.session_id},
+    }
+    client.lpush(REQUEST_QUEUE, signing.dumps(payload, salt=_SALT, compress=True))
+    reply = client.brpop([_reply_key(request_id)], timeout=max(1, int(timeout_seconds + 0.999)))
+    if reply is None:
+        raise GatewayUnavailable("the gateway did not answer in time")
+    return StatementOutcome(**json.loads(reply[1]))
+
+
+def _principal(payload: dict[str, Any]) -> Principal | None:
+    if payload["agent_id"] is not None:
+        agent = Agent.objects.active().select_related("owner").filter(pk=payload["agent_id"]).first()
+        if agent is None or agent.owner_id != payload["user_id"]:
+            return None
+        return Principal.for_agent(agent)
+    user = get_user_model().objects.filter(pk=payload["user_id"], is_active=True).first()
+    return Principal(human=user) if user else None
+
+
+def handle_request(raw: bytes, runtime: DatasourceRuntime) -> tuple[str, StatementOutcome] | None:
+    """Verify, run and answer one request. Returns (request id, outcome), or None for a request to drop."""
+    try:
+        payload = signing.loads(raw.decode(), salt=_SALT, max_age=3600)
+    except signing.BadSignature:
+        log.warning("dropped a gateway request with a bad signature")
+        return None
+    if time.time() > payload["deadline"]:
+        log.warning("dropped gateway request %s: its caller has given up", payload["id"])
+        return None
+    close_old_connections()
+    try:
+        principal = _principal(payload)
+        if principal is None:
+            outcome = StatementOutcome(status="denied", reasons=["the requesting identity is no longer active"])
+        else:
+            outcome = handle_statement(
+                principal=principal,
+                datasource_name=payload["datasource"],
+                sql=payload["sql"],
+                reason=payload["reason"],
+                context=Context(**payload["context"]),
+                runtime=runtime,
+            )
+    except Exception:
+        # Includes a failed audit write: the statement did not run, and the caller is told so at once.
+        log.exception("gateway request %s failed", payload["id"])
+        outcome = StatementOutcome(status="failed", error="internal error in the gateway; the statement was not run")
+    return payload["id"], outcome
+
+
+async def serve(redis_url: str, runtime: DatasourceRuntime, stop: asyncio.Event, concurrency: int = 8) -> None:
+    """Consume requests until ``stop`` is set; each runs in a worker thread (the pipeline is sync code)."""
+    client = aioredis.Redis.from_url(redis_url)
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="gateway-rpc")
+    slots = asyncio.Semaphore(concurrency)
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+
+    async def answer(raw: bytes) -> None:
+        try:
+            result = await loop.run_in_executor(pool, handle_request, raw, runtime)
+        except Exception:  # one bad request must not stop the gateway
+            log.exception("gateway request failed")
+            result = None
+        finally:
+            slots.release()
+        if result is not None:
+            request_id, outcome = result
+            key = _reply_key(request_id)
+            await client.lpush(key, json.dumps(outcome.as_dict()))
+            await client.expire(key, 60)
+
+    try:
+        while not stop.is_set():
+            await slots.acquire()
+            item = await client.brpop([REQUEST_QUEUE], timeout=1)
+            if item is None:
+                slots.release()
+                continue
+            task = asyncio.create_task(answer(item[1]))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.wait(pending, timeout=30)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        await client.aclose()

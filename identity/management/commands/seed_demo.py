@@ -1,0 +1,81 @@
+"""``manage.py seed_demo --datasource D --agent-name A --agent-owner U``: demo users, tokens, agent and PHI tags.
+
+For ``make demo`` only. Prints one JSON object with fresh passwords and tokens (re-running rotates them all).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
+from django.utils import timezone
+
+from audit.models import EventKind
+from audit.recorder import Context, record
+from demo.clinic import PHI_TAGS
+from identity.models import Agent, ApiToken
+from identity.principal import Principal
+from identity.roles import Role, grant_role
+from policy.models import DataSource, PhiColumn
+
+DEMO_USERS = [("alice", Role.REVIEWER), ("dave", Role.REVIEWER), ("bob", Role.ENGINEER), ("carol", Role.COMPLIANCE)]
+
+
+class Command(BaseCommand):
+    help = "Create or refresh the demo users, their API tokens, the demo agent and the clinic PHI tags."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--datasource", required=True)
+        parser.add_argument("--agent-name", required=True)
+        parser.add_argument("--agent-owner", required=True)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        datasource = DataSource.objects.filter(name=options["datasource"]).first()
+        if datasource is None:
+            raise CommandError(f"data source {options['datasource']!r} is not registered (run provision_datasource)")
+        context = Context(front="cli")
+        users_out = []
+        with transaction.atomic():
+            for username, role in DEMO_USERS:
+                user, _ = get_user_model().objects.get_or_create(username=username, defaults={"email": f"{username}@example.com"})
+                password = secrets.token_urlsafe(12)
+                user.set_password(password)
+                user.is_active = True
+                user.save()
+                grant_role(user, role)
+                ApiToken.objects.filter(user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())
+                _, api_token = ApiToken.issue(user=user)
+                record(EventKind.TOKEN_ISSUED, principal=Principal(human=user), context=context, summary="demo API token")
+                users_out.append({"username": username, "password": password, "role": role.value, "api_token": api_token})
+            owner = get_user_model().objects.get(username=options["agent_owner"])
+            agent = Agent.objects.filter(name=options["agent_name"]).first()
+            if agent is None:
+                agent, agent_token = Agent.issue(owner=owner, name=options["agent_name"])
+            else:
+                if agent.owner_id != owner.pk:
+                    raise CommandError(f"agent {agent.name} belongs to someone else")
+                agent.revoked_at = None
+                agent.save(update_fields=["revoked_at"])
+                agent_token = agent.rotate_token()
+            record(EventKind.TOKEN_ISSUED, principal=Principal.for_agent(agent), context=context, summary="demo agent token")
+            for tag in PHI_TAGS:
+                PhiColumn.objects.update_or_create(
+                    datasource=datasource,
+                    schema_name="public",
+                    table_name=tag.table,
+                    column_name=tag.column,
+                    defaults={"phi_type": tag.phi_type, "mask": tag.mask},
+                )
+        self.stdout.write(
+            json.dumps(
+                {
+                    "users": users_out,
+                    "agent": {"name": agent.name, "owner": owner.get_username(), "token": agent_token},
+                    "phi_tags": len(PHI_TAGS),
+                }
+            )
+        )

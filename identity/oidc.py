@@ -1,0 +1,31 @@
+"""OIDC sign-in (mozilla-django-oidc) with roles taken from a groups claim."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from mozilla_django_oidc.auth import OIDCAuthenticationBackend
+
+from identity.roles import Role
+
+
+class RoleMappingOIDCBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
+    """Keeps the user's role groups equal to the roles named in the provider's groups claim, at every sign-in."""
+
+    def create_user(self, claims: dict[str, Any]) -> Any:
+        user = super().create_user(claims)
+        self._sync_roles(user, claims)
+        return user
+
+    def update_user(self, user: Any, claims: dict[str, Any]) -> Any:
+        self._sync_roles(user, claims)
+        return user
+
+    def _sync_roles(self, user: Any, claims: dict[str, Any]) -> None:
+        claimed = claims.get(settings.OIDC_GROUPS_CLAIM) or []
+        wanted = {role.value for role in Role if role.value in set(claimed)}
+        role_groups = Group.objects.filter(name__in=[role.value for role in Role])
+        user.groups.remove(*[group for group in role_groups if group.name not in wanted])
+        user.groups.add(*[group for group in role_groups if group.name in wanted])

@@ -1,0 +1,34 @@
+"""The identity behind every action: always one human, and the agent acting for them if any."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AbstractBaseUser
+
+from identity.models import Agent
+
+
+@dataclass(frozen=True)
+class Principal:
+    """``human`` is the accountable person: the agent's owner, or the human who signed in."""
+
+    human: AbstractBaseUser
+    agent: Agent | None = None
+
+    @property
+    def is_agent(self) -> bool:
+        return self.agent is not None
+
+    @property
+    def kind(self) -> str:
+        return "agent" if self.agent is not None else "human"
+
+    def describe(self) -> str:
+        if self.agent is not None:
+            return f"{self.agent.name} on behalf of {self.human.get_username()}"
+        return self.human.get_username()
+
+    @classmethod
+    def for_agent(cls, agent: Agent) -> Principal:
+        return cls(human=agent.owner, agent=agent)

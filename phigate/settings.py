@@ -1,0 +1,165 @@
+"""Django settings, all from the environment (see phigate.envconfig and docs/architecture.md).
+
+Strict on purpose: a missing secret or a malformed value stops the process at start-up.
+Target-database credentials are *not* settings: each process reads only its own
+(``DATASOURCE_<NAME>_READ_URL`` in the gateway, ``..._WRITE_URL`` in the executor), see policy.credentials.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from phigate import envconfig as env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = env.require_str("DJANGO_SECRET_KEY")
+DEBUG = env.get_bool("DEBUG", False)
+ALLOWED_HOSTS = env.get_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+PUBLIC_URL = (env.get_str("PUBLIC_URL", "http://127.0.0.1:8000") or "").rstrip("/")
+CSRF_TRUSTED_ORIGINS = env.get_list("CSRF_TRUSTED_ORIGINS", [PUBLIC_URL])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "mozilla_django_oidc",
+    "identity",
+    "policy",
+    "audit",
+    "approvals",
+    "gateway",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "phigate.urls"
+ASGI_APPLICATION = "phigate.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "identity.context_processors.sign_in_options",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.parse_postgres_url("DATABASE_URL", env.require_str("DATABASE_URL")).django_database(),
+}
+DATABASES["default"]["CONN_MAX_AGE"] = env.get_int("DATABASE_CONN_MAX_AGE", 0)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.get_str("REDIS_URL", "redis://127.0.0.1:6379/0") or ""
+
+# --- Identity -------------------------------------------------------------------------------------------------
+LOCAL_LOGIN = env.get_bool("LOCAL_LOGIN", False)
+OIDC_RP_CLIENT_ID = env.get_str("OIDC_RP_CLIENT_ID")
+OIDC_ENABLED = bool(OIDC_RP_CLIENT_ID)
+AUTHENTICATION_BACKENDS: list[str] = []
+if OIDC_ENABLED:
+    OIDC_RP_CLIENT_SECRET = env.require_str("OIDC_RP_CLIENT_SECRET")
+    OIDC_OP_AUTHORIZATION_ENDPOINT = env.require_str("OIDC_OP_AUTHORIZATION_ENDPOINT")
+    OIDC_OP_TOKEN_ENDPOINT = env.require_str("OIDC_OP_TOKEN_ENDPOINT")
+    OIDC_OP_USER_ENDPOINT = env.require_str("OIDC_OP_USER_ENDPOINT")
+    OIDC_OP_JWKS_ENDPOINT = env.require_str("OIDC_OP_JWKS_ENDPOINT")
+    OIDC_RP_SIGN_ALGO = env.get_str("OIDC_RP_SIGN_ALGO", "RS256")
+    OIDC_RP_SCOPES = env.get_str("OIDC_RP_SCOPES", "openid email profile")
+    OIDC_GROUPS_CLAIM = env.get_str("OIDC_GROUPS_CLAIM", "groups")
+    AUTHENTICATION_BACKENDS.append("identity.oidc.RoleMappingOIDCBackend")
+if LOCAL_LOGIN:
+    AUTHENTICATION_BACKENDS.append("django.contrib.auth.backends.ModelBackend")
+if not AUTHENTICATION_BACKENDS:
+    # No way to sign in is still a valid deployment for API-only use; say so rather than guess.
+    AUTHENTICATION_BACKENDS.append("identity.backends.NoInteractiveSignIn")
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+SESSION_COOKIE_AGE = env.get_int("SESSION_IDLE_SECONDS", 15 * 60, minimum=60)
+SESSION_SAVE_EVERY_REQUEST = True  # idle timeout, not absolute: each request extends the session
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env.get_bool("SECURE_COOKIES", PUBLIC_URL.startswith("https://"))
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+]
+
+# --- Approval rules -------------------------------------------------------------------------------------------
+TICKET_PENDING_TTL_SECONDS = env.get_int("TICKET_PENDING_TTL_SECONDS", 3600, minimum=1)
+APPROVAL_VALIDITY_SECONDS = env.get_int("APPROVAL_VALIDITY_SECONDS", 900, minimum=1)
+EXECUTION_STATEMENT_TIMEOUT_MS = env.get_int("EXECUTION_STATEMENT_TIMEOUT_MS", 60_000, minimum=1)
+READ_STATEMENT_TIMEOUT_MS = env.get_int("READ_STATEMENT_TIMEOUT_MS", 30_000, minimum=1)
+RESULT_ROW_CAP = env.get_int("RESULT_ROW_CAP", 1000, minimum=1, maximum=1_000_000)
+WAIT_TIMEOUT_MAX_SECONDS = env.get_int("WAIT_TIMEOUT_MAX_SECONDS", 60, minimum=1)
+
+# Key for deterministic pseudonyms (HMAC). Only processes that mask results (gateway, executor) need it;
+# they check for it at start-up (policy.masking.require_pseudonym_key).
+PSEUDONYM_KEY = env.get_str("PSEUDONYM_KEY")
+
+# --- Celery (executor) ----------------------------------------------------------------------------------------
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = False  # exactly-once comes from the target-side ledger, not from redelivery
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "executor"
+
+# --- API ------------------------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["identity.authentication.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
+    "PAGE_SIZE": 100,
+    "EXCEPTION_HANDLER": "rest_framework.views.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "phigate API",
+    "DESCRIPTION": "Agents submit SQL; reviewers approve; compliance searches the audit trail.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Never log request bodies (they carry SQL with literals, tokens in headers): only our own structured lines.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.get_str("LOG_LEVEL", "INFO")},
+}
+
+CELERY_BEAT_SCHEDULE = {
+    "expire-overdue-tickets": {"task": "approvals.expire_overdue", "schedule": 30.0},
+}

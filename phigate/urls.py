@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth import views as auth_views
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+
+from approvals import api as ticket_api
+from approvals import views as reviewer_views
+from audit.api import AuditEventListView
+from gateway.http_front import QueryView
+from identity.views import LoginView
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"ok": True})
+
+
+api_v1 = [
+    path("queries", QueryView.as_view(), name="api-queries"),
+    path("tickets/<int:ticket_id>", ticket_api.TicketView.as_view(), name="api-ticket"),
+    path("tickets/<int:ticket_id>/wait", ticket_api.TicketWaitView.as_view(), name="api-ticket-wait"),
+    path("tickets/<int:ticket_id>/result", ticket_api.TicketResultView.as_view(), name="api-ticket-result"),
+    path("tickets/<int:ticket_id>/reviews", ticket_api.TicketReviewsView.as_view(), name="api-ticket-reviews"),
+    path("tickets/<int:ticket_id>/cancel", ticket_api.TicketCancelView.as_view(), name="api-ticket-cancel"),
+    path("audit/events", AuditEventListView.as_view(), name="api-audit-events"),
+]
+
+urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("", reviewer_views.queue, name="queue"),
+    path("tickets/<int:ticket_id>/", reviewer_views.ticket_detail, name="ticket-detail"),
+    path("tickets/<int:ticket_id>/review", reviewer_views.review, name="ticket-review"),
+    path("accounts/login/", LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+]
+
+if settings.OIDC_ENABLED:
+    urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))

@@ -1,0 +1,1 @@
+"""What may run and what is masked: data sources, PHI tags, statement classification, masking."""

@@ -1,0 +1,55 @@
+"""Per-process cache of target catalog snapshots, refreshed after a short time-to-live.
+
+A snapshot joins the target's own catalog (relations, functions) with the PHI tags from the control plane; both
+change rarely, so a short TTL keeps policy changes prompt without a catalog round trip per statement.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+
+from phigate import envconfig
+from policy.credentials import Access
+from policy.models import PhiColumn
+from policy.target_catalog import Tag, TargetCatalog, load_target_catalog
+
+CATALOG_TTL_SECONDS = envconfig.get_int("CATALOG_TTL_SECONDS", 30, minimum=0)
+
+
+def tags_for(datasource: str) -> list[Tag]:
+    return [
+        Tag(c.schema_name, c.table_name, c.column_name, c.phi_type, c.mask)
+        for c in PhiColumn.objects.filter(datasource__name=datasource)
+    ]
+
+
+class CatalogCache:
+    def __init__(self, access: Access, ttl_seconds: float | None = None) -> None:
+        self.access = access
+        self.ttl = CATALOG_TTL_SECONDS if ttl_seconds is None else ttl_seconds
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, TargetCatalog]] = {}
+
+    def get(self, datasource: str, url: str) -> TargetCatalog:
+        now = time.monotonic()
+        entry = self._entries.get(datasource)
+        if entry is not None and now - entry[0] < self.ttl:
+            return entry[1]
+        with self._lock:
+            entry = self._entries.get(datasource)
+            if entry is not None and now - entry[0] < self.ttl:
+                return entry[1]
+            with psycopg.connect(url, autocommit=True, application_name=f"phigate-catalog-{self.access.lower()}") as conn:
+                catalog = load_target_catalog(conn, tags_for(datasource))
+            self._entries[datasource] = (time.monotonic(), catalog)
+            return catalog
+
+    def invalidate(self, datasource: str | None = None) -> None:
+        with self._lock:
+            if datasource is None:
+                self._entries.clear()
+            else:
+                self._entries.pop(datasource, None)

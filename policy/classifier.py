@@ -1,0 +1,1190 @@
+"""Classify SQL sent by AI agents as ALLOWED, HELD for human approval, or DENIED.
+
+The gateway fronts databases holding PHI, so the classifier fails closed: a
+statement runs without approval only when PostgreSQL's own parser (through
+pglast) shows it is a read that calls nothing with side effects.  Everything
+the classifier cannot prove safe is HELD for a human; everything that no human
+should approve through an agent gateway (server files, roles, privileges,
+extensions, configuration) is DENIED outright.
+
+The whole parse tree is walked, so nothing nested (subqueries, CTEs, FROM
+functions, defaults, RETURNING, ...) escapes inspection.  SQL text is never
+inspected with regular expressions.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import pglast
+from pglast import ast, enums
+from pglast.parser import ParseError, parse_sql_json
+from pglast.parser import fingerprint as _fingerprint
+
+
+class Verdict(enum.StrEnum):
+    """What the gateway does with a request."""
+
+    ALLOWED = "allowed"
+    HELD = "held"
+    DENIED = "denied"
+
+
+class Risk(enum.StrEnum):
+    """How much damage the request could do if it were run."""
+
+    LOW = "low"
+    MODERATE = "moderate"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+_VERDICT_RANK: Mapping[Verdict, int] = MappingProxyType(
+    {Verdict.ALLOWED: 0, Verdict.HELD: 1, Verdict.DENIED: 2}
+)
+_RISK_RANK: Mapping[Risk, int] = MappingProxyType(
+    {Risk.LOW: 0, Risk.MODERATE: 1, Risk.HIGH: 2, Risk.CRITICAL: 3}
+)
+
+
+class UnparsableStatement(ValueError):
+    """The text is not SQL PostgreSQL would accept, or there is no statement.
+
+    Nothing unparsable may run, and there is nothing a reviewer could approve,
+    so callers reject the request.  The message is the parser's own message;
+    ``position`` is the character offset it points at, when it gives one.
+    """
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+class FunctionCatalog(Protocol):
+    """Source of truth for function volatility (normally a pg_proc snapshot)."""
+
+    def volatility(self, schema: str | None, name: str) -> str | None:
+        """'i' immutable, 's' stable, 'v' volatile for the named function.
+
+        The most volatile of its overloads, or None when no such function
+        exists.  schema None means unqualified (resolved via pg_catalog and
+        the search path).
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The classifier's answer for one request (one or more statements)."""
+
+    verdict: Verdict
+    risk: Risk
+    reasons: tuple[str, ...]
+    statement_types: tuple[str, ...]
+    relations: tuple[str, ...]
+    functions: tuple[str, ...]
+    approvals_required: int
+    is_transaction_control: bool
+    fingerprint: str
+
+
+# --------------------------------------------------------------------------
+# Policy data
+# --------------------------------------------------------------------------
+
+# Server file and program access: reads, lists or writes files on the
+# database host, bypassing every table-level permission.
+_SERVER_FILE_FUNCTIONS = frozenset(
+    {
+        "pg_read_file",
+        "pg_read_binary_file",
+        "pg_ls_dir",
+        "pg_ls_logdir",
+        "pg_ls_waldir",
+        "pg_ls_tmpdir",
+        "pg_ls_archive_statusdir",
+        "pg_ls_logicalsnapdir",
+        "pg_ls_logicalmapdir",
+        "pg_ls_replslotdir",
+        "pg_stat_file",
+        "lo_import",
+        "lo_export",
+        "pg_file_write",
+        "pg_file_rename",
+        "pg_file_unlink",
+        "pg_file_sync",
+        "pg_logdir_ls",
+    }
+)
+
+# Backend and server control: stops other sessions or changes server state.
+_SERVER_CONTROL_FUNCTIONS = frozenset(
+    {
+        "pg_terminate_backend",
+        "pg_cancel_backend",
+        "pg_reload_conf",
+        "pg_rotate_logfile",
+        "pg_promote",
+        "pg_switch_wal",
+        "pg_create_restore_point",
+        "pg_backup_start",
+        "pg_backup_stop",
+        "pg_log_backend_memory_contexts",
+        "pg_wal_replay_pause",
+        "pg_wal_replay_resume",
+    }
+)
+
+# Configuration: changes settings behind the SET allowlist's back.
+_CONFIGURATION_FUNCTIONS = frozenset({"set_config"})
+
+# Dynamic SQL: the SQL these run is a string argument (or a cursor, table or
+# whole schema) that the classifier never sees as a parse tree.  Matched in
+# any schema because extensions such as dblink install into arbitrary ones.
+_DYNAMIC_SQL_FUNCTIONS = frozenset(
+    {
+        "query_to_xml",
+        "query_to_xml_and_xmlschema",
+        "query_to_xmlschema",
+        "cursor_to_xml",
+        "cursor_to_xmlschema",
+        "table_to_xml",
+        "table_to_xml_and_xmlschema",
+        "table_to_xmlschema",
+        "schema_to_xml",
+        "schema_to_xml_and_xmlschema",
+        "schema_to_xmlschema",
+        "database_to_xml",
+        "database_to_xml_and_xmlschema",
+        "database_to_xmlschema",
+        "ts_stat",
+        "ts_rewrite",
+        "dblink",
+        "dblink_exec",
+        "dblink_open",
+        "dblink_fetch",
+        "dblink_send_query",
+    }
+)
+
+# Replication: emits WAL, or creates, drops, advances or drains slots and
+# origins (draining a logical slot reveals every table's changes).
+_REPLICATION_FUNCTIONS = frozenset(
+    {
+        "pg_logical_emit_message",
+        "pg_create_logical_replication_slot",
+        "pg_create_physical_replication_slot",
+        "pg_drop_replication_slot",
+        "pg_copy_logical_replication_slot",
+        "pg_copy_physical_replication_slot",
+        "pg_replication_slot_advance",
+        "pg_logical_slot_get_changes",
+        "pg_logical_slot_peek_changes",
+        "pg_logical_slot_get_binary_changes",
+        "pg_logical_slot_peek_binary_changes",
+    }
+)
+_REPLICATION_PREFIXES = ("pg_replication_origin_",)
+
+#: Every function name the gateway refuses outright (bare, lower-case names).
+DENIED_FUNCTIONS = (
+    _SERVER_FILE_FUNCTIONS
+    | _SERVER_CONTROL_FUNCTIONS
+    | _CONFIGURATION_FUNCTIONS
+    | _DYNAMIC_SQL_FUNCTIONS
+    | _REPLICATION_FUNCTIONS
+)
+
+# Denylist groups that only apply to pg_catalog (or unqualified) names, with
+# the explanation used in reasons.
+_CATALOG_DENY_GROUPS: tuple[tuple[frozenset[str], str], ...] = (
+    (_SERVER_FILE_FUNCTIONS, "accesses files or programs on the database server"),
+    (_SERVER_CONTROL_FUNCTIONS, "controls server processes or server state"),
+    (_CONFIGURATION_FUNCTIONS, "changes configuration settings"),
+    (_REPLICATION_FUNCTIONS, "controls replication"),
+)
+_DYNAMIC_SQL_WHY = "runs SQL that cannot be inspected"
+_REPLICATION_WHY = "controls replication"
+
+# Settings an agent may change with SET/RESET: presentation and safety
+# limits only, none of which widens what the session can read or do.
+_SETTABLE = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "datestyle",
+        "intervalstyle",
+        "timezone",
+        "extra_float_digits",
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "bytea_output",
+        "client_min_messages",
+        "standard_conforming_strings",
+        "search_path",
+    }
+)
+# SET TRANSACTION / SET SESSION CHARACTERISTICS arrive as these pseudo-names.
+_TRANSACTION_SETTINGS = frozenset(
+    {"transaction", "session characteristics", "transaction snapshot"}
+)
+_IDENTITY_SETTINGS: Mapping[str, str] = MappingProxyType(
+    {"role": "ROLE", "session_authorization": "SESSION AUTHORIZATION"}
+)
+
+_TransKind = enums.TransactionStmtKind
+_TRANSACTION_TAGS: Mapping[int, str] = MappingProxyType(
+    {
+        _TransKind.TRANS_STMT_BEGIN: "BEGIN",
+        _TransKind.TRANS_STMT_START: "START TRANSACTION",
+        _TransKind.TRANS_STMT_COMMIT: "COMMIT",
+        _TransKind.TRANS_STMT_ROLLBACK: "ROLLBACK",
+        _TransKind.TRANS_STMT_SAVEPOINT: "SAVEPOINT",
+        _TransKind.TRANS_STMT_RELEASE: "RELEASE",
+        _TransKind.TRANS_STMT_ROLLBACK_TO: "ROLLBACK TO",
+        _TransKind.TRANS_STMT_PREPARE: "PREPARE TRANSACTION",
+        _TransKind.TRANS_STMT_COMMIT_PREPARED: "COMMIT PREPARED",
+        _TransKind.TRANS_STMT_ROLLBACK_PREPARED: "ROLLBACK PREPARED",
+    }
+)
+# Two-phase commit hands the transaction to whoever commits it later.
+_TWO_PHASE_KINDS = frozenset(
+    {
+        _TransKind.TRANS_STMT_PREPARE,
+        _TransKind.TRANS_STMT_COMMIT_PREPARED,
+        _TransKind.TRANS_STMT_ROLLBACK_PREPARED,
+    }
+)
+
+_Obj = enums.ObjectType
+# Objects that live at server (cluster) level or install server code; any
+# statement managing them is DENIED, whatever its verb.
+_SERVER_LEVEL_OBJECTS = frozenset(
+    {
+        _Obj.OBJECT_DATABASE,
+        _Obj.OBJECT_ROLE,
+        _Obj.OBJECT_TABLESPACE,
+        _Obj.OBJECT_EXTENSION,
+        _Obj.OBJECT_LANGUAGE,
+        _Obj.OBJECT_EVENT_TRIGGER,
+        _Obj.OBJECT_FOREIGN_SERVER,
+        _Obj.OBJECT_FDW,
+        _Obj.OBJECT_USER_MAPPING,
+        _Obj.OBJECT_PUBLICATION,
+        _Obj.OBJECT_SUBSCRIPTION,
+        _Obj.OBJECT_PARAMETER_ACL,
+    }
+)
+# Object types that are relations, so DROP of them is listed in relations.
+_RELATION_OBJECTS = frozenset(
+    {
+        _Obj.OBJECT_TABLE,
+        _Obj.OBJECT_VIEW,
+        _Obj.OBJECT_MATVIEW,
+        _Obj.OBJECT_INDEX,
+        _Obj.OBJECT_SEQUENCE,
+        _Obj.OBJECT_FOREIGN_TABLE,
+    }
+)
+_OBJECT_WORDS: Mapping[int, str] = MappingProxyType(
+    {
+        _Obj.OBJECT_MATVIEW: "MATERIALIZED VIEW",
+        _Obj.OBJECT_FDW: "FOREIGN DATA WRAPPER",
+        _Obj.OBJECT_FOREIGN_SERVER: "SERVER",
+        _Obj.OBJECT_TSCONFIGURATION: "TEXT SEARCH CONFIGURATION",
+        _Obj.OBJECT_TSDICTIONARY: "TEXT SEARCH DICTIONARY",
+        _Obj.OBJECT_TSPARSER: "TEXT SEARCH PARSER",
+        _Obj.OBJECT_TSTEMPLATE: "TEXT SEARCH TEMPLATE",
+        _Obj.OBJECT_OPCLASS: "OPERATOR CLASS",
+        _Obj.OBJECT_OPFAMILY: "OPERATOR FAMILY",
+        _Obj.OBJECT_STATISTIC_EXT: "STATISTICS",
+        _Obj.OBJECT_LARGEOBJECT: "LARGE OBJECT",
+        _Obj.OBJECT_TABCONSTRAINT: "CONSTRAINT",
+        _Obj.OBJECT_DOMCONSTRAINT: "DOMAIN CONSTRAINT",
+        _Obj.OBJECT_PARAMETER_ACL: "PARAMETER",
+    }
+)
+
+_ALLOWED_STATEMENT_SUMMARIES: Mapping[type[ast.Node], str] = MappingProxyType(
+    {
+        ast.VariableShowStmt: "SHOW only reads a setting",
+        ast.DiscardStmt: "DISCARD only resets session state",
+        ast.DeallocateStmt: "DEALLOCATE only forgets a prepared statement",
+        ast.FetchStmt: "FETCH and MOVE only read from an open cursor",
+        ast.ClosePortalStmt: "CLOSE only closes a cursor",
+        ast.DeclareCursorStmt: "DECLARE CURSOR is classified by its query",
+    }
+)
+
+# Statements that change the database schema: held for two approvers.
+_DDL_STATEMENTS = frozenset(
+    {
+        ast.CreateStmt,
+        ast.CreateForeignTableStmt,
+        ast.AlterTableStmt,
+        ast.AlterTableMoveAllStmt,
+        ast.DropStmt,
+        ast.IndexStmt,
+        ast.ViewStmt,
+        ast.CreateTableAsStmt,
+        ast.RefreshMatViewStmt,
+        ast.CreateSeqStmt,
+        ast.AlterSeqStmt,
+        ast.CreateFunctionStmt,
+        ast.AlterFunctionStmt,
+        ast.CreateTrigStmt,
+        ast.CompositeTypeStmt,
+        ast.CreateEnumStmt,
+        ast.CreateRangeStmt,
+        ast.AlterEnumStmt,
+        ast.AlterTypeStmt,
+        ast.CreateDomainStmt,
+        ast.AlterDomainStmt,
+        ast.CreateSchemaStmt,
+        ast.CommentStmt,
+        ast.RenameStmt,
+        ast.AlterObjectSchemaStmt,
+        ast.AlterObjectDependsStmt,
+        ast.DefineStmt,
+        ast.RuleStmt,
+        ast.CreatePolicyStmt,
+        ast.AlterPolicyStmt,
+        ast.CreateStatsStmt,
+        ast.AlterStatsStmt,
+        ast.CreateCastStmt,
+        ast.CreateConversionStmt,
+        ast.CreateOpClassStmt,
+        ast.CreateOpFamilyStmt,
+        ast.AlterOpFamilyStmt,
+        ast.AlterOperatorStmt,
+        ast.AlterCollationStmt,
+        ast.AlterTSConfigurationStmt,
+        ast.AlterTSDictionaryStmt,
+        ast.CreateTransformStmt,
+        ast.CreateAmStmt,
+    }
+)
+
+# Statements no agent may run through the gateway, with why.
+_DENIED_STATEMENTS: Mapping[type[ast.Node], str] = MappingProxyType(
+    {
+        ast.CreatedbStmt: "manages databases",
+        ast.DropdbStmt: "manages databases",
+        ast.AlterDatabaseStmt: "manages databases",
+        ast.AlterDatabaseSetStmt: "manages databases",
+        ast.AlterDatabaseRefreshCollStmt: "manages databases",
+        ast.AlterSystemStmt: "changes server configuration",
+        ast.CreateRoleStmt: "manages roles",
+        ast.AlterRoleStmt: "manages roles",
+        ast.AlterRoleSetStmt: "manages roles",
+        ast.DropRoleStmt: "manages roles",
+        ast.GrantRoleStmt: "manages role membership",
+        ast.ReassignOwnedStmt: "changes object ownership",
+        ast.DropOwnedStmt: "manages roles' objects and privileges",
+        ast.AlterOwnerStmt: "changes object ownership",
+        ast.GrantStmt: "changes privileges",
+        ast.AlterDefaultPrivilegesStmt: "changes privileges",
+        ast.CreateExtensionStmt: "installs or changes server extensions",
+        ast.AlterExtensionStmt: "installs or changes server extensions",
+        ast.AlterExtensionContentsStmt: "installs or changes server extensions",
+        ast.LoadStmt: "loads a shared library into the server",
+        ast.CreateTableSpaceStmt: "manages tablespaces",
+        ast.DropTableSpaceStmt: "manages tablespaces",
+        ast.AlterTableSpaceOptionsStmt: "manages tablespaces",
+        ast.CreatePLangStmt: "installs a procedural language",
+        ast.CreateEventTrigStmt: "installs code that runs on every DDL",
+        ast.AlterEventTrigStmt: "changes code that runs on every DDL",
+        ast.CreateForeignServerStmt: "manages foreign servers",
+        ast.AlterForeignServerStmt: "manages foreign servers",
+        ast.CreateFdwStmt: "manages foreign data wrappers",
+        ast.AlterFdwStmt: "manages foreign data wrappers",
+        ast.CreateUserMappingStmt: "manages credentials for foreign servers",
+        ast.AlterUserMappingStmt: "manages credentials for foreign servers",
+        ast.DropUserMappingStmt: "manages credentials for foreign servers",
+        ast.ImportForeignSchemaStmt: "manages foreign servers",
+        ast.CreateSubscriptionStmt: "manages logical replication",
+        ast.AlterSubscriptionStmt: "manages logical replication",
+        ast.DropSubscriptionStmt: "manages logical replication",
+        ast.CreatePublicationStmt: "manages logical replication",
+        ast.AlterPublicationStmt: "manages logical replication",
+        ast.SecLabelStmt: "changes security labels",
+        ast.CheckPointStmt: "forces a server checkpoint",
+        ast.PrepareStmt: "stores a statement whose later EXECUTE cannot be inspected",
+        ast.ExecuteStmt: "runs a prepared statement that cannot be inspected",
+    }
+)
+
+# Maintenance, locking and messaging: no data change, but not reads either.
+_REVIEWED_STATEMENTS = frozenset(
+    {
+        ast.LockStmt,
+        ast.VacuumStmt,
+        ast.ClusterStmt,
+        ast.ReindexStmt,
+        ast.NotifyStmt,
+        ast.ListenStmt,
+        ast.UnlistenStmt,
+    }
+)
+
+_DATA_MODIFYING = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
+
+_FIXED_TAGS: Mapping[type[ast.Node], str] = MappingProxyType(
+    {
+        ast.InsertStmt: "INSERT",
+        ast.UpdateStmt: "UPDATE",
+        ast.DeleteStmt: "DELETE",
+        ast.MergeStmt: "MERGE",
+        ast.TruncateStmt: "TRUNCATE",
+        ast.CreateStmt: "CREATE TABLE",
+        ast.CreateForeignTableStmt: "CREATE FOREIGN TABLE",
+        ast.AlterTableMoveAllStmt: "ALTER TABLE ALL IN TABLESPACE",
+        ast.IndexStmt: "CREATE INDEX",
+        ast.ViewStmt: "CREATE VIEW",
+        ast.RefreshMatViewStmt: "REFRESH MATERIALIZED VIEW",
+        ast.CreateSeqStmt: "CREATE SEQUENCE",
+        ast.AlterSeqStmt: "ALTER SEQUENCE",
+        ast.CreateTrigStmt: "CREATE TRIGGER",
+        ast.CompositeTypeStmt: "CREATE TYPE",
+        ast.CreateEnumStmt: "CREATE TYPE",
+        ast.CreateRangeStmt: "CREATE TYPE",
+        ast.AlterEnumStmt: "ALTER TYPE",
+        ast.AlterTypeStmt: "ALTER TYPE",
+        ast.CreateDomainStmt: "CREATE DOMAIN",
+        ast.AlterDomainStmt: "ALTER DOMAIN",
+        ast.CreateSchemaStmt: "CREATE SCHEMA",
+        ast.CommentStmt: "COMMENT",
+        ast.AlterObjectDependsStmt: "ALTER ... DEPENDS ON EXTENSION",
+        ast.RuleStmt: "CREATE RULE",
+        ast.CreatePolicyStmt: "CREATE POLICY",
+        ast.AlterPolicyStmt: "ALTER POLICY",
+        ast.CreateStatsStmt: "CREATE STATISTICS",
+        ast.AlterStatsStmt: "ALTER STATISTICS",
+        ast.CreateCastStmt: "CREATE CAST",
+        ast.CreateConversionStmt: "CREATE CONVERSION",
+        ast.CreateOpClassStmt: "CREATE OPERATOR CLASS",
+        ast.CreateOpFamilyStmt: "CREATE OPERATOR FAMILY",
+        ast.AlterOpFamilyStmt: "ALTER OPERATOR FAMILY",
+        ast.AlterOperatorStmt: "ALTER OPERATOR",
+        ast.AlterCollationStmt: "ALTER COLLATION",
+        ast.AlterTSConfigurationStmt: "ALTER TEXT SEARCH CONFIGURATION",
+        ast.AlterTSDictionaryStmt: "ALTER TEXT SEARCH DICTIONARY",
+        ast.CreateTransformStmt: "CREATE TRANSFORM",
+        ast.CreateAmStmt: "CREATE ACCESS METHOD",
+        ast.CreatedbStmt: "CREATE DATABASE",
+        ast.DropdbStmt: "DROP DATABASE",
+        ast.AlterDatabaseStmt: "ALTER DATABASE",
+        ast.AlterDatabaseSetStmt: "ALTER DATABASE",
+        ast.AlterDatabaseRefreshCollStmt: "ALTER DATABASE",
+        ast.AlterSystemStmt: "ALTER SYSTEM",
+        ast.AlterRoleStmt: "ALTER ROLE",
+        ast.AlterRoleSetStmt: "ALTER ROLE",
+        ast.DropRoleStmt: "DROP ROLE",
+        ast.ReassignOwnedStmt: "REASSIGN OWNED",
+        ast.DropOwnedStmt: "DROP OWNED",
+        ast.AlterDefaultPrivilegesStmt: "ALTER DEFAULT PRIVILEGES",
+        ast.CreateExtensionStmt: "CREATE EXTENSION",
+        ast.AlterExtensionStmt: "ALTER EXTENSION",
+        ast.AlterExtensionContentsStmt: "ALTER EXTENSION",
+        ast.LoadStmt: "LOAD",
+        ast.CreateTableSpaceStmt: "CREATE TABLESPACE",
+        ast.DropTableSpaceStmt: "DROP TABLESPACE",
+        ast.AlterTableSpaceOptionsStmt: "ALTER TABLESPACE",
+        ast.CreatePLangStmt: "CREATE LANGUAGE",
+        ast.CreateEventTrigStmt: "CREATE EVENT TRIGGER",
+        ast.AlterEventTrigStmt: "ALTER EVENT TRIGGER",
+        ast.CreateForeignServerStmt: "CREATE SERVER",
+        ast.AlterForeignServerStmt: "ALTER SERVER",
+        ast.CreateFdwStmt: "CREATE FOREIGN DATA WRAPPER",
+        ast.AlterFdwStmt: "ALTER FOREIGN DATA WRAPPER",
+        ast.CreateUserMappingStmt: "CREATE USER MAPPING",
+        ast.AlterUserMappingStmt: "ALTER USER MAPPING",
+        ast.DropUserMappingStmt: "DROP USER MAPPING",
+        ast.ImportForeignSchemaStmt: "IMPORT FOREIGN SCHEMA",
+        ast.CreateSubscriptionStmt: "CREATE SUBSCRIPTION",
+        ast.AlterSubscriptionStmt: "ALTER SUBSCRIPTION",
+        ast.DropSubscriptionStmt: "DROP SUBSCRIPTION",
+        ast.CreatePublicationStmt: "CREATE PUBLICATION",
+        ast.AlterPublicationStmt: "ALTER PUBLICATION",
+        ast.SecLabelStmt: "SECURITY LABEL",
+        ast.CheckPointStmt: "CHECKPOINT",
+        ast.PrepareStmt: "PREPARE",
+        ast.ExecuteStmt: "EXECUTE",
+        ast.CopyStmt: "COPY",
+        ast.DoStmt: "DO",
+        ast.CallStmt: "CALL",
+        ast.LockStmt: "LOCK TABLE",
+        ast.ClusterStmt: "CLUSTER",
+        ast.ReindexStmt: "REINDEX",
+        ast.NotifyStmt: "NOTIFY",
+        ast.ListenStmt: "LISTEN",
+        ast.UnlistenStmt: "UNLISTEN",
+        ast.ExplainStmt: "EXPLAIN",
+        ast.VariableShowStmt: "SHOW",
+        ast.DiscardStmt: "DISCARD",
+        ast.DeallocateStmt: "DEALLOCATE",
+        ast.ClosePortalStmt: "CLOSE",
+        ast.DeclareCursorStmt: "DECLARE CURSOR",
+        ast.ConstraintsSetStmt: "SET CONSTRAINTS",
+    }
+)
+
+# The protobuf-to-Python conversion inside pglast.parse_sql recurses on the C
+# stack without a depth check, so a pathologically nested statement (tens of
+# thousands of levels) crashes the whole process.  The JSON rendering of the
+# same tree is checked first and anything nested deeper than this is refused
+# as unparsable.  Real queries stay far below it (a 500-way UNION is ~510).
+_MAX_TREE_NESTING = 2000
+_NON_BRACKETS = str.maketrans(
+    "", "", "0123456789+-.:,abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_ \t\r\n"
+)
+
+_BATCH_REASON = "multiple statements in one request"
+_BATCH_TRANSACTION_REASON = (
+    "transaction control inside a statement batch is not allowed; "
+    "each approved batch runs in one transaction"
+)
+
+
+# --------------------------------------------------------------------------
+# Findings
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Finding:
+    """One observation about a statement and what it implies.
+
+    ALLOWED findings are justifications, shown only when nothing worse was
+    found.  ``survives_plain_explain`` marks findings that still matter when
+    the statement is only planned (EXPLAIN without ANALYZE), not run.
+    """
+
+    verdict: Verdict
+    reason: str
+    risk: Risk = Risk.LOW
+    approvals: int = 0
+    survives_plain_explain: bool = False
+
+
+def _allowed(reason: str) -> _Finding:
+    """A justification for letting the statement run."""
+    return _Finding(Verdict.ALLOWED, reason)
+
+
+def _held(
+    reason: str,
+    risk: Risk = Risk.MODERATE,
+    approvals: int = 1,
+    *,
+    survives_plain_explain: bool = False,
+) -> _Finding:
+    """Something a human must approve before the statement may run."""
+    return _Finding(Verdict.HELD, reason, risk, approvals, survives_plain_explain)
+
+
+def _denied(reason: str) -> _Finding:
+    """Something no approval can make acceptable; survives any EXPLAIN form."""
+    return _Finding(Verdict.DENIED, reason, Risk.CRITICAL, 0, True)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """The verdict for one statement (or a whole batch) with its evidence."""
+
+    verdict: Verdict
+    risk: Risk
+    reasons: tuple[str, ...]
+    approvals: int
+
+
+def _outcome(findings: Sequence[_Finding]) -> _Outcome:
+    """Fold findings into a verdict: the most severe finding wins."""
+    verdict = max(
+        (finding.verdict for finding in findings),
+        key=_VERDICT_RANK.__getitem__,
+        default=Verdict.ALLOWED,
+    )
+    if verdict is Verdict.ALLOWED:
+        return _Outcome(verdict, Risk.LOW, _unique(f.reason for f in findings), 0)
+    concerns = [finding for finding in findings if finding.verdict is not Verdict.ALLOWED]
+    reasons = _unique(finding.reason for finding in concerns)
+    if verdict is Verdict.DENIED:
+        return _Outcome(verdict, Risk.CRITICAL, reasons, 0)
+    risk = max((finding.risk for finding in concerns), key=_RISK_RANK.__getitem__)
+    approvals = max([1, *(finding.approvals for finding in concerns)])
+    return _Outcome(verdict, risk, reasons, approvals)
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    """Deduplicate while keeping first-seen order (reasons read in order found)."""
+    return tuple(dict.fromkeys(items))
+
+
+# --------------------------------------------------------------------------
+# Statement naming
+# --------------------------------------------------------------------------
+
+
+def _object_words(object_type: int) -> str:
+    """SQL words for an ObjectType, e.g. OBJECT_MATVIEW -> 'MATERIALIZED VIEW'."""
+    if object_type in _OBJECT_WORDS:
+        return _OBJECT_WORDS[object_type]
+    return _Obj(object_type).name.removeprefix("OBJECT_").replace("_", " ")
+
+
+def _camel_case_words(class_name: str) -> str:
+    """'CreateStatsStmt' -> 'CREATE STATS': a readable tag for unmapped nodes."""
+    words: list[str] = []
+    for char in class_name.removesuffix("Stmt"):
+        if char.isupper() and words:
+            words.append(" ")
+        words.append(char)
+    return "".join(words).upper()
+
+
+def _variable_set_tag(node: ast.VariableSetStmt) -> str:
+    """SET or RESET, as PostgreSQL tags them."""
+    resets = {enums.VariableSetKind.VAR_RESET, enums.VariableSetKind.VAR_RESET_ALL}
+    return "RESET" if node.kind in resets else "SET"
+
+
+def _create_role_tag(node: ast.CreateRoleStmt) -> str:
+    """CREATE ROLE, CREATE USER or CREATE GROUP."""
+    kind = enums.RoleStmtType(node.stmt_type or 0).name.removeprefix("ROLESTMT_")
+    return f"CREATE {kind}"
+
+
+_TAG_BUILDERS: Mapping[type[ast.Node], Callable[[Any], str]] = MappingProxyType(
+    {
+        ast.SelectStmt: lambda n: "SELECT INTO" if n.intoClause else "SELECT",
+        ast.TransactionStmt: lambda n: _TRANSACTION_TAGS.get(n.kind, "TRANSACTION"),
+        ast.VariableSetStmt: _variable_set_tag,
+        ast.CreateRoleStmt: _create_role_tag,
+        ast.CreateTableAsStmt: lambda n: (
+            "CREATE MATERIALIZED VIEW"
+            if n.objtype == _Obj.OBJECT_MATVIEW
+            else "CREATE TABLE AS"
+        ),
+        ast.CreateFunctionStmt: lambda n: (
+            "CREATE PROCEDURE" if n.is_procedure else "CREATE FUNCTION"
+        ),
+        ast.AlterFunctionStmt: lambda n: f"ALTER {_object_words(n.objtype)}",
+        ast.AlterTableStmt: lambda n: f"ALTER {_object_words(n.objtype)}",
+        ast.DropStmt: lambda n: f"DROP {_object_words(n.removeType)}",
+        ast.RenameStmt: lambda n: f"ALTER {_object_words(n.renameType)} RENAME",
+        ast.AlterObjectSchemaStmt: lambda n: (
+            f"ALTER {_object_words(n.objectType)} SET SCHEMA"
+        ),
+        ast.AlterOwnerStmt: lambda n: f"ALTER {_object_words(n.objectType)} OWNER TO",
+        ast.DefineStmt: lambda n: f"CREATE {_object_words(n.kind)}",
+        ast.GrantStmt: lambda n: "GRANT" if n.is_grant else "REVOKE",
+        ast.GrantRoleStmt: lambda n: "GRANT ROLE" if n.is_grant else "REVOKE ROLE",
+        ast.VacuumStmt: lambda n: "VACUUM" if n.is_vacuumcmd else "ANALYZE",
+        ast.FetchStmt: lambda n: "MOVE" if n.ismove else "FETCH",
+    }
+)
+
+
+def statement_type(node: ast.Node) -> str:
+    """PostgreSQL-style command tag for a statement node, e.g. 'CREATE TABLE'."""
+    builder = _TAG_BUILDERS.get(type(node))
+    if builder is not None:
+        return builder(node)
+    return _FIXED_TAGS.get(type(node)) or _camel_case_words(type(node).__name__)
+
+
+# --------------------------------------------------------------------------
+# Statement rules (the statement itself, not what is nested inside it)
+# --------------------------------------------------------------------------
+
+
+def _select_rules(node: ast.SelectStmt, top_level: bool) -> list[_Finding]:
+    """SELECT is a read unless it creates a table or takes row locks."""
+    findings: list[_Finding] = []
+    if node.intoClause is not None:
+        findings.append(_held("SELECT INTO creates a table (DDL)", Risk.HIGH, 2))
+    for clause in node.lockingClause or ():
+        strength = enums.LockClauseStrength(clause.strength).name.removeprefix("LCS_FOR")
+        words = {"KEYSHARE": "KEY SHARE", "NOKEYUPDATE": "NO KEY UPDATE"}
+        findings.append(_held(f"SELECT ... FOR {words.get(strength, strength)} takes row locks"))
+    if top_level:
+        findings.append(_allowed("SELECT only reads data"))
+    return findings
+
+
+def _data_modifying_rules(node: ast.Node) -> list[_Finding]:
+    """INSERT/UPDATE/DELETE/MERGE: held; unrestricted UPDATE/DELETE need two approvers."""
+    tag = statement_type(node)
+    unrestricted = isinstance(node, ast.UpdateStmt | ast.DeleteStmt) and node.whereClause is None
+    if unrestricted:
+        return [_held(f"{tag} without WHERE affects every row", Risk.HIGH, 2)]
+    return [_held(f"{tag} modifies data")]
+
+
+def _ddl_rules(node: ast.Node) -> list[_Finding]:
+    """Schema changes are held for two approvers, unless they touch server-level objects."""
+    tag = statement_type(node)
+    if _targets_server_level_object(node):
+        return [_denied(f"{tag} is not allowed: it manages server-level objects")]
+    if _changes_owner(node):
+        return [_denied(f"{tag} is not allowed: ALTER ... OWNER TO changes object ownership")]
+    return [_held(f"{tag} changes the database schema (DDL)", Risk.HIGH, 2)]
+
+
+def _targets_server_level_object(node: ast.Node) -> bool:
+    """True for DROP/RENAME/SET SCHEMA of databases, roles, extensions and the like."""
+    if isinstance(node, ast.DropStmt):
+        return node.removeType in _SERVER_LEVEL_OBJECTS
+    if isinstance(node, ast.RenameStmt):
+        return node.renameType in _SERVER_LEVEL_OBJECTS
+    if isinstance(node, ast.AlterObjectSchemaStmt):
+        return node.objectType in _SERVER_LEVEL_OBJECTS
+    return False
+
+
+def _changes_owner(node: ast.Node) -> bool:
+    """ALTER TABLE/VIEW/SEQUENCE ... OWNER TO hides inside AlterTableStmt commands."""
+    if not isinstance(node, ast.AlterTableStmt):
+        return False
+    owner_change = enums.AlterTableType.AT_ChangeOwner
+    return any(getattr(cmd, "subtype", None) == owner_change for cmd in node.cmds or ())
+
+
+def _copy_rules(node: ast.CopyStmt) -> list[_Finding]:
+    """COPY touching the server's programs or files is denied; client COPY is reviewed."""
+    if node.is_program:
+        return [_denied("COPY ... PROGRAM runs a program on the database server")]
+    if node.filename is not None:
+        return [_denied("COPY to or from a server file accesses the database server's files")]
+    return [_held("COPY is held for review")]
+
+
+def _transaction_rules(node: ast.TransactionStmt) -> list[_Finding]:
+    """Ordinary transaction control is harmless; two-phase commit is not."""
+    tag = statement_type(node)
+    if node.kind in _TWO_PHASE_KINDS:
+        return [_denied(f"{tag} is not allowed: it leaves a prepared transaction behind")]
+    return [_allowed(f"{tag} is transaction control")]
+
+
+def _variable_set_rules(node: ast.VariableSetStmt) -> list[_Finding]:
+    """SET/RESET: only presentation and safety settings; never identity."""
+    if node.kind == enums.VariableSetKind.VAR_RESET_ALL:
+        return [_allowed("RESET ALL restores session defaults")]
+    name = (node.name or "").lower()
+    tag = statement_type(node)
+    if name in _IDENTITY_SETTINGS:
+        return [_denied(f"{tag} {_IDENTITY_SETTINGS[name]} changes the session's identity")]
+    if node.kind == enums.VariableSetKind.VAR_SET_MULTI and name in _TRANSACTION_SETTINGS:
+        return [_allowed(f"{tag} {name.upper()} only sets transaction characteristics")]
+    if name in _SETTABLE:
+        return [_allowed(f"setting {name} may be changed")]
+    return [_denied(f"setting {name} cannot be changed through the gateway")]
+
+
+def _statement_rules(node: ast.Node, top_level: bool) -> list[_Finding]:
+    """Findings about a statement node itself, wherever it sits in the tree.
+
+    Nested statements (writable CTEs, CREATE SCHEMA elements, rule actions,
+    COPY queries, SQL-standard function bodies) are judged like top-level
+    ones.  Two exceptions: a SET nested in ALTER ROLE/DATABASE/FUNCTION is
+    part of its parent's syntax, and the catch-all for unknown statement
+    types only applies at top level.
+    """
+    kind = type(node)
+    tag = statement_type(node)
+    if isinstance(node, ast.SelectStmt):
+        return _select_rules(node, top_level)
+    if isinstance(node, _DATA_MODIFYING):
+        return _data_modifying_rules(node)
+    if isinstance(node, ast.TruncateStmt):
+        return [_held("TRUNCATE removes every row", Risk.HIGH, 2)]
+    if kind in _DDL_STATEMENTS:
+        return _ddl_rules(node)
+    if kind in _DENIED_STATEMENTS:
+        return [_denied(f"{tag} is not allowed: it {_DENIED_STATEMENTS[kind]}")]
+    if isinstance(node, ast.CopyStmt):
+        return _copy_rules(node)
+    if isinstance(node, ast.DoStmt):
+        return [_held("DO runs procedural code that cannot be inspected", Risk.HIGH, 2)]
+    if isinstance(node, ast.CallStmt):
+        return [_held("CALL runs a procedure that cannot be inspected", Risk.HIGH, 2)]
+    if kind in _REVIEWED_STATEMENTS:
+        return [_held(f"{tag} is held for review")]
+    if isinstance(node, ast.TransactionStmt):
+        return _transaction_rules(node)
+    return _session_statement_rules(node, top_level)
+
+
+def _session_statement_rules(node: ast.Node, top_level: bool) -> list[_Finding]:
+    """Rules that only make sense for a statement the session runs directly."""
+    if not top_level:
+        return []
+    if isinstance(node, ast.VariableSetStmt):
+        return _variable_set_rules(node)
+    summary = _ALLOWED_STATEMENT_SUMMARIES.get(type(node))
+    if summary is not None:
+        return [_allowed(summary)]
+    return [_held(f"statement type {statement_type(node)} is not on the read-only allowlist")]
+
+
+def _is_statement(node: ast.Node) -> bool:
+    """Statement nodes are the ones whose class name ends in 'Stmt'."""
+    return type(node).__name__.endswith("Stmt")
+
+
+# --------------------------------------------------------------------------
+# Function calls
+# --------------------------------------------------------------------------
+
+
+def _denied_function_reason(schema: str | None, name: str) -> str | None:
+    """Why a function is on the denylist, or None if it is not.
+
+    Most groups are PostgreSQL built-ins, so they only match unqualified or
+    pg_catalog names; a user's own public.pg_stat_file is judged by the
+    catalog like any other function.  Dynamic SQL matches in every schema.
+    """
+    bare = name.lower()
+    if bare in _DYNAMIC_SQL_FUNCTIONS:
+        return _DYNAMIC_SQL_WHY
+    if schema is not None and schema.lower() != "pg_catalog":
+        return None
+    for group, why in _CATALOG_DENY_GROUPS:
+        if bare in group:
+            return why
+    if bare.startswith(_REPLICATION_PREFIXES):
+        return _REPLICATION_WHY
+    return None
+
+
+def _function_name(call: ast.FuncCall) -> tuple[str | None, str, str]:
+    """(schema, name, display) for a call; display is lower-case, as written.
+
+    SQL-syntax forms such as EXTRACT(...) or x AT TIME ZONE y are parsed as
+    pg_catalog calls; they are displayed by their bare name because that is
+    how they were written, but still looked up in pg_catalog.
+    """
+    parts = tuple(
+        part.sval or "" for part in call.funcname or () if isinstance(part, ast.String)
+    )
+    schema = parts[-2] if len(parts) > 1 else None
+    name = parts[-1]
+    written_bare = call.funcformat == enums.CoercionForm.COERCE_SQL_SYNTAX
+    display = name if written_bare else ".".join(parts)
+    return schema, name, display.lower()
+
+
+def _volatility_findings(display: str, code: str | None) -> list[_Finding]:
+    """Judge a catalog volatility code; only immutable and stable are proven safe."""
+    if code in ("i", "s"):
+        return []
+    if code is None:
+        return [_held(f"unknown function {display}()", survives_plain_explain=True)]
+    if code == "v":
+        return [_held(f"volatile function {display}() may have side effects")]
+    return [
+        _held(
+            f"function {display}() has unrecognised volatility {code!r}",
+            survives_plain_explain=True,
+        )
+    ]
+
+
+# --------------------------------------------------------------------------
+# Tree walk
+# --------------------------------------------------------------------------
+
+# (node or list of nodes, CTE names visible there, is it the statement root)
+_WalkItem = tuple[object, frozenset[str], bool]
+
+
+class _Inspector:
+    """Walks statement trees, collecting findings, relations and functions.
+
+    The walk is iterative (an explicit stack), so deeply nested but valid SQL
+    cannot exhaust Python's recursion limit.  One inspector serves one
+    classify() call; it is not shared between threads.
+    """
+
+    def __init__(self, catalog: FunctionCatalog) -> None:
+        self._catalog = catalog
+        self._volatility: dict[tuple[str | None, str], str | None] = {}
+        self.relations: set[str] = set()
+        self.functions: set[str] = set()
+
+    def inspect(self, statement: ast.Node) -> list[_Finding]:
+        """All findings for one statement, in the order they appear."""
+        findings: list[_Finding] = []
+        stack: list[_WalkItem] = [(statement, frozenset(), True)]
+        while stack:
+            value, ctes, top_level = stack.pop()
+            if isinstance(value, tuple | list):
+                stack.extend((item, ctes, False) for item in reversed(value))
+            elif isinstance(value, ast.Node):
+                findings.extend(self._visit(value, ctes, top_level))
+                stack.extend(reversed(self._children(value, ctes)))
+        return findings
+
+    def _visit(self, node: ast.Node, ctes: frozenset[str], top_level: bool) -> list[_Finding]:
+        """Findings contributed by one node (not its children)."""
+        if isinstance(node, ast.RangeVar):
+            self._record_relation(node, ctes)
+            return []
+        if isinstance(node, ast.DropStmt):
+            self._record_dropped_relations(node)
+        if isinstance(node, ast.FuncCall):
+            return self._check_call(node)
+        if isinstance(node, ast.CommonTableExpr):
+            return _writable_cte_findings(node)
+        if isinstance(node, ast.ExplainStmt):
+            return self._explain(node)
+        if _is_statement(node):
+            return _statement_rules(node, top_level)
+        return []
+
+    def _children(self, node: ast.Node, ctes: frozenset[str]) -> list[_WalkItem]:
+        """Child values to walk, each with the CTE names visible to it."""
+        if isinstance(node, ast.ExplainStmt | ast.LockingClause):
+            # EXPLAIN inspects its query itself; FOR UPDATE OF names aliases.
+            return []
+        with_clause = getattr(node, "withClause", None)
+        items: list[_WalkItem] = []
+        if with_clause is not None:
+            items.extend(_cte_items(with_clause, ctes))
+            ctes = ctes | {cte.ctename for cte in with_clause.ctes or ()}
+        for attribute in node:
+            value = getattr(node, attribute)
+            if attribute == "withClause" or not isinstance(value, ast.Node | tuple | list):
+                continue
+            items.append((value, _scope_for(node, attribute, ctes), False))
+        return items
+
+    def _record_relation(self, node: ast.RangeVar, ctes: frozenset[str]) -> None:
+        """Note a relation as written (lower-case), skipping CTE references."""
+        qualified = node.schemaname is not None or node.catalogname is not None
+        if not qualified and node.relname in ctes:
+            return
+        parts = (node.catalogname, node.schemaname, node.relname)
+        self.relations.add(".".join(part for part in parts if part).lower())
+
+    def _record_dropped_relations(self, node: ast.DropStmt) -> None:
+        """DROP names its relations as plain name lists, not RangeVars."""
+        if node.removeType not in _RELATION_OBJECTS:
+            return
+        for name in node.objects or ():
+            if isinstance(name, tuple):
+                parts = (getattr(part, "sval", None) or "" for part in name)
+                self.relations.add(".".join(parts).lower())
+
+    def _check_call(self, call: ast.FuncCall) -> list[_Finding]:
+        """Denylisted calls are denied; otherwise only immutable/stable pass."""
+        schema, name, display = _function_name(call)
+        self.functions.add(display)
+        why = _denied_function_reason(schema, name)
+        if why is not None:
+            return [_denied(f"function {display}() is denied: it {why}")]
+        return _volatility_findings(display, self._lookup(schema, name))
+
+    def _lookup(self, schema: str | None, name: str) -> str | None:
+        """Catalog volatility, asked once per name per classification."""
+        key = (schema, name)
+        if key not in self._volatility:
+            self._volatility[key] = self._catalog.volatility(schema, name)
+        return self._volatility[key]
+
+    def _explain(self, node: ast.ExplainStmt) -> list[_Finding]:
+        """EXPLAIN ANALYZE runs its statement; plain EXPLAIN only plans it.
+
+        Planning runs nothing with side effects, so a plain EXPLAIN keeps only
+        denied findings and unknown functions (planning may evaluate functions
+        the catalog snapshot cannot vouch for).
+        """
+        if node.query is None:
+            return [_held("EXPLAIN without a statement cannot be inspected")]
+        inner = self.inspect(node.query)
+        if _explain_analyzes(node.options):
+            note = _allowed("EXPLAIN ANALYZE runs the statement, which is read-only")
+            return [note, *inner]
+        kept = [finding for finding in inner if finding.survives_plain_explain]
+        return [_allowed("EXPLAIN without ANALYZE does not run the statement"), *kept]
+
+
+def _cte_items(with_clause: ast.WithClause, outer: frozenset[str]) -> list[_WalkItem]:
+    """CTE bodies with their scopes: recursive CTEs see all names, others earlier ones."""
+    ctes = with_clause.ctes or ()
+    names = [cte.ctename for cte in ctes]
+    items: list[_WalkItem] = []
+    for index, cte in enumerate(ctes):
+        visible = names if with_clause.recursive else names[:index]
+        items.append((cte, outer | frozenset(visible), False))
+    return items
+
+
+def _scope_for(node: ast.Node, attribute: str, ctes: frozenset[str]) -> frozenset[str]:
+    """CTE names visible to a child; DML targets and INTO always name real tables."""
+    if attribute == "relation" and isinstance(node, _DATA_MODIFYING):
+        return frozenset()
+    if attribute == "intoClause":
+        return frozenset()
+    return ctes
+
+
+def _writable_cte_findings(cte: ast.CommonTableExpr) -> list[_Finding]:
+    """A data-modifying statement inside WITH makes the whole query a write."""
+    if isinstance(cte.ctequery, _DATA_MODIFYING):
+        tag = statement_type(cte.ctequery)
+        return [_held(f'writable CTE "{cte.ctename}" runs {tag}')]
+    return []
+
+
+def _explain_analyzes(options: Sequence[ast.Node] | None) -> bool:
+    """True unless ANALYZE is absent or explicitly switched off (fail closed)."""
+    for option in options or ():
+        if isinstance(option, ast.DefElem) and (option.defname or "").lower() == "analyze":
+            return not _is_false(option.arg)
+    return False
+
+
+def _is_false(value: object) -> bool:
+    """Whether an option argument is one of PostgreSQL's spellings of false."""
+    if isinstance(value, ast.Boolean):
+        return not value.boolval
+    if isinstance(value, ast.Integer):
+        return value.ival == 0
+    if isinstance(value, ast.String):
+        return (value.sval or "").lower() in ("false", "off", "0", "no")
+    return False
+
+
+# --------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------
+
+
+def _parse(sql: str) -> tuple[ast.Node, ...]:
+    """Parse with PostgreSQL's parser; anything it rejects is UnparsableStatement."""
+    if "\x00" in sql:
+        # The C parser stops at a NUL, so text after it would go unseen.
+        raise UnparsableStatement("SQL text contains a NUL character")
+    try:
+        _check_nesting(parse_sql_json(sql))
+        statements = pglast.parse_sql(sql)
+    except ParseError as error:
+        message, position = _parse_error_details(error)
+        raise UnparsableStatement(message, position) from error
+    except UnicodeError as error:
+        raise UnparsableStatement("SQL text is not valid Unicode") from error
+    nodes = tuple(raw.stmt for raw in statements if raw.stmt is not None)
+    if not nodes:
+        raise UnparsableStatement("no SQL statement found")
+    return nodes
+
+
+def _parse_error_details(error: ParseError) -> tuple[str, int | None]:
+    """The parser's own message and character position."""
+    message = str(error.args[0]) if error.args else str(error)
+    position = error.args[1] if len(error.args) > 1 else None
+    return message, position if isinstance(position, int) else None
+
+
+def _check_nesting(tree_json: str) -> None:
+    """Refuse parse trees nested deeper than pglast can safely convert."""
+    if _json_nesting_depth(tree_json) > _MAX_TREE_NESTING:
+        raise UnparsableStatement(
+            f"statement is nested more than {_MAX_TREE_NESTING} levels deep"
+        )
+
+
+def _json_nesting_depth(tree_json: str) -> int:
+    """Deepest bracket nesting of a JSON document, ignoring brackets in strings."""
+    unescaped = tree_json.replace("\\\\", "").replace('\\"', "")
+    brackets = "".join(unescaped.split('"')[::2]).translate(_NON_BRACKETS)
+    depth = deepest = 0
+    for char in brackets:
+        if char in "{[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "}]":
+            depth -= 1
+    return deepest
+
+
+# --------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _StatementResult:
+    """One top-level statement's classification inside a request."""
+
+    statement_type: str
+    outcome: _Outcome
+    is_transaction_control: bool
+
+
+def classify(sql: str, functions: FunctionCatalog) -> Classification:
+    """Classify a request of one or more SQL statements.
+
+    Raises UnparsableStatement for syntax errors and for input with no
+    statement in it (empty, whitespace, comments only).
+    """
+    statements = _parse(sql)
+    inspector = _Inspector(functions)
+    results = [_classify_statement(node, inspector) for node in statements]
+    outcome = results[0].outcome if len(results) == 1 else _batch_outcome(results)
+    return Classification(
+        verdict=outcome.verdict,
+        risk=outcome.risk,
+        reasons=outcome.reasons,
+        statement_types=tuple(result.statement_type for result in results),
+        relations=tuple(sorted(inspector.relations)),
+        functions=tuple(sorted(inspector.functions)),
+        approvals_required=outcome.approvals,
+        is_transaction_control=len(results) == 1 and results[0].is_transaction_control,
+        fingerprint=_fingerprint(sql),
+    )
+
+
+def _classify_statement(node: ast.Node, inspector: _Inspector) -> _StatementResult:
+    """Walk one top-level statement and fold its findings."""
+    findings = inspector.inspect(node)
+    return _StatementResult(
+        statement_type=statement_type(node),
+        outcome=_outcome(findings),
+        is_transaction_control=_is_transaction_control(node),
+    )
+
+
+def _is_transaction_control(node: ast.Node) -> bool:
+    """BEGIN/START/COMMIT/ROLLBACK/SAVEPOINT/RELEASE/ROLLBACK TO (not two-phase)."""
+    return isinstance(node, ast.TransactionStmt) and node.kind not in _TWO_PHASE_KINDS
+
+
+def _batch_outcome(results: Sequence[_StatementResult]) -> _Outcome:
+    """Several statements are never allowed, and never mixed with transaction control.
+
+    The gateway runs an approved batch inside one transaction of its own, so
+    a BEGIN/COMMIT inside the batch would break that guarantee.
+    """
+    reasons = [_BATCH_REASON]
+    has_transaction_control = any(result.is_transaction_control for result in results)
+    if has_transaction_control:
+        reasons.append(_BATCH_TRANSACTION_REASON)
+    outcomes = [result.outcome for result in results]
+    for outcome in outcomes:
+        if outcome.verdict is not Verdict.ALLOWED:
+            reasons.extend(outcome.reasons)
+    denied = any(outcome.verdict is Verdict.DENIED for outcome in outcomes)
+    if denied or has_transaction_control:
+        return _Outcome(Verdict.DENIED, Risk.CRITICAL, _unique(reasons), 0)
+    risk = max((outcome.risk for outcome in outcomes), key=_RISK_RANK.__getitem__)
+    approvals = max([1, *(outcome.approvals for outcome in outcomes)])
+    return _Outcome(Verdict.HELD, risk, _unique(reasons), approvals)

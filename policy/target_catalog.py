@@ -1,0 +1,133 @@
+"""A snapshot of one target database's catalog, joined with its PHI tags, and the v1 masking plan built on it.
+
+Loaded by whichever process holds a credential for the target (gateway: read-only; executor: write), never by
+the web process. Snapshots are immutable, so threads share them without locks; a refresh swaps the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.adapt import AdaptersMap
+from psycopg.types.string import TextLoader
+
+from policy.classifier import Classification, FunctionCatalog
+from policy.function_catalog import SnapshotFunctionCatalog, load_function_catalog
+from policy.masking import ColumnMask, MaskingPlan
+from policy.models import Mask
+
+PLAIN_TABLE_KINDS = frozenset({"r", "p"})  # ordinary and partitioned tables: origins PostgreSQL reports faithfully
+
+
+@dataclass(frozen=True)
+class Tag:
+    schema_name: str
+    table_name: str
+    column_name: str
+    phi_type: str
+    mask: str
+
+
+@dataclass(frozen=True)
+class TargetCatalog:
+    relkinds: Mapping[int, str]  # relation oid -> relkind
+    relation_oids: Mapping[str, int]  # "schema.table" and bare "table" (if unambiguous) -> oid
+    tagged_columns: Mapping[tuple[int, int], Tag]  # (relation oid, attnum) -> tag
+    tagged_relations: frozenset[int]
+    functions: SnapshotFunctionCatalog
+
+    def relation_oid(self, written_name: str) -> int | None:
+        return self.relation_oids.get(written_name.lower())
+
+
+def text_only_adapters() -> AdaptersMap:
+    """Adapters that load every value as PostgreSQL's own text output, for masking and for JSON."""
+    adapters = AdaptersMap(psycopg.adapters)
+    for info in psycopg.adapters.types:
+        adapters.register_loader(info.oid, TextLoader)
+    return adapters
+
+
+_RELATIONS_SQL = """
+SELECT c.oid::bigint, n.nspname, c.relname, c.relkind
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND n.nspname NOT IN ('pg_toast') AND n.nspname NOT LIKE 'pg_temp%%'
+"""
+
+_ATTNUM_SQL = """
+SELECT a.attnum FROM pg_attribute a
+WHERE a.attrelid = %s AND a.attname = %s AND NOT a.attisdropped AND a.attnum > 0
+"""
+
+
+def load_target_catalog(conn: psycopg.Connection, tags: Iterable[Tag]) -> TargetCatalog:
+    relkinds: dict[int, str] = {}
+    qualified: dict[str, int] = {}
+    bare: dict[str, list[int]] = {}
+    for oid, schema, name, relkind in conn.execute(_RELATIONS_SQL).fetchall():
+        relkinds[int(oid)] = str(relkind)
+        qualified[f"{schema}.{name}".lower()] = int(oid)
+        if schema not in ("pg_catalog", "information_schema"):
+            bare.setdefault(str(name).lower(), []).append(int(oid))
+    relation_oids = dict(qualified)
+    for name, oids in bare.items():
+        relation_oids.setdefault(name, oids[0] if len(oids) == 1 else -1)  # -1: ambiguous, treated as unknown
+    tagged_columns: dict[tuple[int, int], Tag] = {}
+    for tag in tags:
+        oid = qualified.get(f"{tag.schema_name}.{tag.table_name}".lower())
+        if oid is None:
+            continue
+        row = conn.execute(_ATTNUM_SQL, (oid, tag.column_name)).fetchone()
+        if row is not None:
+            tagged_columns[(oid, int(row[0]))] = tag
+    return TargetCatalog(
+        relkinds=relkinds,
+        relation_oids=relation_oids,
+        tagged_columns=tagged_columns,
+        tagged_relations=frozenset(oid for oid, _ in tagged_columns),
+        functions=load_function_catalog(conn),
+    )
+
+
+def _statement_may_carry_phi(classification: Classification, catalog: TargetCatalog) -> str | None:
+    """Why a computed column of this statement could carry PHI, or None when it provably cannot."""
+    for name in classification.relations:
+        oid = catalog.relation_oid(name)
+        if oid is None or oid < 0:
+            return f"lineage unknown: relation {name} is not in the catalog snapshot"
+        if oid in catalog.tagged_relations:
+            return f"computed from a statement over PHI table {name}"
+        if catalog.relkinds.get(oid) not in PLAIN_TABLE_KINDS:
+            return f"lineage unknown: {name} is a view or foreign table"
+    for function in classification.functions:
+        schema, _, bare = function.rpartition(".")
+        if schema and schema != "pg_catalog":
+            return f"computed by non-builtin function {function}"
+        if catalog.functions.by_qualified_name.get(("pg_catalog", bare.lower())) is None:
+            return f"computed by non-builtin function {function}"
+    return None
+
+
+def plan_masks(
+    origins: Sequence[tuple[int, int]], classification: Classification, catalog: TargetCatalog
+) -> MaskingPlan:
+    """The v1 column-level plan for one result (see policy.masking for the rules)."""
+    computed_reason = _statement_may_carry_phi(classification, catalog)
+    plan: list[ColumnMask | None] = []
+    for table_oid, attnum in origins:
+        if table_oid:
+            tag = catalog.tagged_columns.get((table_oid, attnum))
+            if tag is not None:
+                plan.append(None if tag.mask == Mask.PASS else ColumnMask(tag.mask, tag.phi_type, "tagged column"))
+            elif catalog.relkinds.get(table_oid) in PLAIN_TABLE_KINDS:
+                plan.append(None)
+            else:
+                plan.append(ColumnMask(Mask.REDACT, "unknown", "lineage unknown: origin is not a plain table"))
+        elif computed_reason is not None:
+            plan.append(ColumnMask(Mask.REDACT, "unknown", computed_reason))
+        else:
+            plan.append(None)
+    return MaskingPlan(tuple(plan))

@@ -1,0 +1,103 @@
+"""Test harness: real PostgreSQL, real Redis, real gateway and Celery worker processes.
+
+Each run creates its own control-plane and target databases (dropped at the end). The test process itself plays
+the web process (Django's test client over the real URLconf) and holds no target credential; the gateway and
+the worker are separate processes started with only their own credential, exactly as in production.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests import environment
+
+environment.install()
+
+import django  # noqa: E402
+
+django.setup()
+
+
+def _admin() -> psycopg.Connection:
+    return psycopg.connect(environment.ADMIN_URL, autocommit=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def control_plane() -> Iterator[str]:
+    import redis
+    from django.core.management import call_command
+    from django.db import connections
+
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{environment.CONTROL_DB}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{environment.CONTROL_DB}"')
+    redis.Redis.from_url(environment.REDIS_URL).flushdb()
+    call_command("migrate", verbosity=0)
+    yield environment.CONTROL_DB
+    connections.close_all()
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{environment.CONTROL_DB}" WITH (FORCE)')
+
+
+@dataclass(frozen=True)
+class Target:
+    owner_url: str
+    read_url: str
+    write_url: str
+
+
+@pytest.fixture(scope="session")
+def target(control_plane: str) -> Iterator[Target]:
+    from demo.clinic import PHI_TAGS, load_clinic
+    from policy.models import DataSource, PhiColumn
+    from policy.provisioning import provision
+
+    owner_url = environment.db_url(environment.TARGET_DB)
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{environment.TARGET_DB}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{environment.TARGET_DB}"')
+    with psycopg.connect(owner_url) as conn:
+        load_clinic(conn, patients=300)
+        conn.execute("CREATE TABLE execution_probe (id serial PRIMARY KEY, note text NOT NULL)")
+        conn.execute("CREATE TABLE scratch (id int PRIMARY KEY, label text)")
+        conn.execute("INSERT INTO scratch SELECT g, 'row ' || g FROM generate_series(1, 50) g")
+        conn.commit()
+    urls = provision(owner_url, read_role=environment.READ_ROLE, write_role=environment.WRITE_ROLE, transfer_ownership=True)
+    datasource, _ = DataSource.objects.get_or_create(name=environment.DATASOURCE)
+    for tag in PHI_TAGS:
+        PhiColumn.objects.update_or_create(
+            datasource=datasource, schema_name="public", table_name=tag.table, column_name=tag.column,
+            defaults={"phi_type": tag.phi_type, "mask": tag.mask},
+        )
+    yield Target(owner_url=owner_url, read_url=urls.read_url, write_url=urls.write_url)
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{environment.TARGET_DB}" WITH (FORCE)')
+        for role in (environment.READ_ROLE, environment.WRITE_ROLE):
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+@dataclass
+class Services:
+    target: Target
+    gateway: object
+    gateway_port: int
+    worker: object
+    log_dir: Path
+
+
+@pytest.fixture(scope="session")
+def services(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    from tests import services as svc
+
+    log_dir = tmp_path_factory.mktemp("service-logs")
+    gateway, port = svc.gateway(target.read_url, log_dir)
+    worker = svc.worker(target.write_url, log_dir)
+    running = Services(target=target, gateway=gateway, gateway_port=port, worker=worker, log_dir=log_dir)
+    yield running
+    running.worker.stop()  # type: ignore[attr-defined]
+    running.gateway.stop()  # type: ignore[attr-defined]

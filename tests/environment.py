@@ -1,0 +1,46 @@
+"""The test run's identity: unique database and role names, and the environment every process shares.
+
+Imported by conftest before Django is set up. Each run gets its own control-plane and target databases (and
+Redis database), so a run never sees another run's data, nor a running demo's.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+RUN_ID = f"{os.getpid()}"
+ADMIN_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+CONTROL_DB = f"phigate_test_{RUN_ID}"
+TARGET_DB = f"clinic_test_{RUN_ID}"
+DATASOURCE = "clinic"
+READ_ROLE = f"test_reader_{RUN_ID}"
+WRITE_ROLE = f"test_writer_{RUN_ID}"
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+def db_url(name: str) -> str:
+    base, _, _ = ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+COMMON_ENV = {
+    "DJANGO_SETTINGS_MODULE": "phigate.settings",
+    "DJANGO_SECRET_KEY": secrets.token_urlsafe(40),
+    "DATABASE_URL": db_url(CONTROL_DB),
+    "REDIS_URL": REDIS_URL,
+    "PSEUDONYM_KEY": secrets.token_hex(32),
+    "LOCAL_LOGIN": "True",
+    "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
+    "PUBLIC_URL": "http://testserver",
+    "CATALOG_TTL_SECONDS": "1",
+    "LOG_LEVEL": "WARNING",
+}
+
+
+def install() -> None:
+    for key, value in COMMON_ENV.items():
+        os.environ[key] = value
+    # The test process plays the web process: it must hold no target credential.
+    for key in [k for k in os.environ if k.startswith("DATASOURCE_")]:
+        del os.environ[key]

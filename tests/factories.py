@@ -1,0 +1,41 @@
+"""Plain factories: every call makes new, uniquely named objects, so tests never depend on each other."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
+
+from identity.models import Agent, ApiToken
+from identity.roles import Role, grant_role
+
+_serial = itertools.count(1)
+
+
+def make_user(*roles: Role, name: str = "user") -> Any:
+    user = get_user_model().objects.create_user(username=f"{name}{next(_serial)}", password="correct horse battery")
+    for role in roles:
+        grant_role(user, role)
+    return user
+
+
+def make_agent(owner: Any) -> tuple[Agent, str]:
+    return Agent.issue(owner=owner, name=f"agent-{next(_serial)}")
+
+
+def api_client(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+def user_client(user: Any) -> APIClient:
+    _, token = ApiToken.issue(user=user)
+    return api_client(token)
+
+
+def agent_client(owner: Any) -> tuple[Agent, APIClient]:
+    agent, token = make_agent(owner)
+    return agent, api_client(token)

@@ -1,0 +1,115 @@
+"""Starting and stopping the real processes (gateway, Celery worker) the integration tests talk to."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from tests import environment
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Service:
+    """A child process in its own session (so it and its children can be killed together), logging to a file."""
+
+    def __init__(self, name: str, argv: list[str], extra_env: Mapping[str, str], log_dir: Path) -> None:
+        self.name, self.argv = name, argv
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DATASOURCE_")}
+        self.env.update(extra_env)
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self.process = subprocess.Popen(
+            self.argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: what a crash or an OOM kill looks like."""
+        if self.process is not None and self.alive():
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is None or not self.alive():
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def gateway(read_url: str, log_dir: Path) -> tuple[Service, int]:
+    port = free_port()
+    service = Service(
+        "gateway",
+        [sys.executable, "manage.py", "gateway", "--host", "127.0.0.1", "--port", str(port)],
+        {f"DATASOURCE_{environment.DATASOURCE.upper()}_READ_URL": read_url},
+        log_dir,
+    ).start()
+    wait_until(lambda: port_open(port) or not service.alive(), 30, what="gateway to listen")
+    assert service.alive(), service.log_tail()
+    return service, port
+
+
+def worker(write_url: str, log_dir: Path, name: str = "worker") -> Service:
+    service = Service(
+        name,
+        [sys.executable, "-m", "celery", "-A", "phigate", "worker", "--loglevel=INFO", "--concurrency=2",
+         "-n", f"{name}-{environment.RUN_ID}@%h", "--without-gossip", "--without-mingle"],
+        {f"DATASOURCE_{environment.DATASOURCE.upper()}_WRITE_URL": write_url},
+        log_dir,
+    ).start()
+    from phigate.celery import app
+
+    def answered() -> bool:
+        if not service.alive():
+            raise AssertionError(service.log_tail())
+        replies = app.control.ping(timeout=0.5)
+        return any(f"{name}-{environment.RUN_ID}@" in host for reply in replies for host in reply)
+
+    wait_until(answered, 60, interval=0.2, what=f"celery {name} to answer ping")
+    return service
