@@ -168,6 +168,10 @@ def execute_ticket(ticket_id: int, *, recovering: bool = False) -> ExecutionRepo
         error = scrub_error(exc.sqlstate, exc.message, touches_phi=True)
         _finish(ticket, status=Status.FAILED, rowcount=None, result=None, error=error, how="target error")
         return ExecutionReport(ticket_id, Status.FAILED, False)
+    except Exception:
+        # Unknown failure: whether the statement committed is a question for the ledger, not a guess.
+        log.exception("execution of ticket %s failed unexpectedly", ticket_id)
+        return _settle_from_ledger(ticket, url)
     duration_ms = round((time.monotonic() - started) * 1000, 1)
     _record_success(ticket, entry, ran_now, duration_ms)
     return ExecutionReport(ticket_id, Status.EXECUTED, ran_now)
@@ -178,6 +182,26 @@ def _record_success(ticket: Ticket, entry: LedgerEntry, ran_now: bool, duration_
     result["duration_ms"] = duration_ms if ran_now else None
     how = "ran" if ran_now else "found committed in the target's ledger (not run again)"
     _finish(ticket, status=Status.EXECUTED, rowcount=entry.rowcount, result=result, error="", how=how)
+
+
+def _settle_from_ledger(ticket: Ticket, url: str) -> ExecutionReport:
+    try:
+        entry = ledger_entry(url, str(ticket.execution_key))
+    except Exception:
+        log.exception("ledger of ticket %s unreadable; left executing for recovery", ticket.pk)
+        return ExecutionReport(ticket.pk, Status.EXECUTING, False)
+    if entry is not None:
+        _record_success(ticket, entry, False, 0.0)
+        return ExecutionReport(ticket.pk, Status.EXECUTED, False)
+    _finish(
+        ticket,
+        status=Status.FAILED,
+        rowcount=None,
+        result=None,
+        error="internal error in the executor; the statement did not commit",
+        how="internal error",
+    )
+    return ExecutionReport(ticket.pk, Status.FAILED, False)
 
 
 def recover_interrupted() -> list[int]:

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psycopg
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
@@ -52,7 +53,7 @@ def connect(url: str, application_name: str) -> pq.PGconn:
     conninfo = make_conninfo(url, client_encoding="UTF8", application_name=application_name)
     pgconn = pq.PGconn.connect(conninfo.encode())
     if pgconn.status != pq.ConnStatus.OK:
-        message = pgconn.get_error_message().decode("utf-8", "replace").strip()
+        message = str(pgconn.get_error_message()).strip()
         pgconn.finish()
         raise TargetError("08001", f"cannot connect to the target: {message}")
     return pgconn
@@ -72,8 +73,10 @@ def _command(pgconn: pq.PGconn, sql: bytes, params: list[bytes | None] | None = 
 
 
 def _run_statement(pgconn: pq.PGconn, sql: bytes, row_cap: int) -> RawResult:
-    if not pgconn.send_query(sql):
-        raise TargetError("08006", pgconn.get_error_message().decode("utf-8", "replace").strip())
+    try:
+        pgconn.send_query(sql)
+    except psycopg.OperationalError as exc:
+        raise TargetError("08006", str(exc)) from None
     pgconn.set_single_row_mode()
     out = RawResult()
     failure: TargetError | None = None

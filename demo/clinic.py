@@ -105,6 +105,8 @@ CREATE INDEX prescriptions_encounter_id_idx ON public.prescriptions (encounter_i
 # Embedded vocabularies (made up, or common public code lists; no personal data)
 # --------------------------------------------------------------------------------------------------------------
 
+# fmt: off
+
 FIRST_NAMES: Final = (
     "Aaliyah", "Aiden", "Amelia", "Andre", "Anika", "Arjun", "Beatriz", "Benjamin", "Camila", "Carlos",
     "Chloe", "Daniel", "Darius", "Elena", "Elijah", "Emma", "Farah", "Gabriel", "Grace", "Hana",
@@ -165,14 +167,16 @@ DIAGNOSES: Final[tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...]] = (
      (("insulin glargine", "10 units SC nightly"), ("metformin", "1000 mg PO BID"))),
     ("E78.5", "Hyperlipidemia, unspecified",
      (("atorvastatin", "20 mg PO daily"), ("atorvastatin", "40 mg PO daily"), ("rosuvastatin", "10 mg PO daily"))),
-    ("E03.9", "Hypothyroidism, unspecified", (("levothyroxine", "50 mcg PO daily"), ("levothyroxine", "75 mcg PO daily"))),
+    ("E03.9", "Hypothyroidism, unspecified",
+     (("levothyroxine", "50 mcg PO daily"), ("levothyroxine", "75 mcg PO daily"))),
     ("E66.9", "Obesity, unspecified", ()),
     ("E55.9", "Vitamin D deficiency, unspecified", (("cholecalciferol", "2000 IU PO daily"),)),
     ("I10", "Essential (primary) hypertension",
      (("lisinopril", "10 mg PO daily"), ("amlodipine", "5 mg PO daily"), ("hydrochlorothiazide", "25 mg PO daily"))),
     ("I25.10", "Atherosclerotic heart disease of native coronary artery without angina pectoris",
      (("aspirin", "81 mg PO daily"), ("atorvastatin", "80 mg PO daily"))),
-    ("I48.91", "Unspecified atrial fibrillation", (("apixaban", "5 mg PO BID"), ("metoprolol succinate", "50 mg PO daily"))),
+    ("I48.91", "Unspecified atrial fibrillation",
+     (("apixaban", "5 mg PO BID"), ("metoprolol succinate", "50 mg PO daily"))),
     ("I50.9", "Heart failure, unspecified", (("furosemide", "40 mg PO daily"), ("carvedilol", "6.25 mg PO BID"))),
     ("J45.909", "Unspecified asthma, uncomplicated",
      (("albuterol HFA", "2 puffs q4-6h PRN"), ("fluticasone HFA", "110 mcg 2 puffs BID"))),
@@ -231,6 +235,7 @@ PLANS: Final = (
     "continue current regimen", "recheck labs in 3 months", "titrate dose and follow up in 4 weeks",
     "refer to specialist", "lifestyle counselling provided", "return if symptoms persist", "order imaging",
 )
+# fmt: on
 
 # Every template names the patient in full and carries at least one ISO date, like real free-text notes do:
 # this is what makes ``encounters.notes`` PHI even though it is "just text".
@@ -268,8 +273,17 @@ class _Patient:
     zip: str
 
     def row(self) -> tuple[object, ...]:
-        return (self.id, self.mrn, self.full_name, self.date_of_birth, self.ssn, self.phone, self.email,
-                self.address, self.zip)
+        return (
+            self.id,
+            self.mrn,
+            self.full_name,
+            self.date_of_birth,
+            self.ssn,
+            self.phone,
+            self.email,
+            self.address,
+            self.zip,
+        )
 
 
 def _random_date(rng: random.Random, first: dt.date, last: dt.date) -> dt.date:
@@ -366,7 +380,9 @@ def generate_visits(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _copy_rows(cur: psycopg.Cursor[tuple[object, ...]], table: str, columns: str, rows: Iterable[Sequence[object]]) -> None:
+def _copy_rows(
+    cur: psycopg.Cursor[tuple[object, ...]], table: str, columns: str, rows: Iterable[Sequence[object]]
+) -> None:
     with cur.copy(f"COPY public.{table} ({columns}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
@@ -390,8 +406,12 @@ def load_clinic(conn: psycopg.Connection, patients: int = 10_000, seed: int = DE
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(CLINIC_SCHEMA_SQL)
         _copy_rows(cur, "diagnosis_codes", "code, description", _diagnosis_rows())
-        _copy_rows(cur, "patients", "id, mrn, full_name, date_of_birth, ssn, phone, email, address, zip",
-                   (person.row() for person in people))
+        _copy_rows(
+            cur,
+            "patients",
+            "id, mrn, full_name, date_of_birth, ssn, phone, email, address, zip",
+            (person.row() for person in people),
+        )
         _copy_rows(cur, "encounters", "id, patient_id, admitted_at, diagnosis_code, notes", encounters)
         _copy_rows(cur, "prescriptions", "id, encounter_id, drug, dose", prescriptions)
         for table in ("diagnosis_codes", "patients", "encounters", "prescriptions"):

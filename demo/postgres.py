@@ -133,8 +133,13 @@ class EmbeddedPostgres:
         command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), *args]
         # No pipes: the postmaster inherits them and would keep them open (pgserver notes the same hang).
         result = subprocess.run(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            user=self._system_user, timeout=timeout, check=False,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            user=self._system_user,
+            timeout=timeout,
+            check=False,
         )
         if result.returncode != 0:
             raise DemoError(f"pg_ctl {args[-1]} failed; see {self.pgdata / 'log'}")
@@ -144,6 +149,10 @@ class EmbeddedPostgres:
         options = f"-h 127.0.0.1 -p {port} -k {shlex.quote(socket_dir)}"
         self._pg_ctl(["-w", "-t", "60", "-m", "fast", "-l", str(self.pgdata / "log"), "-o", options, "restart"], 90)
         return port
+
+    @property
+    def started(self) -> bool:
+        return self._started
 
     def stop(self) -> None:
         """Stop the cluster we started (pgserver's own atexit hook cannot: we restarted it under a new pid)."""

@@ -43,8 +43,19 @@ def start_private_redis(state_dir: Path, log_dir: Path) -> tuple[Child, str]:
     data_dir.mkdir(mode=0o700, exist_ok=True)
     port = free_port()
     command = [
-        binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        "--dir", str(data_dir), "--daemonize", "no",
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data_dir),
+        "--daemonize",
+        "no",
     ]
     child = Child("redis", command, env={"PATH": "/usr/bin:/bin"}, cwd=data_dir, log_dir=log_dir)
     url = f"redis://127.0.0.1:{port}/0"

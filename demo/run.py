@@ -23,7 +23,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from http.client import HTTPException
 from pathlib import Path
 from types import FrameType
@@ -54,11 +55,39 @@ class ShutdownRequested(Exception):
     """Raised from the SIGINT/SIGTERM handler so that every blocking step unwinds into the same cleanup."""
 
 
+class _SignalState:
+    """Whether a shutdown must wait: killing initdb or pg_ctl halfway would leave a cluster that cannot start."""
+
+    deferring = False
+    pending: str | None = None
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     # Ignore repeats: a second Ctrl-C must not interrupt the cleanup the first one started.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise ShutdownRequested(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    if _SignalState.deferring:
+        _SignalState.pending = name
+        return
+    raise ShutdownRequested(name)
+
+
+@contextmanager
+def shutdown_deferred() -> Iterator[None]:
+    """Run a block to completion even if SIGINT/SIGTERM arrives; the shutdown then starts right after it."""
+    _SignalState.deferring = True
+    try:
+        yield
+    except Exception:
+        # A terminal's Ctrl-C also reaches our own subprocesses (initdb); their failure is then the shutdown.
+        if _SignalState.pending:
+            raise ShutdownRequested(_SignalState.pending) from None
+        raise
+    finally:
+        _SignalState.deferring = False
+    if _SignalState.pending:
+        raise ShutdownRequested(_SignalState.pending)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -85,8 +114,14 @@ def executor_ready(project_dir: Path, env: Mapping[str, str]) -> bool:
     command = [sys.executable, "-m", "celery", "-A", "phigate", "inspect", "ping", "-t", "2", "-d", node]
     try:
         result = subprocess.run(
-            command, cwd=project_dir, env=dict(env), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=30, check=False,
+            command,
+            cwd=project_dir,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return False
@@ -133,7 +168,8 @@ class Demo:
             return endpoints
         say(f"PostgreSQL: embedded (pgserver) in {self.state_dir / 'pg'}")
         self.embedded = EmbeddedPostgres(self.state_dir)
-        endpoints = self.embedded.start()
+        with shutdown_deferred():
+            endpoints = self.embedded.start()
         prepare_embedded_databases(endpoints)
         return endpoints
 
@@ -142,8 +178,10 @@ class Demo:
         if counts is None:
             say("clinic: synthetic data already loaded, keeping it")
         else:
-            say(f"clinic: loaded {counts.patients} patients, {counts.encounters} encounters, "
-                f"{counts.prescriptions} prescriptions (all synthetic)")
+            say(
+                f"clinic: loaded {counts.patients} patients, {counts.encounters} encounters, "
+                f"{counts.prescriptions} prescriptions (all synthetic)"
+            )
 
     def start_redis(self) -> str:
         if redis_answers(self.settings.redis_url):
@@ -170,8 +208,15 @@ class Demo:
         """Run one management command to completion; its stdout is returned and echoed unless it holds secrets."""
         command = args[0]
         result = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=self.project_dir, env=dict(env), stdin=subprocess.DEVNULL,
-            capture_output=True, text=True, errors="replace", timeout=COMMAND_TIMEOUT_SECONDS, check=False,
+            [sys.executable, "manage.py", *args],
+            cwd=self.project_dir,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=COMMAND_TIMEOUT_SECONDS,
+            check=False,
         )
         if not quiet_stdout:
             for line in result.stdout.splitlines():
@@ -191,16 +236,35 @@ class Demo:
         owner_arg, owner_password = config.split_password(endpoints.owner_url)
         provision_env = dict(env, PGPASSWORD=owner_password) if owner_password else env
         out = self.manage(
-            ["provision_datasource", "--name", config.DATASOURCE, "--owner-url", owner_arg,
-             "--read-role", config.READ_ROLE, "--write-role", config.WRITE_ROLE, "--transfer-ownership"],
-            provision_env, quiet_stdout=True,
+            [
+                "provision_datasource",
+                "--name",
+                config.DATASOURCE,
+                "--owner-url",
+                owner_arg,
+                "--read-role",
+                config.READ_ROLE,
+                "--write-role",
+                config.WRITE_ROLE,
+                "--transfer-ownership",
+            ],
+            provision_env,
+            quiet_stdout=True,
         )
         urls = config.parse_json_object(out, "provision_datasource")
         config.require_keys(urls, ("read_url", "write_url"), "provision_datasource")
         out = self.manage(
-            ["seed_demo", "--datasource", config.DATASOURCE, "--agent-name", config.AGENT_NAME,
-             "--agent-owner", config.AGENT_OWNER],
-            env, quiet_stdout=True,
+            [
+                "seed_demo",
+                "--datasource",
+                config.DATASOURCE,
+                "--agent-name",
+                config.AGENT_NAME,
+                "--agent-owner",
+                config.AGENT_OWNER,
+            ],
+            env,
+            quiet_stdout=True,
         )
         seed = config.parse_json_object(out, "seed_demo")
         config.require_keys(seed, ("users", "agent"), "seed_demo")
@@ -267,8 +331,10 @@ class Demo:
         self.start_children(common, urls)
         self.wait_ready(common)
         self.publish_credentials(endpoints, seed)
-        say(f"ready: UI at {self.settings.public_url}/ ; logins and the agent DSN are in {self.credentials_path} "
-            "(Ctrl-C stops everything)")
+        say(
+            f"ready: UI at {self.settings.public_url}/ ; logins and the agent DSN are in {self.credentials_path} "
+            "(Ctrl-C stops everything)"
+        )
         while True:
             self.check_alive()
             time.sleep(0.5)
@@ -281,7 +347,7 @@ class Demo:
             stop_all(self.children)
         if self.redis_child is not None:
             stop_all([self.redis_child], grace=5)
-        if self.embedded is not None:
+        if self.embedded is not None and self.embedded.started:
             say("stopping embedded PostgreSQL")
             self.embedded.stop()
 

@@ -6,6 +6,7 @@ stops children in a known order, and so that stopping a child also stops what it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -30,9 +31,7 @@ def say(message: str, prefix: str = "demo") -> None:
 class Child:
     """One long-running process whose output is copied to the console (prefixed) and to its log file."""
 
-    def __init__(
-        self, name: str, command: Sequence[str], env: Mapping[str, str], cwd: Path, log_dir: Path
-    ) -> None:
+    def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str], cwd: Path, log_dir: Path) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed in wait
@@ -68,10 +67,8 @@ class Child:
 
     def signal_group(self, signum: int) -> None:
         """Signal the child's whole process group (its pgid is its pid: start_new_session)."""
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def finish(self) -> None:
         """After the process is gone: kill stragglers it forked, drain its output, close the log."""

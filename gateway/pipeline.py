@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 # Plain SELECTs are read through a server-side cursor so the row cap bounds memory; other allowed statements
 # (SHOW, EXPLAIN, VALUES) return small results.
 _CURSOR_CAPABLE = frozenset({"SELECT"})
+# An API request is one statement in one transaction on a pooled connection: statements that only make sense
+# with session state (SET, cursors, BEGIN ...) are refused there, so no request can leave state for the next.
+ONE_SHOT_TYPES = frozenset({"SELECT", "SHOW", "EXPLAIN"})
 
 
 @dataclass
@@ -97,7 +100,7 @@ def handle_statement(
     reason: str,
     context: Context,
     runtime: DatasourceRuntime,
-    allow_transaction_control: bool = False,
+    session_statements: bool = False,
 ) -> StatementOutcome:
     datasource = DataSource.objects.filter(name=datasource_name, is_active=True).first()
     if datasource is None:
@@ -131,9 +134,13 @@ def handle_statement(
         return StatementOutcome(status="invalid", error=f"syntax error: {exc}")
 
     verdict, reasons = classification.verdict, list(classification.reasons)
-    if classification.is_transaction_control and not allow_transaction_control:
+    session_only = sorted(set(classification.statement_types) - ONE_SHOT_TYPES)
+    if verdict == Verdict.ALLOWED and session_only and not session_statements:
         verdict = Verdict.DENIED
-        reasons = ["transaction control is only available on the wire protocol; each API request is one transaction"]
+        reasons = [
+            f"{', '.join(session_only)} needs a session; it is only available on the wire protocol "
+            "(each API request is one statement in its own transaction)"
+        ]
     submitted = {
         "verdict": str(verdict),
         "risk": str(classification.risk),

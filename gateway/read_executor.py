@@ -27,6 +27,11 @@ class ReadResult:
     status: str = ""
 
 
+def _forget_session_state(conn: Connection) -> None:
+    """Every connection returns to the pool as new: no setting, cursor or prepared statement outlives a read."""
+    conn.execute("DISCARD ALL")
+
+
 class ReadExecutor:
     def __init__(self, url: str, *, max_size: int = 8) -> None:
         self.pool = ConnectionPool(
@@ -34,6 +39,7 @@ class ReadExecutor:
             min_size=1,
             max_size=max_size,
             kwargs={"autocommit": True, "application_name": "phigate-gateway", "context": text_only_adapters()},
+            reset=_forget_session_state,
             open=True,
         )
 

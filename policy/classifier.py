@@ -43,12 +43,8 @@ class Risk(enum.StrEnum):
     CRITICAL = "critical"
 
 
-_VERDICT_RANK: Mapping[Verdict, int] = MappingProxyType(
-    {Verdict.ALLOWED: 0, Verdict.HELD: 1, Verdict.DENIED: 2}
-)
-_RISK_RANK: Mapping[Risk, int] = MappingProxyType(
-    {Risk.LOW: 0, Risk.MODERATE: 1, Risk.HIGH: 2, Risk.CRITICAL: 3}
-)
+_VERDICT_RANK: Mapping[Verdict, int] = MappingProxyType({Verdict.ALLOWED: 0, Verdict.HELD: 1, Verdict.DENIED: 2})
+_RISK_RANK: Mapping[Risk, int] = MappingProxyType({Risk.LOW: 0, Risk.MODERATE: 1, Risk.HIGH: 2, Risk.CRITICAL: 3})
 
 
 class UnparsableStatement(ValueError):
@@ -230,9 +226,7 @@ _SETTABLE = frozenset(
     }
 )
 # SET TRANSACTION / SET SESSION CHARACTERISTICS arrive as these pseudo-names.
-_TRANSACTION_SETTINGS = frozenset(
-    {"transaction", "session characteristics", "transaction snapshot"}
-)
+_TRANSACTION_SETTINGS = frozenset({"transaction", "session characteristics", "transaction snapshot"})
 _IDENTITY_SETTINGS: Mapping[str, str] = MappingProxyType(
     {"role": "ROLE", "session_authorization": "SESSION AUTHORIZATION"}
 )
@@ -540,14 +534,11 @@ _FIXED_TAGS: Mapping[type[ast.Node], str] = MappingProxyType(
 # same tree is checked first and anything nested deeper than this is refused
 # as unparsable.  Real queries stay far below it (a 500-way UNION is ~510).
 _MAX_TREE_NESTING = 2000
-_NON_BRACKETS = str.maketrans(
-    "", "", "0123456789+-.:,abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_ \t\r\n"
-)
+_NON_BRACKETS = str.maketrans("", "", "0123456789+-.:,abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_ \t\r\n")
 
 _BATCH_REASON = "multiple statements in one request"
 _BATCH_TRANSACTION_REASON = (
-    "transaction control inside a statement batch is not allowed; "
-    "each approved batch runs in one transaction"
+    "transaction control inside a statement batch is not allowed; each approved batch runs in one transaction"
 )
 
 
@@ -631,8 +622,10 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
 # --------------------------------------------------------------------------
 
 
-def _object_words(object_type: int) -> str:
+def _object_words(object_type: int | None) -> str:
     """SQL words for an ObjectType, e.g. OBJECT_MATVIEW -> 'MATERIALIZED VIEW'."""
+    if object_type is None or object_type not in set(_Obj):
+        return "OBJECT"
     if object_type in _OBJECT_WORDS:
         return _OBJECT_WORDS[object_type]
     return _Obj(object_type).name.removeprefix("OBJECT_").replace("_", " ")
@@ -667,20 +660,14 @@ _TAG_BUILDERS: Mapping[type[ast.Node], Callable[[Any], str]] = MappingProxyType(
         ast.VariableSetStmt: _variable_set_tag,
         ast.CreateRoleStmt: _create_role_tag,
         ast.CreateTableAsStmt: lambda n: (
-            "CREATE MATERIALIZED VIEW"
-            if n.objtype == _Obj.OBJECT_MATVIEW
-            else "CREATE TABLE AS"
+            "CREATE MATERIALIZED VIEW" if n.objtype == _Obj.OBJECT_MATVIEW else "CREATE TABLE AS"
         ),
-        ast.CreateFunctionStmt: lambda n: (
-            "CREATE PROCEDURE" if n.is_procedure else "CREATE FUNCTION"
-        ),
+        ast.CreateFunctionStmt: lambda n: "CREATE PROCEDURE" if n.is_procedure else "CREATE FUNCTION",
         ast.AlterFunctionStmt: lambda n: f"ALTER {_object_words(n.objtype)}",
         ast.AlterTableStmt: lambda n: f"ALTER {_object_words(n.objtype)}",
         ast.DropStmt: lambda n: f"DROP {_object_words(n.removeType)}",
         ast.RenameStmt: lambda n: f"ALTER {_object_words(n.renameType)} RENAME",
-        ast.AlterObjectSchemaStmt: lambda n: (
-            f"ALTER {_object_words(n.objectType)} SET SCHEMA"
-        ),
+        ast.AlterObjectSchemaStmt: lambda n: f"ALTER {_object_words(n.objectType)} SET SCHEMA",
         ast.AlterOwnerStmt: lambda n: f"ALTER {_object_words(n.objectType)} OWNER TO",
         ast.DefineStmt: lambda n: f"CREATE {_object_words(n.kind)}",
         ast.GrantStmt: lambda n: "GRANT" if n.is_grant else "REVOKE",
@@ -691,7 +678,7 @@ _TAG_BUILDERS: Mapping[type[ast.Node], Callable[[Any], str]] = MappingProxyType(
 )
 
 
-def statement_type(node: ast.Node) -> str:
+def _statement_type(node: ast.Node) -> str:
     """PostgreSQL-style command tag for a statement node, e.g. 'CREATE TABLE'."""
     builder = _TAG_BUILDERS.get(type(node))
     if builder is not None:
@@ -710,17 +697,26 @@ def _select_rules(node: ast.SelectStmt, top_level: bool) -> list[_Finding]:
     if node.intoClause is not None:
         findings.append(_held("SELECT INTO creates a table (DDL)", Risk.HIGH, 2))
     for clause in node.lockingClause or ():
-        strength = enums.LockClauseStrength(clause.strength).name.removeprefix("LCS_FOR")
-        words = {"KEYSHARE": "KEY SHARE", "NOKEYUPDATE": "NO KEY UPDATE"}
-        findings.append(_held(f"SELECT ... FOR {words.get(strength, strength)} takes row locks"))
+        findings.append(_held(f"SELECT ... FOR {_lock_words(clause)} takes row locks"))
     if top_level:
         findings.append(_allowed("SELECT only reads data"))
     return findings
 
 
+def _lock_words(clause: ast.LockingClause) -> str:
+    """'UPDATE', 'NO KEY UPDATE', 'SHARE' or 'KEY SHARE' for a locking clause."""
+    words = {
+        enums.LockClauseStrength.LCS_FORKEYSHARE: "KEY SHARE",
+        enums.LockClauseStrength.LCS_FORSHARE: "SHARE",
+        enums.LockClauseStrength.LCS_FORNOKEYUPDATE: "NO KEY UPDATE",
+        enums.LockClauseStrength.LCS_FORUPDATE: "UPDATE",
+    }
+    return words.get(clause.strength, "UPDATE") if clause.strength is not None else "UPDATE"
+
+
 def _data_modifying_rules(node: ast.Node) -> list[_Finding]:
     """INSERT/UPDATE/DELETE/MERGE: held; unrestricted UPDATE/DELETE need two approvers."""
-    tag = statement_type(node)
+    tag = _statement_type(node)
     unrestricted = isinstance(node, ast.UpdateStmt | ast.DeleteStmt) and node.whereClause is None
     if unrestricted:
         return [_held(f"{tag} without WHERE affects every row", Risk.HIGH, 2)]
@@ -729,7 +725,7 @@ def _data_modifying_rules(node: ast.Node) -> list[_Finding]:
 
 def _ddl_rules(node: ast.Node) -> list[_Finding]:
     """Schema changes are held for two approvers, unless they touch server-level objects."""
-    tag = statement_type(node)
+    tag = _statement_type(node)
     if _targets_server_level_object(node):
         return [_denied(f"{tag} is not allowed: it manages server-level objects")]
     if _changes_owner(node):
@@ -767,7 +763,7 @@ def _copy_rules(node: ast.CopyStmt) -> list[_Finding]:
 
 def _transaction_rules(node: ast.TransactionStmt) -> list[_Finding]:
     """Ordinary transaction control is harmless; two-phase commit is not."""
-    tag = statement_type(node)
+    tag = _statement_type(node)
     if node.kind in _TWO_PHASE_KINDS:
         return [_denied(f"{tag} is not allowed: it leaves a prepared transaction behind")]
     return [_allowed(f"{tag} is transaction control")]
@@ -778,7 +774,7 @@ def _variable_set_rules(node: ast.VariableSetStmt) -> list[_Finding]:
     if node.kind == enums.VariableSetKind.VAR_RESET_ALL:
         return [_allowed("RESET ALL restores session defaults")]
     name = (node.name or "").lower()
-    tag = statement_type(node)
+    tag = _statement_type(node)
     if name in _IDENTITY_SETTINGS:
         return [_denied(f"{tag} {_IDENTITY_SETTINGS[name]} changes the session's identity")]
     if node.kind == enums.VariableSetKind.VAR_SET_MULTI and name in _TRANSACTION_SETTINGS:
@@ -798,7 +794,7 @@ def _statement_rules(node: ast.Node, top_level: bool) -> list[_Finding]:
     types only applies at top level.
     """
     kind = type(node)
-    tag = statement_type(node)
+    tag = _statement_type(node)
     if isinstance(node, ast.SelectStmt):
         return _select_rules(node, top_level)
     if isinstance(node, _DATA_MODIFYING):
@@ -831,7 +827,7 @@ def _session_statement_rules(node: ast.Node, top_level: bool) -> list[_Finding]:
     summary = _ALLOWED_STATEMENT_SUMMARIES.get(type(node))
     if summary is not None:
         return [_allowed(summary)]
-    return [_held(f"statement type {statement_type(node)} is not on the read-only allowlist")]
+    return [_held(f"statement type {_statement_type(node)} is not on the read-only allowlist")]
 
 
 def _is_statement(node: ast.Node) -> bool:
@@ -871,11 +867,9 @@ def _function_name(call: ast.FuncCall) -> tuple[str | None, str, str]:
     pg_catalog calls; they are displayed by their bare name because that is
     how they were written, but still looked up in pg_catalog.
     """
-    parts = tuple(
-        part.sval or "" for part in call.funcname or () if isinstance(part, ast.String)
-    )
+    parts = tuple(part.sval or "" for part in call.funcname or () if isinstance(part, ast.String))
     schema = parts[-2] if len(parts) > 1 else None
-    name = parts[-1]
+    name = parts[-1] if parts else ""
     written_bare = call.funcformat == enums.CoercionForm.COERCE_SQL_SYNTAX
     display = name if written_bare else ".".join(parts)
     return schema, name, display.lower()
@@ -1039,7 +1033,7 @@ def _scope_for(node: ast.Node, attribute: str, ctes: frozenset[str]) -> frozense
 def _writable_cte_findings(cte: ast.CommonTableExpr) -> list[_Finding]:
     """A data-modifying statement inside WITH makes the whole query a write."""
     if isinstance(cte.ctequery, _DATA_MODIFYING):
-        tag = statement_type(cte.ctequery)
+        tag = _statement_type(cte.ctequery)
         return [_held(f'writable CTE "{cte.ctename}" runs {tag}')]
     return []
 
@@ -1097,9 +1091,7 @@ def _parse_error_details(error: ParseError) -> tuple[str, int | None]:
 def _check_nesting(tree_json: str) -> None:
     """Refuse parse trees nested deeper than pglast can safely convert."""
     if _json_nesting_depth(tree_json) > _MAX_TREE_NESTING:
-        raise UnparsableStatement(
-            f"statement is nested more than {_MAX_TREE_NESTING} levels deep"
-        )
+        raise UnparsableStatement(f"statement is nested more than {_MAX_TREE_NESTING} levels deep")
 
 
 def _json_nesting_depth(tree_json: str) -> int:
@@ -1157,7 +1149,7 @@ def _classify_statement(node: ast.Node, inspector: _Inspector) -> _StatementResu
     """Walk one top-level statement and fold its findings."""
     findings = inspector.inspect(node)
     return _StatementResult(
-        statement_type=statement_type(node),
+        statement_type=_statement_type(node),
         outcome=_outcome(findings),
         is_transaction_control=_is_transaction_control(node),
     )

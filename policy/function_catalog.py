@@ -25,11 +25,22 @@ _CATALOG_SCHEMA = "pg_catalog"
 # Every pg_proc row counts: plain functions, aggregates, window functions and
 # procedures all share one namespace for name resolution, so a name that is
 # an aggregate in one overload and a volatile function in another must be
-# reported as volatile.
+# reported as volatile.  PostgreSQL records every aggregate as immutable in
+# pg_proc and keeps the real code in its support functions, so an aggregate
+# is rated by the most volatile of those as well.
 _FUNCTIONS_QUERY = """
-    SELECT n.nspname, p.proname, p.provolatile::text
+    SELECT n.nspname, p.proname, p.provolatile::text, support.volatility
     FROM pg_catalog.pg_proc AS p
     JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+    LEFT JOIN pg_catalog.pg_aggregate AS a ON a.aggfnoid = p.oid
+    LEFT JOIN LATERAL (
+        SELECT max(s.provolatile::text) AS volatility
+        FROM pg_catalog.pg_proc AS s
+        WHERE s.oid IN (
+            a.aggtransfn::oid, a.aggfinalfn::oid, a.aggcombinefn::oid, a.aggserialfn::oid,
+            a.aggdeserialfn::oid, a.aggmtransfn::oid, a.aggminvtransfn::oid, a.aggmfinalfn::oid
+        )
+    ) AS support ON true
 """
 
 
@@ -89,9 +100,7 @@ class SnapshotFunctionCatalog:
         return (_CATALOG_SCHEMA, *self.search_path)
 
 
-def build_snapshot(
-    rows: Iterable[tuple[str, str, str]], search_path: Sequence[str]
-) -> SnapshotFunctionCatalog:
+def build_snapshot(rows: Iterable[tuple[str, str, str]], search_path: Sequence[str]) -> SnapshotFunctionCatalog:
     """Fold (schema, name, volatility) rows into a snapshot.
 
     Overloads share a name, so each name keeps its most volatile overload:
@@ -124,5 +133,8 @@ def load_function_catalog(
     """
     with conn.cursor() as cursor:
         cursor.execute(_FUNCTIONS_QUERY)
-        rows = [(str(schema), str(name), str(code)) for schema, name, code in cursor.fetchall()]
+        rows = [
+            (str(schema), str(name), most_volatile(str(own), support) or str(own))
+            for schema, name, own, support in cursor.fetchall()
+        ]
     return build_snapshot(rows, search_path)

