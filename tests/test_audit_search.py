@@ -1,0 +1,55 @@
+"""GET /api/v1/audit/events: compliance officers only; filters; every search is itself audited."""
+
+from __future__ import annotations
+
+import pytest
+
+from audit.models import AuditEvent, EventKind
+from identity.roles import Role
+from tests.factories import agent_client, make_user, user_client
+
+pytestmark = pytest.mark.usefixtures("services")
+
+
+def test_only_compliance_officers_can_search() -> None:
+    owner = make_user(Role.ENGINEER)
+    _, agent_api = agent_client(owner)
+    assert agent_api.get("/api/v1/audit/events").status_code == 403
+    assert user_client(owner).get("/api/v1/audit/events").status_code == 403
+    assert user_client(make_user(Role.REVIEWER)).get("/api/v1/audit/events").status_code == 403
+    assert user_client(make_user()).get("/api/v1/audit/events").status_code == 403
+    assert user_client(make_user(Role.COMPLIANCE)).get("/api/v1/audit/events").status_code == 200
+
+
+def test_filters_and_search_is_audited() -> None:
+    owner = make_user(Role.ENGINEER)
+    agent, agent_api = agent_client(owner)
+    marker = f"marker_{agent.pk}"
+    assert agent_api.post(
+        "/api/v1/queries", {"datasource": "clinic", "sql": f"SELECT 1 AS {marker}"}, format="json"
+    ).status_code == 200
+    officer = make_user(Role.COMPLIANCE)
+    officer_api = user_client(officer)
+    body = officer_api.get("/api/v1/audit/events", {"q": marker, "actor": owner.username}).json()
+    kinds = {event["kind"] for event in body["results"]}
+    assert kinds == {EventKind.QUERY_SUBMITTED}
+    assert all(event["agent_name"] == agent.name and event["actor_name"] == owner.username for event in body["results"])
+    by_kind = officer_api.get("/api/v1/audit/events", {"actor": owner.username, "kind": "query.executed"}).json()
+    assert [event["kind"] for event in by_kind["results"]] == ["query.executed"]
+    none = officer_api.get("/api/v1/audit/events", {"actor": owner.username, "since": "2999-01-01"}).json()
+    assert none["results"] == []
+    assert officer_api.get("/api/v1/audit/events", {"since": "not-a-date"}).status_code == 400
+    searched = AuditEvent.objects.filter(kind=EventKind.AUDIT_SEARCHED, actor=officer)
+    assert searched.count() == 4
+    assert searched.first().details["filters"]  # type: ignore[union-attr]
+
+
+def test_failed_sign_ins_name_no_secret() -> None:
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Bearer pga_leaked-looking-token-value")
+    assert client.get("/api/v1/tickets/1").status_code == 401
+    event = AuditEvent.objects.filter(kind=EventKind.AUTH_FAILED).order_by("-id").first()
+    assert event is not None and event.actor is None
+    assert "leaked-looking-token-value" not in str(event.details) + event.summary + event.statement
