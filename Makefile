@@ -27,7 +27,7 @@ services:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
+	DJANGO_SECRET_KEY=lint-only DATABASE_URL=postgresql://lint@127.0.0.1/lint $(VENV)/bin/mypy
 
 test: $(STAMP) services lint
 	$(VENV)/bin/pytest

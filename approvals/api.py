@@ -20,14 +20,15 @@ from approvals.serializers import ResultSerializer, ReviewRequestSerializer, Tic
 from approvals.waiting import wait_for_change
 from audit.models import EventKind
 from audit.recorder import record
-from identity.authentication import request_context
+from identity.authentication import principal_of, request_context
 from identity.principal import Principal
 
 
 def _visible_ticket(request: Request, ticket_id: int) -> Ticket:
-    principal: Principal = request.auth
+    principal: Principal = principal_of(request)
     ticket = (
-        Ticket.objects.select_related("datasource", "owner", "agent").prefetch_related("reviews__reviewer")
+        Ticket.objects.select_related("datasource", "owner", "agent")
+        .prefetch_related("reviews__reviewer")
         .filter(pk=ticket_id)
         .first()
     )
@@ -40,7 +41,7 @@ def _visible_ticket(request: Request, ticket_id: int) -> Ticket:
 
 def _requester_ticket(request: Request, ticket_id: int) -> Ticket:
     ticket = _visible_ticket(request, ticket_id)
-    if not is_requester(ticket, request.auth):
+    if not is_requester(ticket, principal_of(request)):
         raise PermissionDenied("only the requester can do this")
     return ticket
 
@@ -73,12 +74,14 @@ class TicketResultView(APIView):
     def get(self, request: Request, ticket_id: int) -> Response:
         ticket = _requester_ticket(request, ticket_id)
         if ticket.status != Status.EXECUTED:
-            return Response({"detail": f"ticket is {ticket.status}; no result yet", "status": ticket.status}, status=409)
+            return Response(
+                {"detail": f"ticket is {ticket.status}; no result yet", "status": ticket.status}, status=409
+            )
         stored = ticket.result or {}
         with transaction.atomic():
             record(
                 EventKind.TICKET_RESULT_READ,
-                principal=request.auth,
+                principal=principal_of(request),
                 context=request_context(request),
                 datasource=ticket.datasource.name,
                 ticket_id=ticket.pk,
@@ -104,7 +107,7 @@ class TicketReviewsView(APIView):
         try:
             submit_review(
                 ticket_id,
-                request.auth,
+                principal_of(request),
                 body.validated_data["decision"],
                 body.validated_data["comment"],
                 request_context(request),
@@ -122,7 +125,7 @@ class TicketCancelView(APIView):
     def post(self, request: Request, ticket_id: int) -> Response:
         ticket = _requester_ticket(request, ticket_id)
         try:
-            cancel(ticket, request.auth, request_context(request))
+            cancel(ticket, principal_of(request), request_context(request))
         except TransitionConflict as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         ticket.refresh_from_db()

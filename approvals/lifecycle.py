@@ -91,9 +91,7 @@ def cancel(ticket: Ticket, principal: Principal, context: Context) -> None:
 def expire_if_overdue(ticket: Ticket) -> bool:
     """Expire one ticket whose pending window has passed; True if this call expired it."""
     with transaction.atomic():
-        changed = Ticket.objects.overdue().filter(pk=ticket.pk).update(
-            status=Status.EXPIRED, decided_at=timezone.now()
-        )
+        changed = Ticket.objects.overdue().filter(pk=ticket.pk).update(status=Status.EXPIRED, decided_at=timezone.now())
         if changed:
             record(
                 EventKind.TICKET_EXPIRED,

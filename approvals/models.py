@@ -11,6 +11,7 @@ import hashlib
 import uuid
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -57,7 +58,7 @@ class TicketQuerySet(models.QuerySet["Ticket"]):
     def executing(self) -> TicketQuerySet:
         return self.filter(status=Status.EXECUTING)
 
-    def visible_to_requester(self, user: models.Model) -> TicketQuerySet:
+    def visible_to_requester(self, user: User) -> TicketQuerySet:
         return self.filter(owner=user)
 
 

@@ -21,9 +21,7 @@ class ReviewForbidden(Exception):
     """This principal may not review this ticket (403)."""
 
 
-def submit_review(
-    ticket_id: int, principal: Principal, decision: Decision, comment: str, context: Context
-) -> Ticket:
+def submit_review(ticket_id: int, principal: Principal, decision: Decision, comment: str, context: Context) -> Ticket:
     """Record one review; approve the ticket once enough approvals exist, reject it on the first rejection."""
     ticket = Ticket.objects.select_related("datasource", "owner", "agent").get(pk=ticket_id)
     refusal = review_refusal(ticket, principal)

@@ -73,7 +73,9 @@ class QueryRequestSerializer(serializers.Serializer[Any]):
 class QueryResultSerializer(serializers.Serializer[Any]):
     status = serializers.ChoiceField(choices=["executed", "pending", "denied", "invalid", "failed"])
     columns = serializers.ListField(child=serializers.CharField(), required=False)
-    rows = serializers.ListField(child=serializers.ListField(child=serializers.CharField(allow_null=True)), required=False)
+    rows = serializers.ListField(
+        child=serializers.ListField(child=serializers.CharField(allow_null=True)), required=False
+    )
     rowcount = serializers.IntegerField(required=False)
     truncated = serializers.BooleanField(required=False)
     ticket = TicketLinkSerializer(required=False)

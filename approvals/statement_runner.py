@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
+from psycopg.pq.abc import PGconn, PGresult
 
 from approvals.ledger import CLAIM_SQL, COMPLETE_SQL, READ_SQL
 
@@ -49,7 +50,7 @@ class LedgerEntry:
     result: dict[str, object] | None
 
 
-def connect(url: str, application_name: str) -> pq.PGconn:
+def connect(url: str, application_name: str) -> PGconn:
     conninfo = make_conninfo(url, client_encoding="UTF8", application_name=application_name)
     pgconn = pq.PGconn.connect(conninfo.encode())
     if pgconn.status != pq.ConnStatus.OK:
@@ -59,20 +60,20 @@ def connect(url: str, application_name: str) -> pq.PGconn:
     return pgconn
 
 
-def _error(result: pq.PGresult) -> TargetError:
+def _error(result: PGresult) -> TargetError:
     sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"XX000").decode()
     message = (result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"").decode("utf-8", "replace")
     return TargetError(sqlstate, message)
 
 
-def _command(pgconn: pq.PGconn, sql: bytes, params: list[bytes | None] | None = None) -> pq.PGresult:
+def _command(pgconn: PGconn, sql: bytes, params: list[bytes | None] | None = None) -> PGresult:
     result = pgconn.exec_(sql) if params is None else pgconn.exec_params(sql, params)
     if result.status not in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
         raise _error(result)
     return result
 
 
-def _run_statement(pgconn: pq.PGconn, sql: bytes, row_cap: int) -> RawResult:
+def _run_statement(pgconn: PGconn, sql: bytes, row_cap: int) -> RawResult:
     try:
         pgconn.send_query(sql)
     except psycopg.OperationalError as exc:
@@ -152,14 +153,16 @@ def run_once(
             pgconn.exec_(b"ROLLBACK")
             raise
         stored = finish(raw)
-        _command(pgconn, COMPLETE_SQL, [execution_key.encode(), str(raw.rowcount).encode(), json.dumps(stored).encode()])
+        _command(
+            pgconn, COMPLETE_SQL, [execution_key.encode(), str(raw.rowcount).encode(), json.dumps(stored).encode()]
+        )
         _command(pgconn, b"COMMIT")
         return LedgerEntry(rowcount=raw.rowcount, result=stored), True
     finally:
         pgconn.finish()
 
 
-def read_ledger(pgconn: pq.PGconn, execution_key: str) -> LedgerEntry:
+def read_ledger(pgconn: PGconn, execution_key: str) -> LedgerEntry:
     result = _command(pgconn, READ_SQL, [execution_key.encode()])
     if result.ntuples == 0:
         raise TargetError("XX000", "ledger row vanished")
@@ -181,5 +184,3 @@ def ledger_entry(url: str, execution_key: str) -> LedgerEntry | None:
         return read_ledger(pgconn, execution_key)
     finally:
         pgconn.finish()
-
-

@@ -25,11 +25,15 @@ def _context(request: HttpRequest) -> Context:
 def queue(request: HttpRequest) -> HttpResponse:
     principal = Principal(human=request.user)  # type: ignore[arg-type]
     if not (has_role(request.user, Role.REVIEWER) or has_role(request.user, Role.COMPLIANCE)):
-        mine = Ticket.objects.filter(owner=request.user).select_related("datasource", "agent").order_by("-id")[:50]
+        mine = Ticket.objects.filter(owner=principal.human).select_related("datasource", "agent").order_by("-id")[:50]
         return render(request, "approvals/queue.html", {"pending": [], "recent": mine, "is_reviewer": False})
     expire_overdue()
     pending = Ticket.objects.pending().select_related("datasource", "agent", "owner").order_by("created_at")
-    recent = Ticket.objects.exclude(status=Status.PENDING).select_related("datasource", "agent", "owner").order_by("-id")[:25]
+    recent = (
+        Ticket.objects.exclude(status=Status.PENDING)
+        .select_related("datasource", "agent", "owner")
+        .order_by("-id")[:25]
+    )
     rows = [(ticket, review_refusal(ticket, principal)) for ticket in pending]
     return render(request, "approvals/queue.html", {"pending": rows, "recent": recent, "is_reviewer": True})
 

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 
 from audit.models import AuditEvent, EventKind
 from audit.recorder import record
-from identity.authentication import request_context
+from identity.authentication import principal_of, request_context
 from identity.principal import Principal
 from identity.roles import Role, has_role
 
@@ -99,7 +99,7 @@ class AuditEventListView(generics.ListAPIView[AuditEvent]):
 
     @extend_schema(parameters=_FILTERS)
     def get(self, request: Request, *args: object, **kwargs: object) -> Response:
-        principal: Principal = request.auth
+        principal: Principal = principal_of(request)
         if principal.is_agent or not has_role(principal.human, Role.COMPLIANCE):
             raise PermissionDenied("only compliance officers can search the audit trail")
         with transaction.atomic():

@@ -87,7 +87,9 @@ class AuditEvent(models.Model):
                 condition=Q(actor__isnull=False) | Q(kind="auth.failed"), name="audit_actor_required"
             ),
             # An agent never appears without the human it acts for.
-            models.CheckConstraint(condition=Q(agent__isnull=True) | Q(actor__isnull=False), name="audit_agent_has_owner"),
+            models.CheckConstraint(
+                condition=Q(agent__isnull=True) | Q(actor__isnull=False), name="audit_agent_has_owner"
+            ),
         ]
 
     def __str__(self) -> str:

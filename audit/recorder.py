@@ -55,5 +55,3 @@ def record(
         summary=summary,
         details=dict(details or {}),
     )
-
-

@@ -195,11 +195,27 @@ def process_env(
     return env
 
 
-def process_commands(python: str, web_port: int, gateway_port: int) -> dict[str, list[str]]:
-    """The command lines; no secret ever appears in them (they are visible to every user via ps)."""
+def process_commands(python: str, web_port: int, gateway_port: int, beat_schedule: str) -> dict[str, list[str]]:
+    """The command lines; no secret ever appears in them (they are visible to every user via ps).
+
+    The executor embeds Celery beat (``--beat``) for the periodic expiry sweep: one process in the demo. In a
+    deployment with several executors, run beat once, separately.
+    """
     return {
         "web": [python, "-m", "uvicorn", "phigate.asgi:application", "--host", "127.0.0.1", "--port", str(web_port)],
-        "executor": [python, "-m", "celery", "-A", "phigate", "worker", "--loglevel=INFO", "--concurrency=2"],
+        "executor": [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "phigate",
+            "worker",
+            "--loglevel=INFO",
+            "--concurrency=2",
+            "--beat",
+            "--schedule",
+            beat_schedule,
+        ],
         "gateway": [python, "manage.py", "gateway", "--host", "127.0.0.1", "--port", str(gateway_port)],
     }
 

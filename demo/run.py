@@ -274,7 +274,12 @@ class Demo:
         return urls, seed
 
     def start_children(self, common: Mapping[str, str], urls: Mapping[str, Any]) -> None:
-        commands = config.process_commands(sys.executable, self.settings.web_port, self.settings.gateway_port)
+        commands = config.process_commands(
+            sys.executable,
+            self.settings.web_port,
+            self.settings.gateway_port,
+            str(self.state_dir / "celerybeat-schedule"),
+        )
         for name in config.PROCESS_NAMES:
             env = config.process_env(
                 name, common, self.environ, read_url=str(urls["read_url"]), write_url=str(urls["write_url"])

@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from approvals.notify import redis_client
 from approvals.serializers import QueryRequestSerializer, QueryResultSerializer
 from gateway.rpc import GatewayUnavailable, call_gateway
-from identity.authentication import request_context
+from identity.authentication import principal_of, request_context
 
 _HTTP_STATUS = {"executed": 200, "pending": 202, "denied": 403, "invalid": 400, "failed": 400}
 
@@ -23,7 +23,12 @@ _HTTP_STATUS = {"executed": 200, "pending": 202, "denied": 403, "invalid": 400, 
 class QueryView(APIView):
     @extend_schema(
         request=QueryRequestSerializer,
-        responses={200: QueryResultSerializer, 202: QueryResultSerializer, 400: QueryResultSerializer, 403: QueryResultSerializer},
+        responses={
+            200: QueryResultSerializer,
+            202: QueryResultSerializer,
+            400: QueryResultSerializer,
+            403: QueryResultSerializer,
+        },
         summary="Submit a statement: safe reads run at once (masked), risky ones become tickets.",
     )
     def post(self, request: Request) -> Response:
@@ -32,7 +37,7 @@ class QueryView(APIView):
         try:
             outcome = call_gateway(
                 redis_client(),
-                principal=request.auth,
+                principal=principal_of(request),
                 datasource=body.validated_data["datasource"],
                 sql=body.validated_data["sql"],
                 reason=body.validated_data["reason"],

@@ -141,7 +141,7 @@ def handle_statement(
             f"{', '.join(session_only)} needs a session; it is only available on the wire protocol "
             "(each API request is one statement in its own transaction)"
         ]
-    submitted = {
+    submitted: dict[str, object] = {
         "verdict": str(verdict),
         "risk": str(classification.risk),
         "reasons": reasons,
@@ -218,7 +218,9 @@ def _run_allowed_read(
     except psycopg.Error as exc:
         diag = exc.diag
         error = scrub_error(
-            diag.sqlstate or "XX000", diag.message_primary or "statement failed", touches_phi=_touches_phi(classification, catalog)
+            diag.sqlstate or "XX000",
+            diag.message_primary or "statement failed",
+            touches_phi=_touches_phi(classification, catalog),
         )
         with transaction.atomic():
             record(

@@ -47,7 +47,7 @@ class ReadExecutor:
         self.pool.close()
 
     def run(self, sql: str, *, cursor_capable: bool, row_cap: int, timeout_ms: int) -> ReadResult:
-        """``cursor_capable``: a plain SELECT, fetched through a server-side cursor so a huge result stops at the cap."""
+        """``cursor_capable``: a plain SELECT, read through a server-side cursor so a huge result stops at the cap."""
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SET TRANSACTION READ ONLY")
             conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")

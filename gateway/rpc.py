@@ -139,7 +139,8 @@ async def serve(redis_url: str, runtime: DatasourceRuntime, stop: asyncio.Event,
             if item is None:
                 slots.release()
                 continue
-            task = asyncio.create_task(answer(item[1]))
+            raw = item[1]
+            task = asyncio.create_task(answer(raw if isinstance(raw, bytes) else raw.encode()))
             pending.add(task)
             task.add_done_callback(pending.discard)
         if pending:

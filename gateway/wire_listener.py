@@ -49,7 +49,7 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             )
             break
         await writer.drain()
-    except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
         pass
     finally:
         writer.close()

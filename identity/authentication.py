@@ -24,6 +24,14 @@ def request_context(request: Any, front: str = "http") -> Context:
     return Context(front=front, source_address=request.META.get("REMOTE_ADDR") or None)
 
 
+def principal_of(request: Request) -> Principal:
+    """The Principal a view acts for; DRF's ``request.auth`` is typed loosely, this is not."""
+    principal = request.auth
+    if not isinstance(principal, Principal):
+        raise exceptions.NotAuthenticated()
+    return principal
+
+
 def principal_for_token(token: str) -> Principal | None:
     """Resolve a bearer token to a usable principal, or None (unknown, revoked, expired, owner inactive)."""
     token_digest = tokens.digest(token)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
@@ -14,7 +15,8 @@ from identity import tokens
 
 agent_name_validator = RegexValidator(
     r"^[a-z][a-z0-9_.-]{0,62}$",
-    "Agent names are lower-case letters, digits, '.', '_' or '-', starting with a letter (they are database user names).",
+    "Agent names are lower-case letters, digits, '.', '_' or '-', starting with a letter "
+    "(they are database user names).",
 )
 
 
@@ -51,7 +53,7 @@ class Agent(models.Model):
         return f"{self.name} on behalf of {self.owner.get_username()}"
 
     @classmethod
-    def issue(cls, *, owner: models.Model, name: str, expires_in_days: int | None = None) -> tuple[Agent, str]:
+    def issue(cls, *, owner: User, name: str, expires_in_days: int | None = None) -> tuple[Agent, str]:
         """Create an agent and return it with its token; the token is never retrievable again."""
         token = tokens.new_token(tokens.AGENT_PREFIX)
         now = timezone.now()
@@ -77,7 +79,7 @@ class Agent(models.Model):
         return (
             self.revoked_at is None
             and (self.expires_at is None or self.expires_at > now)
-            and bool(self.owner.is_active)  # type: ignore[attr-defined]
+            and bool(self.owner.is_active)
         )
 
 
@@ -106,7 +108,7 @@ class ApiToken(models.Model):
         ]
 
     @classmethod
-    def issue(cls, *, user: models.Model, expires_in_days: int | None = None) -> tuple[ApiToken, str]:
+    def issue(cls, *, user: User, expires_in_days: int | None = None) -> tuple[ApiToken, str]:
         token = tokens.new_token(tokens.USER_PREFIX)
         now = timezone.now()
         record = cls.objects.create(

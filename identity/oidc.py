@@ -24,7 +24,7 @@ class RoleMappingOIDCBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
         return user
 
     def _sync_roles(self, user: Any, claims: dict[str, Any]) -> None:
-        claimed = claims.get(settings.OIDC_GROUPS_CLAIM) or []
+        claimed = claims.get(str(settings.OIDC_GROUPS_CLAIM)) or []
         wanted = {role.value for role in Role if role.value in set(claimed)}
         role_groups = Group.objects.filter(name__in=[role.value for role in Role])
         user.groups.remove(*[group for group in role_groups if group.name not in wanted])

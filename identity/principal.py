@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 
 from identity.models import Agent
 
@@ -13,7 +13,7 @@ from identity.models import Agent
 class Principal:
     """``human`` is the accountable person: the agent's owner, or the human who signed in."""
 
-    human: AbstractBaseUser
+    human: User
     agent: Agent | None = None
 
     @property

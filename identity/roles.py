@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import models
 
 
@@ -13,14 +13,14 @@ class Role(models.TextChoices):
     ADMIN = "admin", "Administrator"
 
 
-def has_role(user: AbstractBaseUser | AnonymousUser | None, role: Role) -> bool:
-    if user is None or not user.is_authenticated or not user.is_active:
+def has_role(user: User | AnonymousUser | None, role: Role) -> bool:
+    if not isinstance(user, User) or not user.is_active:
         return False
-    return user.groups.filter(name=role.value).exists()  # type: ignore[union-attr]
+    return user.groups.filter(name=role.value).exists()
 
 
-def grant_role(user: AbstractBaseUser, role: Role) -> None:
+def grant_role(user: User, role: Role) -> None:
     from django.contrib.auth.models import Group
 
     group, _ = Group.objects.get_or_create(name=role.value)
-    user.groups.add(group)  # type: ignore[attr-defined]
+    user.groups.add(group)

@@ -34,11 +34,18 @@ def _context(request: HttpRequest | None) -> Context:
 @receiver(user_logged_in)
 def _audit_sign_in(sender: Any, request: HttpRequest | None, user: Any, **_: Any) -> None:
     with transaction.atomic():
-        record(EventKind.AUTH_SUCCEEDED, principal=Principal(human=user), context=_context(request), summary="signed in to the web UI")
+        record(
+            EventKind.AUTH_SUCCEEDED,
+            principal=Principal(human=user),
+            context=_context(request),
+            summary="signed in to the web UI",
+        )
 
 
 @receiver(user_login_failed)
-def _audit_failed_sign_in(sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **_: Any) -> None:
+def _audit_failed_sign_in(
+    sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **_: Any
+) -> None:
     record(
         EventKind.AUTH_FAILED,
         principal=None,

@@ -12,7 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "phigate.settings")
 
-from policy.credentials import credential_variables  # noqa: E402  (after settings module is chosen)
+from policy.credentials import credential_variables
 
 _present = credential_variables()
 if _present:

@@ -42,7 +42,9 @@ class CatalogCache:
             entry = self._entries.get(datasource)
             if entry is not None and now - entry[0] < self.ttl:
                 return entry[1]
-            with psycopg.connect(url, autocommit=True, application_name=f"phigate-catalog-{self.access.lower()}") as conn:
+            with psycopg.connect(
+                url, autocommit=True, application_name=f"phigate-catalog-{self.access.lower()}"
+            ) as conn:
                 catalog = load_target_catalog(conn, tags_for(datasource))
             self._entries[datasource] = (time.monotonic(), catalog)
             return catalog

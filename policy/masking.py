@@ -79,7 +79,10 @@ class MaskingPlan:
             return [list(row) for row in rows]
         masks = self.columns
         return [
-            [value if spec is None else mask_value(value, spec.mask, spec.phi_type, key) for value, spec in zip(row, masks, strict=True)]
+            [
+                value if spec is None else mask_value(value, spec.mask, spec.phi_type, key)
+                for value, spec in zip(row, masks, strict=True)
+            ]
             for row in rows
         ]
 

@@ -63,10 +63,14 @@ def provision(
             sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(nsp, reader),
             sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(nsp, reader),
             sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(nsp, writer),
-            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES ON ALL TABLES IN SCHEMA {} TO {}").format(nsp, writer),
+            sql.SQL(
+                "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES ON ALL TABLES IN SCHEMA {} TO {}"
+            ).format(nsp, writer),
             sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(nsp, writer),
             # Tables the writer creates later (approved DDL) stay readable by the reader.
-            sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(writer, nsp, reader),
+            sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(
+                writer, nsp, reader
+            ),
         ]
         for statement in statements:
             conn.execute(statement)

@@ -13,7 +13,7 @@ import psycopg
 from psycopg.adapt import AdaptersMap
 from psycopg.types.string import TextLoader
 
-from policy.classifier import Classification, FunctionCatalog
+from policy.classifier import Classification
 from policy.function_catalog import SnapshotFunctionCatalog, load_function_catalog
 from policy.masking import ColumnMask, MaskingPlan
 from policy.models import Mask

@@ -67,11 +67,16 @@ def target(control_plane: str) -> Iterator[Target]:
         conn.execute("CREATE TABLE scratch (id int PRIMARY KEY, label text)")
         conn.execute("INSERT INTO scratch SELECT g, 'row ' || g FROM generate_series(1, 50) g")
         conn.commit()
-    urls = provision(owner_url, read_role=environment.READ_ROLE, write_role=environment.WRITE_ROLE, transfer_ownership=True)
+    urls = provision(
+        owner_url, read_role=environment.READ_ROLE, write_role=environment.WRITE_ROLE, transfer_ownership=True
+    )
     datasource, _ = DataSource.objects.get_or_create(name=environment.DATASOURCE)
     for tag in PHI_TAGS:
         PhiColumn.objects.update_or_create(
-            datasource=datasource, schema_name="public", table_name=tag.table, column_name=tag.column,
+            datasource=datasource,
+            schema_name="public",
+            table_name=tag.table,
+            column_name=tag.column,
             defaults={"phi_type": tag.phi_type, "mask": tag.mask},
         )
     yield Target(owner_url=owner_url, read_url=urls.read_url, write_url=urls.write_url)

@@ -98,8 +98,20 @@ def gateway(read_url: str, log_dir: Path) -> tuple[Service, int]:
 def worker(write_url: str, log_dir: Path, name: str = "worker") -> Service:
     service = Service(
         name,
-        [sys.executable, "-m", "celery", "-A", "phigate", "worker", "--loglevel=INFO", "--concurrency=2",
-         "-n", f"{name}-{environment.RUN_ID}@%h", "--without-gossip", "--without-mingle"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "phigate",
+            "worker",
+            "--loglevel=INFO",
+            "--concurrency=2",
+            "-n",
+            f"{name}-{environment.RUN_ID}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
         {f"DATASOURCE_{environment.DATASOURCE.upper()}_WRITE_URL": write_url},
         log_dir,
     ).start()

@@ -23,7 +23,9 @@ def submit(client, sql: str):  # type: ignore[no-untyped-def]
 
 
 def review(client, ticket_id: int, decision: str, comment: str = ""):  # type: ignore[no-untyped-def]
-    return client.post(f"/api/v1/tickets/{ticket_id}/reviews", {"decision": decision, "comment": comment}, format="json")
+    return client.post(
+        f"/api/v1/tickets/{ticket_id}/reviews", {"decision": decision, "comment": comment}, format="json"
+    )
 
 
 def wait_final(client, ticket_id: int, timeout: float = 30) -> dict:  # type: ignore[no-untyped-def,type-arg]
@@ -49,15 +51,23 @@ def test_approved_update_executes_once_with_the_right_rowcount(services) -> None
     assert body["requested_by"] == {"agent": agent.name, "owner": agent.owner.username}
     with psycopg.connect(services.target.owner_url) as conn:
         labels = conn.execute("SELECT label FROM scratch WHERE id BETWEEN 10 AND 12").fetchall()
-        ledger = conn.execute("SELECT count(*) FROM phigate.execution_ledger WHERE ticket_id = %s", (ticket_id,)).fetchone()
+        ledger = conn.execute(
+            "SELECT count(*) FROM phigate.execution_ledger WHERE ticket_id = %s", (ticket_id,)
+        ).fetchone()
     assert labels == [("approved-flow",)] * 3
     assert ledger == (1,)
     result = agent_api.get(f"/api/v1/tickets/{ticket_id}/result")
     assert result.status_code == 200
     assert result.json()["rowcount"] == 3
     kinds = set(AuditEvent.objects.filter(ticket_id=ticket_id).values_list("kind", flat=True))
-    assert {EventKind.TICKET_CREATED, EventKind.TICKET_REVIEWED, EventKind.TICKET_APPROVED,
-            EventKind.TICKET_EXECUTION_STARTED, EventKind.TICKET_EXECUTED, EventKind.TICKET_RESULT_READ} <= kinds
+    assert {
+        EventKind.TICKET_CREATED,
+        EventKind.TICKET_REVIEWED,
+        EventKind.TICKET_APPROVED,
+        EventKind.TICKET_EXECUTION_STARTED,
+        EventKind.TICKET_EXECUTED,
+        EventKind.TICKET_RESULT_READ,
+    } <= kinds
 
 
 def test_result_is_409_before_execution_and_masked_after(services) -> None:  # type: ignore[no-untyped-def]

@@ -25,9 +25,12 @@ def test_filters_and_search_is_audited() -> None:
     owner = make_user(Role.ENGINEER)
     agent, agent_api = agent_client(owner)
     marker = f"marker_{agent.pk}"
-    assert agent_api.post(
-        "/api/v1/queries", {"datasource": "clinic", "sql": f"SELECT 1 AS {marker}"}, format="json"
-    ).status_code == 200
+    assert (
+        agent_api.post(
+            "/api/v1/queries", {"datasource": "clinic", "sql": f"SELECT 1 AS {marker}"}, format="json"
+        ).status_code
+        == 200
+    )
     officer = make_user(Role.COMPLIANCE)
     officer_api = user_client(officer)
     body = officer_api.get("/api/v1/audit/events", {"q": marker, "actor": owner.username}).json()

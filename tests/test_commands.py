@@ -20,7 +20,9 @@ from tests.services import REPO
 
 def run_command(*argv: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATASOURCE_")}
-    return subprocess.run([sys.executable, "manage.py", *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "manage.py", *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_create_agent_prints_only_the_token() -> None:

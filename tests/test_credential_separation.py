@@ -73,7 +73,9 @@ def test_read_role_cannot_read_the_ledger(target) -> None:  # type: ignore[no-un
 
 def test_write_role_is_not_a_superuser_and_cannot_manage_roles(target) -> None:  # type: ignore[no-untyped-def]
     with psycopg.connect(target.write_url, autocommit=True) as conn:
-        assert conn.execute("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user").fetchone() == (False, False, False)
+        assert conn.execute(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user"
+        ).fetchone() == (False, False, False)
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute("CREATE ROLE escalate")
         with pytest.raises(errors.InsufficientPrivilege):

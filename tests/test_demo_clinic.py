@@ -257,9 +257,20 @@ def test_common_env_has_the_documented_values() -> None:
 
 
 def test_command_lines_carry_no_secret() -> None:
-    commands = config.process_commands("/venv/bin/python", 8123, 6543)
+    commands = config.process_commands("/venv/bin/python", 8123, 6543, "/state/celerybeat-schedule")
     assert commands["web"][1:] == ["-m", "uvicorn", "phigate.asgi:application", "--host", "127.0.0.1", "--port", "8123"]
-    assert commands["executor"][1:] == ["-m", "celery", "-A", "phigate", "worker", "--loglevel=INFO", "--concurrency=2"]
+    assert commands["executor"][1:] == [
+        "-m",
+        "celery",
+        "-A",
+        "phigate",
+        "worker",
+        "--loglevel=INFO",
+        "--concurrency=2",
+        "--beat",
+        "--schedule",
+        "/state/celerybeat-schedule",
+    ]
     assert commands["gateway"][1:] == ["manage.py", "gateway", "--host", "127.0.0.1", "--port", "6543"]
     argv = " ".join(" ".join(command) for command in commands.values())
     for secret in (READ_URL, WRITE_URL, *_common().values()):

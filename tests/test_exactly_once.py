@@ -46,7 +46,8 @@ def probe_rows(owner_url: str, note: str) -> int:
 def active_backend(owner_url: str, marker: str) -> bool:
     with psycopg.connect(owner_url) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
             (f"%{marker}%",),
         ).fetchone()
     return bool(row and row[0])
@@ -57,9 +58,12 @@ def test_worker_killed_mid_statement_runs_it_once_after_restart(services, privat
     note = f"killed-mid-statement-{time.monotonic_ns()}"
     ticket_id = submit(agent_api, f"INSERT INTO execution_probe (note) SELECT '{note}' FROM pg_sleep(3)")
     first = private_worker["start"]("worker-a")
-    assert user_client(make_user(Role.REVIEWER)).post(
-        f"/api/v1/tickets/{ticket_id}/reviews", {"decision": "approve"}, format="json"
-    ).status_code == 201
+    assert (
+        user_client(make_user(Role.REVIEWER))
+        .post(f"/api/v1/tickets/{ticket_id}/reviews", {"decision": "approve"}, format="json")
+        .status_code
+        == 201
+    )
 
     svc.wait_until(lambda: active_backend(services.target.owner_url, note), 20, what="statement running on target")
     first.kill()
@@ -83,9 +87,12 @@ def test_crash_after_commit_is_settled_from_the_ledger_without_rerunning(service
     _, agent_api = agent_client(make_user(Role.ENGINEER))
     note = f"committed-before-crash-{time.monotonic_ns()}"
     ticket_id = submit(agent_api, f"INSERT INTO execution_probe (note) VALUES ('{note}')")
-    assert user_client(make_user(Role.REVIEWER)).post(
-        f"/api/v1/tickets/{ticket_id}/reviews", {"decision": "approve"}, format="json"
-    ).status_code == 201
+    assert (
+        user_client(make_user(Role.REVIEWER))
+        .post(f"/api/v1/tickets/{ticket_id}/reviews", {"decision": "approve"}, format="json")
+        .status_code
+        == 201
+    )
     # No worker is running. Play an executor that commits on the target and dies before telling the control plane.
     ticket = Ticket.objects.get(pk=ticket_id)
     Ticket.objects.filter(pk=ticket_id).update(status=Status.EXECUTING)
@@ -113,9 +120,12 @@ def test_duplicate_deliveries_run_once(services) -> None:  # type: ignore[no-unt
     _, agent_api = agent_client(make_user(Role.ENGINEER))
     note = f"delivered-thrice-{time.monotonic_ns()}"
     ticket_id = submit(agent_api, f"INSERT INTO execution_probe (note) VALUES ('{note}')")
-    assert user_client(make_user(Role.REVIEWER)).post(
-        f"/api/v1/tickets/{ticket_id}/reviews", {"decision": "approve"}, format="json"
-    ).status_code == 201
+    assert (
+        user_client(make_user(Role.REVIEWER))
+        .post(f"/api/v1/tickets/{ticket_id}/reviews", {"decision": "approve"}, format="json")
+        .status_code
+        == 201
+    )
     execute_ticket_task.delay(ticket_id)
     execute_ticket_task.delay(ticket_id, recovering=True)
     svc.wait_until(lambda: Ticket.objects.get(pk=ticket_id).status == Status.EXECUTED, 30, what="execution")
@@ -132,10 +142,15 @@ def test_changed_statement_is_refused(services) -> None:  # type: ignore[no-unty
     ticket_id = submit(agent_api, f"INSERT INTO execution_probe (note) VALUES ('{note}')")
     services.worker.stop()
     try:
-        assert user_client(make_user(Role.REVIEWER)).post(
-            f"/api/v1/tickets/{ticket_id}/reviews", {"decision": "approve"}, format="json"
-        ).status_code == 201
-        Ticket.objects.filter(pk=ticket_id).update(sql=f"INSERT INTO execution_probe (note) VALUES ('{note}'), ('{note}')")
+        assert (
+            user_client(make_user(Role.REVIEWER))
+            .post(f"/api/v1/tickets/{ticket_id}/reviews", {"decision": "approve"}, format="json")
+            .status_code
+            == 201
+        )
+        Ticket.objects.filter(pk=ticket_id).update(
+            sql=f"INSERT INTO execution_probe (note) VALUES ('{note}'), ('{note}')"
+        )
         import os
 
         os.environ["DATASOURCE_CLINIC_WRITE_URL"] = services.target.write_url  # play the executor in-process

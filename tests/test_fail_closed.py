@@ -37,7 +37,9 @@ HELD_WITH_SIDE_EFFECT_ON_SCRATCH = [
 ]
 
 
-@pytest.mark.parametrize(("what", "template"), HELD_WITH_SIDE_EFFECT_ON_SCRATCH, ids=[c[0] for c in HELD_WITH_SIDE_EFFECT_ON_SCRATCH])
+@pytest.mark.parametrize(
+    ("what", "template"), HELD_WITH_SIDE_EFFECT_ON_SCRATCH, ids=[c[0] for c in HELD_WITH_SIDE_EFFECT_ON_SCRATCH]
+)
 def test_held_statements_do_not_run(services, what: str, template: str) -> None:  # type: ignore[no-untyped-def]
     row_id = 20 + HELD_WITH_SIDE_EFFECT_ON_SCRATCH.index((what, template))
     response = submit(template.format(id=row_id))

@@ -1,4 +1,4 @@
-"""POST /api/v1/queries: safe reads come back at once (masked), risky statements become tickets, bad ones are refused."""
+"""POST /api/v1/queries: safe reads come back at once (masked), risky ones become tickets, bad ones are refused."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def submit(client, sql: str, reason: str = ""):  # type: ignore[no-untyped-def]
 
 
 def test_select_on_non_phi_table_returns_rows_immediately() -> None:
-    agent, client = agent_client(make_user(Role.ENGINEER))
+    _, client = agent_client(make_user(Role.ENGINEER))
     response = submit(client, "SELECT code, description FROM diagnosis_codes ORDER BY code LIMIT 3")
     assert response.status_code == 200, response.json()
     body = response.json()
@@ -30,11 +30,18 @@ def test_select_on_non_phi_table_returns_rows_immediately() -> None:
 
 def test_phi_columns_are_masked_for_agents(services) -> None:  # type: ignore[no-untyped-def]
     _, client = agent_client(make_user(Role.ENGINEER))
-    response = submit(client, "SELECT id, ssn, full_name, email, date_of_birth FROM patients WHERE email IS NOT NULL AND phone IS NOT NULL ORDER BY id LIMIT 5")
+    response = submit(
+        client,
+        "SELECT id, ssn, full_name, email, date_of_birth FROM patients "
+        "WHERE email IS NOT NULL AND phone IS NOT NULL ORDER BY id LIMIT 5",
+    )
     assert response.status_code == 200, response.json()
     rows = response.json()["rows"]
     with psycopg.connect(services.target.owner_url) as conn:
-        truth = conn.execute("SELECT id::text, ssn, full_name, email, date_of_birth::text FROM patients WHERE email IS NOT NULL AND phone IS NOT NULL ORDER BY patients.id LIMIT 5").fetchall()
+        truth = conn.execute(
+            "SELECT id::text, ssn, full_name, email, date_of_birth::text FROM patients "
+            "WHERE email IS NOT NULL AND phone IS NOT NULL ORDER BY patients.id LIMIT 5"
+        ).fetchall()
     for got, real in zip(rows, truth, strict=True):
         assert got[0] == real[0]  # the id is not PHI
         for masked, value in zip(got[1:], real[1:], strict=True):

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.usefixtures("services")
 
 def held(owner=None) -> Ticket:  # type: ignore[no-untyped-def]
     _, client = agent_client(owner or make_user(Role.ENGINEER))
-    response = client.post("/api/v1/queries", {"datasource": "clinic", "sql": "DELETE FROM scratch WHERE id = 45"}, format="json")
+    response = client.post(
+        "/api/v1/queries", {"datasource": "clinic", "sql": "DELETE FROM scratch WHERE id = 45"}, format="json"
+    )
     assert response.status_code == 202
     return Ticket.objects.get(pk=response.json()["ticket"]["id"])
 
@@ -23,8 +25,10 @@ def browser(user) -> Client:  # type: ignore[no-untyped-def]
     client = Client(enforce_csrf_checks=True)
     login = client.get("/accounts/login/")
     token = login.cookies["csrftoken"].value
-    response = client.post("/accounts/login/", {"username": user.username, "password": "correct horse battery",
-                                                "csrfmiddlewaretoken": token})
+    response = client.post(
+        "/accounts/login/",
+        {"username": user.username, "password": "correct horse battery", "csrfmiddlewaretoken": token},
+    )
     assert response.status_code == 302, response.content
     return client
 
@@ -32,7 +36,9 @@ def browser(user) -> Client:  # type: ignore[no-untyped-def]
 def post_review(client: Client, ticket: Ticket, decision: str):  # type: ignore[no-untyped-def]
     page = client.get(f"/tickets/{ticket.pk}/")
     token = client.cookies["csrftoken"].value
-    return page, client.post(f"/tickets/{ticket.pk}/review", {"decision": decision, "comment": "ok", "csrfmiddlewaretoken": token})
+    return page, client.post(
+        f"/tickets/{ticket.pk}/review", {"decision": decision, "comment": "ok", "csrfmiddlewaretoken": token}
+    )
 
 
 def test_anonymous_is_sent_to_sign_in() -> None:

@@ -62,6 +62,8 @@ def test_postgres_url_parsing() -> None:
 def test_process_refuses_to_start_with_bad_settings(override: dict[str, str], message: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATASOURCE_")}
     env.update(override)
-    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode != 0
     assert message in result.stderr

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.usefixtures("services")
 
 def held_ticket() -> tuple[int, object]:
     _, client = agent_client(make_user(Role.ENGINEER))
-    response = client.post("/api/v1/queries", {"datasource": "clinic", "sql": "DELETE FROM scratch WHERE id = 44"}, format="json")
+    response = client.post(
+        "/api/v1/queries", {"datasource": "clinic", "sql": "DELETE FROM scratch WHERE id = 44"}, format="json"
+    )
     assert response.status_code == 202
     return int(response.json()["ticket"]["id"]), client
 
@@ -47,7 +49,9 @@ def test_sweep_expires_only_overdue_tickets() -> None:
     overdue_id, _ = held_ticket()
     fresh_id, _ = held_ticket()
     now = timezone.now()  # tickets are created by the gateway process, so backdate rather than travel
-    Ticket.objects.filter(pk=overdue_id).update(created_at=now - timedelta(hours=2), expires_at=now - timedelta(seconds=1))
+    Ticket.objects.filter(pk=overdue_id).update(
+        created_at=now - timedelta(hours=2), expires_at=now - timedelta(seconds=1)
+    )
     expire_overdue()
     assert Ticket.objects.get(pk=overdue_id).status == Status.EXPIRED
     assert Ticket.objects.get(pk=fresh_id).status == Status.PENDING
@@ -67,7 +71,10 @@ def test_lapsed_approval_never_executes(services, monkeypatch) -> None:  # type:
     try:
         ticket_id, _ = held_ticket()
         reviewer = user_client(make_user(Role.REVIEWER))
-        assert reviewer.post(f"/api/v1/tickets/{ticket_id}/reviews", {"decision": "approve"}, format="json").status_code == 201
+        assert (
+            reviewer.post(f"/api/v1/tickets/{ticket_id}/reviews", {"decision": "approve"}, format="json").status_code
+            == 201
+        )
         assert Ticket.objects.get(pk=ticket_id).status == Status.APPROVED
         monkeypatch.setenv("DATASOURCE_CLINIC_WRITE_URL", services.target.write_url)  # play the executor in-process
         with time_machine.travel(timezone.now() + timedelta(minutes=16)):

@@ -37,7 +37,10 @@ class Command(BaseCommand):
                     principal=Principal.for_agent(agent),
                     context=Context(front="cli"),
                     summary=f"agent {agent.name} created for {owner.get_username()}",
-                    details={"token_kind": "agent", "expires_at": agent.expires_at.isoformat() if agent.expires_at else None},
+                    details={
+                        "token_kind": "agent",
+                        "expires_at": agent.expires_at.isoformat() if agent.expires_at else None,
+                    },
                 )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None

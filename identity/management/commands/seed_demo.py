@@ -41,7 +41,9 @@ class Command(BaseCommand):
         users_out = []
         with transaction.atomic():
             for username, role in DEMO_USERS:
-                user, _ = get_user_model().objects.get_or_create(username=username, defaults={"email": f"{username}@example.com"})
+                user, _ = get_user_model().objects.get_or_create(
+                    username=username, defaults={"email": f"{username}@example.com"}
+                )
                 password = secrets.token_urlsafe(12)
                 user.set_password(password)
                 user.is_active = True
@@ -49,8 +51,12 @@ class Command(BaseCommand):
                 grant_role(user, role)
                 ApiToken.objects.filter(user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())
                 _, api_token = ApiToken.issue(user=user)
-                record(EventKind.TOKEN_ISSUED, principal=Principal(human=user), context=context, summary="demo API token")
-                users_out.append({"username": username, "password": password, "role": role.value, "api_token": api_token})
+                record(
+                    EventKind.TOKEN_ISSUED, principal=Principal(human=user), context=context, summary="demo API token"
+                )
+                users_out.append(
+                    {"username": username, "password": password, "role": role.value, "api_token": api_token}
+                )
             owner = get_user_model().objects.get(username=options["agent_owner"])
             agent = Agent.objects.filter(name=options["agent_name"]).first()
             if agent is None:
@@ -61,7 +67,12 @@ class Command(BaseCommand):
                 agent.revoked_at = None
                 agent.save(update_fields=["revoked_at"])
                 agent_token = agent.rotate_token()
-            record(EventKind.TOKEN_ISSUED, principal=Principal.for_agent(agent), context=context, summary="demo agent token")
+            record(
+                EventKind.TOKEN_ISSUED,
+                principal=Principal.for_agent(agent),
+                context=context,
+                summary="demo agent token",
+            )
             for tag in PHI_TAGS:
                 PhiColumn.objects.update_or_create(
                     datasource=datasource,
