@@ -118,6 +118,7 @@ def _masked_result_maker(ticket: Ticket, url: str):  # type: ignore[no-untyped-d
             "rows": plan.apply(raw.rows, key),
             "truncated": raw.truncated,
             "masking": plan.describe(raw.columns),
+            "command_tag": raw.command_tag,
         }
 
     return finish
@@ -156,6 +157,7 @@ def execute_ticket(ticket_id: int, *, recovering: bool = False) -> ExecutionRepo
             execution_key=str(ticket.execution_key),
             ticket_id=ticket.pk,
             sql=ticket.sql,
+            params=ticket.statement_params,
             approved_sha256=ticket.sql_sha256,
             statement_timeout_ms=settings.EXECUTION_STATEMENT_TIMEOUT_MS,
             row_cap=settings.RESULT_ROW_CAP,

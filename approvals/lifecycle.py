@@ -9,7 +9,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from approvals.models import Status, Ticket, sql_digest
+from approvals.models import Status, Ticket
+from approvals.params import StatementParams, statement_digest
 from approvals.notify import publish_change_on_commit
 from audit.models import EventKind, Outcome
 from audit.recorder import Context, record
@@ -26,6 +27,7 @@ def open_ticket(
     principal: Principal,
     datasource: DataSource,
     sql: str,
+    params: StatementParams | None = None,
     reason: str,
     risk: str,
     reasons: Sequence[str],
@@ -42,7 +44,8 @@ def open_ticket(
         agent=principal.agent,
         owner=principal.human,
         sql=sql,
-        sql_sha256=sql_digest(sql),
+        params=None if params is None else params.to_json(),
+        sql_sha256=statement_digest(sql, params),
         fingerprint=fingerprint,
         reason=reason,
         risk=risk,
@@ -64,7 +67,13 @@ def open_ticket(
         ticket_id=ticket.pk,
         statement=sql,
         summary=f"held for approval ({approvals_required} needed): " + "; ".join(reasons),
-        details={"risk": risk, "reasons": list(reasons), "sql_sha256": ticket.sql_sha256, "reason": reason},
+        details={
+            "risk": risk,
+            "reasons": list(reasons),
+            "sql_sha256": ticket.sql_sha256,
+            "reason": reason,
+            "params": None if params is None else params.for_audit(),
+        },
     )
     publish_change_on_commit(ticket.pk, Status.PENDING)
     return ticket

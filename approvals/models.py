@@ -7,7 +7,6 @@ approvals.review, approvals.execution and approvals.lifecycle.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 
 from django.conf import settings
@@ -16,10 +15,12 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from approvals.params import StatementParams, statement_digest
+
 
 def sql_digest(sql: str) -> str:
     """SHA-256 of the exact statement text (UTF-8): what is approved is what runs, byte for byte."""
-    return hashlib.sha256(sql.encode("utf-8")).hexdigest()
+    return statement_digest(sql, None)
 
 
 class Status(models.TextChoices):
@@ -71,6 +72,8 @@ class Ticket(models.Model):
     # sharing one target can never collide.
     execution_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     sql = models.TextField()
+    # Bind parameters for statements held from the extended query protocol (None for plain SQL text).
+    params = models.JSONField(null=True, blank=True)
     sql_sha256 = models.CharField(max_length=64)
     fingerprint = models.CharField(max_length=32, blank=True)
     reason = models.TextField(blank=True)
@@ -133,8 +136,12 @@ class Ticket(models.Model):
     def approvals_count(self) -> int:
         return self.reviews.filter(decision=Decision.APPROVE).count()
 
+    @property
+    def statement_params(self) -> StatementParams | None:
+        return None if self.params is None else StatementParams.from_json(self.params)
+
     def sql_matches_digest(self) -> bool:
-        return sql_digest(self.sql) == self.sql_sha256
+        return statement_digest(self.sql, self.statement_params) == self.sql_sha256
 
 
 class Decision(models.TextChoices):

@@ -7,7 +7,6 @@ right before sending. Single-row mode keeps memory bounded for large results whi
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.pq.abc import PGconn, PGresult
 
 from approvals.ledger import CLAIM_SQL, COMPLETE_SQL, READ_SQL
+from approvals.params import StatementParams, statement_digest
 
 
 class TargetError(Exception):
@@ -42,6 +42,7 @@ class RawResult:
     origins: list[tuple[int, int]] = field(default_factory=list)
     rows: list[list[str | None]] = field(default_factory=list)
     truncated: bool = False
+    command_tag: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,14 @@ def _command(pgconn: PGconn, sql: bytes, params: list[bytes | None] | None = Non
     return result
 
 
-def _run_statement(pgconn: PGconn, sql: bytes, row_cap: int) -> RawResult:
+def _run_statement(pgconn: PGconn, sql: bytes, row_cap: int, params: StatementParams | None = None) -> RawResult:
     try:
-        pgconn.send_query(sql)
+        if params is None:
+            pgconn.send_query(sql)
+        else:
+            pgconn.send_query_params(
+                sql, list(params.values), param_types=list(params.type_oids), param_formats=list(params.formats)
+            )
     except psycopg.OperationalError as exc:
         raise TargetError("08006", str(exc)) from None
     pgconn.set_single_row_mode()
@@ -101,10 +107,12 @@ def _run_statement(pgconn: PGconn, sql: bytes, row_cap: int) -> RawResult:
                 out.origins = [(result.ftable(i), result.ftablecol(i)) for i in range(result.nfields)]
                 out.rows, out.truncated = [], False
             in_result_set = False
+            out.command_tag = (result.command_status or b"").decode()
         elif status == pq.ExecStatus.COMMAND_OK:
             in_result_set = False
             tuples = result.command_tuples
             out.rowcount += int(tuples) if tuples is not None else 0
+            out.command_tag = (result.command_status or b"").decode()
         elif status == pq.ExecStatus.FATAL_ERROR and failure is None:
             failure = _error(result)
     if failure is not None:
@@ -122,6 +130,7 @@ def run_once(
     execution_key: str,
     ticket_id: int,
     sql: str,
+    params: StatementParams | None = None,
     approved_sha256: str,
     statement_timeout_ms: int,
     row_cap: int,
@@ -144,11 +153,11 @@ def run_once(
         if claim.command_tuples == 0:
             _command(pgconn, b"ROLLBACK")
             return read_ledger(pgconn, execution_key), False
-        if hashlib.sha256(payload).hexdigest() != approved_sha256:
+        if statement_digest(sql, params) != approved_sha256:
             _command(pgconn, b"ROLLBACK")
             raise DigestMismatch("statement bytes differ from the approved digest; refusing to run")
         try:
-            raw = _run_statement(pgconn, payload, row_cap)
+            raw = _run_statement(pgconn, payload, row_cap, params)
         except TargetError:
             pgconn.exec_(b"ROLLBACK")
             raise

@@ -21,6 +21,7 @@ from django.db import transaction
 
 from approvals.lifecycle import open_ticket
 from approvals.models import Ticket
+from approvals.params import StatementParams
 from audit.models import EventKind, Outcome
 from audit.recorder import Context, record
 from gateway.read_executor import ReadExecutor
@@ -84,7 +85,7 @@ class DatasourceRuntime:
             self._executors.clear()
 
 
-def _touches_phi(classification: Classification, catalog: TargetCatalog) -> bool:
+def touches_phi(classification: Classification, catalog: TargetCatalog) -> bool:
     for name in classification.relations:
         oid = catalog.relation_oid(name)
         if oid is None or oid < 0 or oid in catalog.tagged_relations:
@@ -92,7 +93,21 @@ def _touches_phi(classification: Classification, catalog: TargetCatalog) -> bool
     return False
 
 
-def handle_statement(
+@dataclass
+class Decision:
+    """What the policy decided for one statement, before anything ran. Shared by every front."""
+
+    verdict: str  # allowed | held | denied | invalid
+    reasons: list[str] = field(default_factory=list)
+    error: str = ""
+    datasource: DataSource | None = None
+    classification: Classification | None = None
+    catalog: TargetCatalog | None = None
+    ticket: Ticket | None = None
+    submitted: dict[str, object] = field(default_factory=dict)
+
+
+def decide(
     *,
     principal: Principal,
     datasource_name: str,
@@ -101,7 +116,13 @@ def handle_statement(
     context: Context,
     runtime: DatasourceRuntime,
     session_statements: bool = False,
-) -> StatementOutcome:
+    params: StatementParams | None = None,
+) -> Decision:
+    """Classify, and for denied and held statements also audit (and open the ticket), in one transaction each.
+
+    An allowed statement is *not* audited here: the caller records the submission with ``audit_submission``
+    and must not release any of its result before that record is committed.
+    """
     datasource = DataSource.objects.filter(name=datasource_name, is_active=True).first()
     if datasource is None:
         with transaction.atomic():
@@ -114,7 +135,7 @@ def handle_statement(
                 statement=sql,
                 summary="unknown or inactive data source",
             )
-        return StatementOutcome(status="denied", reasons=[f"unknown data source {datasource_name!r}"])
+        return Decision(verdict="denied", reasons=[f"unknown data source {datasource_name!r}"])
 
     catalog = runtime.catalog(datasource.name)
     try:
@@ -131,7 +152,7 @@ def handle_statement(
                 summary="statement could not be parsed",
                 details={"verdict": "invalid", "error": str(exc)},
             )
-        return StatementOutcome(status="invalid", error=f"syntax error: {exc}")
+        return Decision(verdict="invalid", error=f"syntax error: {exc}", datasource=datasource)
 
     verdict, reasons = classification.verdict, list(classification.reasons)
     session_only = sorted(set(classification.statement_types) - ONE_SHOT_TYPES)
@@ -150,6 +171,16 @@ def handle_statement(
         "relations": list(classification.relations),
         "reason": reason,
     }
+    if params is not None:
+        submitted["params"] = params.for_audit()
+    decision = Decision(
+        verdict=str(verdict),
+        reasons=reasons,
+        datasource=datasource,
+        classification=classification,
+        catalog=catalog,
+        submitted=submitted,
+    )
 
     if verdict == Verdict.DENIED:
         with transaction.atomic():
@@ -163,14 +194,13 @@ def handle_statement(
                 summary="denied by policy: " + "; ".join(reasons),
                 details=submitted,
             )
-        return StatementOutcome(status="denied", reasons=reasons)
-
-    if verdict == Verdict.HELD:
+    elif verdict == Verdict.HELD:
         with transaction.atomic():
-            ticket = open_ticket(
+            decision.ticket = open_ticket(
                 principal=principal,
                 datasource=datasource,
                 sql=sql,
+                params=params,
                 reason=reason,
                 risk=str(classification.risk),
                 reasons=reasons,
@@ -180,38 +210,92 @@ def handle_statement(
                 fingerprint=classification.fingerprint,
                 context=context,
             )
-        return StatementOutcome(status="pending", reasons=reasons, ticket_id=ticket.pk, ticket_url=ticket.url)
-
-    return _run_allowed_read(principal, datasource, sql, classification, catalog, submitted, context, runtime)
+    return decision
 
 
-def _run_allowed_read(
-    principal: Principal,
-    datasource: DataSource,
-    sql: str,
-    classification: Classification,
-    catalog: TargetCatalog,
-    submitted: dict[str, object],
-    context: Context,
-    runtime: DatasourceRuntime,
-) -> StatementOutcome:
-    key = require_pseudonym_key()
-    with transaction.atomic():  # committed before the read runs: no audit record, no read
-        submitted_event = record(
+def audit_submission(principal: Principal, decision: Decision, sql: str, context: Context) -> int:
+    """The record of an allowed statement; commits before the statement's result may be released."""
+    assert decision.datasource is not None
+    with transaction.atomic():
+        event = record(
             EventKind.QUERY_SUBMITTED,
             principal=principal,
             context=context,
-            datasource=datasource.name,
+            datasource=decision.datasource.name,
             statement=sql,
             summary="allowed: provably read-only",
-            details=submitted,
+            details=decision.submitted,
         )
+    return int(event.pk)
+
+
+def audit_result(
+    principal: Principal,
+    decision: Decision,
+    context: Context,
+    *,
+    submitted_event: int,
+    rowcount: int,
+    truncated: bool,
+    masking: dict[str, dict[str, str]],
+    result_sha256: str,
+    duration_ms: float,
+) -> None:
+    assert decision.datasource is not None
+    with transaction.atomic():
+        record(
+            EventKind.QUERY_EXECUTED,
+            principal=principal,
+            context=context,
+            datasource=decision.datasource.name,
+            summary=f"{rowcount} rows returned" + (" (truncated)" if truncated else ""),
+            details={
+                "submitted_event": submitted_event,
+                "rowcount": rowcount,
+                "truncated": truncated,
+                "masking": masking,
+                "result_sha256": result_sha256,
+                "duration_ms": duration_ms,
+            },
+        )
+
+
+def handle_statement(
+    *,
+    principal: Principal,
+    datasource_name: str,
+    sql: str,
+    reason: str,
+    context: Context,
+    runtime: DatasourceRuntime,
+) -> StatementOutcome:
+    """The HTTP front's whole pipeline: decide, then (for allowed reads) audit, run, mask, audit."""
+    decision = decide(
+        principal=principal, datasource_name=datasource_name, sql=sql, reason=reason, context=context, runtime=runtime
+    )
+    if decision.verdict == "invalid":
+        return StatementOutcome(status="invalid", error=decision.error)
+    if decision.verdict == "denied":
+        return StatementOutcome(status="denied", reasons=decision.reasons)
+    if decision.verdict == "held":
+        assert decision.ticket is not None
+        return StatementOutcome(
+            status="pending", reasons=decision.reasons, ticket_id=decision.ticket.pk, ticket_url=decision.ticket.url
+        )
+    return _run_allowed_read(principal, decision, sql, context, runtime)
+
+
+def _run_allowed_read(
+    principal: Principal, decision: Decision, sql: str, context: Context, runtime: DatasourceRuntime
+) -> StatementOutcome:
+    assert decision.datasource is not None and decision.classification is not None and decision.catalog is not None
+    key = require_pseudonym_key()
+    submitted_event = audit_submission(principal, decision, sql, context)  # no audit record, no read
     started = time.monotonic()
-    statement_types = set(classification.statement_types)
     try:
-        raw = runtime.executor(datasource.name).run(
+        raw = runtime.executor(decision.datasource.name).run(
             sql,
-            cursor_capable=statement_types <= _CURSOR_CAPABLE,
+            cursor_capable=set(decision.classification.statement_types) <= _CURSOR_CAPABLE,
             row_cap=settings.RESULT_ROW_CAP,
             timeout_ms=settings.READ_STATEMENT_TIMEOUT_MS,
         )
@@ -220,7 +304,7 @@ def _run_allowed_read(
         error = scrub_error(
             diag.sqlstate or "XX000",
             diag.message_primary or "statement failed",
-            touches_phi=_touches_phi(classification, catalog),
+            touches_phi=touches_phi(decision.classification, decision.catalog),
         )
         with transaction.atomic():
             record(
@@ -228,40 +312,26 @@ def _run_allowed_read(
                 principal=principal,
                 context=context,
                 outcome=Outcome.FAILURE,
-                datasource=datasource.name,
+                datasource=decision.datasource.name,
                 summary=error,
-                details={"submitted_event": submitted_event.pk, "sqlstate": diag.sqlstate},
+                details={"submitted_event": submitted_event, "sqlstate": diag.sqlstate},
             )
         return StatementOutcome(status="failed", error=error)
-    plan = plan_masks(raw.origins, classification, catalog)
+    plan = plan_masks(raw.origins, decision.classification, decision.catalog)
     rows = plan.apply(raw.rows, key)
     masking = plan.describe(raw.columns)
     sent = json.dumps({"columns": raw.columns, "rows": rows}, separators=(",", ":")).encode()
-    with transaction.atomic():
-        record(
-            EventKind.QUERY_EXECUTED,
-            principal=principal,
-            context=context,
-            datasource=datasource.name,
-            summary=f"{raw.rowcount} rows returned" + (" (truncated)" if raw.truncated else ""),
-            details={
-                "submitted_event": submitted_event.pk,
-                "rowcount": raw.rowcount,
-                "truncated": raw.truncated,
-                "masking": masking,
-                "result_sha256": hashlib.sha256(sent).hexdigest(),
-                "duration_ms": round((time.monotonic() - started) * 1000, 2),
-            },
-        )
-    return StatementOutcome(
-        status="executed",
-        columns=raw.columns,
-        rows=rows,
+    audit_result(
+        principal,
+        decision,
+        context,
+        submitted_event=submitted_event,
         rowcount=raw.rowcount,
         truncated=raw.truncated,
         masking=masking,
+        result_sha256=hashlib.sha256(sent).hexdigest(),
+        duration_ms=round((time.monotonic() - started) * 1000, 2),
     )
-
-
-def ticket_link(ticket: Ticket) -> dict[str, object]:
-    return {"id": ticket.pk, "url": ticket.url}
+    return StatementOutcome(
+        status="executed", columns=raw.columns, rows=rows, rowcount=raw.rowcount, truncated=raw.truncated, masking=masking
+    )

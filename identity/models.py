@@ -12,6 +12,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from identity import tokens
+from identity.scram import make_verifier
 
 agent_name_validator = RegexValidator(
     r"^[a-z][a-z0-9_.-]{0,62}$",
@@ -34,6 +35,8 @@ class Agent(models.Model):
     name = models.CharField(max_length=63, unique=True, validators=[agent_name_validator])
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="agents")
     token_digest = models.CharField(max_length=64, unique=True)
+    # What the wire gateway checks (SCRAM-SHA-256): derived from the token at issue, never the token itself.
+    scram_verifier = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -61,6 +64,7 @@ class Agent(models.Model):
             name=name,
             owner=owner,
             token_digest=tokens.digest(token),
+            scram_verifier=make_verifier(token),
             created_at=now,
             expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
         )
@@ -71,7 +75,8 @@ class Agent(models.Model):
     def rotate_token(self) -> str:
         token = tokens.new_token(tokens.AGENT_PREFIX)
         self.token_digest = tokens.digest(token)
-        self.save(update_fields=["token_digest"])
+        self.scram_verifier = make_verifier(token)
+        self.save(update_fields=["token_digest", "scram_verifier"])
         return token
 
     def is_usable(self) -> bool:

@@ -1,0 +1,1 @@
+"""The PostgreSQL wire front: client sessions, authentication, the upstream connection, the asyncio server."""

@@ -1,0 +1,163 @@
+"""The gateway's own connection to the target, as the read-only role, one per client session.
+
+A client session keeps its upstream connection for its whole life, so transactions, prepared statements and
+portals behave as they would on a direct connection. The gateway speaks the protocol itself (gateway.pgwire) so
+it can forward the client's extended-protocol messages unchanged and rewrite result values on the way back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+
+import scramp
+from psycopg.conninfo import conninfo_to_dict
+
+from gateway.pgwire import sasl
+from gateway.pgwire.backend import (
+    AuthenticationCleartextPassword,
+    AuthenticationMD5Password,
+    AuthenticationOk,
+    AuthenticationSASL,
+    AuthenticationSASLContinue,
+    AuthenticationSASLFinal,
+    BackendKeyData,
+    BackendMessage,
+    ErrorResponse,
+    NoticeResponse,
+    ParameterStatus,
+    ReadyForQuery,
+)
+from gateway.pgwire.frontend import CancelRequest, StartupMessage
+from gateway.pgwire.parser import BackendParser
+
+READ_SIZE = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """The target refused or dropped the gateway's connection."""
+
+    def __init__(self, message: str, sqlstate: str = "08006") -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@dataclass(frozen=True)
+class UpstreamTarget:
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+
+    @classmethod
+    def from_url(cls, url: str) -> UpstreamTarget:
+        params = conninfo_to_dict(url)
+        return cls(
+            host=str(params.get("host") or "127.0.0.1"),
+            port=int(params.get("port") or 5432),
+            user=str(params.get("user") or ""),
+            password=str(params.get("password") or ""),
+            dbname=str(params.get("dbname") or ""),
+        )
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.host.startswith("/"):
+            return await asyncio.open_unix_connection(f"{self.host}/.s.PGSQL.{self.port}")
+        return await asyncio.open_connection(self.host, self.port)
+
+
+@dataclass
+class Upstream:
+    target: UpstreamTarget
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    parser: BackendParser = field(default_factory=BackendParser)
+    process_id: int = 0
+    secret_key: bytes = b""
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    async def connect(cls, target: UpstreamTarget, application_name: str) -> Upstream:
+        try:
+            reader, writer = await target.open()
+        except OSError as exc:
+            raise UpstreamError(f"cannot reach the target database: {exc.strerror or exc}") from None
+        upstream = cls(target, reader, writer)
+        startup = StartupMessage(
+            parameters={
+                "user": target.user,
+                "database": target.dbname,
+                "application_name": application_name,
+                "client_encoding": "UTF8",
+            }
+        )
+        upstream.send(startup.encode())
+        await upstream._authenticate()
+        return upstream
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    async def next_message(self) -> BackendMessage:
+        while True:
+            message = self.parser.next_message()
+            if message is not None:
+                return message
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                raise UpstreamError("the target database closed the connection")
+            self.parser.feed(data)
+
+    async def _authenticate(self) -> None:
+        scram: scramp.ScramClient | None = None
+        while True:
+            message = await self.next_message()
+            if isinstance(message, AuthenticationOk):
+                continue
+            if isinstance(message, AuthenticationCleartextPassword):
+                self.send(sasl.password_message(self.target.password).encode())
+            elif isinstance(message, AuthenticationMD5Password):
+                inner = hashlib.md5((self.target.password + self.target.user).encode()).hexdigest()  # noqa: S324
+                outer = hashlib.md5(inner.encode() + message.salt).hexdigest()  # noqa: S324 - the protocol's own
+                self.send(sasl.password_message("md5" + outer).encode())
+            elif isinstance(message, AuthenticationSASL):
+                scram = scramp.ScramClient(list(message.mechanisms), self.target.user or "gateway", self.target.password)
+                first = scram.get_client_first().encode()
+                self.send(sasl.sasl_initial_response(scram.mechanism_name, first).encode())
+            elif isinstance(message, AuthenticationSASLContinue) and scram is not None:
+                scram.set_server_first(message.data.decode())
+                self.send(sasl.sasl_response(scram.get_client_final().encode()).encode())
+            elif isinstance(message, AuthenticationSASLFinal) and scram is not None:
+                scram.set_server_final(message.data.decode())  # verifies the server knew the password too
+            elif isinstance(message, ParameterStatus):
+                self.parameters[message.name] = message.value
+            elif isinstance(message, BackendKeyData):
+                self.process_id, self.secret_key = message.process_id, message.secret_key
+            elif isinstance(message, NoticeResponse):
+                continue
+            elif isinstance(message, ReadyForQuery):
+                return
+            elif isinstance(message, ErrorResponse):
+                raise UpstreamError(message.fields.get("M", "authentication failed"), message.fields.get("C", "28000"))
+            else:
+                raise UpstreamError(f"unexpected {type(message).__name__} during upstream start-up")
+            await self.drain()
+
+    async def cancel(self) -> None:
+        """Ask the target to cancel whatever this connection is running (a separate, short connection)."""
+        try:
+            reader, writer = await self.target.open()
+        except OSError:
+            return
+        writer.write(CancelRequest(self.process_id, self.secret_key).encode())
+        await writer.drain()
+        writer.close()
+
+    def close(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.close()
