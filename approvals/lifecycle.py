@@ -10,8 +10,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.models import Status, Ticket
-from approvals.params import StatementParams, statement_digest
 from approvals.notify import publish_change_on_commit
+from approvals.params import StatementParams, statement_digest
 from audit.models import EventKind, Outcome
 from audit.recorder import Context, record
 from identity.principal import Principal

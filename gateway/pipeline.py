@@ -117,6 +117,7 @@ def decide(
     runtime: DatasourceRuntime,
     session_statements: bool = False,
     params: StatementParams | None = None,
+    open_tickets: bool = True,
 ) -> Decision:
     """Classify, and for denied and held statements also audit (and open the ticket), in one transaction each.
 
@@ -194,7 +195,7 @@ def decide(
                 summary="denied by policy: " + "; ".join(reasons),
                 details=submitted,
             )
-    elif verdict == Verdict.HELD:
+    elif verdict == Verdict.HELD and open_tickets:
         with transaction.atomic():
             decision.ticket = open_ticket(
                 principal=principal,
@@ -211,6 +212,25 @@ def decide(
                 context=context,
             )
     return decision
+
+
+def preview(
+    *, principal: Principal, datasource_name: str, sql: str, context: Context, runtime: DatasourceRuntime
+) -> Decision:
+    """``decide`` for the wire's Parse: a held statement opens no ticket yet (its Bind parameters come later).
+
+    Denials are final and audited here; the ticket for a held statement is opened at Execute.
+    """
+    return decide(
+        principal=principal,
+        datasource_name=datasource_name,
+        sql=sql,
+        reason="",
+        context=context,
+        runtime=runtime,
+        session_statements=True,
+        open_tickets=False,
+    )
 
 
 def audit_submission(principal: Principal, decision: Decision, sql: str, context: Context) -> int:
@@ -333,5 +353,10 @@ def _run_allowed_read(
         duration_ms=round((time.monotonic() - started) * 1000, 2),
     )
     return StatementOutcome(
-        status="executed", columns=raw.columns, rows=rows, rowcount=raw.rowcount, truncated=raw.truncated, masking=masking
+        status="executed",
+        columns=raw.columns,
+        rows=rows,
+        rowcount=raw.rowcount,
+        truncated=raw.truncated,
+        masking=masking,
     )

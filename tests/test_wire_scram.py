@@ -69,7 +69,15 @@ def test_unknown_user_fails_the_same_way_even_with_a_right_looking_proof() -> No
 
 @pytest.mark.parametrize(
     "client_first",
-    ["p=tls-server-end-point,,n=,r=abc", "y,,n=,r=abc", "n,a=admin,n=,r=abc", "n,,r=abc", "n,,n=,r=", "garbage", "n,,n=,r=abc,m=ext"],
+    [
+        "p=tls-server-end-point,,n=,r=abc",
+        "y,,n=,r=abc",
+        "n,a=admin,n=,r=abc",
+        "n,,r=abc",
+        "n,,n=,r=",
+        "garbage",
+        "n,,n=,r=abc,m=ext",
+    ],
 )
 def test_malformed_or_unsupported_client_first(client_first: str) -> None:
     with pytest.raises(ScramFailure):

@@ -37,7 +37,9 @@ class ScramServer:
     def __init__(self, verifier: Verifier | None, nonce: str | None = None) -> None:
         # With no verifier (unknown user) we still run the exchange against a random one, so a client cannot
         # tell "no such agent" from "wrong token" by how the server answers.
-        self._verifier = verifier or Verifier(4096, secrets.token_bytes(16), secrets.token_bytes(32), secrets.token_bytes(32))
+        self._verifier = verifier or Verifier(
+            4096, secrets.token_bytes(16), secrets.token_bytes(32), secrets.token_bytes(32)
+        )
         self._known = verifier is not None
         self._server_nonce = nonce or base64.b64encode(secrets.token_bytes(18)).decode()
         self._client_first_bare = ""

@@ -11,8 +11,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandParser
 
-from gateway import rpc, wire_listener
+from gateway import rpc
 from gateway.pipeline import DatasourceRuntime
+from gateway.wire.server import WireServer, tls_context
 from policy.credentials import Access, configured_datasources
 from policy.masking import require_pseudonym_key
 
@@ -41,12 +42,17 @@ class Command(BaseCommand):
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         runtime = DatasourceRuntime()
-        server = await wire_listener.start(host, port)
-        log.info("gateway listening on %s:%s; serving API statements from Redis", host, port)
+        wire = WireServer(runtime, tls_context())
+        await wire.start(host, port)
+        log.info(
+            "gateway listening on %s:%s (TLS %s); serving API statements from Redis",
+            host,
+            port,
+            "on" if wire.tls else "off",
+        )
         try:
             await rpc.serve(settings.REDIS_URL, runtime, stop, concurrency=concurrency)
         finally:
-            server.close()
-            await server.wait_closed()
+            await wire.close()
             await loop.run_in_executor(None, runtime.close)
             log.info("gateway stopped")

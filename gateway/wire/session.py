@@ -1,0 +1,835 @@
+"""One client connection to the wire gateway: start-up, SCRAM sign-in, then every statement through the policy.
+
+Two coroutines per session:
+
+* the **client loop** reads the client's messages, decides each statement (``gateway.pipeline.decide``, in a
+  worker thread), forwards what may run to the session's own read-only upstream connection, and queues replies;
+* the **relay** is the only writer to the client. It works through one ordered queue whose items are either
+  "the upstream's responses to a message we forwarded" or "a reply the gateway makes itself" (a refusal, a
+  ticket, a notice). Keeping both in one queue keeps replies in protocol order under pipelining.
+
+Rows of an allowed statement are released only once its audit record has committed (``gate``): the statement
+runs meanwhile, which is harmless on the read-only role, so auditing overlaps execution instead of adding to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from approvals.params import StatementParams
+from audit.recorder import Context
+from gateway.pgwire.backend import (
+    AuthenticationOk,
+    AuthenticationSASL,
+    AuthenticationSASLContinue,
+    AuthenticationSASLFinal,
+    BackendKeyData,
+    BackendMessage,
+    BindComplete,
+    CloseComplete,
+    CommandComplete,
+    DataRow,
+    EmptyQueryResponse,
+    ErrorResponse,
+    FieldDescription,
+    NegotiateProtocolVersion,
+    NoData,
+    NoticeResponse,
+    NotificationResponse,
+    ParameterDescription,
+    ParameterStatus,
+    ParseComplete,
+    PortalSuspended,
+    ReadyForQuery,
+    RowDescription,
+)
+from gateway.pgwire.errors import ProtocolError
+from gateway.pgwire.frontend import (
+    Bind,
+    CancelRequest,
+    Close,
+    Describe,
+    Execute,
+    Flush,
+    FunctionCall,
+    GSSENCRequest,
+    Parse,
+    PasswordMessage,
+    Query,
+    SSLRequest,
+    StartupMessage,
+    Sync,
+    Terminate,
+)
+from gateway.pgwire.notices import error_response, notice_response, protocol_error_response
+from gateway.pgwire.parser import FrontendParser
+from gateway.pgwire.sasl import parse_sasl_initial_response
+from gateway.pgwire.transaction import TransactionTracker
+from gateway.pipeline import (
+    DatasourceRuntime,
+    Decision,
+    audit_result,
+    audit_submission,
+    decide,
+    preview,
+    touches_phi,
+)
+from gateway.wire import bridge
+from gateway.wire.binary_text import binary_to_text
+from gateway.wire.scram_server import MECHANISM, ScramFailure, ScramServer
+from gateway.wire.upstream import Upstream, UpstreamError, UpstreamTarget
+from identity.principal import Principal
+from policy.credentials import Access, target_url
+from policy.errors import scrub_error
+from policy.masking import MaskingPlan, mask_value
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+WAIT_HEARTBEAT_SECONDS = 10.0
+TEXT_OID = 25
+# Parameters a client may see from the upstream's start-up; others (e.g. session_authorization naming the
+# read-only role) are not the agent's business.
+FORWARDED_PARAMETERS = frozenset(
+    {
+        "server_version",
+        "server_encoding",
+        "client_encoding",
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "integer_datetimes",
+        "standard_conforming_strings",
+        "in_hot_standby",
+    }
+)
+# SQLSTATEs of the approval flow (class HA is ours: "held for approval").
+APPROVAL_REQUIRED = "HA001"
+APPROVAL_REJECTED = "HA002"
+APPROVAL_EXPIRED = "HA003"
+APPROVED_BUT_FAILED = "HA004"
+APPROVAL_CANCELLED = "HA005"
+
+
+class SessionClosed(Exception):
+    """The client went away or the session must end (the reason has been sent when possible)."""
+
+
+@dataclass
+class StatementState:
+    sql: str
+    decision: Decision | None
+    row_description: RowDescription | None = None
+
+
+@dataclass
+class PortalState:
+    statement: StatementState
+    params: StatementParams
+    row_description: RowDescription | None = None
+
+
+@dataclass
+class Outgoing:
+    """A reply made by the gateway itself, written when the relay reaches it."""
+
+    messages: list[BackendMessage]
+    ready_for_query: bool = False  # append ReadyForQuery with the upstream's current transaction status
+    in_batch: bool = False  # part of an extended-protocol batch: dropped if upstream already failed the batch
+
+
+@dataclass
+class Expected:
+    """The upstream's responses to one forwarded message (``kind`` says which)."""
+
+    kind: str  # parse | bind | describe_statement | describe_portal | execute | close | sync | query
+    statement: StatementState | None = None
+    portal: PortalState | None = None
+    decision: Decision | None = None
+    gate: asyncio.Future[int] | None = None  # resolves to the submitted audit event id
+    swallow: bool = False  # the gateway asked for it for itself: do not show it to the client
+    sql: str = ""
+
+
+QueueItem = Outgoing | Expected | None
+
+
+@dataclass
+class ResultMeter:
+    """What was actually sent for one statement, for its audit record."""
+
+    started: float = field(default_factory=time.monotonic)
+    rows: int = 0
+    digest: Any = field(default_factory=hashlib.sha256)
+    masking: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CancelKey:
+    process_id: int
+    secret: bytes
+
+
+class WireSession:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        runtime: DatasourceRuntime,
+        registry: dict[CancelKey, WireSession],
+        tls: Any = None,
+        throttle: Callable[[str, str], float] | None = None,
+    ) -> None:
+        self.reader, self.writer = reader, writer
+        self.runtime = runtime
+        self.registry = registry
+        self.tls = tls
+        self.throttle = throttle
+        self.parser = FrontendParser()
+        self.queue: asyncio.Queue[QueueItem] = asyncio.Queue()
+        self.upstream: Upstream | None = None
+        self.principal: Principal | None = None
+        self.datasource = ""
+        self.wait_for_approval = False
+        self.context = Context(front="wire", source_address=_peer_address(writer), session_id=uuid.uuid4().hex)
+        self.statements: dict[str, StatementState] = {}
+        self.portals: dict[str, PortalState] = {}
+        self.discarding = False  # after a refusal inside an extended batch: ignore until Sync, like PostgreSQL
+        self.upstream_failed_batch = False
+        self.transaction = TransactionTracker()
+        self.cancel_key = CancelKey(secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4))
+        self.waiting_ticket: int | None = None
+        self.cancelled_wait = asyncio.Event()
+        self.audit_tasks: set[asyncio.Future[Any]] = set()
+
+    # ----------------------------------------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        try:
+            if not await self._start_up():
+                return
+            self.registry[self.cancel_key] = self
+            relay = asyncio.create_task(self._relay(), name=f"relay-{self.context.session_id}")
+            try:
+                await self._client_loop()
+            finally:
+                await self.queue.put(None)
+                await asyncio.wait({relay}, timeout=30)
+                if not relay.done():
+                    relay.cancel()
+                if relay.done() and not relay.cancelled() and relay.exception() is not None:
+                    log.warning("wire session %s relay ended: %s", self.context.session_id, relay.exception())
+        except ProtocolError as error:
+            self._send_now(protocol_error_response(error))
+        except (SessionClosed, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except UpstreamError as error:
+            self._send_now(error_response("FATAL", error.sqlstate, f"target database: {error}"))
+        finally:
+            self.registry.pop(self.cancel_key, None)
+            if self.upstream is not None:
+                self.upstream.close()
+            try:
+                await self.writer.drain()
+            except (ConnectionError, RuntimeError):
+                pass
+            self.writer.close()
+
+    def _send_now(self, *messages: BackendMessage) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(b"".join(message.encode() for message in messages))
+
+    async def _read_client(self) -> Any:
+        while True:
+            message = self.parser.next_message()
+            if message is not None:
+                return message
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                raise SessionClosed()
+            self.parser.feed(data)
+
+    # ---------------------------------------------------------------------------------------------- start-up
+
+    async def _start_up(self) -> bool:
+        while True:
+            message = await self._read_client()
+            if isinstance(message, SSLRequest):
+                if self.tls is None:
+                    self.writer.write(b"N")
+                    await self.writer.drain()
+                    continue
+                self.parser.begin_encryption()
+                self.writer.write(b"S")
+                await self.writer.drain()
+                await self.writer.start_tls(self.tls)
+                continue
+            if isinstance(message, GSSENCRequest):
+                self.writer.write(b"N")
+                await self.writer.drain()
+                continue
+            if isinstance(message, CancelRequest):
+                target = self.registry.get(CancelKey(message.process_id, message.secret_key))
+                if target is not None:
+                    await target.cancel()
+                return False
+            if isinstance(message, StartupMessage):
+                return await self._sign_in(message)
+            raise ProtocolError("08P01", f"unexpected {type(message).__name__} during start-up")
+
+    async def _sign_in(self, startup: StartupMessage) -> bool:
+        params = startup.parameters
+        agent_name, self.datasource = params.get("user", ""), params.get("database", "") or params.get("user", "")
+        unsupported = [name for name in params if name.startswith("_pq_.")]
+        if startup.protocol_version & 0xFFFF or unsupported:
+            self._send_now(NegotiateProtocolVersion(0, tuple(unsupported)))
+        self.wait_for_approval = _approval_mode(params.get("options", "")) == "wait"
+        login = await asyncio.to_thread(bridge.look_up_login, agent_name, self.datasource)
+        self._send_now(AuthenticationSASL((MECHANISM,)))
+        await self.writer.drain()
+        scram = ScramServer(login.verifier)
+        failure = login.refusal
+        try:
+            mechanism, first = parse_sasl_initial_response(self._expect_password(await self._read_client()))
+            if mechanism != MECHANISM or first is None:
+                raise ScramFailure(f"unsupported SASL mechanism {mechanism!r}")
+            self._send_now(AuthenticationSASLContinue(scram.server_first(first.decode("utf-8")).encode()))
+            await self.writer.drain()
+            final = scram.server_final(self._expect_password(await self._read_client()).decode("utf-8"))
+        except (ScramFailure, UnicodeDecodeError) as exc:
+            failure = failure or str(exc)
+        if failure or login.principal is None:
+            await asyncio.to_thread(
+                bridge.record_sign_in, login, agent_name, self.datasource, self.context, failure or "refused"
+            )
+            delay = self.throttle(agent_name, self.context.source_address or "") if self.throttle else 0.0
+            if delay:
+                await asyncio.sleep(delay)
+            self._send_now(error_response("FATAL", "28P01", f'password authentication failed for user "{agent_name}"'))
+            return False
+        self.principal = login.principal
+        await asyncio.to_thread(bridge.record_sign_in, login, agent_name, self.datasource, self.context)
+        self._send_now(AuthenticationSASLFinal(final.encode()), AuthenticationOk())
+        self.upstream = await Upstream.connect(
+            UpstreamTarget.from_url(target_url(self.datasource, Access.READ)), f"phigate-wire/{agent_name}"
+        )
+        for name, value in self.upstream.parameters.items():
+            if name in FORWARDED_PARAMETERS:
+                self._send_now(ParameterStatus(name, value))
+        self._send_now(
+            ParameterStatus("session_authorization", agent_name),
+            ParameterStatus("application_name", params.get("application_name", "")),
+            BackendKeyData(self.cancel_key.process_id, self.cancel_key.secret),
+            ReadyForQuery("I"),
+        )
+        await self.writer.drain()
+        return True
+
+    @staticmethod
+    def _expect_password(message: object) -> bytes:
+        if not isinstance(message, PasswordMessage):
+            raise ProtocolError("08P01", f"expected a SASL response, got {type(message).__name__}")
+        return message.payload
+
+    async def cancel(self) -> None:
+        """A CancelRequest for this session arrived: stop the upstream statement, or the wait for approval."""
+        if self.waiting_ticket is not None:
+            self.cancelled_wait.set()
+        elif self.upstream is not None:
+            await self.upstream.cancel()
+
+    # ----------------------------------------------------------------------------------------------- client
+
+    async def _client_loop(self) -> None:
+        assert self.upstream is not None
+        while True:
+            message = await self._read_client()
+            if isinstance(message, Terminate):
+                return
+            if self.discarding:
+                if isinstance(message, Sync):
+                    self.discarding = False
+                    self._forward(message, Expected("sync"))
+                    await self._flush_upstream()
+                continue
+            if isinstance(message, Query):
+                await self._simple_query(message.sql)
+            elif isinstance(message, Parse):
+                await self._parse(message)
+            elif isinstance(message, Bind):
+                self._bind(message)
+            elif isinstance(message, Describe):
+                self._describe(message)
+            elif isinstance(message, Execute):
+                await self._execute(message)
+            elif isinstance(message, Close):
+                self._close(message)
+            elif isinstance(message, Sync):
+                self._forward(message, Expected("sync"))
+            elif isinstance(message, Flush):
+                self.upstream.send(message.encode())
+            elif isinstance(message, FunctionCall):
+                self._reply(error_response("ERROR", "0A000", "the function call protocol is not supported"), ready=True)
+            else:
+                raise ProtocolError("08P01", f"unexpected {type(message).__name__} message")
+            if not self.parser.buffered:
+                await self._flush_upstream()
+
+    async def _flush_upstream(self) -> None:
+        assert self.upstream is not None
+        await self.upstream.drain()
+
+    def _forward(self, message: Any, expected: Expected | None) -> None:
+        assert self.upstream is not None
+        self.upstream.send(message.encode())
+        if expected is not None:
+            self.queue.put_nowait(expected)
+
+    def _reply(self, *messages: BackendMessage, ready: bool = False, in_batch: bool = False) -> None:
+        self.queue.put_nowait(Outgoing(list(messages), ready_for_query=ready, in_batch=in_batch))
+
+    async def _decide(self, sql: str, params: StatementParams | None = None) -> Decision:
+        assert self.principal is not None
+        return await asyncio.to_thread(
+            decide,
+            principal=self.principal,
+            datasource_name=self.datasource,
+            sql=sql,
+            reason="",
+            context=self.context,
+            runtime=self.runtime,
+            session_statements=True,
+            params=params,
+        )
+
+    def _start_audit(self, decision: Decision, sql: str) -> asyncio.Future[int]:
+        assert self.principal is not None
+        task = asyncio.ensure_future(asyncio.to_thread(audit_submission, self.principal, decision, sql, self.context))
+        return task
+
+    async def _simple_query(self, sql: str) -> None:
+        if not sql.strip():
+            self._reply(EmptyQueryResponse(), ready=True)
+            return
+        decision = await self._decide(sql)
+        if decision.verdict != "allowed":
+            await self._refuse(decision, in_batch=False)
+            return
+        gate = self._start_audit(decision, sql)
+        self._forward(Query(sql), Expected("query", decision=decision, gate=gate, sql=sql))
+
+    async def _refuse(self, decision: Decision, *, in_batch: bool) -> None:
+        """Answer a statement that will not run now: invalid, denied, or held for approval."""
+        if decision.verdict == "invalid":
+            self._reply(error_response("ERROR", "42601", decision.error), ready=not in_batch, in_batch=in_batch)
+        elif decision.verdict == "denied":
+            message = "denied by policy: " + "; ".join(decision.reasons)
+            self._reply(error_response("ERROR", "42501", message), ready=not in_batch, in_batch=in_batch)
+        else:
+            assert decision.ticket is not None
+            if self.wait_for_approval:
+                await self._wait_for_ticket(decision.ticket.pk, decision.ticket.url, in_batch=in_batch)
+            else:
+                self._reply(_held_error(decision), ready=not in_batch, in_batch=in_batch)
+        if in_batch:
+            self.discarding = True
+
+    # ------------------------------------------------------------------------------------ extended protocol
+
+    async def _parse(self, message: Parse) -> None:
+        decision = await self._decide_at_parse(message.query)
+        statement = StatementState(sql=message.query, decision=decision)
+        if decision.verdict in ("invalid", "denied"):
+            await self._refuse(decision, in_batch=True)
+            return
+        self.statements[message.statement] = statement
+        # Parsing a held statement upstream is harmless (nothing runs before Execute) and gives the client the
+        # real parameter and row descriptions; its Execute is what becomes a ticket.
+        self._forward(message, Expected("parse", statement=statement))
+
+    async def _decide_at_parse(self, sql: str) -> Decision:
+        """Classify without opening a ticket: a held statement's ticket needs its Bind parameters."""
+        assert self.principal is not None
+        return await asyncio.to_thread(
+            preview,
+            principal=self.principal,
+            datasource_name=self.datasource,
+            sql=sql,
+            context=self.context,
+            runtime=self.runtime,
+        )
+
+    def _bind(self, message: Bind) -> None:
+        statement = self.statements.get(message.statement) or StatementState(sql="", decision=None)
+        types: tuple[int, ...] = ()
+        portal = PortalState(
+            statement=statement,
+            params=StatementParams.from_bind(message.params, message.param_formats, types),
+        )
+        self.portals[message.portal] = portal
+        self._forward(message, Expected("bind", portal=portal))
+
+    def _describe(self, message: Describe) -> None:
+        if message.kind == "S":
+            statement = self.statements.get(message.name)
+            self._forward(message, Expected("describe_statement", statement=statement))
+        else:
+            portal = self.portals.get(message.name)
+            self._forward(message, Expected("describe_portal", portal=portal))
+
+    async def _execute(self, message: Execute) -> None:
+        portal = self.portals.get(message.portal)
+        decision = portal.statement.decision if portal else None
+        if portal is None or decision is None:
+            # Unknown to us means unknown upstream too: let PostgreSQL report it.
+            self._forward(message, Expected("execute", portal=portal))
+            return
+        if decision.verdict == "held":
+            held = await self._decide(portal.statement.sql, portal.params)
+            await self._refuse(held, in_batch=True)
+            return
+        executing = Decision(**{**decision.__dict__})
+        executing.submitted = {**decision.submitted, "params": portal.params.for_audit()}
+        gate = self._start_audit(executing, portal.statement.sql)
+        if portal.row_description is None:
+            # Masking needs the column origins and formats of this portal: ask for them, for ourselves.
+            self._forward(Describe("P", message.portal), Expected("describe_portal", portal=portal, swallow=True))
+        self._forward(
+            message, Expected("execute", portal=portal, decision=executing, gate=gate, sql=portal.statement.sql)
+        )
+
+    def _close(self, message: Close) -> None:
+        if message.kind == "S":
+            self.statements.pop(message.name, None)
+        else:
+            self.portals.pop(message.name, None)
+        self._forward(message, Expected("close"))
+
+    # --------------------------------------------------------------------------------------- waiting mode
+
+    async def _wait_for_ticket(self, ticket_id: int, url: str, *, in_batch: bool) -> None:
+        """``-c gateway.approval=wait``: hold the statement open, with a NOTICE every ~10 s, until it is decided."""
+        assert self.principal is not None
+        self.waiting_ticket = ticket_id
+        self.cancelled_wait.clear()
+        self._reply(notice_response("NOTICE", "00000", f"approval required: ticket {ticket_id}; waiting ({url})"))
+        last_notice = time.monotonic()
+        try:
+            while True:
+                state = await asyncio.to_thread(bridge.ticket_state, ticket_id)
+                if state.final:
+                    break
+                if self.cancelled_wait.is_set():
+                    await asyncio.to_thread(bridge.cancel_waiting_ticket, ticket_id, self.principal, self.context)
+                    self._reply(
+                        error_response(
+                            "ERROR", "57014", f"canceling statement due to user request (ticket {ticket_id} cancelled)"
+                        ),
+                        ready=not in_batch,
+                        in_batch=in_batch,
+                    )
+                    return
+                if time.monotonic() - last_notice >= WAIT_HEARTBEAT_SECONDS:
+                    last_notice = time.monotonic()
+                    self._reply(
+                        notice_response(
+                            "NOTICE",
+                            "00000",
+                            f"still waiting for approval of ticket {ticket_id}: "
+                            f"{state.approvals} of {state.approvals_required} approvals ({state.status})",
+                        )
+                    )
+                try:
+                    await asyncio.wait_for(self.cancelled_wait.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
+        finally:
+            self.waiting_ticket = None
+        self._reply(*_ticket_outcome(ticket_id, state, in_batch=in_batch), ready=not in_batch, in_batch=in_batch)
+
+    # ------------------------------------------------------------------------------------------------ relay
+
+    async def _relay(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, Outgoing):
+                if item.in_batch and self.upstream_failed_batch:
+                    continue
+                messages = list(item.messages)
+                if item.ready_for_query:
+                    messages.append(ReadyForQuery(self.transaction.status))
+                self.writer.write(b"".join(message.encode() for message in messages))
+            elif self.upstream_failed_batch and item.kind not in ("sync", "query"):
+                continue  # upstream skips everything until Sync after an error, so these get no response
+            else:
+                await self._relay_responses(item)
+            if self.queue.empty():
+                await self.writer.drain()
+
+    async def _relay_responses(self, item: Expected) -> None:
+        assert self.upstream is not None
+        meter: ResultMeter | None = None
+        plan: MaskingPlan | None = None
+        fields: tuple[FieldDescription, ...] = ()
+        released = item.gate is None
+        submitted_event = 0
+        while True:
+            message = await self.upstream.next_message()
+            self.transaction.observe(message)
+            if isinstance(message, NoticeResponse | ParameterStatus | NotificationResponse):
+                if not (isinstance(message, ParameterStatus) and message.name not in FORWARDED_PARAMETERS):
+                    self._write(message, item)
+                continue
+            if isinstance(message, ErrorResponse):
+                self._write(self._scrub(message, item), item)
+                if item.kind in ("sync", "query"):
+                    continue
+                self.upstream_failed_batch = True
+                return
+            if isinstance(message, ReadyForQuery):
+                self.upstream_failed_batch = False
+                self._write(message, item)
+                return
+            if isinstance(message, RowDescription):
+                description, plan, fields = self._describe_result(message, item)
+                if item.kind == "query":
+                    meter = ResultMeter(masking=plan.describe([f.name for f in message.fields]) if plan else {})
+                self._write(description, item)
+                if item.kind in ("describe_statement", "describe_portal"):
+                    return
+                continue
+            if isinstance(message, DataRow | CommandComplete | EmptyQueryResponse | PortalSuspended):
+                if not released:
+                    submitted_event = await self._await_gate(item)
+                    released = True
+                if isinstance(message, DataRow):
+                    if plan is None and item.portal is not None:
+                        plan, fields = self._portal_plan(item.portal)
+                    if meter is None:
+                        meter = ResultMeter(masking=plan.describe([f.name for f in fields]) if plan else {})
+                    row = _mask_row(message, plan, fields) if plan is not None and not plan.is_identity else message
+                    encoded = row.encode()
+                    meter.rows += 1
+                    meter.digest.update(encoded)
+                    self.writer.write(encoded)
+                    if self.writer.transport.get_write_buffer_size() > 1 << 20:
+                        await self.writer.drain()
+                    continue
+                self._write(message, item)
+                if item.decision is not None and item.gate is not None:
+                    self._finish_audit(item, submitted_event, meter or ResultMeter())
+                if item.kind == "execute":
+                    return
+                continue
+            if isinstance(message, ParseComplete | BindComplete | CloseComplete | NoData | ParameterDescription):
+                self._write(message, item)
+                if isinstance(message, NoData) and item.kind == "describe_portal" and item.portal is not None:
+                    item.portal.row_description = RowDescription(())
+                if item.kind in ("parse", "bind", "close") or (
+                    isinstance(message, NoData) and item.kind in ("describe_statement", "describe_portal")
+                ):
+                    return
+                continue
+            raise ProtocolError("08P01", f"unexpected {type(message).__name__} from the target database")
+
+    def _write(self, message: BackendMessage, item: Expected) -> None:
+        if not item.swallow:
+            self.writer.write(message.encode())
+
+    async def _await_gate(self, item: Expected) -> int:
+        assert item.gate is not None
+        try:
+            return await item.gate
+        except Exception:
+            # No audit record, no result: end the session rather than release anything.
+            log.exception("audit write failed in wire session %s; closing it", self.context.session_id)
+            self.writer.write(
+                error_response(
+                    "FATAL", "58000", "the audit record could not be written; the result is withheld"
+                ).encode()
+            )
+            await self.writer.drain()
+            raise SessionClosed() from None
+
+    def _describe_result(
+        self, message: RowDescription, item: Expected
+    ) -> tuple[RowDescription, MaskingPlan | None, tuple[FieldDescription, ...]]:
+        decision = item.decision or (item.statement.decision if item.statement else None)
+        if decision is None and item.portal is not None:
+            decision = item.portal.statement.decision
+        if item.kind == "describe_statement" and item.statement is not None:
+            item.statement.row_description = message
+        if item.kind == "describe_portal" and item.portal is not None:
+            item.portal.row_description = message
+        plan = _plan_for(message, decision)
+        return _rewrite_description(message, plan), plan, message.fields
+
+    def _portal_plan(self, portal: PortalState) -> tuple[MaskingPlan | None, tuple[FieldDescription, ...]]:
+        description = portal.row_description or portal.statement.row_description
+        if description is None:
+            return None, ()
+        return _plan_for(description, portal.statement.decision), description.fields
+
+    def _scrub(self, message: ErrorResponse, item: Expected) -> ErrorResponse:
+        decision = item.decision or (item.portal.statement.decision if item.portal else None)
+        if decision is None and item.statement is not None:
+            decision = item.statement.decision
+        if decision is not None and decision.classification is not None and decision.catalog is not None:
+            if not touches_phi(decision.classification, decision.catalog):
+                return message
+        fields = message.fields
+        sqlstate = fields.get("C", "XX000")
+        scrubbed = {key: value for key, value in fields.items() if key in {"S", "V", "C", "P", "s", "t", "c", "d", "n"}}
+        scrubbed["M"] = scrub_error(sqlstate, fields.get("M", ""), touches_phi=True)
+        return ErrorResponse(scrubbed)
+
+    def _finish_audit(self, item: Expected, submitted_event: int, meter: ResultMeter) -> None:
+        assert self.principal is not None and item.decision is not None
+        task = asyncio.ensure_future(
+            asyncio.to_thread(
+                audit_result,
+                self.principal,
+                item.decision,
+                self.context,
+                submitted_event=submitted_event,
+                rowcount=meter.rows,
+                truncated=False,
+                masking=meter.masking,
+                result_sha256=meter.digest.hexdigest(),
+                duration_ms=round((time.monotonic() - meter.started) * 1000, 2),
+            )
+        )
+        self.audit_tasks.add(task)
+        task.add_done_callback(self.audit_tasks.discard)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+def _peer_address(writer: asyncio.StreamWriter) -> str | None:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return None
+
+
+def _approval_mode(options: str) -> str:
+    """Read ``-c gateway.approval=wait`` (or ``--gateway.approval=wait``) from the startup options."""
+    words = options.replace("\\ ", "\x00").split()
+    for index, word in enumerate(words):
+        setting = ""
+        if word == "-c" and index + 1 < len(words):
+            setting = words[index + 1]
+        elif word.startswith("-c") or word.startswith("--"):
+            setting = word[2:]
+        name, _, value = setting.partition("=")
+        if name.replace("-", "_") == "gateway.approval":
+            return value
+    return "error"
+
+
+def _held_error(decision: Decision) -> ErrorResponse:
+    assert decision.ticket is not None
+    ticket = decision.ticket
+    fields = {
+        "S": "ERROR",
+        "V": "ERROR",
+        "C": APPROVAL_REQUIRED,
+        "M": f"approval required: ticket {ticket.pk}",
+        "D": "; ".join(decision.reasons),
+        "H": f"Review at {ticket.url}. Poll GET /api/v1/tickets/{ticket.pk}/wait, or reconnect with "
+        "PGOPTIONS='-c gateway.approval=wait' to wait for the result on this connection.",
+    }
+    return ErrorResponse(fields)
+
+
+def _ticket_outcome(ticket_id: int, state: bridge.TicketState, *, in_batch: bool) -> list[BackendMessage]:
+    if state.status == "executed":
+        result = state.result or {}
+        columns = list(result.get("columns") or [])
+        messages: list[BackendMessage] = []
+        if columns and not in_batch:
+            messages.append(
+                RowDescription(tuple(FieldDescription(name, 0, 0, TEXT_OID, -1, -1, 0) for name in columns))
+            )
+        if columns:
+            for row in result.get("rows") or []:
+                messages.append(DataRow(tuple(None if value is None else str(value).encode() for value in row)))
+        tag = str(result.get("command_tag") or f"EXECUTED {state.rowcount or 0}")
+        messages.append(CommandComplete(tag))
+        return messages
+    if state.status == "rejected":
+        who = f" by {state.last_reviewer}" if state.last_reviewer else ""
+        comment = f": {state.last_comment}" if state.last_comment else ""
+        return [error_response("ERROR", APPROVAL_REJECTED, f"ticket {ticket_id} was rejected{who}{comment}")]
+    if state.status == "expired":
+        return [error_response("ERROR", APPROVAL_EXPIRED, f"ticket {ticket_id} expired without enough approvals")]
+    if state.status == "cancelled":
+        return [error_response("ERROR", APPROVAL_CANCELLED, f"ticket {ticket_id} was cancelled")]
+    return [error_response("ERROR", APPROVED_BUT_FAILED, f"ticket {ticket_id} failed: {state.error}")]
+
+
+def _plan_for(description: RowDescription, decision: Decision | None) -> MaskingPlan | None:
+    from policy.target_catalog import plan_masks
+
+    if not description.fields:
+        return None
+    if decision is None or decision.classification is None or decision.catalog is None:
+        # Unknown provenance: fail closed, every column redacted.
+        from policy.masking import ColumnMask
+
+        return MaskingPlan(
+            tuple(ColumnMask("redact", "unknown", "statement unknown to the gateway") for _ in description.fields)
+        )
+    origins = [(field.table_oid, field.column_attnum) for field in description.fields]
+    return plan_masks(origins, decision.classification, decision.catalog)
+
+
+def _rewrite_description(description: RowDescription, plan: MaskingPlan | None) -> RowDescription:
+    """Masked columns are announced as text: a mask's output (``***1234``, a pseudonym) is text, in either format."""
+    if plan is None or plan.is_identity:
+        return description
+    fields = tuple(
+        field if spec is None else FieldDescription(field.name, 0, 0, TEXT_OID, -1, -1, field.format)
+        for field, spec in zip(description.fields, plan.columns, strict=True)
+    )
+    return RowDescription(fields)
+
+
+_KEY: bytes | None = None
+
+
+def _pseudonym_key() -> bytes:
+    global _KEY
+    if _KEY is None:
+        from policy.masking import require_pseudonym_key
+
+        _KEY = require_pseudonym_key()
+    return _KEY
+
+
+def _mask_row(row: DataRow, plan: MaskingPlan, fields: tuple[FieldDescription, ...]) -> DataRow:
+    key = _pseudonym_key()
+    values: list[bytes | None] = []
+    for index, (value, spec) in enumerate(zip(row.values, plan.columns, strict=True)):
+        if spec is None or value is None:
+            values.append(value)
+            continue
+        field = fields[index] if index < len(fields) else None
+        if field is not None and field.format == 1:
+            text = binary_to_text(field.type_oid, value)
+            masked = mask_value(text, spec.mask, spec.phi_type, key) if text is not None else "[redacted]"
+        else:
+            masked = mask_value(value.decode("utf-8", "replace"), spec.mask, spec.phi_type, key)
+        values.append(None if masked is None else masked.encode("utf-8"))
+    return DataRow(tuple(values))
