@@ -12,6 +12,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from policy.binary_text import binary_to_text
+
 
 @dataclass(frozen=True)
 class StatementParams:
@@ -49,11 +51,17 @@ class StatementParams:
         )
 
     def for_audit(self) -> list[str | None]:
-        """Human-readable values for the audit record: text as sent, binary as hex."""
-        return [
-            None if v is None else (v.decode("utf-8", "replace") if f == 0 else "\\x" + v.hex())
-            for v, f in zip(self.values, self.formats, strict=True)
-        ]
+        """Human-readable values for the audit record: text as sent; binary decoded when the type is known,
+        else shown as hex (the exact bytes are kept in the ticket either way)."""
+        readable: list[str | None] = []
+        for value, fmt, oid in zip(self.values, self.formats, self.type_oids, strict=True):
+            if value is None:
+                readable.append(None)
+            elif fmt == 0:
+                readable.append(value.decode("utf-8", "replace"))
+            else:
+                readable.append(binary_to_text(oid, value) or "\\x" + value.hex())
+        return readable
 
 
 def statement_digest(sql: str, params: StatementParams | None) -> str:

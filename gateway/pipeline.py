@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -75,8 +76,8 @@ class DatasourceRuntime:
                 self._executors[datasource] = ReadExecutor(target_url(datasource, Access.READ))
             return self._executors[datasource]
 
-    def catalog(self, datasource: str) -> TargetCatalog:
-        return self.catalogs.get(datasource, target_url(datasource, Access.READ))
+    def catalog(self, datasource: str, must_know: Iterable[str] = ()) -> TargetCatalog:
+        return self.catalogs.get(datasource, target_url(datasource, Access.READ), must_know)
 
     def close(self) -> None:
         with self._lock:
@@ -155,6 +156,9 @@ def decide(
             )
         return Decision(verdict="invalid", error=f"syntax error: {exc}", datasource=datasource)
 
+    if any(catalog.relation_oid(name) is None for name in classification.relations):
+        # A relation the snapshot has not seen (created since): refresh so masking knows what it is.
+        catalog = runtime.catalog(datasource.name, must_know=classification.relations)
     verdict, reasons = classification.verdict, list(classification.reasons)
     session_only = sorted(set(classification.statement_types) - ONE_SHOT_TYPES)
     if verdict == Verdict.ALLOWED and session_only and not session_statements:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 
 import psycopg
 
@@ -17,6 +18,7 @@ from policy.models import PhiColumn
 from policy.target_catalog import Tag, TargetCatalog, load_target_catalog
 
 CATALOG_TTL_SECONDS = envconfig.get_int("CATALOG_TTL_SECONDS", 30, minimum=0)
+REFRESH_FLOOR_SECONDS = 0.25  # a new table is visible to masking within this; bounds reload storms
 
 
 def tags_for(datasource: str) -> list[Tag]:
@@ -33,14 +35,16 @@ class CatalogCache:
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, TargetCatalog]] = {}
 
-    def get(self, datasource: str, url: str) -> TargetCatalog:
+    def get(self, datasource: str, url: str, must_know: Iterable[str] = ()) -> TargetCatalog:
+        """The snapshot; reloaded after the TTL, or sooner when it lacks a relation a statement names
+        (a table created a moment ago), at most once per REFRESH_FLOOR_SECONDS."""
         now = time.monotonic()
         entry = self._entries.get(datasource)
-        if entry is not None and now - entry[0] < self.ttl:
+        if entry is not None and self._fresh_enough(entry, now, must_know):
             return entry[1]
         with self._lock:
             entry = self._entries.get(datasource)
-            if entry is not None and now - entry[0] < self.ttl:
+            if entry is not None and self._fresh_enough(entry, now, must_know):
                 return entry[1]
             with psycopg.connect(
                 url, autocommit=True, application_name=f"phigate-catalog-{self.access.lower()}"
@@ -48,6 +52,14 @@ class CatalogCache:
                 catalog = load_target_catalog(conn, tags_for(datasource))
             self._entries[datasource] = (time.monotonic(), catalog)
             return catalog
+
+    def _fresh_enough(self, entry: tuple[float, TargetCatalog], now: float, must_know: Iterable[str]) -> bool:
+        age = now - entry[0]
+        if age >= self.ttl:
+            return False
+        if age < REFRESH_FLOOR_SECONDS:
+            return True
+        return all(entry[1].relation_oid(name) is not None for name in must_know)
 
     def invalidate(self, datasource: str | None = None) -> None:
         with self._lock:

@@ -875,6 +875,23 @@ def _function_name(call: ast.FuncCall) -> tuple[str | None, str, str]:
     return schema, name, display.lower()
 
 
+# Built-in catalog introspection functions that PostgreSQL marks VOLATILE only because they read live catalog or
+# storage state (no snapshot), not because they change anything. psql's \d and \dt+ call them. Narrow on purpose:
+# each entry is a pg_catalog function documented as a pure read of catalogs or file sizes; anything else volatile
+# stays held. (A same-named function in another schema cannot be told apart for unqualified calls; the gateway's
+# read-only role cannot create functions, and schema-qualified calls outside pg_catalog never match.)
+CATALOG_INTROSPECTION_FUNCTIONS = frozenset(
+    {
+        "pg_partition_ancestors",
+        "pg_partition_tree",
+        "pg_relation_size",
+        "pg_table_size",
+        "pg_indexes_size",
+        "pg_total_relation_size",
+    }
+)
+
+
 def _volatility_findings(display: str, code: str | None) -> list[_Finding]:
     """Judge a catalog volatility code; only immutable and stable are proven safe."""
     if code in ("i", "s"):
@@ -984,6 +1001,9 @@ class _Inspector:
         why = _denied_function_reason(schema, name)
         if why is not None:
             return [_denied(f"function {display}() is denied: it {why}")]
+        introspection = schema in (None, "pg_catalog") and name.lower() in CATALOG_INTROSPECTION_FUNCTIONS
+        if introspection and self._lookup("pg_catalog", name) is not None:
+            return []
         return _volatility_findings(display, self._lookup(schema, name))
 
     def _lookup(self, schema: str | None, name: str) -> str | None:

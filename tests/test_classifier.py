@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policy.classifier import (
+    CATALOG_INTROSPECTION_FUNCTIONS,
     Classification,
     Risk,
     UnparsableStatement,
@@ -818,3 +819,18 @@ def test_sql_like_text_never_allows_unsafe_calls(text: str) -> None:
         assert "pg_read_file" not in result.functions
         assert "nextval" not in result.functions or result.statement_types == ("EXPLAIN",)
         assert len(result.statement_types) == 1
+
+
+@pytest.mark.parametrize("call", ["pg_partition_ancestors(1)", "pg_catalog.pg_table_size(1)", "pg_relation_size(1)"])
+def test_catalog_introspection_functions_are_reads_despite_volatility(call: str) -> None:
+    """psql's \\d calls these; PostgreSQL marks them volatile only because they read live catalog state."""
+    catalog = FakeCatalog({("pg_catalog", name): "v" for name in CATALOG_INTROSPECTION_FUNCTIONS})
+    assert classify(f"SELECT {call}", catalog).verdict == Verdict.ALLOWED
+
+
+def test_introspection_exception_is_narrow() -> None:
+    catalog = FakeCatalog({("pg_catalog", "pg_table_size"): "v", ("public", "pg_table_size"): "v"})
+    assert classify("SELECT public.pg_table_size(1)", catalog).verdict == Verdict.HELD
+    assert (
+        classify("SELECT pg_stat_reset()", FakeCatalog({("pg_catalog", "pg_stat_reset"): "v"})).verdict == Verdict.HELD
+    )

@@ -6,6 +6,7 @@ its database work in one place (``close_old_connections`` keeps long-lived threa
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +109,5 @@ def cancel_waiting_ticket(ticket_id: int, principal: Principal, context: Context
     close_old_connections()
     ticket = Ticket.objects.select_related("datasource").get(pk=ticket_id)
     if ticket.status == Status.PENDING:
-        try:
+        with contextlib.suppress(TransitionConflict):  # decided meanwhile; the wait loop reports the outcome
             cancel(ticket, principal, context)
-        except TransitionConflict:
-            pass  # decided meanwhile; the wait loop reports the real outcome

@@ -15,6 +15,7 @@ runs meanwhile, which is harmless on the read-only role, so auditing overlaps ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -83,10 +84,10 @@ from gateway.pipeline import (
     touches_phi,
 )
 from gateway.wire import bridge
-from gateway.wire.binary_text import binary_to_text
 from gateway.wire.scram_server import MECHANISM, ScramFailure, ScramServer
 from gateway.wire.upstream import Upstream, UpstreamError, UpstreamTarget
 from identity.principal import Principal
+from policy.binary_text import binary_to_text
 from policy.credentials import Access, target_url
 from policy.errors import scrub_error
 from policy.masking import MaskingPlan, mask_value
@@ -127,6 +128,7 @@ class SessionClosed(Exception):
 class StatementState:
     sql: str
     decision: Decision | None
+    param_types: tuple[int, ...] = ()
     row_description: RowDescription | None = None
 
 
@@ -237,10 +239,8 @@ class WireSession:
             self.registry.pop(self.cancel_key, None)
             if self.upstream is not None:
                 self.upstream.close()
-            try:
+            with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.writer.drain()
-            except (ConnectionError, RuntimeError):
-                pass
             self.writer.close()
 
     def _send_now(self, *messages: BackendMessage) -> None:
@@ -446,7 +446,7 @@ class WireSession:
 
     async def _parse(self, message: Parse) -> None:
         decision = await self._decide_at_parse(message.query)
-        statement = StatementState(sql=message.query, decision=decision)
+        statement = StatementState(sql=message.query, decision=decision, param_types=message.param_types)
         if decision.verdict in ("invalid", "denied"):
             await self._refuse(decision, in_batch=True)
             return
@@ -469,10 +469,9 @@ class WireSession:
 
     def _bind(self, message: Bind) -> None:
         statement = self.statements.get(message.statement) or StatementState(sql="", decision=None)
-        types: tuple[int, ...] = ()
         portal = PortalState(
             statement=statement,
-            params=StatementParams.from_bind(message.params, message.param_formats, types),
+            params=StatementParams.from_bind(message.params, message.param_formats, statement.param_types),
         )
         self.portals[message.portal] = portal
         self._forward(message, Expected("bind", portal=portal))
@@ -547,10 +546,8 @@ class WireSession:
                             f"{state.approvals} of {state.approvals_required} approvals ({state.status})",
                         )
                     )
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.cancelled_wait.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
         finally:
             self.waiting_ticket = None
         self._reply(*_ticket_outcome(ticket_id, state, in_batch=in_batch), ready=not in_batch, in_batch=in_batch)
@@ -684,9 +681,9 @@ class WireSession:
         decision = item.decision or (item.portal.statement.decision if item.portal else None)
         if decision is None and item.statement is not None:
             decision = item.statement.decision
-        if decision is not None and decision.classification is not None and decision.catalog is not None:
-            if not touches_phi(decision.classification, decision.catalog):
-                return message
+        known = decision is not None and decision.classification is not None and decision.catalog is not None
+        if known and not touches_phi(decision.classification, decision.catalog):  # type: ignore[union-attr,arg-type]
+            return message
         fields = message.fields
         sqlstate = fields.get("C", "XX000")
         scrubbed = {key: value for key, value in fields.items() if key in {"S", "V", "C", "P", "s", "t", "c", "d", "n"}}

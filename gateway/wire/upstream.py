@@ -155,7 +155,7 @@ class Upstream:
     async def cancel(self) -> None:
         """Ask the target to cancel whatever this connection is running (a separate, short connection)."""
         try:
-            reader, writer = await self.target.open()
+            _, writer = await self.target.open()
         except OSError:
             return
         writer.write(CancelRequest(self.process_id, self.secret_key).encode())
