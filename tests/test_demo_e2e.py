@@ -108,6 +108,22 @@ def test_readme_flow(demo) -> None:  # type: ignore[no-untyped-def]
     assert httpx.get(creds["ui_url"] + "accounts/login/", timeout=10).status_code == 200
 
 
+def test_readme_wire_examples(demo) -> None:  # type: ignore[no-untyped-def]
+    """The README's psycopg and psql examples, against the demo's agent DSN."""
+    import psycopg
+
+    creds = demo["credentials"]
+    with psycopg.connect(creds["agent_dsn"], connect_timeout=10) as conn:
+        rows = conn.execute("SELECT id, full_name FROM patients ORDER BY id LIMIT 3").fetchall()
+    assert [row[0] for row in rows] == [1, 2, 3]
+    assert all(row[1].startswith("name_") for row in rows)  # pseudonymised
+    psql = subprocess.run(
+        ["psql", creds["agent_dsn"], "-X", "-At", "-c", "SELECT count(*) FROM encounters"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert psql.returncode == 0, psql.stderr
+
+
 def test_sigterm_stops_everything_and_removes_credentials(demo) -> None:  # type: ignore[no-untyped-def]
     process = demo["process"]
     process.send_signal(signal.SIGTERM)
