@@ -45,6 +45,7 @@ from demo.postgres import (
 )
 from demo.redis_local import redis_answers, start_private_redis
 from demo.supervisor import Child, first_dead, say, stop_all
+from demo.tls import ensure_self_signed
 
 READY_TIMEOUT_SECONDS: Final = 180.0
 COMMAND_TIMEOUT_SECONDS: Final = 900.0
@@ -280,10 +281,13 @@ class Demo:
             self.settings.gateway_port,
             str(self.state_dir / "celerybeat-schedule"),
         )
+        cert, key = ensure_self_signed(self.state_dir)
         for name in config.PROCESS_NAMES:
             env = config.process_env(
                 name, common, self.environ, read_url=str(urls["read_url"]), write_url=str(urls["write_url"])
             )
+            if name == "gateway":
+                env.update(GATEWAY_TLS_CERT_FILE=str(cert), GATEWAY_TLS_KEY_FILE=str(key))
             self.children.append(Child(name, commands[name], env, self.project_dir, self.log_dir))
 
     def all_children(self) -> list[Child]:

@@ -82,12 +82,14 @@ def port_open(port: int) -> bool:
         return False
 
 
-def gateway(read_url: str, log_dir: Path) -> tuple[Service, int]:
+def gateway(
+    read_url: str, log_dir: Path, name: str = "gateway", extra_env: Mapping[str, str] | None = None
+) -> tuple[Service, int]:
     port = free_port()
     service = Service(
-        "gateway",
+        name,
         [sys.executable, "manage.py", "gateway", "--host", "127.0.0.1", "--port", str(port)],
-        {f"DATASOURCE_{environment.DATASOURCE.upper()}_READ_URL": read_url},
+        {f"DATASOURCE_{environment.DATASOURCE.upper()}_READ_URL": read_url, **(extra_env or {})},
         log_dir,
     ).start()
     wait_until(lambda: port_open(port) or not service.alive(), 30, what="gateway to listen")

@@ -119,7 +119,9 @@ def test_readme_wire_examples(demo) -> None:  # type: ignore[no-untyped-def]
     assert all(row[1].startswith("name_") for row in rows)  # pseudonymised
     psql = subprocess.run(
         ["psql", creds["agent_dsn"], "-X", "-At", "-c", "SELECT count(*) FROM encounters"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert psql.returncode == 0, psql.stderr
 

@@ -15,13 +15,13 @@ from identity.scram import make_verifier, parse_verifier
 TOKEN = "pga_correct-token"
 
 
-def libpq_style_client_final(token: str, client_first_bare: str, server_first: str) -> str:
+def libpq_style_client_final(token: str, client_first_bare: str, server_first: str, gs2: str = "n,,") -> str:
     """What libpq computes (RFC 5802), written out independently of the server code."""
     attributes = dict(item.split("=", 1) for item in server_first.split(","))
     salted = hashlib.pbkdf2_hmac("sha256", token.encode(), base64.b64decode(attributes["s"]), int(attributes["i"]))
     client_key = hmac.digest(salted, b"Client Key", "sha256")
     stored_key = hashlib.sha256(client_key).digest()
-    without_proof = f"c=biws,r={attributes['r']}"
+    without_proof = f"c={base64.b64encode(gs2.encode()).decode()},r={attributes['r']}"
     auth_message = f"{client_first_bare},{server_first},{without_proof}".encode()
     signature = hmac.digest(stored_key, auth_message, "sha256")
     proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
@@ -71,7 +71,6 @@ def test_unknown_user_fails_the_same_way_even_with_a_right_looking_proof() -> No
     "client_first",
     [
         "p=tls-server-end-point,,n=,r=abc",
-        "y,,n=,r=abc",
         "n,a=admin,n=,r=abc",
         "n,,r=abc",
         "n,,n=,r=",
@@ -95,3 +94,12 @@ def test_tampered_nonce_or_binding_fails() -> None:
         server.server_final(final.replace("c=biws", "c=eSws"))
     with pytest.raises(ScramFailure, match="nonce"):
         server.server_final(final.replace("r=abc", "r=xyz"))
+
+
+def test_client_that_could_bind_but_was_not_offered_plus_is_accepted() -> None:
+    """libpq over TLS sends gs2 flag 'y' when the server offers only SCRAM-SHA-256."""
+    server = ScramServer(parse_verifier(make_verifier(TOKEN)))
+    bare = "n=,r=abcdefghijklmnop"
+    server_first = server.server_first("y,," + bare)
+    final = libpq_style_client_final(TOKEN, bare, server_first, gs2="y,,")
+    assert server.server_final(final).startswith("v=")

@@ -48,8 +48,10 @@ class ScramServer:
         self._nonce = ""
 
     def server_first(self, client_first: str) -> str:
-        if not client_first.startswith("n,"):
-            # "y" or "p=" would mean the client wants channel binding; we only offer plain SCRAM-SHA-256.
+        # "n": no channel binding. "y": the client could bind but we did not offer SCRAM-SHA-256-PLUS, which is
+        # the honest answer from libpq over TLS (RFC 5802 section 6). "p=...": binding we never offered.
+        flag = client_first[:2]
+        if flag not in ("n,", "y,"):
             raise ScramFailure("channel binding is not supported")
         gs2, sep, bare = client_first[2:].partition(",")
         if not sep or gs2 != "":  # authzid is not supported
@@ -59,7 +61,7 @@ class ScramServer:
             raise ScramFailure("malformed SCRAM client-first message")
         if any(key == "m" for key, _ in attributes):
             raise ScramFailure("unsupported mandatory SCRAM extension")
-        self._gs2_header = "n,,"
+        self._gs2_header = flag + ","
         self._client_first_bare = bare
         self._nonce = attributes[1][1] + self._server_nonce
         salt = base64.b64encode(self._verifier.salt).decode()

@@ -96,6 +96,7 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
 WAIT_HEARTBEAT_SECONDS = 10.0
+AUTHENTICATION_TIMEOUT_SECONDS = 30.0  # like PostgreSQL's authentication_timeout: no half-open sessions
 TEXT_OID = 25
 # Parameters a client may see from the upstream's start-up; others (e.g. session_authorization naming the
 # read-only role) are not the agent's business.
@@ -216,7 +217,7 @@ class WireSession:
 
     async def run(self) -> None:
         try:
-            if not await self._start_up():
+            if not await asyncio.wait_for(self._start_up(), timeout=AUTHENTICATION_TIMEOUT_SECONDS):
                 return
             self.registry[self.cancel_key] = self
             relay = asyncio.create_task(self._relay(), name=f"relay-{self.context.session_id}")
@@ -231,6 +232,8 @@ class WireSession:
                     log.warning("wire session %s relay ended: %s", self.context.session_id, relay.exception())
         except ProtocolError as error:
             self._send_now(protocol_error_response(error))
+        except TimeoutError:
+            self._send_now(error_response("FATAL", "08006", "start-up and sign-in took too long"))
         except (SessionClosed, ConnectionError, asyncio.IncompleteReadError):
             pass
         except UpstreamError as error:
