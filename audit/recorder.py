@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from django.utils import timezone
+
 from audit.models import AuditEvent, EventKind, Outcome
 from identity.principal import Principal
 
@@ -22,6 +24,40 @@ class Context:
     front: str = ""
     source_address: str | None = None
     session_id: str = ""
+
+
+def event_row(
+    kind: EventKind,
+    *,
+    principal: Principal | None,
+    context: Context | None = None,
+    outcome: Outcome = Outcome.SUCCESS,
+    datasource: str = "",
+    ticket_id: int | None = None,
+    statement: str = "",
+    summary: str = "",
+    details: Mapping[str, Any] | None = None,
+    attempted_name: str = "",
+) -> dict[str, Any]:
+    """The column values of one event: the single definition both writers (ORM and batch) use."""
+    ctx = context or Context()
+    return {
+        "occurred_at": timezone.now(),
+        "kind": str(kind),
+        "outcome": str(outcome),
+        "actor_id": principal.human.pk if principal else None,
+        "actor_name": principal.human.get_username() if principal else "",
+        "agent_id": principal.agent.pk if principal and principal.agent else None,
+        "agent_name": (principal.agent.name if principal and principal.agent else attempted_name)[:63],
+        "datasource": datasource,
+        "ticket_id": ticket_id,
+        "front": ctx.front,
+        "source_address": ctx.source_address or None,
+        "session_id": ctx.session_id,
+        "statement": statement,
+        "summary": summary,
+        "details": dict(details or {}),
+    }
 
 
 def record(
@@ -38,20 +74,16 @@ def record(
     attempted_name: str = "",
 ) -> AuditEvent:
     """Insert one event. ``attempted_name`` names who a failed authentication claimed to be."""
-    ctx = context or Context()
-    return AuditEvent.objects.create(
-        kind=kind,
+    row = event_row(
+        kind,
+        principal=principal,
+        context=context,
         outcome=outcome,
-        actor=principal.human if principal else None,
-        actor_name=principal.human.get_username() if principal else "",
-        agent=principal.agent if principal else None,
-        agent_name=(principal.agent.name if principal and principal.agent else attempted_name)[:63],
         datasource=datasource,
         ticket_id=ticket_id,
-        front=ctx.front,
-        source_address=ctx.source_address or None,
-        session_id=ctx.session_id,
         statement=statement,
         summary=summary,
-        details=dict(details or {}),
+        details=details,
+        attempted_name=attempted_name,
     )
+    return AuditEvent.objects.create(**row)

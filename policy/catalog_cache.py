@@ -6,6 +6,7 @@ change rarely, so a short TTL keeps policy changes prompt without a catalog roun
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterable
@@ -14,7 +15,7 @@ import psycopg
 
 from phigate import envconfig
 from policy.credentials import Access
-from policy.models import PhiColumn
+from policy.models import DataSource, PhiColumn
 from policy.target_catalog import Tag, TargetCatalog, load_target_catalog
 
 CATALOG_TTL_SECONDS = envconfig.get_int("CATALOG_TTL_SECONDS", 30, minimum=0)
@@ -50,6 +51,8 @@ class CatalogCache:
                 url, autocommit=True, application_name=f"phigate-catalog-{self.access.lower()}"
             ) as conn:
                 catalog = load_target_catalog(conn, tags_for(datasource))
+            active = DataSource.objects.filter(name=datasource, is_active=True).exists()
+            catalog = dataclasses.replace(catalog, datasource_active=active)
             self._entries[datasource] = (time.monotonic(), catalog)
             return catalog
 
@@ -60,6 +63,13 @@ class CatalogCache:
         if age < REFRESH_FLOOR_SECONDS:
             return True
         return all(entry[1].relation_oid(name) is not None for name in must_know)
+
+    def peek(self, datasource: str) -> TargetCatalog | None:
+        """The current snapshot if it is within its TTL, without ever loading (safe on an event loop)."""
+        entry = self._entries.get(datasource)
+        if entry is None or time.monotonic() - entry[0] >= self.ttl:
+            return None
+        return entry[1]
 
     def invalidate(self, datasource: str | None = None) -> None:
         with self._lock:

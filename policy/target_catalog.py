@@ -37,6 +37,8 @@ class TargetCatalog:
     tagged_columns: Mapping[tuple[int, int], Tag]  # (relation oid, attnum) -> tag
     tagged_relations: frozenset[int]
     functions: SnapshotFunctionCatalog
+    # Whether the control plane still serves this data source; cached decisions die with it.
+    datasource_active: bool = True
 
     def relation_oid(self, written_name: str) -> int | None:
         return self.relation_oids.get(written_name.lower())

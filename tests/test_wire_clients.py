@@ -231,7 +231,9 @@ def test_every_statement_is_audited_with_its_parameters(agent) -> None:  # type:
     executed = None
     while executed is None and time.monotonic() < deadline:
         executed = AuditEvent.objects.filter(
-            agent=agent["agent"], kind=EventKind.QUERY_EXECUTED, details__submitted_event=submitted.pk
+            agent=agent["agent"],
+            kind=EventKind.QUERY_EXECUTED,
+            details__statement_id=submitted.details["statement_id"],
         ).first()
         time.sleep(0.1)
     assert executed is not None and executed.details["rowcount"] == 1

@@ -8,6 +8,8 @@ import ssl
 import time
 from collections import defaultdict, deque
 
+from audit.batch_writer import AuditBatchWriter
+from gateway.decision_cache import DecisionCache
 from gateway.pipeline import DatasourceRuntime
 from gateway.wire.session import CancelKey, WireSession
 from phigate import envconfig
@@ -56,6 +58,8 @@ class WireServer:
         self.registry: dict[CancelKey, WireSession] = {}
         self.sessions: set[asyncio.Task[None]] = set()
         self.throttle = FailureThrottle()
+        self.audit = AuditBatchWriter()
+        self.decisions = DecisionCache()
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> asyncio.Server:
@@ -63,7 +67,16 @@ class WireServer:
         return self.server
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = WireSession(reader, writer, self.runtime, self.registry, tls=self.tls, throttle=self.throttle)
+        session = WireSession(
+            reader,
+            writer,
+            self.runtime,
+            self.registry,
+            tls=self.tls,
+            throttle=self.throttle,
+            audit=self.audit,
+            decisions=self.decisions,
+        )
         task = asyncio.current_task()
         if task is not None:
             self.sessions.add(task)
@@ -83,3 +96,4 @@ class WireServer:
             _, pending = await asyncio.wait(set(self.sessions), timeout=grace_seconds)
             for task in pending:
                 task.cancel()
+        await asyncio.to_thread(self.audit.close)  # commit what the last sessions queued

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -26,7 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from approvals.params import StatementParams
-from audit.recorder import Context
+from audit.batch_writer import AuditBatchWriter
+from audit.models import EventKind
+from audit.recorder import Context, event_row
+from gateway.decision_cache import DecisionCache
 from gateway.pgwire.backend import (
     AuthenticationOk,
     AuthenticationSASL,
@@ -77,8 +81,6 @@ from gateway.pgwire.transaction import TransactionTracker
 from gateway.pipeline import (
     DatasourceRuntime,
     Decision,
-    audit_result,
-    audit_submission,
     decide,
     preview,
     touches_phi,
@@ -157,9 +159,10 @@ class Expected:
     statement: StatementState | None = None
     portal: PortalState | None = None
     decision: Decision | None = None
-    gate: asyncio.Future[int] | None = None  # resolves to the submitted audit event id
+    gate: asyncio.Future[None] | None = None  # resolves once the statement's audit record is durable
     swallow: bool = False  # the gateway asked for it for itself: do not show it to the client
     sql: str = ""
+    statement_id: str = ""  # links the submitted and executed audit records
 
 
 QueueItem = Outgoing | Expected | None
@@ -190,12 +193,16 @@ class WireSession:
         registry: dict[CancelKey, WireSession],
         tls: Any = None,
         throttle: Callable[[str, str], float] | None = None,
+        audit: AuditBatchWriter | None = None,
+        decisions: DecisionCache | None = None,
     ) -> None:
         self.reader, self.writer = reader, writer
         self.runtime = runtime
         self.registry = registry
         self.tls = tls
         self.throttle = throttle
+        self.audit = audit or AuditBatchWriter()
+        self.decisions = decisions or DecisionCache()
         self.parser = FrontendParser()
         self.queue: asyncio.Queue[QueueItem] = asyncio.Queue()
         self.upstream: Upstream | None = None
@@ -211,7 +218,7 @@ class WireSession:
         self.cancel_key = CancelKey(secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4))
         self.waiting_ticket: int | None = None
         self.cancelled_wait = asyncio.Event()
-        self.audit_tasks: set[asyncio.Future[Any]] = set()
+        self.out: list[bytes] = []  # relayed bytes waiting for the next flush to the client
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -399,9 +406,17 @@ class WireSession:
     def _reply(self, *messages: BackendMessage, ready: bool = False, in_batch: bool = False) -> None:
         self.queue.put_nowait(Outgoing(list(messages), ready_for_query=ready, in_batch=in_batch))
 
+    def _cached(self, sql: str) -> tuple[Decision | None, Any]:
+        """A cached ALLOWED decision for this statement shape under the current catalog snapshot, if any."""
+        return self.decisions.lookup(self.datasource, sql, self.runtime.catalogs.peek(self.datasource))
+
     async def _decide(self, sql: str, params: StatementParams | None = None) -> Decision:
-        assert self.principal is not None
-        return await asyncio.to_thread(
+        assert self.principal is not None and self.upstream is not None
+        cached, shape = self._cached(sql)
+        if cached is not None:
+            return cached
+        self.upstream.flush()  # what was forwarded before this statement must not wait for its decision
+        decision = await asyncio.to_thread(
             decide,
             principal=self.principal,
             datasource_name=self.datasource,
@@ -412,11 +427,22 @@ class WireSession:
             session_statements=True,
             params=params,
         )
+        self.decisions.store(self.datasource, shape, decision)
+        return decision
 
-    def _start_audit(self, decision: Decision, sql: str) -> asyncio.Future[int]:
-        assert self.principal is not None
-        task = asyncio.ensure_future(asyncio.to_thread(audit_submission, self.principal, decision, sql, self.context))
-        return task
+    def _start_audit(self, decision: Decision, sql: str, statement_id: str) -> asyncio.Future[None]:
+        """Queue the statement's audit record for the next group commit; rows wait for this future."""
+        assert self.principal is not None and decision.datasource is not None
+        row = event_row(
+            EventKind.QUERY_SUBMITTED,
+            principal=self.principal,
+            context=self.context,
+            datasource=decision.datasource.name,
+            statement=sql,
+            summary="allowed: provably read-only",
+            details={**decision.submitted, "statement_id": statement_id},
+        )
+        return asyncio.wrap_future(self.audit.submit(row))
 
     async def _simple_query(self, sql: str) -> None:
         if not sql.strip():
@@ -426,8 +452,9 @@ class WireSession:
         if decision.verdict != "allowed":
             await self._refuse(decision, in_batch=False)
             return
-        gate = self._start_audit(decision, sql)
-        self._forward(Query(sql), Expected("query", decision=decision, gate=gate, sql=sql))
+        statement_id = uuid.uuid4().hex
+        gate = self._start_audit(decision, sql, statement_id)
+        self._forward(Query(sql), Expected("query", decision=decision, gate=gate, sql=sql, statement_id=statement_id))
 
     async def _refuse(self, decision: Decision, *, in_batch: bool) -> None:
         """Answer a statement that will not run now: invalid, denied, or held for approval."""
@@ -460,8 +487,12 @@ class WireSession:
 
     async def _decide_at_parse(self, sql: str) -> Decision:
         """Classify without opening a ticket: a held statement's ticket needs its Bind parameters."""
-        assert self.principal is not None
-        return await asyncio.to_thread(
+        assert self.principal is not None and self.upstream is not None
+        cached, shape = self._cached(sql)
+        if cached is not None:
+            return cached
+        self.upstream.flush()
+        decision = await asyncio.to_thread(
             preview,
             principal=self.principal,
             datasource_name=self.datasource,
@@ -469,6 +500,8 @@ class WireSession:
             context=self.context,
             runtime=self.runtime,
         )
+        self.decisions.store(self.datasource, shape, decision)
+        return decision
 
     def _bind(self, message: Bind) -> None:
         statement = self.statements.get(message.statement) or StatementState(sql="", decision=None)
@@ -498,14 +531,22 @@ class WireSession:
             held = await self._decide(portal.statement.sql, portal.params)
             await self._refuse(held, in_batch=True)
             return
-        executing = Decision(**{**decision.__dict__})
-        executing.submitted = {**decision.submitted, "params": portal.params.for_audit()}
-        gate = self._start_audit(executing, portal.statement.sql)
+        executing = dataclasses.replace(decision, submitted={**decision.submitted, "params": portal.params.for_audit()})
+        statement_id = uuid.uuid4().hex
+        gate = self._start_audit(executing, portal.statement.sql, statement_id)
         if portal.row_description is None:
             # Masking needs the column origins and formats of this portal: ask for them, for ourselves.
             self._forward(Describe("P", message.portal), Expected("describe_portal", portal=portal, swallow=True))
         self._forward(
-            message, Expected("execute", portal=portal, decision=executing, gate=gate, sql=portal.statement.sql)
+            message,
+            Expected(
+                "execute",
+                portal=portal,
+                decision=executing,
+                gate=gate,
+                sql=portal.statement.sql,
+                statement_id=statement_id,
+            ),
         )
 
     def _close(self, message: Close) -> None:
@@ -519,7 +560,8 @@ class WireSession:
 
     async def _wait_for_ticket(self, ticket_id: int, url: str, *, in_batch: bool) -> None:
         """``-c gateway.approval=wait``: hold the statement open, with a NOTICE every ~10 s, until it is decided."""
-        assert self.principal is not None
+        assert self.principal is not None and self.upstream is not None
+        self.upstream.flush()
         self.waiting_ticket = ticket_id
         self.cancelled_wait.clear()
         self._reply(notice_response("NOTICE", "00000", f"approval required: ticket {ticket_id}; waiting ({url})"))
@@ -561,6 +603,7 @@ class WireSession:
         while True:
             item = await self.queue.get()
             if item is None:
+                self._flush_client()
                 return
             if isinstance(item, Outgoing):
                 if item.in_batch and self.upstream_failed_batch:
@@ -568,13 +611,20 @@ class WireSession:
                 messages = list(item.messages)
                 if item.ready_for_query:
                     messages.append(ReadyForQuery(self.transaction.status))
-                self.writer.write(b"".join(message.encode() for message in messages))
+                self.out.extend(message.encode() for message in messages)
             elif self.upstream_failed_batch and item.kind not in ("sync", "query"):
                 continue  # upstream skips everything until Sync after an error, so these get no response
             else:
                 await self._relay_responses(item)
             if self.queue.empty():
+                self._flush_client()
                 await self.writer.drain()
+
+    def _flush_client(self) -> None:
+        """Everything relayed so far leaves in one write: one syscall per round trip, not per message."""
+        if self.out:
+            self.writer.write(b"".join(self.out))
+            self.out.clear()
 
     async def _relay_responses(self, item: Expected) -> None:
         assert self.upstream is not None
@@ -582,9 +632,8 @@ class WireSession:
         plan: MaskingPlan | None = None
         fields: tuple[FieldDescription, ...] = ()
         released = item.gate is None
-        submitted_event = 0
         while True:
-            message = await self.upstream.next_message()
+            message = await self.upstream.next_message(before_wait=self._flush_client)
             self.transaction.observe(message)
             if isinstance(message, NoticeResponse | ParameterStatus | NotificationResponse):
                 if not (isinstance(message, ParameterStatus) and message.name not in FORWARDED_PARAMETERS):
@@ -610,7 +659,7 @@ class WireSession:
                 continue
             if isinstance(message, DataRow | CommandComplete | EmptyQueryResponse | PortalSuspended):
                 if not released:
-                    submitted_event = await self._await_gate(item)
+                    await self._await_gate(item)
                     released = True
                 if isinstance(message, DataRow):
                     if plan is None and item.portal is not None:
@@ -621,13 +670,15 @@ class WireSession:
                     encoded = row.encode()
                     meter.rows += 1
                     meter.digest.update(encoded)
-                    self.writer.write(encoded)
-                    if self.writer.transport.get_write_buffer_size() > 1 << 20:
-                        await self.writer.drain()
+                    self.out.append(encoded)
+                    if len(self.out) >= 512:
+                        self._flush_client()
+                        if self.writer.transport.get_write_buffer_size() > 1 << 20:
+                            await self.writer.drain()
                     continue
                 self._write(message, item)
                 if item.decision is not None and item.gate is not None:
-                    self._finish_audit(item, submitted_event, meter or ResultMeter())
+                    self._finish_audit(item, meter or ResultMeter())
                 if item.kind == "execute":
                     return
                 continue
@@ -644,15 +695,18 @@ class WireSession:
 
     def _write(self, message: BackendMessage, item: Expected) -> None:
         if not item.swallow:
-            self.writer.write(message.encode())
+            self.out.append(message.encode())
 
-    async def _await_gate(self, item: Expected) -> int:
+    async def _await_gate(self, item: Expected) -> None:
         assert item.gate is not None
+        if not item.gate.done():
+            self._flush_client()  # what is already allowed out need not wait for this statement's record
         try:
-            return await item.gate
+            await item.gate
         except Exception:
             # No audit record, no result: end the session rather than release anything.
             log.exception("audit write failed in wire session %s; closing it", self.context.session_id)
+            self._flush_client()
             self.writer.write(
                 error_response(
                     "FATAL", "58000", "the audit record could not be written; the result is withheld"
@@ -693,24 +747,25 @@ class WireSession:
         scrubbed["M"] = scrub_error(sqlstate, fields.get("M", ""), touches_phi=True)
         return ErrorResponse(scrubbed)
 
-    def _finish_audit(self, item: Expected, submitted_event: int, meter: ResultMeter) -> None:
-        assert self.principal is not None and item.decision is not None
-        task = asyncio.ensure_future(
-            asyncio.to_thread(
-                audit_result,
-                self.principal,
-                item.decision,
-                self.context,
-                submitted_event=submitted_event,
-                rowcount=meter.rows,
-                truncated=False,
-                masking=meter.masking,
-                result_sha256=meter.digest.hexdigest(),
-                duration_ms=round((time.monotonic() - meter.started) * 1000, 2),
-            )
+    def _finish_audit(self, item: Expected, meter: ResultMeter) -> None:
+        """The result's record (rows, masks, digest of the bytes sent): queued, not waited for."""
+        assert self.principal is not None and item.decision is not None and item.decision.datasource is not None
+        row = event_row(
+            EventKind.QUERY_EXECUTED,
+            principal=self.principal,
+            context=self.context,
+            datasource=item.decision.datasource.name,
+            summary=f"{meter.rows} rows returned",
+            details={
+                "statement_id": item.statement_id,
+                "rowcount": meter.rows,
+                "truncated": False,
+                "masking": meter.masking,
+                "result_sha256": meter.digest.hexdigest(),
+                "duration_ms": round((time.monotonic() - meter.started) * 1000, 2),
+            },
         )
-        self.audit_tasks.add(task)
-        task.add_done_callback(self.audit_tasks.discard)
+        self.audit.submit(row, urgent=False)
 
 
 # ------------------------------------------------------------------------------------------------- helpers

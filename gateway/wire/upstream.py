@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import scramp
@@ -79,6 +80,7 @@ class Upstream:
     process_id: int = 0
     secret_key: bytes = b""
     parameters: dict[str, str] = field(default_factory=dict)
+    pending: list[bytes] = field(default_factory=list)
 
     @classmethod
     async def connect(cls, target: UpstreamTarget, application_name: str) -> Upstream:
@@ -100,16 +102,26 @@ class Upstream:
         return upstream
 
     def send(self, data: bytes) -> None:
-        self.writer.write(data)
+        """Buffer: consecutive messages leave in one write (one syscall) at the next flush."""
+        self.pending.append(data)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.writer.write(b"".join(self.pending))
+            self.pending.clear()
 
     async def drain(self) -> None:
+        self.flush()
         await self.writer.drain()
 
-    async def next_message(self) -> BackendMessage:
+    async def next_message(self, before_wait: Callable[[], None] | None = None) -> BackendMessage:
+        """The next message; ``before_wait`` runs before blocking on the socket (to flush our own output)."""
         while True:
             message = self.parser.next_message()
             if message is not None:
                 return message
+            if before_wait is not None:
+                before_wait()
             data = await self.reader.read(READ_SIZE)
             if not data:
                 raise UpstreamError("the target database closed the connection")
@@ -118,7 +130,7 @@ class Upstream:
     async def _authenticate(self) -> None:
         scram: scramp.ScramClient | None = None
         while True:
-            message = await self.next_message()
+            message = await self.next_message(before_wait=self.flush)
             if isinstance(message, AuthenticationOk):
                 continue
             if isinstance(message, AuthenticationCleartextPassword):

@@ -34,7 +34,13 @@ class Command(BaseCommand):
         require_pseudonym_key()
         if not configured_datasources(Access.READ):
             log.warning("no DATASOURCE_<NAME>_READ_URL is set: every statement will fail")
-        asyncio.run(self._run(options["host"], options["port"], options["concurrency"]))
+        # uvloop when installed (it is, from requirements.txt): the socket loop is the gateway's hot path.
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - plain asyncio works, only slower
+            asyncio.run(self._run(options["host"], options["port"], options["concurrency"]))
+        else:
+            uvloop.run(self._run(options["host"], options["port"], options["concurrency"]))
 
     async def _run(self, host: str, port: int, concurrency: int) -> None:
         stop = asyncio.Event()
