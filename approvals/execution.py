@@ -108,11 +108,12 @@ def _fail_without_running(ticket_id: int, *, from_status: Status, error: str) ->
 
 def _masked_result_maker(ticket: Ticket, url: str):  # type: ignore[no-untyped-def]
     key = require_pseudonym_key()
+    requester = _principal(ticket)  # results are masked for whoever asked, not for the executor
     catalog = _catalogs.get(ticket.datasource.name, url)
     classification = classify(ticket.sql, catalog.functions)
 
     def finish(raw: RawResult) -> dict[str, object]:
-        plan = plan_masks(raw.origins, classification, catalog)
+        plan = plan_masks(raw.origins, classification, catalog, requester.identity_kind)
         return {
             "columns": raw.columns,
             "rows": plan.apply(raw.rows, key),

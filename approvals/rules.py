@@ -5,6 +5,20 @@ from __future__ import annotations
 from approvals.models import Ticket
 from identity.principal import Principal
 from identity.roles import Role, has_role
+from policy.classifier import Classification
+from policy.models import DataSource
+
+_WRITES = frozenset({"UPDATE", "DELETE"})
+
+
+def required_approvals(classification: Classification, datasource: DataSource) -> int:
+    """The data source's thresholds: the classifier says whether a statement is ordinary or needs the stricter
+    rule (DDL, or UPDATE/DELETE without WHERE); the policy says how many reviewers each of those takes."""
+    if classification.approvals_required <= 1:
+        return datasource.approvals_default
+    if set(classification.statement_types) <= _WRITES:  # the stricter rule here is "no WHERE clause"
+        return max(datasource.approvals_default, datasource.approvals_bulk_write)
+    return max(datasource.approvals_default, datasource.approvals_ddl)  # DDL, TRUNCATE, DO, CALL
 
 
 def review_refusal(ticket: Ticket, principal: Principal) -> str | None:

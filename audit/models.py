@@ -29,6 +29,7 @@ class EventKind(models.TextChoices):
     TICKET_RESULT_READ = "ticket.result_read", "Ticket result read"
     REVIEW_REFUSED = "review.refused", "Review refused"
     AUDIT_SEARCHED = "audit.searched", "Audit trail searched"
+    POLICY_CHANGED = "policy.changed", "Policy changed"
 
 
 class Outcome(models.TextChoices):

@@ -154,7 +154,6 @@ def main() -> None:
                     table_name=tag.table,
                     column_name=tag.column,
                     phi_type=tag.phi_type,
-                    mask=tag.mask,
                 )
             (work / "phi.sql").write_text(PHI_SCRIPT)
         psql(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{READ_ROLE}"', TARGET_DB)

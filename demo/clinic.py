@@ -26,22 +26,24 @@ import psycopg
 # Public contract
 # --------------------------------------------------------------------------------------------------------------
 
-MASKS: Final = frozenset({"redact", "partial", "hash", "year", "null"})
-"""The masking functions the product knows; a tag naming anything else is a bug caught at import."""
+PHI_TYPES: Final = frozenset(
+    {"name", "birth_date", "ssn", "phone", "email", "address", "zip", "mrn", "service_date", "clinical_notes"}
+)
+"""The semantic types the demo tags use (a subset of policy.models.PhiType); anything else is caught at import.
+How each type is masked for each kind of viewer is the policy's business (policy.defaults), not the tag's."""
 
 
 @dataclass(frozen=True)
 class PhiTag:
-    """One column that holds PHI, with the mask the demo applies to it by default."""
+    """One column that holds PHI, and its semantic type."""
 
     table: str
     column: str
     phi_type: str
-    mask: str
 
     def __post_init__(self) -> None:
-        if self.mask not in MASKS:
-            raise ValueError(f"unknown mask {self.mask!r} for {self.table}.{self.column}")
+        if self.phi_type not in PHI_TYPES:
+            raise ValueError(f"unknown PHI type {self.phi_type!r} for {self.table}.{self.column}")
 
 
 @dataclass(frozen=True)
@@ -54,16 +56,16 @@ class ClinicCounts:
 
 
 PHI_TAGS: tuple[PhiTag, ...] = (
-    PhiTag("patients", "mrn", "mrn", "hash"),
-    PhiTag("patients", "full_name", "name", "hash"),
-    PhiTag("patients", "date_of_birth", "birth_date", "year"),
-    PhiTag("patients", "ssn", "ssn", "partial"),
-    PhiTag("patients", "phone", "phone", "partial"),
-    PhiTag("patients", "email", "email", "redact"),
-    PhiTag("patients", "address", "address", "redact"),
-    PhiTag("patients", "zip", "zip", "redact"),
-    PhiTag("encounters", "admitted_at", "service_date", "year"),
-    PhiTag("encounters", "notes", "clinical_notes", "redact"),
+    PhiTag("patients", "mrn", "mrn"),
+    PhiTag("patients", "full_name", "name"),
+    PhiTag("patients", "date_of_birth", "birth_date"),
+    PhiTag("patients", "ssn", "ssn"),
+    PhiTag("patients", "phone", "phone"),
+    PhiTag("patients", "email", "email"),
+    PhiTag("patients", "address", "address"),
+    PhiTag("patients", "zip", "zip"),
+    PhiTag("encounters", "admitted_at", "service_date"),
+    PhiTag("encounters", "notes", "clinical_notes"),
 )
 
 DEFAULT_SEED: Final = 20261124

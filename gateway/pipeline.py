@@ -23,6 +23,7 @@ from django.db import transaction
 from approvals.lifecycle import open_ticket
 from approvals.models import Ticket
 from approvals.params import StatementParams
+from approvals.rules import required_approvals
 from audit.models import EventKind, Outcome
 from audit.recorder import Context, record
 from gateway.read_executor import ReadExecutor
@@ -211,7 +212,7 @@ def decide(
                 reasons=reasons,
                 statement_types=classification.statement_types,
                 relations=classification.relations,
-                approvals_required=max(1, classification.approvals_required),
+                approvals_required=required_approvals(classification, datasource),
                 fingerprint=classification.fingerprint,
                 context=context,
             )
@@ -341,7 +342,7 @@ def _run_allowed_read(
                 details={"submitted_event": submitted_event, "sqlstate": diag.sqlstate},
             )
         return StatementOutcome(status="failed", error=error)
-    plan = plan_masks(raw.origins, decision.classification, decision.catalog)
+    plan = plan_masks(raw.origins, decision.classification, decision.catalog, principal.identity_kind)
     rows = plan.apply(raw.rows, key)
     masking = plan.describe(raw.columns)
     sent = json.dumps({"columns": raw.columns, "rows": rows}, separators=(",", ":")).encode()

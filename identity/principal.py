@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from django.contrib.auth.models import User
@@ -28,6 +29,15 @@ class Principal:
         if self.agent is not None:
             return f"{self.agent.name} on behalf of {self.human.get_username()}"
         return self.human.get_username()
+
+    @functools.cached_property
+    def identity_kind(self) -> str:
+        """Which column of the masking policy applies: agent, reviewer, or (any other human) engineer."""
+        from identity.roles import Role, has_role
+
+        if self.agent is not None:
+            return "agent"
+        return "reviewer" if has_role(self.human, Role.REVIEWER) else "engineer"
 
     @classmethod
     def for_agent(cls, agent: Agent) -> Principal:

@@ -15,7 +15,8 @@ import psycopg
 
 from phigate import envconfig
 from policy.credentials import Access
-from policy.models import DataSource, PhiColumn
+from policy.defaults import DEFAULT_MASKS
+from policy.models import DataSource, MaskRule, PhiColumn
 from policy.target_catalog import Tag, TargetCatalog, load_target_catalog
 
 CATALOG_TTL_SECONDS = envconfig.get_int("CATALOG_TTL_SECONDS", 30, minimum=0)
@@ -24,9 +25,17 @@ REFRESH_FLOOR_SECONDS = 0.25  # a new table is visible to masking within this; b
 
 def tags_for(datasource: str) -> list[Tag]:
     return [
-        Tag(c.schema_name, c.table_name, c.column_name, c.phi_type, c.mask)
+        Tag(c.schema_name, c.table_name, c.column_name, c.phi_type)
         for c in PhiColumn.objects.filter(datasource__name=datasource)
     ]
+
+
+def masks_for(datasource: str) -> dict[tuple[str, str], str]:
+    """Every (type, identity kind) cell: the data source's explicit rules over the defaults."""
+    masks = {(str(t), str(k)): str(m) for t, row in DEFAULT_MASKS.items() for k, m in row.items()}
+    for rule in MaskRule.objects.filter(datasource__name=datasource):
+        masks[(rule.phi_type, rule.identity_kind)] = rule.mask
+    return masks
 
 
 class CatalogCache:
@@ -52,7 +61,7 @@ class CatalogCache:
             ) as conn:
                 catalog = load_target_catalog(conn, tags_for(datasource))
             active = DataSource.objects.filter(name=datasource, is_active=True).exists()
-            catalog = dataclasses.replace(catalog, datasource_active=active)
+            catalog = dataclasses.replace(catalog, datasource_active=active, masks=masks_for(datasource))
             self._entries[datasource] = (time.monotonic(), catalog)
             return catalog
 

@@ -3,7 +3,8 @@
 Values arrive as PostgreSQL's own text output (see policy.target_catalog.text_only_adapters), so a mask works on
 exactly what would otherwise reach the agent. The v1 plan is column-level and fails closed:
 
-* a column whose origin PostgreSQL reports (RowDescription table OID + attribute number) is masked by its tag;
+* a column whose origin PostgreSQL reports (RowDescription table OID + attribute number) is masked by the rule
+  for its tag's semantic type and the viewer's kind of identity (policy.defaults, overridable per data source);
 * a column whose origin is a view, materialized view or unknown relation is redacted (lineage unknown);
 * a computed column (no origin) is redacted when the statement touches a PHI-tagged or non-table relation,
   or calls a function outside pg_catalog (which could read PHI out of sight).
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from policy.models import Mask
+from policy.models import Mask, PhiType
 
 REDACTED = "[redacted]"
 _YEAR = re.compile(r"^(\d{4})-")
@@ -51,10 +52,18 @@ def mask_value(value: str | None, mask: str, phi_type: str, key: bytes) -> str |
     if mask == Mask.PARTIAL:
         tail = re.sub(r"[^0-9A-Za-z]", "", value)[-4:]
         return f"***{tail}" if len(tail) == 4 else REDACTED
-    if mask == Mask.YEAR:
-        match = _YEAR.match(value)
-        return match.group(1) if match else REDACTED
+    if mask == Mask.GENERALIZE:
+        return _generalize(value, phi_type)
     return REDACTED
+
+
+def _generalize(value: str, phi_type: str) -> str:
+    """Dates to their year; ZIP codes to their first three digits (the HIPAA Safe Harbor forms)."""
+    if phi_type == PhiType.ZIP:
+        digits = re.sub(r"[^0-9]", "", value)
+        return digits[:3] + "00" if len(digits) >= 3 else REDACTED
+    match = _YEAR.match(value)
+    return match.group(1) if match else REDACTED
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,19 @@ class DataSource(models.Model):
     description = models.TextField(blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Approval thresholds (part of the policy document): how many reviewers a held statement needs.
+    approvals_default = models.PositiveSmallIntegerField(default=1)
+    approvals_ddl = models.PositiveSmallIntegerField(default=2)
+    approvals_bulk_write = models.PositiveSmallIntegerField(default=2)  # UPDATE/DELETE without WHERE
+    policy_version = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(approvals_default__gte=1, approvals_ddl__gte=1, approvals_bulk_write__gte=1),
+                name="datasource_needs_an_approval",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -55,9 +68,25 @@ class Mask(models.TextChoices):
     REDACT = "redact", "Redact"
     PARTIAL = "partial", "Keep the last four characters"
     HASH = "hash", "Deterministic pseudonym (keyed HMAC)"
-    YEAR = "year", "Generalize a date to its year"
+    GENERALIZE = "generalize", "Generalize (dates to the year, ZIP codes to three digits)"
     NULL = "null", "Replace with NULL"
     PASS = "pass", "Show unmasked"
+
+
+class IdentityKind(models.TextChoices):
+    """Who is looking: masks and inference rules differ per kind (agents get the strictest defaults)."""
+
+    AGENT = "agent", "AI agent"
+    ENGINEER = "engineer", "Human engineer"
+    REVIEWER = "reviewer", "Reviewer"
+
+
+class InferenceAction(models.TextChoices):
+    """What happens when a statement filters, sorts, groups or joins on a PHI column (it can leak values)."""
+
+    ALLOW = "allow", "Allow"
+    HOLD = "hold", "Hold for approval"
+    DENY = "deny", "Deny"
 
 
 class PhiColumn(models.Model):
@@ -66,7 +95,6 @@ class PhiColumn(models.Model):
     table_name = models.CharField(max_length=63)
     column_name = models.CharField(max_length=63)
     phi_type = models.CharField(max_length=20, choices=PhiType.choices)
-    mask = models.CharField(max_length=10, choices=Mask.choices, default=Mask.REDACT)
 
     class Meta:
         constraints = [
@@ -74,8 +102,59 @@ class PhiColumn(models.Model):
                 fields=["datasource", "schema_name", "table_name", "column_name"], name="phi_column_unique"
             ),
             models.CheckConstraint(condition=Q(phi_type__in=[c.value for c in PhiType]), name="phi_type_known"),
-            models.CheckConstraint(condition=Q(mask__in=[c.value for c in Mask]), name="phi_mask_known"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.schema_name}.{self.table_name}.{self.column_name} ({self.phi_type}, {self.mask})"
+        return f"{self.schema_name}.{self.table_name}.{self.column_name} ({self.phi_type})"
+
+
+class MaskRule(models.Model):
+    """An explicit mask for one semantic type and one kind of identity; absent rules fall back to defaults."""
+
+    datasource = models.ForeignKey(DataSource, on_delete=models.CASCADE, related_name="mask_rules")
+    phi_type = models.CharField(max_length=20, choices=PhiType.choices)
+    identity_kind = models.CharField(max_length=10, choices=IdentityKind.choices)
+    mask = models.CharField(max_length=10, choices=Mask.choices)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["datasource", "phi_type", "identity_kind"], name="one_mask_per_type_kind"),
+            models.CheckConstraint(condition=Q(phi_type__in=[c.value for c in PhiType]), name="maskrule_type_known"),
+            models.CheckConstraint(
+                condition=Q(identity_kind__in=[c.value for c in IdentityKind]), name="maskrule_kind_known"
+            ),
+            models.CheckConstraint(condition=Q(mask__in=[c.value for c in Mask]), name="maskrule_mask_known"),
+        ]
+
+
+class InferenceRule(models.Model):
+    datasource = models.ForeignKey(DataSource, on_delete=models.CASCADE, related_name="inference_rules")
+    phi_type = models.CharField(max_length=20, choices=PhiType.choices)
+    identity_kind = models.CharField(max_length=10, choices=IdentityKind.choices)
+    action = models.CharField(max_length=5, choices=InferenceAction.choices)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["datasource", "phi_type", "identity_kind"], name="one_inference_rule_per_type_kind"
+            ),
+            models.CheckConstraint(
+                condition=Q(action__in=[c.value for c in InferenceAction]), name="inference_action_known"
+            ),
+        ]
+
+
+class PolicyVersion(models.Model):
+    """Every accepted policy document, verbatim, with who changed it: the policy's own history."""
+
+    datasource = models.ForeignKey(DataSource, on_delete=models.PROTECT, related_name="policy_versions")
+    number = models.PositiveIntegerField()
+    document = models.TextField()
+    sha256 = models.CharField(max_length=64)
+    changed_by = models.ForeignKey("auth.User", on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["datasource", "number"], name="policy_version_unique"),
+        ]

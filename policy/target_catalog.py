@@ -7,7 +7,7 @@ the web process. Snapshots are immutable, so threads share them without locks; a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg
 from psycopg.adapt import AdaptersMap
@@ -27,7 +27,6 @@ class Tag:
     table_name: str
     column_name: str
     phi_type: str
-    mask: str
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,12 @@ class TargetCatalog:
     functions: SnapshotFunctionCatalog
     # Whether the control plane still serves this data source; cached decisions die with it.
     datasource_active: bool = True
+    # (phi_type, identity kind) -> mask: the data source's rules merged over policy.defaults.
+    masks: Mapping[tuple[str, str], str] = field(default_factory=dict)
+
+    def mask_for(self, phi_type: str, identity_kind: str) -> str:
+        """Unknown type or kind: redact (fail closed)."""
+        return self.masks.get((phi_type, identity_kind), Mask.REDACT)
 
     def relation_oid(self, written_name: str) -> int | None:
         return self.relation_oids.get(written_name.lower())
@@ -114,16 +119,17 @@ def _statement_may_carry_phi(classification: Classification, catalog: TargetCata
 
 
 def plan_masks(
-    origins: Sequence[tuple[int, int]], classification: Classification, catalog: TargetCatalog
+    origins: Sequence[tuple[int, int]], classification: Classification, catalog: TargetCatalog, identity_kind: str
 ) -> MaskingPlan:
-    """The v1 column-level plan for one result (see policy.masking for the rules)."""
+    """The v1 column-level plan for one result, for one kind of viewer (see policy.masking for the rules)."""
     computed_reason = _statement_may_carry_phi(classification, catalog)
     plan: list[ColumnMask | None] = []
     for table_oid, attnum in origins:
         if table_oid:
             tag = catalog.tagged_columns.get((table_oid, attnum))
             if tag is not None:
-                plan.append(None if tag.mask == Mask.PASS else ColumnMask(tag.mask, tag.phi_type, "tagged column"))
+                mask = catalog.mask_for(tag.phi_type, identity_kind)
+                plan.append(None if mask == Mask.PASS else ColumnMask(mask, tag.phi_type, "tagged column"))
             elif catalog.relkinds.get(table_oid) in PLAIN_TABLE_KINDS:
                 plan.append(None)
             else:

@@ -77,7 +77,7 @@ def target(control_plane: str) -> Iterator[Target]:
             schema_name="public",
             table_name=tag.table,
             column_name=tag.column,
-            defaults={"phi_type": tag.phi_type, "mask": tag.mask},
+            defaults={"phi_type": tag.phi_type},
         )
     yield Target(owner_url=owner_url, read_url=urls.read_url, write_url=urls.write_url)
     with _admin() as conn:

@@ -172,7 +172,7 @@ def test_clinic_is_loaded_tells_loaded_from_empty(databases: dict[str, str]) -> 
         assert not clinic.clinic_is_loaded(conn)
 
 
-def test_phi_tags_name_real_columns_with_known_masks(databases: dict[str, str]) -> None:
+def test_phi_tags_name_real_columns_with_known_types(databases: dict[str, str]) -> None:
     with psycopg.connect(databases["a"]) as conn:
         columns = set(
             conn.execute(
@@ -181,11 +181,11 @@ def test_phi_tags_name_real_columns_with_known_masks(databases: dict[str, str]) 
         )
     tagged = {(tag.table, tag.column) for tag in clinic.PHI_TAGS}
     assert tagged <= columns
-    assert all(tag.mask in clinic.MASKS for tag in clinic.PHI_TAGS)
+    assert all(tag.phi_type in clinic.PHI_TYPES for tag in clinic.PHI_TAGS)
     assert ("encounters", "notes") in tagged and ("patients", "ssn") in tagged
     assert not any(tag.table in {"diagnosis_codes", "prescriptions"} for tag in clinic.PHI_TAGS)
     with pytest.raises(ValueError):
-        clinic.PhiTag("patients", "ssn", "ssn", "scramble")
+        clinic.PhiTag("patients", "ssn", "dna_sequence")
 
 
 # --------------------------------------------------------------------------------------------------------------

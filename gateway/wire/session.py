@@ -725,14 +725,18 @@ class WireSession:
             item.statement.row_description = message
         if item.kind == "describe_portal" and item.portal is not None:
             item.portal.row_description = message
-        plan = _plan_for(message, decision)
+        plan = _plan_for(message, decision, self._identity_kind)
         return _rewrite_description(message, plan), plan, message.fields
+
+    @property
+    def _identity_kind(self) -> str:
+        return self.principal.identity_kind if self.principal is not None else "agent"
 
     def _portal_plan(self, portal: PortalState) -> tuple[MaskingPlan | None, tuple[FieldDescription, ...]]:
         description = portal.row_description or portal.statement.row_description
         if description is None:
             return None, ()
-        return _plan_for(description, portal.statement.decision), description.fields
+        return _plan_for(description, portal.statement.decision, self._identity_kind), description.fields
 
     def _scrub(self, message: ErrorResponse, item: Expected) -> ErrorResponse:
         decision = item.decision or (item.portal.statement.decision if item.portal else None)
@@ -834,7 +838,7 @@ def _ticket_outcome(ticket_id: int, state: bridge.TicketState, *, in_batch: bool
     return [error_response("ERROR", APPROVED_BUT_FAILED, f"ticket {ticket_id} failed: {state.error}")]
 
 
-def _plan_for(description: RowDescription, decision: Decision | None) -> MaskingPlan | None:
+def _plan_for(description: RowDescription, decision: Decision | None, identity_kind: str) -> MaskingPlan | None:
     from policy.target_catalog import plan_masks
 
     if not description.fields:
@@ -847,7 +851,7 @@ def _plan_for(description: RowDescription, decision: Decision | None) -> Masking
             tuple(ColumnMask("redact", "unknown", "statement unknown to the gateway") for _ in description.fields)
         )
     origins = [(field.table_oid, field.column_attnum) for field in description.fields]
-    return plan_masks(origins, decision.classification, decision.catalog)
+    return plan_masks(origins, decision.classification, decision.catalog, identity_kind)
 
 
 def _rewrite_description(description: RowDescription, plan: MaskingPlan | None) -> RowDescription:

@@ -79,7 +79,7 @@ class Command(BaseCommand):
                     schema_name="public",
                     table_name=tag.table,
                     column_name=tag.column,
-                    defaults={"phi_type": tag.phi_type, "mask": tag.mask},
+                    defaults={"phi_type": tag.phi_type},
                 )
         self.stdout.write(
             json.dumps(

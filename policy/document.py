@@ -1,0 +1,235 @@
+"""The whole policy of a data source as one YAML document: export, validate, import, version, audit.
+
+Policy as code: the document is what reviewers read in a pull request and what ``manage.py policy import``
+applies. It is complete on export (every mask cell, defaults included) so a diff shows exactly what changes.
+Import is strict: unknown keys, types, kinds, masks or actions are errors, never ignored. A change bumps the
+data source's version, stores the document verbatim (PolicyVersion), and is one audit event with before and
+after, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from django.contrib.auth.models import User
+from django.db import transaction
+
+from audit.models import EventKind
+from audit.recorder import Context, record
+from identity.principal import Principal
+from policy.defaults import DEFAULT_INFERENCE, DEFAULT_MASKS
+from policy.models import (
+    DataSource,
+    IdentityKind,
+    InferenceAction,
+    InferenceRule,
+    Mask,
+    MaskRule,
+    PhiColumn,
+    PhiType,
+    PolicyVersion,
+)
+
+FORMAT = 1
+_KINDS = [kind.value for kind in IdentityKind]
+_TABLE = re.compile(r"^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$")
+_TOP_KEYS = {"format", "datasource", "version", "approvals", "columns", "masks", "inference"}
+
+
+class PolicyError(ValueError):
+    """The document is not a valid policy; the message says where."""
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    changed: bool
+    version: int
+    diff: str
+
+
+def export_document(datasource: DataSource) -> dict[str, Any]:
+    masks = {(str(t), str(k)): str(m) for t, row in DEFAULT_MASKS.items() for k, m in row.items()}
+    for rule in MaskRule.objects.filter(datasource=datasource):
+        masks[(rule.phi_type, rule.identity_kind)] = rule.mask
+    inference_rules = {
+        (r.phi_type, r.identity_kind): r.action for r in InferenceRule.objects.filter(datasource=datasource)
+    }
+    return {
+        "format": FORMAT,
+        "datasource": datasource.name,
+        "version": datasource.policy_version,
+        "approvals": {
+            "default": datasource.approvals_default,
+            "ddl": datasource.approvals_ddl,
+            "bulk_write": datasource.approvals_bulk_write,
+        },
+        "columns": [
+            {"table": f"{c.schema_name}.{c.table_name}", "column": c.column_name, "type": c.phi_type}
+            for c in PhiColumn.objects.filter(datasource=datasource).order_by(
+                "schema_name", "table_name", "column_name"
+            )
+        ],
+        "masks": {str(t): {kind: masks[(str(t), kind)] for kind in _KINDS} for t in PhiType},
+        "inference": {
+            "default": {str(k): str(a) for k, a in DEFAULT_INFERENCE.items()},
+            **{
+                t: {kind: inference_rules[(t, kind)] for kind in _KINDS if (t, kind) in inference_rules}
+                for t in sorted({t for t, _ in inference_rules})
+            },
+        },
+    }
+
+
+def dump(document: dict[str, Any]) -> str:
+    return (
+        "# phigate policy (see docs/architecture.md); edit and apply with manage.py policy import\n"
+        + yaml.safe_dump(document, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    )
+
+
+def load(text: str) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"not valid YAML: {exc}") from None
+    if not isinstance(document, dict):
+        raise PolicyError("the document must be a mapping")
+    validate(document)
+    return document
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise PolicyError(message)
+
+
+def validate(document: dict[str, Any]) -> None:
+    unknown = set(document) - _TOP_KEYS
+    _require(not unknown, f"unknown top-level keys: {sorted(unknown)}")
+    _require(document.get("format") == FORMAT, f"format must be {FORMAT}")
+    approvals = document.get("approvals", {})
+    _require(isinstance(approvals, dict), "approvals must be a mapping")
+    _require(set(approvals) <= {"default", "ddl", "bulk_write"}, f"unknown approvals keys: {sorted(approvals)}")
+    for key, value in approvals.items():
+        _require(isinstance(value, int) and 1 <= value <= 10, f"approvals.{key} must be an integer from 1 to 10")
+    columns = document.get("columns", [])
+    _require(isinstance(columns, list), "columns must be a list")
+    seen = set()
+    for index, column in enumerate(columns):
+        where = f"columns[{index}]"
+        _require(
+            isinstance(column, dict) and set(column) == {"table", "column", "type"},
+            f"{where} needs table, column, type",
+        )
+        _require(bool(_TABLE.match(str(column["table"]))), f"{where}.table must be schema.table in lower case")
+        _require(str(column["type"]) in PhiType.values, f"{where}.type {column['type']!r} is not a PHI type")
+        key = (column["table"], column["column"])
+        _require(key not in seen, f"{where} repeats {column['table']}.{column['column']}")
+        seen.add(key)
+    masks = document.get("masks", {})
+    _require(isinstance(masks, dict), "masks must be a mapping")
+    for phi_type, row in masks.items():
+        _require(phi_type in PhiType.values, f"masks.{phi_type} is not a PHI type")
+        _require(isinstance(row, dict) and set(row) <= set(_KINDS), f"masks.{phi_type} keys must be among {_KINDS}")
+        for kind, mask in row.items():
+            _require(mask in Mask.values, f"masks.{phi_type}.{kind}: {mask!r} is not a mask")
+    inference = document.get("inference", {})
+    _require(isinstance(inference, dict), "inference must be a mapping")
+    for phi_type, row in inference.items():
+        _require(phi_type == "default" or phi_type in PhiType.values, f"inference.{phi_type} is not a PHI type")
+        _require(isinstance(row, dict) and set(row) <= set(_KINDS), f"inference.{phi_type} keys must be among {_KINDS}")
+        for kind, action in row.items():
+            _require(action in InferenceAction.values, f"inference.{phi_type}.{kind}: {action!r} is not an action")
+    defaults = inference.get("default")
+    if defaults is not None:
+        expected = {str(k): str(a) for k, a in DEFAULT_INFERENCE.items()}
+        _require(defaults == expected, "inference.default documents the built-in defaults and cannot be changed here")
+
+
+def _comparable(document: dict[str, Any]) -> dict[str, Any]:
+    """The parts that are policy (version and name are bookkeeping)."""
+    return {key: value for key, value in document.items() if key not in {"version", "datasource"}}
+
+
+def import_document(datasource_name: str, text: str, actor: User, *, dry_run: bool = False) -> ImportResult:
+    document = load(text)
+    _require(document.get("datasource") in (None, datasource_name), "the document is for another data source")
+    with transaction.atomic():
+        # Lock the data source row: two imports at once must not both become "version N+1".
+        datasource = DataSource.objects.select_for_update().get(name=datasource_name)
+        before = export_document(datasource)
+        _apply(datasource, document)
+        after = export_document(datasource)
+        changed = _comparable(before) != _comparable(after)
+        diff = "".join(
+            difflib.unified_diff(
+                dump(_comparable(before)).splitlines(keepends=True),
+                dump(_comparable(after)).splitlines(keepends=True),
+                fromfile=f"{datasource_name} v{datasource.policy_version}",
+                tofile=f"{datasource_name} (imported)",
+            )
+        )
+        if dry_run or not changed:
+            transaction.set_rollback(True)
+            return ImportResult(changed=changed, version=datasource.policy_version, diff=diff)
+        datasource.policy_version += 1
+        datasource.save(update_fields=["policy_version"])
+        after["version"] = datasource.policy_version
+        stored = dump(after)
+        PolicyVersion.objects.create(
+            datasource=datasource,
+            number=datasource.policy_version,
+            document=stored,
+            sha256=hashlib.sha256(stored.encode()).hexdigest(),
+            changed_by=actor,
+        )
+        record(
+            EventKind.POLICY_CHANGED,
+            principal=Principal(human=actor),
+            context=Context(front="cli"),
+            datasource=datasource_name,
+            summary=f"policy of {datasource_name} changed to version {datasource.policy_version}",
+            details={"before": before, "after": after, "diff": diff},
+        )
+    return ImportResult(changed=True, version=datasource.policy_version, diff=diff)
+
+
+def _apply(datasource: DataSource, document: dict[str, Any]) -> None:
+    approvals = document.get("approvals", {})
+    datasource.approvals_default = approvals.get("default", datasource.approvals_default)
+    datasource.approvals_ddl = approvals.get("ddl", datasource.approvals_ddl)
+    datasource.approvals_bulk_write = approvals.get("bulk_write", datasource.approvals_bulk_write)
+    datasource.save(update_fields=["approvals_default", "approvals_ddl", "approvals_bulk_write"])
+    if "columns" in document:
+        PhiColumn.objects.filter(datasource=datasource).delete()
+        PhiColumn.objects.bulk_create(
+            PhiColumn(
+                datasource=datasource,
+                schema_name=str(column["table"]).split(".")[0],
+                table_name=str(column["table"]).split(".")[1],
+                column_name=str(column["column"]),
+                phi_type=str(column["type"]),
+            )
+            for column in document["columns"]
+        )
+    if "masks" in document:
+        MaskRule.objects.filter(datasource=datasource).delete()
+        MaskRule.objects.bulk_create(
+            MaskRule(datasource=datasource, phi_type=phi_type, identity_kind=kind, mask=mask)
+            for phi_type, row in document["masks"].items()
+            for kind, mask in row.items()
+            if DEFAULT_MASKS[PhiType(phi_type)][IdentityKind(kind)] != mask  # store only departures from defaults
+        )
+    if "inference" in document:
+        InferenceRule.objects.filter(datasource=datasource).delete()
+        InferenceRule.objects.bulk_create(
+            InferenceRule(datasource=datasource, phi_type=phi_type, identity_kind=kind, action=action)
+            for phi_type, row in document["inference"].items()
+            if phi_type != "default"
+            for kind, action in row.items()
+        )
