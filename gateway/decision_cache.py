@@ -43,23 +43,40 @@ class _Entry:
 
 
 class DecisionCache:
+    """Two levels: the exact text (a repeat costs one dict lookup) and the shape (other literals, ~5 µs per
+    100 bytes of SQL to scan). Both keys lead to the same entries and the same validity rules."""
+
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         self._entries: dict[tuple[str, Shape], _Entry] = {}
+        self._exact: dict[tuple[str, str], _Entry] = {}
         self._lock = threading.Lock()
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
 
     def lookup(self, datasource: str, sql: str, current: TargetCatalog | None) -> tuple[Decision | None, Shape | None]:
+        if current is None or not current.datasource_active:
+            return None, None
+        exact = self._exact.get((datasource, sql))
+        if exact is not None and exact.catalog is current:
+            self.hits += 1
+            return exact.decision, None
         shape = statement_shape(sql)
-        if shape is None or current is None or not current.datasource_active:
-            return None, shape
+        if shape is None:
+            return None, None
         entry = self._entries.get((datasource, shape))
         if entry is None or entry.catalog is not current:
             self.misses += 1
             return None, shape
         self.hits += 1
+        self._remember_text(datasource, sql, entry)
         return entry.decision, shape
+
+    def _remember_text(self, datasource: str, sql: str, entry: _Entry) -> None:
+        with self._lock:
+            if len(self._exact) >= self.max_entries:
+                self._exact.clear()
+            self._exact[(datasource, sql)] = entry
 
     def store(self, datasource: str, shape: Shape | None, decision: Decision) -> None:
         classification = decision.classification

@@ -54,3 +54,15 @@ def test_only_allowed_selects_are_stored() -> None:
         _, shape = cache.lookup("clinic", sql, snapshot)
         cache.store("clinic", shape, decision)
         assert cache.lookup("clinic", sql, snapshot)[0] is None, sql
+
+
+def test_exact_text_level_follows_the_same_validity_rules() -> None:
+    cache, snapshot = DecisionCache(), catalog()
+    sql = "SELECT upper(name) FROM public.staff WHERE id = 1"
+    decision = allowed(sql, snapshot)
+    _, shape = cache.lookup("clinic", sql, snapshot)
+    cache.store("clinic", shape, decision)
+    assert cache.lookup("clinic", sql, snapshot)[0] is decision  # via shape, then remembered as text
+    assert cache.lookup("clinic", sql, snapshot)[0] is decision  # exact text
+    assert cache.lookup("clinic", sql, catalog())[0] is None  # a new snapshot invalidates both levels
+    assert cache.lookup("other", sql, snapshot)[0] is None
