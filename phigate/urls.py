@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
@@ -34,6 +35,7 @@ urlpatterns = [
     path("", reviewer_views.queue, name="queue"),
     path("tickets/<int:ticket_id>/", reviewer_views.ticket_detail, name="ticket-detail"),
     path("tickets/<int:ticket_id>/review", reviewer_views.review, name="ticket-review"),
+    path("admin/", admin.site.urls),
     path("accounts/login/", LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import F
 
 from audit.models import EventKind
 from audit.recorder import Context, record
@@ -177,26 +178,46 @@ def import_document(datasource_name: str, text: str, actor: User, *, dry_run: bo
         if dry_run or not changed:
             transaction.set_rollback(True)
             return ImportResult(changed=changed, version=datasource.policy_version, diff=diff)
-        datasource.policy_version += 1
-        datasource.save(update_fields=["policy_version"])
-        after["version"] = datasource.policy_version
-        stored = dump(after)
-        PolicyVersion.objects.create(
-            datasource=datasource,
-            number=datasource.policy_version,
-            document=stored,
-            sha256=hashlib.sha256(stored.encode()).hexdigest(),
-            changed_by=actor,
+        version = record_change(datasource, actor, before, front="cli")
+    return ImportResult(changed=True, version=version, diff=diff)
+
+
+def record_change(datasource: DataSource, actor: User, before: dict[str, Any], *, front: str) -> int:
+    """Bump the version, keep the new document, and audit before/after. Call inside the change's transaction
+    (with the data source row locked), after the change; returns the new version number, or the old one when
+    nothing that is policy changed."""
+    datasource.refresh_from_db()
+    after = export_document(datasource)
+    if _comparable(before) == _comparable(after):
+        return datasource.policy_version
+    diff = "".join(
+        difflib.unified_diff(
+            dump(_comparable(before)).splitlines(keepends=True),
+            dump(_comparable(after)).splitlines(keepends=True),
+            fromfile=f"{datasource.name} v{datasource.policy_version}",
+            tofile=f"{datasource.name} v{datasource.policy_version + 1}",
         )
-        record(
-            EventKind.POLICY_CHANGED,
-            principal=Principal(human=actor),
-            context=Context(front="cli"),
-            datasource=datasource_name,
-            summary=f"policy of {datasource_name} changed to version {datasource.policy_version}",
-            details={"before": before, "after": after, "diff": diff},
-        )
-    return ImportResult(changed=True, version=datasource.policy_version, diff=diff)
+    )
+    DataSource.objects.filter(pk=datasource.pk).update(policy_version=F("policy_version") + 1)
+    datasource.refresh_from_db(fields=["policy_version"])
+    after["version"] = datasource.policy_version
+    stored = dump(after)
+    PolicyVersion.objects.create(
+        datasource=datasource,
+        number=datasource.policy_version,
+        document=stored,
+        sha256=hashlib.sha256(stored.encode()).hexdigest(),
+        changed_by=actor,
+    )
+    record(
+        EventKind.POLICY_CHANGED,
+        principal=Principal(human=actor),
+        context=Context(front=front),
+        datasource=datasource.name,
+        summary=f"policy of {datasource.name} changed to version {datasource.policy_version}",
+        details={"before": before, "after": after, "diff": diff},
+    )
+    return datasource.policy_version
 
 
 def _apply(datasource: DataSource, document: dict[str, Any]) -> None:

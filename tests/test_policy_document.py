@@ -127,3 +127,27 @@ def test_approval_thresholds_come_from_the_policy(clinic, restore_policy) -> Non
     assert required("DELETE FROM scratch WHERE id = 1") == 2
     assert required("DELETE FROM scratch") == 2
     assert required("DROP TABLE scratch") == 3
+
+
+def test_admin_edits_are_versioned_and_audited(clinic, restore_policy) -> None:  # type: ignore[no-untyped-def]
+    from django.test import Client
+
+    staff = make_user(Role.ADMIN)
+    staff.is_staff = staff.is_superuser = True
+    staff.save()
+    browser = Client()
+    browser.force_login(staff)
+    version = DataSource.objects.get(pk=clinic.pk).policy_version
+    response = browser.post(
+        "/admin/policy/maskrule/add/",
+        {"datasource": clinic.pk, "phi_type": "email", "identity_kind": "reviewer", "mask": "redact"},
+    )
+    assert response.status_code == 302, response.content[:500]
+    assert DataSource.objects.get(pk=clinic.pk).policy_version == version + 1
+    event = AuditEvent.objects.filter(kind=EventKind.POLICY_CHANGED, actor=staff).get()
+    assert event.front == "web"
+    assert event.details["before"]["masks"]["email"]["reviewer"] == "pass"
+    assert event.details["after"]["masks"]["email"]["reviewer"] == "redact"
+    outsider = Client()
+    outsider.force_login(make_user(Role.REVIEWER))
+    assert outsider.get("/admin/policy/maskrule/").status_code == 302  # not staff: sent to the admin login

@@ -1,0 +1,76 @@
+"""Admin UI for the policy. Every change made here is versioned and audited like an import (policy.document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db import transaction
+from django.http import HttpRequest
+
+from policy.document import export_document, record_change
+from policy.models import DataSource, InferenceRule, MaskRule, PhiColumn, PolicyVersion
+
+
+class AuditedPolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Wraps each save and delete: document before, the change, document after, one audited version bump."""
+
+    def _datasource(self, obj: Any) -> DataSource:
+        return obj if isinstance(obj, DataSource) else obj.datasource
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if isinstance(obj, DataSource) and obj.pk is None:
+            super().save_model(request, obj, form, change)  # a new data source has no policy to change yet
+            return
+        with transaction.atomic():
+            datasource = DataSource.objects.select_for_update().get(pk=self._datasource(obj).pk)
+            before = export_document(datasource)
+            super().save_model(request, obj, form, change)
+            record_change(datasource, request.user, before, front="web")  # type: ignore[arg-type]
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        with transaction.atomic():
+            datasource = DataSource.objects.select_for_update().get(pk=self._datasource(obj).pk)
+            before = export_document(datasource)
+            super().delete_model(request, obj)
+            record_change(datasource, request.user, before, front="web")  # type: ignore[arg-type]
+
+
+@admin.register(DataSource)
+class DataSourceAdmin(AuditedPolicyAdmin):
+    list_display = ["name", "is_active", "policy_version", "approvals_default", "approvals_ddl", "approvals_bulk_write"]
+    readonly_fields = ["policy_version"]
+
+
+@admin.register(PhiColumn)
+class PhiColumnAdmin(AuditedPolicyAdmin):
+    list_display = ["datasource", "schema_name", "table_name", "column_name", "phi_type"]
+    list_filter = ["datasource", "phi_type"]
+
+
+@admin.register(MaskRule)
+class MaskRuleAdmin(AuditedPolicyAdmin):
+    list_display = ["datasource", "phi_type", "identity_kind", "mask"]
+    list_filter = ["datasource", "identity_kind"]
+
+
+@admin.register(InferenceRule)
+class InferenceRuleAdmin(AuditedPolicyAdmin):
+    list_display = ["datasource", "phi_type", "identity_kind", "action"]
+
+
+@admin.register(PolicyVersion)
+class PolicyVersionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """History is read-only: versions are written only by record_change."""
+
+    list_display = ["datasource", "number", "changed_by", "created_at", "sha256"]
+    readonly_fields = ["datasource", "number", "document", "sha256", "changed_by", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
