@@ -15,8 +15,8 @@ import psycopg
 
 from phigate import envconfig
 from policy.credentials import Access
-from policy.defaults import DEFAULT_MASKS
-from policy.models import DataSource, MaskRule, PhiColumn
+from policy.defaults import DEFAULT_INFERENCE, DEFAULT_MASKS
+from policy.models import DataSource, InferenceRule, MaskRule, PhiColumn, PhiType
 from policy.target_catalog import Tag, TargetCatalog, load_target_catalog
 
 CATALOG_TTL_SECONDS = envconfig.get_int("CATALOG_TTL_SECONDS", 30, minimum=0)
@@ -28,6 +28,14 @@ def tags_for(datasource: str) -> list[Tag]:
         Tag(c.schema_name, c.table_name, c.column_name, c.phi_type)
         for c in PhiColumn.objects.filter(datasource__name=datasource)
     ]
+
+
+def inference_for(datasource: str) -> dict[tuple[str, str], str]:
+    """Every (type, identity kind) cell: explicit rules over the per-kind defaults."""
+    cells = {(str(t), str(k)): str(a) for t in PhiType for k, a in DEFAULT_INFERENCE.items()}
+    for rule in InferenceRule.objects.filter(datasource__name=datasource):
+        cells[(rule.phi_type, rule.identity_kind)] = rule.action
+    return cells
 
 
 def masks_for(datasource: str) -> dict[tuple[str, str], str]:
@@ -61,7 +69,9 @@ class CatalogCache:
             ) as conn:
                 catalog = load_target_catalog(conn, tags_for(datasource))
             active = DataSource.objects.filter(name=datasource, is_active=True).exists()
-            catalog = dataclasses.replace(catalog, datasource_active=active, masks=masks_for(datasource))
+            catalog = dataclasses.replace(
+                catalog, datasource_active=active, masks=masks_for(datasource), inference=inference_for(datasource)
+            )
             self._entries[datasource] = (time.monotonic(), catalog)
             return catalog
 

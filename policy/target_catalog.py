@@ -40,10 +40,44 @@ class TargetCatalog:
     datasource_active: bool = True
     # (phi_type, identity kind) -> mask: the data source's rules merged over policy.defaults.
     masks: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # What column lineage needs (policy.lineage.RelationCatalog): names, column lists, view definitions.
+    relation_columns: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    view_definitions: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    search_path: tuple[str, ...] = ("pg_catalog", "public")
+
+    @property
+    def tags_by_column(self) -> dict[tuple[str, str, str], Tag]:
+        """(schema, table, column) -> tag, for lineage sources (which are named, not numbered)."""
+        return {(t.schema_name, t.table_name, t.column_name): t for t in self.tagged_columns.values()}
+
+    # policy.lineage.RelationCatalog -----------------------------------------------------------------------
+    def resolve(self, schema: str | None, name: str) -> tuple[str, str] | None:
+        schemas = (schema.lower(),) if schema else self.search_path
+        for candidate in schemas:
+            if (candidate, name.lower()) in self.relation_columns:
+                return candidate, name.lower()
+        return None
+
+    def columns(self, schema: str, name: str) -> tuple[str, ...] | None:
+        return self.relation_columns.get((schema, name))
+
+    def kind(self, schema: str, name: str) -> str | None:
+        oid = self.relation_oids.get(f"{schema}.{name}")
+        return None if oid is None else self.relkinds.get(oid)
+
+    def view_definition(self, schema: str, name: str) -> str | None:
+        return self.view_definitions.get((schema, name))
+
+    # (phi_type, identity kind) -> allow | hold | deny, for filtering, sorting, grouping or joining on PHI.
+    inference: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
     def mask_for(self, phi_type: str, identity_kind: str) -> str:
         """Unknown type or kind: redact (fail closed)."""
         return self.masks.get((phi_type, identity_kind), Mask.REDACT)
+
+    def inference_for(self, phi_type: str, identity_kind: str) -> str:
+        """Unknown type or kind: hold (fail closed)."""
+        return self.inference.get((phi_type, identity_kind), "hold")
 
     def relation_oid(self, written_name: str) -> int | None:
         return self.relation_oids.get(written_name.lower())
@@ -62,6 +96,21 @@ SELECT c.oid::bigint, n.nspname, c.relname, c.relkind
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
   AND n.nspname NOT IN ('pg_toast') AND n.nspname NOT LIKE 'pg_temp%%'
+"""
+
+_COLUMNS_SQL = """
+SELECT n.nspname, c.relname, array_agg(a.attname::text ORDER BY a.attnum)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND n.nspname NOT IN ('pg_toast', 'information_schema') AND n.nspname NOT LIKE 'pg_temp%%'
+GROUP BY n.nspname, c.relname
+"""
+
+_VIEWS_SQL = """
+SELECT n.nspname, c.relname, pg_get_viewdef(c.oid)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 """
 
 _ATTNUM_SQL = """
@@ -90,12 +139,16 @@ def load_target_catalog(conn: psycopg.Connection, tags: Iterable[Tag]) -> Target
         row = conn.execute(_ATTNUM_SQL, (oid, tag.column_name)).fetchone()
         if row is not None:
             tagged_columns[(oid, int(row[0]))] = tag
+    relation_columns = {(str(s), str(n)): tuple(cols) for s, n, cols in conn.execute(_COLUMNS_SQL).fetchall()}
+    view_definitions = {(str(s), str(n)): str(d) for s, n, d in conn.execute(_VIEWS_SQL).fetchall() if d}
     return TargetCatalog(
         relkinds=relkinds,
         relation_oids=relation_oids,
         tagged_columns=tagged_columns,
         tagged_relations=frozenset(oid for oid, _ in tagged_columns),
         functions=load_function_catalog(conn),
+        relation_columns=relation_columns,
+        view_definitions=view_definitions,
     )
 
 
