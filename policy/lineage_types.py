@@ -1,0 +1,106 @@
+"""Public result types of the column lineage analyzer (re-exported by policy.lineage).
+
+They live in their own module so the analyzer's helper modules can share them
+without importing policy.lineage (which imports the helpers).  Nothing here
+knows about pglast: callers that only consume lineage never need the parser.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, order=True)
+class SourceColumn:
+    """One column of a base table (never a view or CTE) that a value can come from.
+
+    Names are lower-cased so that masking rules keyed on catalog names match
+    however the agent spelled (or quoted) the identifier.
+    """
+
+    schema: str
+    table: str
+    column: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.table}.{self.column}"
+
+
+class Derivation(enum.StrEnum):
+    """How a result value relates to its source values.
+
+    The masker needs this to pick a mask: a DIRECT value is exactly some
+    source value, so the source column's own mask fits it; anything else may
+    have a different shape (a substring, a hash, a JSON document of a whole
+    row) and needs a mask that does not rely on the source's format.
+    """
+
+    DIRECT = "direct"
+    TRANSFORMED = "transformed"
+    AGGREGATE = "aggregate"
+    COUNT = "count"
+
+
+@dataclass(frozen=True)
+class OutputColumn:
+    """Lineage of one result column.
+
+    ``unknown`` means lineage could not be established: ``sources`` then lists
+    only what is known for sure, and the caller must mask the column whatever
+    it lists.
+    """
+
+    name: str
+    sources: frozenset[SourceColumn]
+    derivation: Derivation
+    unknown: bool = False
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Lineage of a whole read statement.
+
+    ``filters`` are base columns whose values can leak by inference (the
+    agent learns something about them from which rows come back, or in which
+    order) without them appearing in any output.
+    """
+
+    outputs: tuple[OutputColumn, ...]
+    filters: frozenset[SourceColumn]
+    relations: frozenset[tuple[str, str]]
+    unknown_reasons: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        """True when every output and every inference channel is accounted for."""
+        return not self.unknown_reasons and not any(output.unknown for output in self.outputs)
+
+
+class RelationCatalog(Protocol):
+    """What the analyzer needs to know about relations (normally a pg_catalog snapshot)."""
+
+    def resolve(self, schema: str | None, name: str) -> tuple[str, str] | None:
+        """(schema, name) of a relation as PostgreSQL would find it (search path for unqualified names), or None."""
+        ...
+
+    def columns(self, schema: str, name: str) -> tuple[str, ...] | None:
+        """Ordered, non-dropped column names of a table, view or materialized view; None if unknown."""
+        ...
+
+    def kind(self, schema: str, name: str) -> str | None:
+        """pg_class.relkind: 'r' table, 'p' partitioned, 'v' view, 'm' matview, 'f' foreign, ... or None."""
+        ...
+
+    def view_definition(self, schema: str, name: str) -> str | None:
+        """The SELECT text of a view or materialized view (pg_get_viewdef), or None."""
+        ...
+
+
+class UnsupportedStatement(ValueError):
+    """The statement is not a single plain read (DML, DDL, SELECT INTO, writable CTE, EXPLAIN, a batch...).
+
+    Lineage only makes sense for statements that return rows computed from
+    tables; callers reject anything else before it could run.
+    """
