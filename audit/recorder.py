@@ -60,30 +60,7 @@ def event_row(
     }
 
 
-def record(
-    kind: EventKind,
-    *,
-    principal: Principal | None,
-    context: Context | None = None,
-    outcome: Outcome = Outcome.SUCCESS,
-    datasource: str = "",
-    ticket_id: int | None = None,
-    statement: str = "",
-    summary: str = "",
-    details: Mapping[str, Any] | None = None,
-    attempted_name: str = "",
-) -> AuditEvent:
-    """Insert one event. ``attempted_name`` names who a failed authentication claimed to be."""
-    row = event_row(
-        kind,
-        principal=principal,
-        context=context,
-        outcome=outcome,
-        datasource=datasource,
-        ticket_id=ticket_id,
-        statement=statement,
-        summary=summary,
-        details=details,
-        attempted_name=attempted_name,
-    )
-    return AuditEvent.objects.create(**row)
+def record(kind: EventKind, **fields: Any) -> AuditEvent:
+    """Insert one event now (ORM), in the caller's transaction. Takes ``event_row``'s arguments;
+    ``attempted_name`` names who a failed authentication claimed to be."""
+    return AuditEvent.objects.create(**event_row(kind, **fields))

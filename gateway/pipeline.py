@@ -126,35 +126,29 @@ def decide(
     An allowed statement is *not* audited here: the caller records the submission with ``audit_submission``
     and must not release any of its result before that record is committed.
     """
-    datasource = DataSource.objects.filter(name=datasource_name, is_active=True).first()
-    if datasource is None:
+    def denial(datasource: str, summary: str, details: dict[str, object] | None = None) -> None:
         with transaction.atomic():
             record(
                 EventKind.QUERY_DENIED,
                 principal=principal,
                 context=context,
                 outcome=Outcome.DENIED,
-                datasource=datasource_name[:63],
+                datasource=datasource[:63],
                 statement=sql,
-                summary="unknown or inactive data source",
+                summary=summary,
+                details=details,
             )
+
+    datasource = DataSource.objects.filter(name=datasource_name, is_active=True).first()
+    if datasource is None:
+        denial(datasource_name, "unknown or inactive data source")
         return Decision(verdict="denied", reasons=[f"unknown data source {datasource_name!r}"])
 
     catalog = runtime.catalog(datasource.name)
     try:
         classification = classify(sql, catalog.functions)
     except UnparsableStatement as exc:
-        with transaction.atomic():
-            record(
-                EventKind.QUERY_DENIED,
-                principal=principal,
-                context=context,
-                outcome=Outcome.DENIED,
-                datasource=datasource.name,
-                statement=sql,
-                summary="statement could not be parsed",
-                details={"verdict": "invalid", "error": str(exc)},
-            )
+        denial(datasource.name, "statement could not be parsed", {"verdict": "invalid", "error": str(exc)})
         return Decision(verdict="invalid", error=f"syntax error: {exc}", datasource=datasource)
 
     if any(catalog.relation_oid(name) is None for name in classification.relations):
@@ -189,17 +183,7 @@ def decide(
     )
 
     if verdict == Verdict.DENIED:
-        with transaction.atomic():
-            record(
-                EventKind.QUERY_DENIED,
-                principal=principal,
-                context=context,
-                outcome=Outcome.DENIED,
-                datasource=datasource.name,
-                statement=sql,
-                summary="denied by policy: " + "; ".join(reasons),
-                details=submitted,
-            )
+        denial(datasource.name, "denied by policy: " + "; ".join(reasons), submitted)
     elif verdict == Verdict.HELD and open_tickets:
         with transaction.atomic():
             decision.ticket = open_ticket(
