@@ -25,6 +25,8 @@ from pglast import ast, enums
 from pglast.parser import ParseError, parse_sql_json
 from pglast.parser import fingerprint as _fingerprint
 
+from policy.parse_depth import MAX_TREE_NESTING, too_deep
+
 
 class Verdict(enum.StrEnum):
     """What the gateway does with a request."""
@@ -533,8 +535,6 @@ _FIXED_TAGS: Mapping[type[ast.Node], str] = MappingProxyType(
 # thousands of levels) crashes the whole process.  The JSON rendering of the
 # same tree is checked first and anything nested deeper than this is refused
 # as unparsable.  Real queries stay far below it (a 500-way UNION is ~510).
-_MAX_TREE_NESTING = 2000
-_NON_BRACKETS = str.maketrans("", "", "0123456789+-.:,abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_ \t\r\n")
 
 _BATCH_REASON = "multiple statements in one request"
 _BATCH_TRANSACTION_REASON = (
@@ -1110,22 +1110,8 @@ def _parse_error_details(error: ParseError) -> tuple[str, int | None]:
 
 def _check_nesting(tree_json: str) -> None:
     """Refuse parse trees nested deeper than pglast can safely convert."""
-    if _json_nesting_depth(tree_json) > _MAX_TREE_NESTING:
-        raise UnparsableStatement(f"statement is nested more than {_MAX_TREE_NESTING} levels deep")
-
-
-def _json_nesting_depth(tree_json: str) -> int:
-    """Deepest bracket nesting of a JSON document, ignoring brackets in strings."""
-    unescaped = tree_json.replace("\\\\", "").replace('\\"', "")
-    brackets = "".join(unescaped.split('"')[::2]).translate(_NON_BRACKETS)
-    depth = deepest = 0
-    for char in brackets:
-        if char in "{[":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "}]":
-            depth -= 1
-    return deepest
+    if too_deep(tree_json):
+        raise UnparsableStatement(f"statement is nested more than {MAX_TREE_NESTING} levels deep")
 
 
 # --------------------------------------------------------------------------

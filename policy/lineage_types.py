@@ -35,6 +35,13 @@ class Derivation(enum.StrEnum):
     source value, so the source column's own mask fits it; anything else may
     have a different shape (a substring, a hash, a JSON document of a whole
     row) and needs a mask that does not rely on the source's format.
+
+    When a value may come from several paths (UNION arms, CASE results, a
+    USING column) equal derivations stay, COUNT with AGGREGATE gives
+    AGGREGATE, and any other mix is TRANSFORMED.  Stacked operations keep the
+    least constrained one: count(anything) is COUNT, an aggregate of a
+    computed value (``max(ssn || '')``, ``json_agg(p.*)``) is TRANSFORMED,
+    and anything computed from an aggregate is TRANSFORMED.
     """
 
     DIRECT = "direct"
