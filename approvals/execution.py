@@ -31,8 +31,9 @@ from policy.catalog_cache import CatalogCache
 from policy.classifier import classify
 from policy.credentials import Access, target_url
 from policy.errors import scrub_error
+from policy.lineage import ParseError, UnsupportedStatement, analyze
+from policy.lineage_masking import plan_for_result
 from policy.masking import require_pseudonym_key
-from policy.target_catalog import plan_masks
 
 log = logging.getLogger(__name__)
 WORKER_CONTEXT = Context(front="worker")
@@ -111,9 +112,13 @@ def _masked_result_maker(ticket: Ticket, url: str):  # type: ignore[no-untyped-d
     requester = _principal(ticket)  # results are masked for whoever asked, not for the executor
     catalog = _catalogs.get(ticket.datasource.name, url)
     classification = classify(ticket.sql, catalog.functions)
+    try:
+        lineage = analyze(ticket.sql, catalog)
+    except (ParseError, UnsupportedStatement):
+        lineage = None  # not a plain read (or not analysable): the fail-closed column plan applies
 
     def finish(raw: RawResult) -> dict[str, object]:
-        plan = plan_masks(raw.origins, classification, catalog, requester.identity_kind)
+        plan = plan_for_result(raw.origins, classification, lineage, catalog, requester.identity_kind)
         return {
             "columns": raw.columns,
             "rows": plan.apply(raw.rows, key),

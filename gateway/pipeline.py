@@ -32,9 +32,12 @@ from policy.catalog_cache import CatalogCache
 from policy.classifier import Classification, UnparsableStatement, Verdict, classify
 from policy.credentials import Access, target_url
 from policy.errors import scrub_error
+from policy.lineage import ParseError, UnsupportedStatement, analyze
+from policy.lineage_masking import inference_verdict, plan_for_result
+from policy.lineage_types import Lineage
 from policy.masking import require_pseudonym_key
 from policy.models import DataSource
-from policy.target_catalog import TargetCatalog, plan_masks
+from policy.target_catalog import TargetCatalog
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,7 @@ class Decision:
     catalog: TargetCatalog | None = None
     ticket: Ticket | None = None
     submitted: dict[str, object] = field(default_factory=dict)
+    lineage: Lineage | None = None
 
 
 def decide(
@@ -126,6 +130,7 @@ def decide(
     An allowed statement is *not* audited here: the caller records the submission with ``audit_submission``
     and must not release any of its result before that record is committed.
     """
+
     def denial(datasource: str, summary: str, details: dict[str, object] | None = None) -> None:
         with transaction.atomic():
             record(
@@ -155,6 +160,9 @@ def decide(
         # A relation the snapshot has not seen (created since): refresh so masking knows what it is.
         catalog = runtime.catalog(datasource.name, must_know=classification.relations)
     verdict, reasons = classification.verdict, list(classification.reasons)
+    lineage = None
+    if verdict == Verdict.ALLOWED and set(classification.statement_types) <= {"SELECT"}:
+        verdict, reasons, lineage = _read_policy(classification, sql, catalog, principal, verdict, reasons)
     session_only = sorted(set(classification.statement_types) - ONE_SHOT_TYPES)
     if verdict == Verdict.ALLOWED and session_only and not session_statements:
         verdict = Verdict.DENIED
@@ -180,6 +188,7 @@ def decide(
         classification=classification,
         catalog=catalog,
         submitted=submitted,
+        lineage=lineage,
     )
 
     if verdict == Verdict.DENIED:
@@ -201,6 +210,46 @@ def decide(
                 context=context,
             )
     return decision
+
+
+# Catalog relations that hold *values* of user tables (statistics: most common values, histogram bounds) or
+# other sessions' statement text (with its literals): reading them is reading PHI sideways.
+VALUE_EXPOSING_CATALOGS = frozenset(
+    {
+        "pg_stats",
+        "pg_stats_ext",
+        "pg_stats_ext_exprs",
+        "pg_statistic",
+        "pg_statistic_ext_data",
+        "pg_stat_activity",
+        "pg_stat_statements",
+        "pg_stat_get_activity",
+    }
+)
+
+
+def _read_policy(
+    classification: Classification,
+    sql: str,
+    catalog: TargetCatalog,
+    principal: Principal,
+    verdict: Verdict,
+    reasons: list[str],
+) -> tuple[Verdict, list[str], Lineage | None]:
+    """PHI rules for an allowed read: catalogs that expose values, then lineage and the inference guard."""
+    exposing = sorted(r for r in classification.relations if r.rpartition(".")[2] in VALUE_EXPOSING_CATALOGS)
+    if exposing:
+        return Verdict.DENIED, [f"{', '.join(exposing)} exposes stored values or other sessions' statements"], None
+    try:
+        lineage = analyze(sql, catalog)
+    except (ParseError, UnsupportedStatement):
+        return verdict, reasons, None  # the column plan (fail closed) masks the result
+    guard = inference_verdict(lineage, catalog, principal.identity_kind)
+    if guard.action == "deny":
+        return Verdict.DENIED, list(guard.reasons), lineage
+    if guard.action == "hold":
+        return Verdict.HELD, list(guard.reasons), lineage
+    return verdict, reasons, lineage
 
 
 def preview(
@@ -326,7 +375,9 @@ def _run_allowed_read(
                 details={"submitted_event": submitted_event, "sqlstate": diag.sqlstate},
             )
         return StatementOutcome(status="failed", error=error)
-    plan = plan_masks(raw.origins, decision.classification, decision.catalog, principal.identity_kind)
+    plan = plan_for_result(
+        raw.origins, decision.classification, decision.lineage, decision.catalog, principal.identity_kind
+    )
     rows = plan.apply(raw.rows, key)
     masking = plan.describe(raw.columns)
     sent = json.dumps({"columns": raw.columns, "rows": rows}, separators=(",", ":")).encode()

@@ -14,14 +14,15 @@ lineage counts as touching PHI under the kind's default.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from policy.classifier import Classification
 from policy.defaults import DEFAULT_INFERENCE
 from policy.lineage_types import Derivation, Lineage, OutputColumn, SourceColumn
 from policy.masking import ColumnMask, MaskingPlan
 from policy.models import IdentityKind, InferenceAction, Mask
-from policy.target_catalog import Tag, TargetCatalog
+from policy.target_catalog import Tag, TargetCatalog, plan_masks
 
 _STRICTNESS = [Mask.PASS, Mask.GENERALIZE, Mask.PARTIAL, Mask.HASH, Mask.REDACT, Mask.NULL]
 
@@ -90,3 +91,53 @@ def inference_verdict(lineage: Lineage, catalog: TargetCatalog, identity_kind: s
     if actions:
         return InferenceVerdict(InferenceAction.HOLD, tuple(reasons))
     return InferenceVerdict(InferenceAction.ALLOW, ())
+
+
+def _untrusted_functions(classification: Classification, catalog: TargetCatalog) -> list[str]:
+    """Functions whose body lineage cannot see: anything outside pg_catalog, or a name that another schema
+    also defines (PostgreSQL could pick a user ``count(text)`` over the built-in one)."""
+    known = catalog.functions.by_qualified_name
+    untrusted = []
+    for written in classification.functions:
+        schema, _, name = written.rpartition(".")
+        name = name.lower()
+        outside_catalog = bool(schema) and schema != "pg_catalog"
+        if outside_catalog or ("pg_catalog", name) not in known or name in catalog.names_outside_pg_catalog:
+            untrusted.append(written)
+    return untrusted
+
+
+def _stricter(first: ColumnMask | None, second: ColumnMask | None) -> ColumnMask | None:
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return max(first, second, key=lambda spec: _STRICTNESS.index(Mask(spec.mask)))
+
+
+def plan_for_result(
+    origins: Sequence[tuple[int, int]],
+    classification: Classification,
+    lineage: Lineage | None,
+    catalog: TargetCatalog,
+    identity_kind: str,
+) -> MaskingPlan:
+    """The masking plan for one result: lineage where it is established, else the fail-closed column plan.
+
+    Per column, the stricter of (a) the lineage mask and (b) the mask of the column's reported origin when that
+    origin is itself tagged. Outputs computed by a function lineage cannot see into are redacted.
+    """
+    fallback = plan_masks(origins, classification, catalog, identity_kind)
+    if lineage is None or len(lineage.outputs) != len(origins) or any(o.name == "*" for o in lineage.outputs):
+        return fallback
+    untrusted = _untrusted_functions(classification, catalog)
+    columns: list[ColumnMask | None] = []
+    for output, (table_oid, attnum), v1 in zip(lineage.outputs, origins, fallback.columns, strict=True):
+        from_lineage = mask_for_output(output, catalog, identity_kind)
+        if untrusted and output.derivation != Derivation.DIRECT:
+            from_lineage = _stricter(
+                from_lineage, ColumnMask(Mask.REDACT, "unknown", f"computed by {', '.join(untrusted)}")
+            )
+        from_origin = v1 if (table_oid, attnum) in catalog.tagged_columns else None
+        columns.append(_stricter(from_lineage, from_origin))
+    return MaskingPlan(tuple(columns))

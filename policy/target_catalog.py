@@ -6,6 +6,7 @@ the web process. Snapshots are immutable, so threads share them without locks; a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +45,11 @@ class TargetCatalog:
     relation_columns: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     view_definitions: Mapping[tuple[str, str], str] = field(default_factory=dict)
     search_path: tuple[str, ...] = ("pg_catalog", "public")
+
+    @functools.cached_property
+    def names_outside_pg_catalog(self) -> frozenset[str]:
+        """Function names some other schema also defines (overload resolution could pick those)."""
+        return frozenset(name for schema, name in self.functions.by_qualified_name if schema != "pg_catalog")
 
     @property
     def tags_by_column(self) -> dict[tuple[str, str, str], Tag]:

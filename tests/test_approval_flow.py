@@ -74,19 +74,23 @@ def test_result_is_409_before_execution_and_masked_after(services) -> None:  # t
     _, agent_api = agent_client(make_user(Role.ENGINEER))
     reviewer_api = user_client(make_user(Role.REVIEWER))
     # random() is volatile, so this read is held; its result still goes through masking.
-    ticket_id = submit(agent_api, "SELECT id, ssn, full_name, random() < 2 AS ok FROM patients ORDER BY id LIMIT 4")
+    ticket_id = submit(
+        agent_api,
+        "SELECT id, ssn, full_name, random() < 2 AS ok, upper(full_name) AS shout FROM patients ORDER BY id LIMIT 4",
+    )
     assert agent_api.get(f"/api/v1/tickets/{ticket_id}/result").status_code == 409
     assert review(reviewer_api, ticket_id, "approve").status_code == 201
     assert wait_final(agent_api, ticket_id)["status"] == "executed"
     result = agent_api.get(f"/api/v1/tickets/{ticket_id}/result").json()
     with psycopg.connect(services.target.owner_url) as conn:
         truth = conn.execute("SELECT ssn, full_name FROM patients ORDER BY id LIMIT 4").fetchall()
-    assert result["columns"] == ["id", "ssn", "full_name", "ok"]
+    assert result["columns"] == ["id", "ssn", "full_name", "ok", "shout"]
     assert len(result["rows"]) == 4
     for row, (ssn, name) in zip(result["rows"], truth, strict=True):
         assert row[1] != ssn and row[1].endswith(ssn[-4:])
         assert row[2] != name and name not in row[2]
-        assert row[3] == "[redacted]"  # computed over a PHI table: lineage unknown in v1, so redacted
+        assert row[3] == "t"  # computed, but lineage proves it carries no PHI
+        assert row[4].startswith("name_") and name.upper() not in row[4]  # upper(name): still pseudonymised
 
 
 def test_wait_returns_promptly_when_the_status_changes() -> None:

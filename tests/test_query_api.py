@@ -32,30 +32,31 @@ def test_phi_columns_are_masked_for_agents(services) -> None:  # type: ignore[no
     _, client = agent_client(make_user(Role.ENGINEER))
     response = submit(
         client,
-        "SELECT id, ssn, full_name, email, date_of_birth FROM patients "
-        "WHERE email IS NOT NULL AND phone IS NOT NULL ORDER BY id LIMIT 5",
+        "SELECT id, ssn, full_name, email, date_of_birth FROM patients ORDER BY id LIMIT 5",
     )
     assert response.status_code == 200, response.json()
     rows = response.json()["rows"]
     with psycopg.connect(services.target.owner_url) as conn:
         truth = conn.execute(
-            "SELECT id::text, ssn, full_name, email, date_of_birth::text FROM patients "
-            "WHERE email IS NOT NULL AND phone IS NOT NULL ORDER BY patients.id LIMIT 5"
+            "SELECT id::text, ssn, full_name, email, date_of_birth::text FROM patients ORDER BY patients.id LIMIT 5"
         ).fetchall()
     for got, real in zip(rows, truth, strict=True):
         assert got[0] == real[0]  # the id is not PHI
         for masked, value in zip(got[1:], real[1:], strict=True):
-            assert masked != value
-            assert value not in (masked or "")
+            if value is not None:  # a NULL stays NULL; every present value is masked
+                assert masked != value
+                assert value not in (masked or "")
         assert got[1].startswith("***") and got[1][-4:] == real[1][-4:]  # partial SSN
         assert got[4] == real[4][:4]  # date of birth generalized to the year
 
 
-def test_computed_column_over_phi_table_is_redacted() -> None:
+def test_computed_columns_over_phi_are_masked() -> None:
     _, client = agent_client(make_user(Role.ENGINEER))
     response = submit(client, "SELECT upper(full_name) AS n, ssn || '' AS s FROM patients LIMIT 2")
     assert response.status_code == 200, response.json()
-    assert all(value == "[redacted]" for row in response.json()["rows"] for value in row)
+    for shout, ssn in response.json()["rows"]:
+        assert shout.startswith("name_")  # a transformed name is still pseudonymised, never shown
+        assert ssn == "[redacted]"  # a transformed SSN must not get "last four" (reverse(ssn) would leak)
 
 
 @pytest.mark.parametrize(

@@ -408,7 +408,7 @@ class WireSession:
 
     def _cached(self, sql: str) -> tuple[Decision | None, Any]:
         """A cached ALLOWED decision for this statement shape under the current catalog snapshot, if any."""
-        return self.decisions.lookup(self.datasource, sql, self.runtime.catalogs.peek(self.datasource))
+        return self.decisions.lookup(self._cache_scope, sql, self.runtime.catalogs.peek(self.datasource))
 
     async def _decide(self, sql: str, params: StatementParams | None = None) -> Decision:
         assert self.principal is not None and self.upstream is not None
@@ -427,7 +427,7 @@ class WireSession:
             session_statements=True,
             params=params,
         )
-        self.decisions.store(self.datasource, shape, decision)
+        self.decisions.store(self._cache_scope, shape, decision)
         return decision
 
     def _start_audit(self, decision: Decision, sql: str, statement_id: str) -> asyncio.Future[None]:
@@ -500,7 +500,7 @@ class WireSession:
             context=self.context,
             runtime=self.runtime,
         )
-        self.decisions.store(self.datasource, shape, decision)
+        self.decisions.store(self._cache_scope, shape, decision)
         return decision
 
     def _bind(self, message: Bind) -> None:
@@ -729,6 +729,11 @@ class WireSession:
         return _rewrite_description(message, plan), plan, message.fields
 
     @property
+    def _cache_scope(self) -> str:
+        """Decisions depend on the data source and on who looks (masks and the inference guard differ)."""
+        return f"{self.datasource}\x00{self._identity_kind}"
+
+    @property
     def _identity_kind(self) -> str:
         return self.principal.identity_kind if self.principal is not None else "agent"
 
@@ -839,7 +844,7 @@ def _ticket_outcome(ticket_id: int, state: bridge.TicketState, *, in_batch: bool
 
 
 def _plan_for(description: RowDescription, decision: Decision | None, identity_kind: str) -> MaskingPlan | None:
-    from policy.target_catalog import plan_masks
+    from policy.lineage_masking import plan_for_result
 
     if not description.fields:
         return None
@@ -851,7 +856,7 @@ def _plan_for(description: RowDescription, decision: Decision | None, identity_k
             tuple(ColumnMask("redact", "unknown", "statement unknown to the gateway") for _ in description.fields)
         )
     origins = [(field.table_oid, field.column_attnum) for field in description.fields]
-    return plan_masks(origins, decision.classification, decision.catalog, identity_kind)
+    return plan_for_result(origins, decision.classification, decision.lineage, decision.catalog, identity_kind)
 
 
 def _rewrite_description(description: RowDescription, plan: MaskingPlan | None) -> RowDescription:
