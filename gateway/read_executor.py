@@ -38,7 +38,14 @@ class ReadExecutor:
             url,
             min_size=1,
             max_size=max_size,
-            kwargs={"autocommit": True, "application_name": "phigate-gateway", "context": text_only_adapters()},
+            kwargs={
+                "autocommit": True,
+                "application_name": "phigate-gateway",
+                "context": text_only_adapters(),
+                # No automatic server-side prepares: the reset's DISCARD ALL would drop them behind psycopg's back
+                # ("prepared statement _pg3_N does not exist" on the next use of the connection).
+                "prepare_threshold": None,
+            },
             reset=_forget_session_state,
             open=True,
         )

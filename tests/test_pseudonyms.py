@@ -27,7 +27,9 @@ def test_stable_across_queries_sessions_and_fronts(services) -> None:  # type: i
     _, first_api = agent_client(make_user(Role.ENGINEER))
     _, second_api = agent_client(make_user(Role.ENGINEER))
     body = {"datasource": "clinic", "sql": sql}
-    over_http = [api.post("/api/v1/queries", body, format="json").json()["rows"][0] for api in (first_api, second_api)]
+    answers = [api.post("/api/v1/queries", body, format="json").json() for api in (first_api, second_api)]
+    assert all("rows" in answer for answer in answers), answers
+    over_http = [answer["rows"][0] for answer in answers]
     agent, token = make_agent(make_user(Role.ENGINEER))
     dsn = f"postgresql://{agent.name}:{quote(token, safe='')}@127.0.0.1:{services.gateway_port}/clinic"
     with psycopg.connect(dsn) as conn:
