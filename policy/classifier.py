@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
-import pglast
 from pglast import ast, enums
-from pglast.parser import ParseError, parse_sql_json
+from pglast.parser import ParseError
 from pglast.parser import fingerprint as _fingerprint
 
-from policy.parse_depth import MAX_TREE_NESTING, too_deep
+from policy.parse_depth import TooDeep, parse_statements
 
 
 class Verdict(enum.StrEnum):
@@ -1088,8 +1087,9 @@ def _parse(sql: str) -> tuple[ast.Node, ...]:
         # The C parser stops at a NUL, so text after it would go unseen.
         raise UnparsableStatement("SQL text contains a NUL character")
     try:
-        _check_nesting(parse_sql_json(sql))
-        statements = pglast.parse_sql(sql)
+        statements = parse_statements(sql)
+    except TooDeep as error:
+        raise UnparsableStatement(str(error)) from error
     except ParseError as error:
         message, position = _parse_error_details(error)
         raise UnparsableStatement(message, position) from error
@@ -1106,12 +1106,6 @@ def _parse_error_details(error: ParseError) -> tuple[str, int | None]:
     message = str(error.args[0]) if error.args else str(error)
     position = error.args[1] if len(error.args) > 1 else None
     return message, position if isinstance(position, int) else None
-
-
-def _check_nesting(tree_json: str) -> None:
-    """Refuse parse trees nested deeper than pglast can safely convert."""
-    if too_deep(tree_json):
-        raise UnparsableStatement(f"statement is nested more than {MAX_TREE_NESTING} levels deep")
 
 
 # --------------------------------------------------------------------------

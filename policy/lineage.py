@@ -25,9 +25,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-import pglast
 from pglast import ast, enums
-from pglast.parser import ParseError, parse_sql_json
+from pglast.parser import ParseError
 
 from policy.lineage_names import (
     COUNT_AGGREGATES,
@@ -74,7 +73,7 @@ from policy.lineage_types import (
     SourceColumn,
     UnsupportedStatement,
 )
-from policy.parse_depth import MAX_TREE_NESTING, too_deep
+from policy.parse_depth import TooDeep, parse_statements
 
 __all__ = [
     "Derivation",
@@ -236,10 +235,9 @@ def _parse_select(sql: str) -> ast.SelectStmt:
         # The C parser stops at a NUL, so text after it would go unseen.
         raise ParseError("SQL text contains a NUL character", sql.index("\x00"))
     try:
-        tree_json = parse_sql_json(sql)
-        if too_deep(tree_json):
-            raise UnsupportedStatement(f"statement is nested more than {MAX_TREE_NESTING} levels deep")
-        statements = pglast.parse_sql(sql)
+        statements = parse_statements(sql)
+    except TooDeep as error:
+        raise UnsupportedStatement(str(error)) from error
     except UnicodeError as error:
         raise ParseError("SQL text is not valid Unicode", 0) from error
     if len(statements) != 1:

@@ -7,6 +7,12 @@ measure the nesting there. Shared by the classifier and the lineage analyzer.
 
 from __future__ import annotations
 
+import functools
+
+import pglast
+from pglast.ast import RawStmt
+from pglast.parser import parse_sql_json
+
 MAX_TREE_NESTING = 2000
 _NON_BRACKETS = str.maketrans("", "", "0123456789+-.:,abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_ \t\r\n")
 
@@ -27,3 +33,20 @@ def json_nesting_depth(tree_json: str) -> int:
 
 def too_deep(tree_json: str) -> bool:
     return json_nesting_depth(tree_json) > MAX_TREE_NESTING
+
+
+class TooDeep(ValueError):
+    """The statement nests deeper than MAX_TREE_NESTING; callers map this to their own refusal."""
+
+
+@functools.lru_cache(maxsize=256)
+def parse_statements(sql: str) -> tuple[RawStmt, ...]:
+    """pglast's parse tree, depth-checked first, memoised per text.
+
+    The classifier and the lineage analyzer both need the tree of the same text, one right after the other;
+    building pglast's Python nodes is the expensive part (about 270 µs for a 5-way join), so it happens once.
+    Neither caller mutates the nodes. Raises pglast's ParseError, UnicodeError, or TooDeep.
+    """
+    if too_deep(parse_sql_json(sql)):
+        raise TooDeep(f"statement is nested more than {MAX_TREE_NESTING} levels deep")
+    return tuple(pglast.parse_sql(sql))
