@@ -142,7 +142,7 @@ _CONFIGURATION_FUNCTIONS = frozenset({"set_config"})
 # Dynamic SQL: the SQL these run is a string argument (or a cursor, table or
 # whole schema) that the classifier never sees as a parse tree.  Matched in
 # any schema because extensions such as dblink install into arbitrary ones.
-_DYNAMIC_SQL_FUNCTIONS = frozenset(
+DYNAMIC_SQL_FUNCTIONS = frozenset(
     {
         "query_to_xml",
         "query_to_xml_and_xmlschema",
@@ -192,7 +192,7 @@ DENIED_FUNCTIONS = (
     _SERVER_FILE_FUNCTIONS
     | _SERVER_CONTROL_FUNCTIONS
     | _CONFIGURATION_FUNCTIONS
-    | _DYNAMIC_SQL_FUNCTIONS
+    | DYNAMIC_SQL_FUNCTIONS
     | _REPLICATION_FUNCTIONS
 )
 
@@ -847,7 +847,7 @@ def _denied_function_reason(schema: str | None, name: str) -> str | None:
     catalog like any other function.  Dynamic SQL matches in every schema.
     """
     bare = name.lower()
-    if bare in _DYNAMIC_SQL_FUNCTIONS:
+    if bare in DYNAMIC_SQL_FUNCTIONS:
         return _DYNAMIC_SQL_WHY
     if schema is not None and schema.lower() != "pg_catalog":
         return None

@@ -18,6 +18,8 @@ from types import MappingProxyType
 
 from pglast import ast, enums
 
+from policy.classifier import DYNAMIC_SQL_FUNCTIONS
+
 UNNAMED = "?column?"
 
 # Strength of a figured name, as in PostgreSQL: a cast or CASE only names its
@@ -311,29 +313,10 @@ WINDOW_FUNCTIONS = frozenset(
 # a whole table or schema by name, server files, other sessions' queries,
 # remote servers).  Their results cannot be traced, whatever their arguments;
 # matched in any schema because extensions such as dblink install anywhere.
-OUT_OF_SIGHT_FUNCTIONS = frozenset(
+OUT_OF_SIGHT_FUNCTIONS = DYNAMIC_SQL_FUNCTIONS | frozenset(
     {
-        "query_to_xml",
-        "query_to_xml_and_xmlschema",
-        "query_to_xmlschema",
-        "cursor_to_xml",
-        "cursor_to_xmlschema",
-        "table_to_xml",
-        "table_to_xml_and_xmlschema",
-        "table_to_xmlschema",
-        "schema_to_xml",
-        "schema_to_xml_and_xmlschema",
-        "schema_to_xmlschema",
-        "database_to_xml",
-        "database_to_xml_and_xmlschema",
-        "database_to_xmlschema",
-        "ts_stat",
-        "ts_rewrite",
-        "dblink",
-        "dblink_exec",
-        "dblink_open",
-        "dblink_fetch",
-        "dblink_send_query",
+        # beyond the classifier's dynamic-SQL list: server files, large objects, other sessions' statements,
+        # logical decoding (their values come from somewhere the statement does not name)
         "dblink_get_result",
         "pg_read_file",
         "pg_read_binary_file",
