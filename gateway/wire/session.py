@@ -92,7 +92,8 @@ from identity.principal import Principal
 from policy.binary_text import binary_to_text
 from policy.credentials import Access, target_url
 from policy.errors import scrub_error
-from policy.masking import MaskingPlan, mask_value
+from policy.lineage_masking import plan_for_result
+from policy.masking import ColumnMask, MaskingPlan, mask_value
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,15 @@ class Expected:
     swallow: bool = False  # the gateway asked for it for itself: do not show it to the client
     sql: str = ""
     statement_id: str = ""  # links the submitted and executed audit records
+
+    @property
+    def statement_decision(self) -> Decision | None:
+        """The decision behind these responses: the item's own, or its statement's (via the portal)."""
+        if self.decision is not None:
+            return self.decision
+        if self.statement is not None:
+            return self.statement.decision
+        return self.portal.statement.decision if self.portal is not None else None
 
 
 QueueItem = Outgoing | Expected | None
@@ -718,9 +728,7 @@ class WireSession:
     def _describe_result(
         self, message: RowDescription, item: Expected
     ) -> tuple[RowDescription, MaskingPlan | None, tuple[FieldDescription, ...]]:
-        decision = item.decision or (item.statement.decision if item.statement else None)
-        if decision is None and item.portal is not None:
-            decision = item.portal.statement.decision
+        decision = item.statement_decision
         if item.kind == "describe_statement" and item.statement is not None:
             item.statement.row_description = message
         if item.kind == "describe_portal" and item.portal is not None:
@@ -744,9 +752,7 @@ class WireSession:
         return _plan_for(description, portal.statement.decision, self._identity_kind), description.fields
 
     def _scrub(self, message: ErrorResponse, item: Expected) -> ErrorResponse:
-        decision = item.decision or (item.portal.statement.decision if item.portal else None)
-        if decision is None and item.statement is not None:
-            decision = item.statement.decision
+        decision = item.statement_decision
         known = decision is not None and decision.classification is not None and decision.catalog is not None
         if known and not touches_phi(decision.classification, decision.catalog):  # type: ignore[union-attr,arg-type]
             return message
@@ -844,14 +850,10 @@ def _ticket_outcome(ticket_id: int, state: bridge.TicketState, *, in_batch: bool
 
 
 def _plan_for(description: RowDescription, decision: Decision | None, identity_kind: str) -> MaskingPlan | None:
-    from policy.lineage_masking import plan_for_result
-
     if not description.fields:
         return None
     if decision is None or decision.classification is None or decision.catalog is None:
         # Unknown provenance: fail closed, every column redacted.
-        from policy.masking import ColumnMask
-
         return MaskingPlan(
             tuple(ColumnMask("redact", "unknown", "statement unknown to the gateway") for _ in description.fields)
         )
