@@ -10,17 +10,11 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
-from django.contrib.auth.models import User
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
-from approvals.params import StatementParams, statement_digest
-
-
-def sql_digest(sql: str) -> str:
-    """SHA-256 of the exact statement text (UTF-8): what is approved is what runs, byte for byte."""
-    return statement_digest(sql, None)
+from approvals.params import StatementParams
 
 
 class Status(models.TextChoices):
@@ -52,15 +46,8 @@ class TicketQuerySet(models.QuerySet["Ticket"]):
         """Pending tickets past their expiry: the expiry sweep turns these into EXPIRED."""
         return self.pending().filter(expires_at__lte=timezone.now())
 
-    def stale_approvals(self) -> TicketQuerySet:
-        """Approved tickets whose approval lapsed before execution started."""
-        return self.filter(status=Status.APPROVED, approval_valid_until__lte=timezone.now())
-
     def executing(self) -> TicketQuerySet:
         return self.filter(status=Status.EXECUTING)
-
-    def visible_to_requester(self, user: User) -> TicketQuerySet:
-        return self.filter(owner=user)
 
 
 class Ticket(models.Model):
@@ -139,9 +126,6 @@ class Ticket(models.Model):
     @property
     def statement_params(self) -> StatementParams | None:
         return None if self.params is None else StatementParams.from_json(self.params)
-
-    def sql_matches_digest(self) -> bool:
-        return statement_digest(self.sql, self.statement_params) == self.sql_sha256
 
 
 class Decision(models.TextChoices):

@@ -79,14 +79,6 @@ class Agent(models.Model):
         self.save(update_fields=["token_digest", "scram_verifier"])
         return token
 
-    def is_usable(self) -> bool:
-        now = timezone.now()
-        return (
-            self.revoked_at is None
-            and (self.expires_at is None or self.expires_at > now)
-            and bool(self.owner.is_active)
-        )
-
 
 class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
     def active(self) -> ApiTokenQuerySet:

@@ -89,10 +89,3 @@ class CatalogCache:
         if entry is None or time.monotonic() - entry[0] >= self.ttl:
             return None
         return entry[1]
-
-    def invalidate(self, datasource: str | None = None) -> None:
-        with self._lock:
-            if datasource is None:
-                self._entries.clear()
-            else:
-                self._entries.pop(datasource, None)
