@@ -1,10 +1,18 @@
 """Decisions for repeated statement shapes, so a read an agent sends again costs microseconds, not a parse.
 
-The key is the statement's token stream with only literal constants blanked (pglast's scanner, ~5 µs), under
-the exact catalog snapshot the decision was made with. Identifiers stay as written, schema included, which
-pglast's fingerprint does not guarantee (it folds ``a.t`` and ``b.t`` together). Only ALLOWED plain SELECTs are
-cached: in a SELECT a constant's value cannot change what runs or what the masking plan sees (functions and
-relations are identifiers), while held and denied statements are rare and re-decided every time.
+The shape key is PostgreSQL's own normalized text (``pg_query_normalize`` through pglast, about 17 µs for a
+500-byte join): literal constants become ``$n`` and every other byte stays as written, so identifiers keep
+their schema, which pglast's fingerprint does not guarantee (it folds ``a.t`` and ``b.t`` together). The entry
+is only valid under the exact catalog snapshot the decision was made with.
+
+Only ALLOWED plain SELECTs are cached. In a SELECT a constant's value cannot change what runs (functions and
+relations are identifiers), with one exception the analyzer cares about: an integer in ``ORDER BY``,
+``GROUP BY``, ``DISTINCT ON`` or a grouping set names a result column by position, and sorting or grouping on
+a PHI column is an inference leak. Normalization keeps ``ORDER BY 2`` and ``GROUP BY 2`` as written, but
+replaces constants inside ``DISTINCT ON (...)`` and ``ROLLUP/CUBE/GROUPING SETS``; decisions for statements
+with a constant there are therefore never stored by shape. A text that already contains ``$`` (a bind
+parameter, a dollar-quoted string) is not keyed by shape either, so a ``$n`` in a key always stands for a
+constant of the original text and never collides with a real parameter.
 """
 
 from __future__ import annotations
@@ -12,28 +20,59 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from pglast import parser
+from pglast import ast, parser
+from pglast.visitors import Visitor
 
 from gateway.pipeline import Decision
+from policy.parse_depth import TooDeep, parse_statements
 from policy.target_catalog import TargetCatalog
 
-_CONSTANTS = frozenset({"ICONST", "FCONST", "SCONST", "BCONST", "XCONST", "USCONST"})
 CACHEABLE_TYPES = frozenset({"SELECT"})
 MAX_ENTRIES = 10_000
 
-Shape = tuple[bytes | str, ...]
+
+@dataclass(frozen=True)
+class Shape:
+    """A statement's normalized text, and the text it came from (needed to vet it before storing)."""
+
+    normalized: str
+    sql: str
 
 
 def statement_shape(sql: str) -> Shape | None:
-    """Tokens with constants replaced by their kind; None if the text does not even scan."""
-    if "\x00" in sql:
+    """The normalized form, or None when the text cannot be keyed by shape (see the module docstring)."""
+    if "$" in sql:
         return None
     try:
-        tokens = parser.scan(sql)
+        return Shape(parser.normalize(sql), sql)
     except parser.ParseError:
         return None
-    raw = sql.encode("utf-8")
-    return tuple(token.name if token.name in _CONSTANTS else raw[token.start : token.end + 1] for token in tokens)
+
+
+class _PositionalConstantFinder(Visitor):  # type: ignore[misc]
+    """Finds a constant used where PostgreSQL may read it as a column position and normalization blanks it."""
+
+    found = False
+
+    def visit_SelectStmt(self, ancestors: object, node: ast.SelectStmt) -> None:
+        if any(isinstance(item, ast.A_Const) for item in node.distinctClause or ()):
+            self.found = True
+
+    def visit_GroupingSet(self, ancestors: object, node: ast.GroupingSet) -> None:
+        if any(isinstance(item, ast.A_Const) for item in node.content or ()):
+            self.found = True
+
+
+def positions_survive_normalization(sql: str) -> bool:
+    """True when no constant that may be a result-column position is blanked by normalization."""
+    try:
+        statements = parse_statements(sql)
+    except (parser.ParseError, UnicodeError, TooDeep):
+        return False
+    finder = _PositionalConstantFinder()
+    for statement in statements:
+        finder(statement)
+    return not finder.found
 
 
 @dataclass(frozen=True)
@@ -43,11 +82,11 @@ class _Entry:
 
 
 class DecisionCache:
-    """Two levels: the exact text (a repeat costs one dict lookup) and the shape (other literals, ~5 µs per
-    100 bytes of SQL to scan). Both keys lead to the same entries and the same validity rules."""
+    """Two levels: the exact text (a repeat costs one dict lookup) and the shape (other literals, one
+    normalization). Both keys lead to the same entries and the same validity rules."""
 
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
-        self._entries: dict[tuple[str, Shape], _Entry] = {}
+        self._entries: dict[tuple[str, str], _Entry] = {}
         self._exact: dict[tuple[str, str], _Entry] = {}
         self._lock = threading.Lock()
         self.max_entries = max_entries
@@ -55,7 +94,7 @@ class DecisionCache:
         self.misses = 0
 
     def lookup(self, datasource: str, sql: str, current: TargetCatalog | None) -> tuple[Decision | None, Shape | None]:
-        if current is None or not current.datasource_active:
+        if current is None or not current.datasource_active or "\x00" in sql:
             return None, None
         exact = self._exact.get((datasource, sql))
         if exact is not None and exact.catalog is current:
@@ -63,8 +102,9 @@ class DecisionCache:
             return exact.decision, None
         shape = statement_shape(sql)
         if shape is None:
-            return None, None
-        entry = self._entries.get((datasource, shape))
+            self.misses += 1
+            return None, Shape("", sql)  # exact text only
+        entry = self._entries.get((datasource, shape.normalized))
         if entry is None or entry.catalog is not current:
             self.misses += 1
             return None, shape
@@ -84,7 +124,11 @@ class DecisionCache:
             return
         if not set(classification.statement_types) <= CACHEABLE_TYPES:
             return
+        entry = _Entry(decision, decision.catalog)
+        self._remember_text(datasource, shape.sql, entry)
+        if not shape.normalized or not positions_survive_normalization(shape.sql):
+            return
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()  # cheap bound; the working set refills in microseconds
-            self._entries[(datasource, shape)] = _Entry(decision, decision.catalog)
+            self._entries[(datasource, shape.normalized)] = entry

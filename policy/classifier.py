@@ -829,9 +829,18 @@ def _session_statement_rules(node: ast.Node, top_level: bool) -> list[_Finding]:
     return [_held(f"statement type {_statement_type(node)} is not on the read-only allowlist")]
 
 
+_SEQUENCES = (tuple, list)
+_WALKABLE = (ast.Node, tuple, list)  # a tuple, not a union: isinstance checks it faster on this hot path
+_STATEMENT_CLASSES: dict[type, bool] = {}
+
+
 def _is_statement(node: ast.Node) -> bool:
     """Statement nodes are the ones whose class name ends in 'Stmt'."""
-    return type(node).__name__.endswith("Stmt")
+    kind = type(node)
+    known = _STATEMENT_CLASSES.get(kind)
+    if known is None:
+        known = _STATEMENT_CLASSES[kind] = kind.__name__.endswith("Stmt")
+    return known
 
 
 # --------------------------------------------------------------------------
@@ -935,11 +944,16 @@ class _Inspector:
         stack: list[_WalkItem] = [(statement, frozenset(), True)]
         while stack:
             value, ctes, top_level = stack.pop()
-            if isinstance(value, tuple | list):
-                stack.extend((item, ctes, False) for item in reversed(value))
+            if isinstance(value, _SEQUENCES):
+                stack.extend([(item, ctes, False) for item in value][::-1])
             elif isinstance(value, ast.Node):
-                findings.extend(self._visit(value, ctes, top_level))
-                stack.extend(reversed(self._children(value, ctes)))
+                found = self._visit(value, ctes, top_level)
+                if found:
+                    findings.extend(found)
+                children = self._children(value, ctes)
+                if children:
+                    children.reverse()
+                    stack.extend(children)
         return findings
 
     def _visit(self, node: ast.Node, ctes: frozenset[str], top_level: bool) -> list[_Finding]:
@@ -969,9 +983,9 @@ class _Inspector:
         if with_clause is not None:
             items.extend(_cte_items(with_clause, ctes))
             ctes = ctes | {cte.ctename for cte in with_clause.ctes or ()}
-        for attribute in node:
+        for attribute in node.__slots__:  # type: ignore[attr-defined]  # pglast declares them per class
             value = getattr(node, attribute)
-            if attribute == "withClause" or not isinstance(value, ast.Node | tuple | list):
+            if value is None or not isinstance(value, _WALKABLE) or attribute == "withClause":
                 continue
             items.append((value, _scope_for(node, attribute, ctes), False))
         return items

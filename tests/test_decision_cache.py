@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from gateway.decision_cache import DecisionCache, statement_shape
 from gateway.pipeline import Decision
 from policy.classifier import classify
@@ -24,14 +26,63 @@ def allowed(sql: str, snapshot: TargetCatalog) -> Decision:
     return Decision(verdict=str(classification.verdict), classification=classification, catalog=snapshot)
 
 
+def _shape_key(sql: str) -> str:
+    shape = statement_shape(sql)
+    assert shape is not None
+    return shape.normalized
+
+
 def test_literals_share_a_shape_identifiers_do_not() -> None:
-    assert statement_shape("SELECT * FROM t WHERE a = 1") == statement_shape("SELECT * FROM t WHERE a = 22")
-    assert statement_shape("SELECT * FROM t WHERE a = 'x'") == statement_shape("SELECT * FROM t WHERE a = 'yy'")
-    assert statement_shape("SELECT * FROM archive.patients") != statement_shape("SELECT * FROM public.patients")
-    assert statement_shape("SELECT a FROM t") != statement_shape("SELECT b FROM t")
-    assert statement_shape("SELECT * FROM t") != statement_shape("SELECT * FROM t FOR UPDATE")
-    assert statement_shape("SELECT 1") != statement_shape("SELECT 1; DELETE FROM t")
-    assert statement_shape("SELECT '\x00'") is None
+    assert _shape_key("SELECT * FROM t WHERE a = 1") == _shape_key("SELECT * FROM t WHERE a = 22")
+    assert _shape_key("SELECT * FROM t WHERE a = 'x'") == _shape_key("SELECT * FROM t WHERE a = 'yy'")
+    assert _shape_key("SELECT * FROM archive.patients") != _shape_key("SELECT * FROM public.patients")
+    assert _shape_key("SELECT a FROM t") != _shape_key("SELECT b FROM t")
+    assert _shape_key("SELECT * FROM t") != _shape_key("SELECT * FROM t FOR UPDATE")
+    assert _shape_key("SELECT 1") != _shape_key("SELECT 1; DELETE FROM t")
+    assert _shape_key("SELECT a FROM t ORDER BY 1") != _shape_key("SELECT a FROM t ORDER BY 2")
+    assert _shape_key("SELECT a FROM t GROUP BY 1") != _shape_key("SELECT a FROM t GROUP BY 2")
+
+
+def test_text_with_a_dollar_is_never_keyed_by_shape() -> None:
+    """``$2`` in a real statement must not collide with a constant normalized to ``$2``."""
+    assert statement_shape("SELECT $1, a FROM t") is None
+    assert statement_shape("SELECT $$x$$") is None
+    assert _shape_key("SELECT 5, a FROM t") == "SELECT $1, a FROM t"  # what the collision would have been
+
+
+POSITIONAL = [  # {n} is 1 when stored, 2 when probed
+    "SELECT id, ssn FROM patients ORDER BY {n}",
+    "SELECT id, ssn FROM patients GROUP BY 1, 2 ORDER BY {n}",
+    "SELECT id, ssn FROM patients GROUP BY {n}",
+    "SELECT DISTINCT ON ({n}) id, ssn FROM patients",
+    "SELECT id, ssn FROM patients GROUP BY ROLLUP ({n})",
+    "SELECT id, ssn FROM patients GROUP BY CUBE ({n})",
+    "SELECT id, ssn FROM patients GROUP BY GROUPING SETS (({n}))",
+    "SELECT id FROM patients UNION SELECT ssn FROM patients ORDER BY {n}",
+    "SELECT * FROM (SELECT id, ssn FROM patients ORDER BY ({n})) s",
+    "WITH x AS (SELECT id, ssn FROM patients ORDER BY {n}) SELECT id FROM x",
+]
+
+
+@pytest.mark.parametrize("template", POSITIONAL)
+def test_a_column_position_is_never_a_blanked_literal(template: str) -> None:
+    """``ORDER BY 2`` may sort on a PHI column (an inference leak) where ``ORDER BY 1`` did not: a cached
+    decision for one must never answer for the other."""
+    stored, probe = template.replace("{n}", "1"), template.replace("{n}", "2")
+    cache, snapshot = DecisionCache(), catalog()
+    _, shape = cache.lookup("clinic", stored, snapshot)
+    cache.store("clinic", shape, allowed(stored, snapshot))
+    assert cache.lookup("clinic", stored, snapshot)[0] is not None  # the exact text is remembered
+    assert cache.lookup("clinic", probe, snapshot)[0] is None
+
+
+def test_a_dollar_statement_is_still_remembered_by_exact_text() -> None:
+    cache, snapshot = DecisionCache(), catalog()
+    sql = "SELECT upper(name) FROM public.staff WHERE id = $1"
+    _, shape = cache.lookup("clinic", sql, snapshot)
+    cache.store("clinic", shape, allowed(sql, snapshot))
+    assert cache.lookup("clinic", sql, snapshot)[0] is not None
+    assert cache.lookup("clinic", sql.replace("$1", "$2"), snapshot)[0] is None
 
 
 def test_hit_only_for_the_same_shape_and_snapshot() -> None:
@@ -43,6 +94,7 @@ def test_hit_only_for_the_same_shape_and_snapshot() -> None:
     assert cache.lookup("clinic", "SELECT upper(name) FROM archive.staff WHERE id = 99", snapshot)[0] is None
     assert cache.lookup("other", "SELECT upper(name) FROM public.staff WHERE id = 99", snapshot)[0] is None
     assert cache.lookup("clinic", "SELECT upper(name) FROM public.staff WHERE id = 99", catalog())[0] is None
+    assert cache.lookup("clinic", "SELECT upper(name) FROM public.staff WHERE id = 1\x00", snapshot) == (None, None)
     inactive = dataclasses.replace(snapshot, datasource_active=False)
     assert cache.lookup("clinic", "SELECT upper(name) FROM public.staff WHERE id = 1", inactive)[0] is None
 

@@ -259,3 +259,18 @@ def test_pgbench_select_only(agent, pgbench_tables, mode: str) -> None:  # type:
     )
     assert run.returncode == 0, run.stderr + run.stdout
     assert "number of transactions actually processed: 100/100" in run.stdout
+
+
+def test_a_cached_decision_never_answers_for_another_sort_position(agent) -> None:  # type: ignore[no-untyped-def]
+    """``ORDER BY 1`` is allowed and cached; ``ORDER BY 2`` sorts on the SSN (an inference leak) and is held,
+    although it differs from the cached statement by one digit that looks like a literal."""
+    with psycopg.ClientCursor(psycopg.connect(agent["dsn"], autocommit=True)) as cursor:
+        for _ in range(2):  # the second run is answered from the cache
+            cursor.execute("SELECT id, ssn FROM patients WHERE id <= 3 ORDER BY 1")
+            assert len(cursor.fetchall()) == 3
+        cursor.execute("SELECT id, ssn FROM patients WHERE id <= 4 ORDER BY 1")  # other literal: a shape hit
+        assert len(cursor.fetchall()) == 4
+        with pytest.raises(psycopg.Error) as raised:
+            cursor.execute("SELECT id, ssn FROM patients WHERE id <= 3 ORDER BY 2")
+        assert raised.value.sqlstate == "HA001"
+        cursor.connection.close()
