@@ -5,7 +5,14 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Cast
 from django.utils import timezone
+
+# pg_current_xact_id() is xid8, which has no direct cast to bigint; its text form is the 64-bit number.
+TXID_DEFAULT = Cast(
+    Cast(models.Func(function="pg_current_xact_id", output_field=models.TextField()), models.TextField()),
+    models.BigIntegerField(),
+)
 
 
 class EventKind(models.TextChoices):
@@ -29,6 +36,9 @@ class EventKind(models.TextChoices):
     TICKET_RESULT_READ = "ticket.result_read", "Ticket result read"
     REVIEW_REFUSED = "review.refused", "Review refused"
     AUDIT_SEARCHED = "audit.searched", "Audit trail searched"
+    AUDIT_REPLAYED = "audit.replayed", "Session replayed"
+    AUDIT_EXPORTED = "audit.exported", "Evidence bundle exported"
+    AUDIT_PURGED = "audit.purged", "Audit events past retention purged"
     POLICY_CHANGED = "policy.changed", "Policy changed"
 
 
@@ -65,6 +75,9 @@ class AuditEvent(models.Model):
     statement = models.TextField(blank=True)
     summary = models.TextField(blank=True)
     details = models.JSONField(default=dict, blank=True)
+    # The inserting transaction's id, set by the database (pg_current_xact_id()). The chain takes events in
+    # (txid, id) order once every transaction below a horizon has finished: see audit.chain.
+    txid = models.BigIntegerField(db_default=TXID_DEFAULT, editable=False)
 
     objects = AuditEventQuerySet.as_manager()
 
@@ -75,6 +88,8 @@ class AuditEvent(models.Model):
             models.Index(fields=["datasource", "occurred_at"], name="audit_datasource_time"),
             # Ticket timelines are read often and most events have no ticket: index only those that do.
             models.Index(fields=["ticket_id"], condition=Q(ticket_id__isnull=False), name="audit_ticket"),
+            # The chain's cursor: events after the last link, below the horizon.
+            models.Index(fields=["txid", "id"], name="audit_chain_order"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -83,9 +98,13 @@ class AuditEvent(models.Model):
             models.CheckConstraint(
                 condition=Q(outcome__in=[choice.value for choice in Outcome]), name="audit_outcome_known"
             ),
-            # Every event except a failed sign-in names the accountable human (non-negotiable 2).
+            # Every event names the accountable human (non-negotiable 2), except a failed sign-in (nobody was
+            # identified) and the audit's own exports and purges run from a shell, which name the OS account.
             models.CheckConstraint(
-                condition=Q(actor__isnull=False) | Q(kind="auth.failed"), name="audit_actor_required"
+                condition=Q(actor__isnull=False)
+                | Q(kind="auth.failed")
+                | Q(front="cli", kind__in=["audit.exported", "audit.purged"], actor_name__startswith="os:"),
+                name="audit_actor_required",
             ),
             # An agent never appears without the human it acts for.
             models.CheckConstraint(
@@ -95,3 +114,49 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.kind} {self.actor_name}"
+
+
+class ChainLink(models.Model):
+    """One event's place in the hash chain. Written only by audit.chain.extend_chain, in (txid, id) order.
+
+    ``row_hash`` is the SHA-256 of the event's canonical form (audit.canonical); ``chain_hash`` commits to the
+    previous link's value and this row hash. Links are append-only like the events.
+    """
+
+    seq = models.BigIntegerField(primary_key=True)
+    event = models.OneToOneField(AuditEvent, on_delete=models.PROTECT, related_name="+")
+    event_txid = models.BigIntegerField()
+    row_hash = models.BinaryField(max_length=32)
+    chain_hash = models.BinaryField(max_length=32)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(seq__gte=1), name="audit_link_seq_positive"),
+        ]
+
+
+class CheckpointReason(models.TextChoices):
+    PERIODIC = "periodic", "Periodic"
+    EXPORT = "export", "Evidence export"
+    PURGE = "purge", "Retention purge (the anchor of what remains)"
+
+
+class Checkpoint(models.Model):
+    """A signed statement "the chain's value at position ``seq`` was ``chain_hash``", made with a key held
+    outside the database, so rewriting history or cutting the tail cannot be hidden by recomputing hashes."""
+
+    seq = models.BigIntegerField(unique=True)
+    chain_hash = models.BinaryField(max_length=32)
+    signed_at = models.CharField(max_length=32)  # the exact text that was signed (ISO 8601, UTC)
+    key_id = models.CharField(max_length=16)
+    signature = models.BinaryField(max_length=64)
+    reason = models.CharField(max_length=10, choices=CheckpointReason.choices, default=CheckpointReason.PERIODIC)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(seq__gte=1), name="audit_checkpoint_seq_positive"),
+            models.CheckConstraint(
+                condition=Q(reason__in=[choice.value for choice in CheckpointReason]),
+                name="audit_checkpoint_reason_known",
+            ),
+        ]

@@ -139,10 +139,23 @@ def datasource_var(kind: str, datasource: str = DATASOURCE) -> str:
 
 
 def common_env(
-    *, database_url: str, redis_url: str, secret_key: str, pseudonym_key: str, web_port: int
+    *,
+    database_url: str,
+    redis_url: str,
+    secret_key: str,
+    pseudonym_key: str,
+    web_port: int,
+    audit_signing_key_file: str = "",
 ) -> dict[str, str]:
-    """The control-plane environment every phigate process shares; it holds no target credential."""
+    """The control-plane environment every phigate process shares; it holds no target credential.
+
+    The audit signing key travels as a file path, so the env file can be sourced to run ``export_evidence``
+    and ``verify_audit`` against the demo. (In production only the executor and the operators who export hold
+    it; the other processes get ``AUDIT_PUBLIC_KEY``.)
+    """
+    audit = {"AUDIT_SIGNING_KEY_FILE": audit_signing_key_file} if audit_signing_key_file else {}
     return {
+        **audit,
         "DJANGO_SETTINGS_MODULE": "phigate.settings",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,

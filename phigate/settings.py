@@ -118,6 +118,14 @@ WAIT_TIMEOUT_MAX_SECONDS = env.get_int("WAIT_TIMEOUT_MAX_SECONDS", 60, minimum=1
 # they check for it at start-up (policy.masking.require_pseudonym_key).
 PSEUDONYM_KEY = env.get_str("PSEUDONYM_KEY")
 
+# Ed25519 key for audit checkpoints and evidence bundles (audit.signing): held outside the database. Checked
+# here so a malformed key stops the process at start-up rather than at the first checkpoint.
+AUDIT_SIGNING_KEY = env.get_str("AUDIT_SIGNING_KEY")
+AUDIT_PUBLIC_KEY = env.get_str("AUDIT_PUBLIC_KEY")
+AUDIT_CHAIN_INTERVAL_SECONDS = env.get_int("AUDIT_CHAIN_INTERVAL_SECONDS", 5, minimum=1)
+# HIPAA asks for six years; the database refuses to purge anything younger whatever this says.
+AUDIT_RETENTION_DAYS = env.get_int("AUDIT_RETENTION_DAYS", 6 * 366, minimum=6 * 366)
+
 # --- Celery (executor) ----------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
@@ -162,4 +170,5 @@ LOGGING = {
 
 CELERY_BEAT_SCHEDULE = {
     "expire-overdue-tickets": {"task": "approvals.expire_overdue", "schedule": 30.0},
+    "extend-audit-chain": {"task": "audit.extend_chain", "schedule": float(AUDIT_CHAIN_INTERVAL_SECONDS)},
 }

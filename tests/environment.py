@@ -30,6 +30,7 @@ COMMON_ENV = {
     "DATABASE_URL": db_url(CONTROL_DB),
     "REDIS_URL": REDIS_URL,
     "PSEUDONYM_KEY": secrets.token_hex(32),
+    "AUDIT_SIGNING_KEY": secrets.token_hex(32),  # any 32 bytes are an Ed25519 seed
     "LOCAL_LOGIN": "True",
     "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
     "PUBLIC_URL": "http://testserver",

@@ -1,0 +1,251 @@
+"""The hash chain over audit events, and its verification.
+
+Writers never touch the chain. They insert events as before (ORM inside the change's transaction, or the
+gateway's batch writer), each stamped by the database with its transaction id (``txid``). One sequencer at a
+time (``extend_chain``, run by the executor's beat every few seconds, and before every verification and
+export) appends links in ``(txid, id)`` order for events whose transaction ids lie below the *horizon*: the
+oldest transaction still running anywhere in the cluster. Everything below it has committed or rolled back,
+so no event can later appear before the chain's end, and the order is the same for any sequencer that runs.
+
+Why not chain at insert time: every writer would have to lock the chain head until it commits, which
+serialises all audited work (ticket approvals, reads, sign-ins) on one lock for the length of their
+transactions. Here writers take no lock at all; sequencers take a transaction-level advisory lock among
+themselves only. The cost is a window of a few seconds in which a new event is recorded but not yet chained.
+
+After each pass that added links, the sequencer signs a checkpoint (audit.models.Checkpoint) with the
+Ed25519 key held outside the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from audit import signing
+from audit.canonical import (
+    EVENT_SELECT,
+    GENESIS,
+    chain_hash,
+    checkpoint_message,
+    key_id,
+    row_hash,
+    verify_signature,
+)
+from audit.models import ChainLink, Checkpoint, CheckpointReason
+
+SEQUENCER_LOCK = 0x70_68_69_67_61_74_65_01  # pg_advisory_xact_lock key: only sequencers contend for it
+PAGE = 5_000
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    seq: int
+    chain_hash: bytes
+    txid: int
+    event_id: int
+
+
+def _head(cursor) -> ChainHead:  # type: ignore[no-untyped-def]
+    cursor.execute("SELECT seq, chain_hash, event_txid, event_id FROM audit_chainlink ORDER BY seq DESC LIMIT 1")
+    row = cursor.fetchone()
+    if row is not None:
+        return ChainHead(row[0], bytes(row[1]), row[2], row[3])
+    # Nothing chained yet (or everything was purged): start after the newest checkpoint, if any.
+    cursor.execute("SELECT seq, chain_hash FROM audit_checkpoint ORDER BY seq DESC LIMIT 1")
+    anchor = cursor.fetchone()
+    if anchor is not None:
+        return ChainHead(anchor[0], bytes(anchor[1]), -1, -1)
+    return ChainHead(0, GENESIS, -1, -1)
+
+
+def extend_chain(*, checkpoint: CheckpointReason | None = CheckpointReason.PERIODIC) -> int:
+    """Chain every finished event not yet chained; sign a checkpoint if anything was added. Returns the count.
+
+    Safe to call from anywhere at any time: concurrent sequencers queue on the advisory lock, and writers are
+    never blocked.
+    """
+    added = 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEQUENCER_LOCK])
+        head = _head(cursor)
+        # Taken after the lock, so the previous sequencer's horizon is never ahead of ours.
+        cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        horizon = cursor.fetchone()[0]
+        seq, value, position = head.seq, head.chain_hash, (head.txid, head.event_id)
+        while True:
+            cursor.execute(
+                f"SELECT e.txid, {EVENT_SELECT} FROM audit_auditevent e "
+                "WHERE e.txid < %s AND (e.txid, e.id) > (%s, %s) ORDER BY e.txid, e.id LIMIT %s",
+                [horizon, position[0], position[1], PAGE],
+            )
+            rows = cursor.fetchall()
+            if not rows:
+                break
+            links = []
+            for row in rows:
+                seq += 1
+                digest = row_hash(row[1:])
+                value = chain_hash(value, digest)
+                links.append((seq, row[1], row[0], digest, value))
+            cursor.executemany(
+                "INSERT INTO audit_chainlink (seq, event_id, event_txid, row_hash, chain_hash) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                links,
+            )
+            added += len(links)
+            position = (rows[-1][0], rows[-1][1])
+            if len(rows) < PAGE:
+                break
+        if checkpoint is not None and (added or checkpoint != CheckpointReason.PERIODIC) and seq > 0:
+            sign_checkpoint(cursor, seq, value, checkpoint)
+    return added
+
+
+def sign_checkpoint(cursor, seq: int, value: bytes, reason: CheckpointReason) -> None:  # type: ignore[no-untyped-def]
+    """Sign the chain value at ``seq`` (once: a second checkpoint at the same position is not needed)."""
+    key = signing.signing_key()
+    signed_at = timezone.now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    signature = key.sign(checkpoint_message(seq, value, signed_at))
+    cursor.execute(
+        "INSERT INTO audit_checkpoint (seq, chain_hash, signed_at, key_id, signature, reason) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (seq) DO NOTHING",
+        [seq, value, signed_at, signing.signing_key_id(), signature, str(reason)],
+    )
+
+
+# --------------------------------------------------------------------------
+# Verification
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    links: int
+    checkpoints: int
+    problem: str = ""
+    event_id: int | None = None
+
+
+def _links(batch: int = 20_000) -> Iterator[tuple]:  # type: ignore[type-arg]
+    """Every link with its event's hashable fields (None where the event row is gone), in chain order."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM audit_chainlink")
+        low, high = cursor.fetchone()
+        start = low
+        while start and start <= high:
+            cursor.execute(
+                f"SELECT l.seq, l.event_id, l.row_hash, l.chain_hash, e.id IS NOT NULL, {EVENT_SELECT} "
+                "FROM audit_chainlink l LEFT JOIN audit_auditevent e ON e.id = l.event_id "
+                "WHERE l.seq >= %s AND l.seq < %s ORDER BY l.seq",
+                [start, start + batch],
+            )
+            yield from cursor.fetchall()
+            start += batch
+
+
+def verify_chain() -> Verdict:
+    """Check the whole chain and its checkpoints against the trusted public key; name the first problem."""
+    public_raw = signing.public_raw(signing.trusted_public_key())
+    trusted_id = key_id(public_raw)
+    checkpoints = {
+        seq: (bytes(value), signed_at, kid, bytes(signature))
+        for seq, value, signed_at, kid, signature in Checkpoint.objects.values_list(
+            "seq", "chain_hash", "signed_at", "key_id", "signature"
+        )
+    }
+    for seq, (value, signed_at, kid, signature) in sorted(checkpoints.items()):
+        if kid != trusted_id or not verify_signature(public_raw, signature, checkpoint_message(seq, value, signed_at)):
+            return Verdict(False, 0, len(checkpoints), f"checkpoint at seq {seq} has an invalid signature")
+
+    count = 0
+    expected_seq: int | None = None
+    value = GENESIS
+    last_event: int | None = None
+    for seq, event_id, stored_row, stored_chain, present, *fields in _links():
+        if expected_seq is None:
+            if seq != 1:
+                anchor = checkpoints.get(seq - 1)
+                if anchor is None:
+                    return Verdict(
+                        False,
+                        count,
+                        len(checkpoints),
+                        f"the chain starts at seq {seq} with no signed "
+                        f"checkpoint at seq {seq - 1}: its beginning was removed",
+                        event_id,
+                    )
+                value = anchor[0]
+        elif seq != expected_seq:
+            return Verdict(
+                False,
+                count,
+                len(checkpoints),
+                f"links {expected_seq}..{seq - 1} are missing (before event {event_id})",
+                event_id,
+            )
+        if not present:
+            return Verdict(False, count, len(checkpoints), f"event {event_id} (seq {seq}) was deleted", event_id)
+        digest = row_hash(fields)
+        if digest != bytes(stored_row):
+            return Verdict(False, count, len(checkpoints), f"event {event_id} (seq {seq}) was altered", event_id)
+        value = chain_hash(value, digest)
+        if value != bytes(stored_chain):
+            return Verdict(
+                False,
+                count,
+                len(checkpoints),
+                f"the chain breaks at event {event_id} (seq {seq}): links were reordered, removed "
+                "or inserted before it",
+                event_id,
+            )
+        signed = checkpoints.get(seq)
+        if signed is not None and signed[0] != value:
+            return Verdict(
+                False,
+                count,
+                len(checkpoints),
+                f"event {event_id} (seq {seq}) does not match the signed checkpoint at seq {seq}",
+                event_id,
+            )
+        expected_seq, last_event, count = seq + 1, event_id, count + 1
+
+    chained_to = (expected_seq or 1) - 1
+    beyond = [seq for seq in checkpoints if seq > chained_to]
+    if beyond:
+        return Verdict(
+            False,
+            count,
+            len(checkpoints),
+            f"a checkpoint signed seq {max(beyond)} but the chain ends at seq {chained_to}: "
+            "events were removed from the tail",
+            last_event,
+        )
+    orphan = _unchained_event_before_head()
+    if orphan is not None:
+        return Verdict(
+            False,
+            count,
+            len(checkpoints),
+            f"event {orphan} is older than the chain's end but not in the chain (its link was removed)",
+            orphan,
+        )
+    return Verdict(True, count, len(checkpoints))
+
+
+def _unchained_event_before_head() -> int | None:
+    """An event the sequencer must already have chained, yet no link names it."""
+    last = ChainLink.objects.order_by("-seq").values_list("event_txid", "event_id").first()
+    if last is None:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT e.id FROM audit_auditevent e WHERE (e.txid, e.id) < (%s, %s) "
+            "AND NOT EXISTS (SELECT 1 FROM audit_chainlink l WHERE l.event_id = e.id) ORDER BY e.id LIMIT 1",
+            list(last),
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None

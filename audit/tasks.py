@@ -1,0 +1,12 @@
+"""Celery tasks: thin wrappers around plain functions that tests call directly."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from audit import chain
+
+
+@shared_task(name="audit.extend_chain")
+def extend_chain_task() -> int:
+    return chain.extend_chain()
