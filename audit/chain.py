@@ -40,6 +40,11 @@ SEQUENCER_LOCK = 0x70_68_69_67_61_74_65_01  # pg_advisory_xact_lock key: only se
 PAGE = 5_000
 
 
+class ChainBroken(Exception):
+    """The chain ends before a position that was signed: its tail was removed. Nothing is appended or signed
+    on top of that (it would hide the cut); ``verify_audit`` names the problem."""
+
+
 @dataclass(frozen=True)
 class ChainHead:
     seq: int
@@ -71,6 +76,10 @@ def extend_chain(*, checkpoint: CheckpointReason | None = CheckpointReason.PERIO
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEQUENCER_LOCK])
         head = _head(cursor)
+        cursor.execute("SELECT coalesce(max(seq), 0) FROM audit_checkpoint")
+        signed_up_to = cursor.fetchone()[0]
+        if signed_up_to > head.seq:
+            raise ChainBroken(f"the chain ends at seq {head.seq} but seq {signed_up_to} was signed")
         # Taken after the lock, so the previous sequencer's horizon is never ahead of ours.
         cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
         horizon = cursor.fetchone()[0]

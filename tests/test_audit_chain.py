@@ -11,8 +11,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -30,6 +28,7 @@ from identity.principal import Principal
 from identity.roles import Role
 from tests import environment
 from tests.factories import make_user
+from tests.tampering import saved, superuser
 
 PROJECT = Path(__file__).resolve().parent.parent
 OFFSET = 10**12
@@ -48,20 +47,6 @@ def chained() -> list[AuditEvent]:
     verdict = verify_chain()
     assert verdict.ok, verdict.problem
     return made
-
-
-@contextmanager
-def superuser() -> Iterator[psycopg.Connection]:
-    with psycopg.connect(environment.db_url(environment.CONTROL_DB), autocommit=True) as conn:
-        conn.execute("SET session_replication_role = replica")  # triggers off: what only a superuser can do
-        yield conn
-
-
-def saved(conn: psycopg.Connection, table: str, where: str, params: list[object]) -> str:
-    name = f"saved_{table}"
-    conn.execute(f"DROP TABLE IF EXISTS {name}")
-    conn.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {table} WHERE {where}", params)
-    return name
 
 
 def link_of(event: AuditEvent) -> ChainLink:

@@ -1,0 +1,310 @@
+"""Evidence bundles: a ZIP an auditor can check offline with ``python -m audit.verify``.
+
+Contents: ``events.jsonl`` and ``events.csv`` (the selected events, each with its chain position),
+``chain.jsonl`` (every link of the covering chain segment: hashes only, and whether its event was selected),
+``checkpoints.jsonl`` (the signed checkpoints that anchor the segment), ``report.pdf`` (for humans),
+``public_key.pem``, ``manifest.json`` (the files' SHA-256 and the export's filters) and ``manifest.sig``.
+
+The segment runs from the last checkpoint before the first selected event to the first checkpoint at or
+after the last one; for a period that reaches the present, to the newest checkpoint, so a tail removed since
+then shows. Events are streamed through temporary files: memory stays flat for any size of export.
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from audit import signing
+from audit.canonical import EVENT_FIELDS, EVENT_SELECT, manifest_message
+from audit.chain import ChainBroken, extend_chain
+from audit.evidence_report import EvidenceSummary, render_pdf
+from audit.models import CheckpointReason, EventKind
+from audit.recorder import Context, record
+from audit.verify import BUNDLE_FORMAT, CSV_FIELDS, MANIFEST, PUBLIC_KEY, SIGNATURE, verify_segment
+from identity.principal import Principal
+
+Progress = Callable[[int, str], None]  # (percent, what is happening)
+_CHUNK = 2_000
+
+
+def iso(moment: datetime) -> str:
+    """The same rendering as audit.canonical's occurred_at, so filters compare as strings offline."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class ExportFilters:
+    since: datetime
+    until: datetime
+    user: str | None = None
+    datasource: str | None = None
+
+    def as_manifest(self) -> dict[str, str | None]:
+        return {"since": iso(self.since), "until": iso(self.until), "user": self.user, "datasource": self.datasource}
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses = ["e.occurred_at >= %s", "e.occurred_at < %s"]
+        params: list[Any] = [self.since, self.until]
+        if self.user:
+            clauses.append("e.actor_name = %s")
+            params.append(self.user)
+        if self.datasource:
+            clauses.append("e.datasource = %s")
+            params.append(self.datasource)
+        return " AND ".join(clauses), params
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    events: int
+    links: int
+    chain_ok: bool
+    chain_status: str
+
+
+def export_evidence(
+    filters: ExportFilters,
+    out: Path,
+    *,
+    requested_by: Principal | None,
+    context: Context | None = None,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Write the bundle to ``out``. The export is audited first: if that record cannot be written, nothing is."""
+    report = progress or (lambda percent, what: None)
+    _record_export(filters, out, requested_by, context)
+    report(2, "chaining recent events")
+    chain_note = ""
+    try:
+        extend_chain(checkpoint=CheckpointReason.EXPORT)
+    except ChainBroken as exc:
+        chain_note = f"the database chain is broken ({exc}); nothing new was signed"
+
+    key = signing.signing_key()
+    public_pem = signing.public_pem(key.public_key())
+    public_raw = signing.public_raw(key.public_key())
+    where, params = filters.where()
+    summary = EvidenceSummary()
+    with tempfile.TemporaryDirectory(prefix="evidence-") as scratch:
+        folder = Path(scratch)
+        with transaction.atomic(), connection.cursor() as cursor:
+            # One snapshot for the whole export: the events, links and checkpoints agree with each other.
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cursor.execute(
+                "SELECT count(*), min(l.seq), max(l.seq) FROM audit_auditevent e "
+                f"JOIN audit_chainlink l ON l.event_id = e.id WHERE {where}",
+                params,
+            )
+            total, low, high = cursor.fetchone()
+            start_anchor, end_anchor = _anchors(cursor, low, high, reaches_present=filters.until >= timezone.now())
+            selected = _write_events(folder, where, params, summary, total, report)
+            report(70, "writing the chain segment")
+            links = _write_links(cursor, folder, start_anchor, end_anchor, selected)
+            cursor.execute(
+                "SELECT seq, chain_hash, signed_at, key_id, signature, reason FROM audit_checkpoint "
+                "WHERE seq >= %s AND seq <= %s ORDER BY seq",
+                [start_anchor, end_anchor],
+            )
+            checkpoints = [
+                {
+                    "seq": seq,
+                    "chain_hash": bytes(value).hex(),
+                    "signed_at": signed_at,
+                    "key_id": kid,
+                    "signature": bytes(signature).hex(),
+                    "reason": reason,
+                }
+                for seq, value, signed_at, kid, signature, reason in cursor.fetchall()
+            ]
+        _write_jsonl(folder / "checkpoints.jsonl", checkpoints)
+
+        report(80, "checking the segment")
+        segment = verify_segment(
+            list(_read_jsonl(folder / "chain.jsonl")),
+            checkpoints,
+            _read_jsonl(folder / "events.jsonl"),
+            public_raw,
+            start_anchor,
+        )
+        problems = ([chain_note] if chain_note else []) + segment.problems
+        chain_status = (
+            f"verified: {segment.links} links from seq {segment.first_seq} to {segment.last_seq}, "
+            f"{segment.checkpoints} signed checkpoints"
+            if not problems
+            else "FAILED: " + "; ".join(problems[:5])
+        )
+        report(85, "writing the report")
+        meta = {
+            "period": f"{iso(filters.since)} to {iso(filters.until)} (end exclusive)",
+            "person": filters.user or "everyone",
+            "data source": filters.datasource or "all",
+            "events": total,
+            "exported at": iso(timezone.now()),
+            "exported by": _requester_name(requested_by),
+            "signing key id": signing.signing_key_id(),
+            "chain status": chain_status,
+        }
+        (folder / "report.pdf").write_bytes(render_pdf(summary, meta))
+        (folder / PUBLIC_KEY).write_bytes(public_pem)
+
+        files = ["events.jsonl", "events.csv", "chain.jsonl", "checkpoints.jsonl", "report.pdf", PUBLIC_KEY]
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "created_at": meta["exported at"],
+            "exported_by": meta["exported by"],
+            "filters": filters.as_manifest(),
+            "key_id": signing.signing_key_id(),
+            "segment": {"start_anchor": start_anchor, "end_anchor": end_anchor},
+            "chain_status": chain_status,
+            "files": {name: _sha256(folder / name) for name in files},
+        }
+        manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
+        signature = key.sign(manifest_message(manifest_bytes))
+        report(95, "packing")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(MANIFEST, manifest_bytes)
+            archive.writestr(SIGNATURE, signature)
+            for name in files:
+                archive.write(folder / name, name)
+        os.replace(partial, out)
+    report(100, "done")
+    return ExportResult(out, total, links, not problems, chain_status)
+
+
+def _requester_name(principal: Principal | None) -> str:
+    return principal.human.get_username() if principal else f"os:{getpass.getuser()}"
+
+
+def _record_export(filters: ExportFilters, out: Path, requested_by: Principal | None, context: Context | None) -> None:
+    details = {"filters": filters.as_manifest(), "file": out.name}
+    with transaction.atomic():
+        if requested_by is not None:
+            record(
+                EventKind.AUDIT_EXPORTED,
+                principal=requested_by,
+                context=context,
+                details=details,
+                summary="evidence bundle exported",
+            )
+        else:  # from a shell: name the operating-system account (see the audit_actor_required constraint)
+            from audit.models import AuditEvent
+
+            AuditEvent.objects.create(
+                kind=EventKind.AUDIT_EXPORTED,
+                actor_name=f"os:{getpass.getuser()}"[:150],
+                front="cli",
+                summary="evidence bundle exported",
+                details=details,
+            )
+
+
+def _anchors(cursor: Any, low: int | None, high: int | None, *, reaches_present: bool) -> tuple[int, int]:
+    """The signed positions the segment starts after and ends on."""
+    cursor.execute("SELECT coalesce(max(seq), 0) FROM audit_checkpoint")
+    newest = cursor.fetchone()[0]
+    if low is None or high is None:  # nothing selected: an empty segment on the newest checkpoint
+        return newest, newest
+    cursor.execute("SELECT coalesce(max(seq), 0) FROM audit_checkpoint WHERE seq < %s", [low])
+    start = cursor.fetchone()[0]
+    if reaches_present:
+        return start, max(newest, high)
+    cursor.execute("SELECT min(seq) FROM audit_checkpoint WHERE seq >= %s", [high])
+    end = cursor.fetchone()[0]
+    return start, end if end is not None else high
+
+
+def _write_events(
+    folder: Path, where: str, params: list[Any], summary: EvidenceSummary, total: int, report: Progress
+) -> set[int]:
+    """Stream the selected events into events.jsonl and events.csv; return their chain positions."""
+    selected: set[int] = set()
+    with (
+        open(folder / "events.jsonl", "w", encoding="utf-8", newline="\n") as jsonl,
+        open(folder / "events.csv", "w", encoding="utf-8", newline="") as sheet,
+        connection.chunked_cursor() as cursor,
+    ):
+        writer = csv.writer(sheet)
+        writer.writerow(CSV_FIELDS)
+        cursor.execute(
+            f"SELECT l.seq, {EVENT_SELECT} FROM audit_auditevent e JOIN audit_chainlink l ON l.event_id = e.id "
+            f"WHERE {where} ORDER BY l.seq",
+            params,
+        )
+        done = 0
+        while rows := cursor.fetchmany(_CHUNK):
+            for row in rows:
+                document: dict[str, Any] = {"seq": row[0], **dict(zip(EVENT_FIELDS, row[1:], strict=True))}
+                document["details"] = json.loads(document["details_text"])
+                jsonl.write(json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n")
+                writer.writerow(["" if value is None else value for value in row])
+                summary.add(document)
+                selected.add(row[0])
+            done += len(rows)
+            report(5 + int(60 * done / max(total, 1)), f"{done} of {total} events written")
+    return selected
+
+
+def _write_links(cursor: Any, folder: Path, start: int, end: int, selected: set[int]) -> int:
+    count = 0
+    with open(folder / "chain.jsonl", "w", encoding="utf-8", newline="\n") as out:
+        position = start
+        while position < end:
+            cursor.execute(
+                "SELECT l.seq, l.event_id, l.row_hash, l.chain_hash, e.id IS NOT NULL FROM audit_chainlink l "
+                "LEFT JOIN audit_auditevent e ON e.id = l.event_id WHERE l.seq > %s AND l.seq <= %s "
+                "ORDER BY l.seq LIMIT %s",
+                [position, end, 20_000],
+            )
+            rows = cursor.fetchall()
+            if not rows:
+                break
+            for seq, event_id, row, value, present in rows:
+                state = "missing" if not present else "included" if seq in selected else "excluded"
+                link = {
+                    "seq": seq,
+                    "event_id": event_id,
+                    "row_hash": bytes(row).hex(),
+                    "chain_hash": bytes(value).hex(),
+                    "state": state,
+                }
+                out.write(json.dumps(link, separators=(",", ":")) + "\n")
+            count += len(rows)
+            position = rows[-1][0]
+    return count
+
+
+def _write_jsonl(path: Path, items: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as out:
+        for item in items:
+            out.write(json.dumps(item, separators=(",", ":")) + "\n")
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            yield json.loads(line)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,24 @@
+"""What a rogue superuser can do to the control-plane database, for the tamper-evidence tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from tests import environment
+
+
+@contextmanager
+def superuser() -> Iterator[psycopg.Connection]:
+    with psycopg.connect(environment.db_url(environment.CONTROL_DB), autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")  # triggers off: what only a superuser can do
+        yield conn
+
+
+def saved(conn: psycopg.Connection, table: str, where: str, params: list[object]) -> str:
+    name = f"saved_{table}"
+    conn.execute(f"DROP TABLE IF EXISTS {name}")
+    conn.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {table} WHERE {where}", params)
+    return name
