@@ -68,8 +68,12 @@ def open_ticket(
         statement=sql,
         summary=f"held for approval ({approvals_required} needed): " + "; ".join(reasons),
         details={
+            "verdict": "held",
             "risk": risk,
             "reasons": list(reasons),
+            "statement_types": list(statement_types),
+            "relations": list(relations),
+            "fingerprint": fingerprint,
             "sql_sha256": ticket.sql_sha256,
             "reason": reason,
             "params": None if params is None else params.for_audit(),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.timezone import make_aware
 from drf_spectacular.types import OpenApiTypes
@@ -63,17 +64,55 @@ def _moment(name: str, raw: str | None) -> datetime | None:
     return moment if moment.tzinfo else make_aware(moment)
 
 
-_FILTERS = [
-    OpenApiParameter(name, OpenApiTypes.STR, description=text)
-    for name, text in [
-        ("q", "text in statements and summaries"),
-        ("actor", "username of the accountable human"),
-        ("datasource", "data source name"),
-        ("kind", "event kind, e.g. ticket.approved"),
-        ("since", "ISO date or date-time (inclusive)"),
-        ("until", "ISO date or date-time (exclusive)"),
-    ]
-]
+SEARCH_FILTERS = {
+    "q": 'full text over statements and summaries (reasons): words, "a phrase", -excluded, or',
+    "actor": "username of the accountable human",
+    "agent": "agent name",
+    "datasource": "data source name",
+    "kind": "event kind, e.g. ticket.approved",
+    "table": "a table the statement named (schema optional)",
+    "phi_type": "a PHI type returned (masked), e.g. ssn",
+    "decision": "the policy's verdict: allowed, held or denied",
+    "session": "session id (a wire or HTTP session)",
+    "ticket": "ticket id",
+    "since": "ISO date or date-time (inclusive)",
+    "until": "ISO date or date-time (exclusive)",
+}
+_FILTERS = [OpenApiParameter(name, OpenApiTypes.STR, description=text) for name, text in SEARCH_FILTERS.items()]
+
+
+def search(params: Mapping[str, str]) -> QuerySet[AuditEvent]:
+    """The events matching a compliance search; shared by the API and the search page."""
+    events = AuditEvent.objects.all()
+    if q := params.get("q", "").strip():
+        events = events.matching_text(q)
+    if actor := params.get("actor"):
+        events = events.filter(actor_name=actor)
+    if agent := params.get("agent"):
+        events = events.filter(agent_name=agent)
+    if datasource := params.get("datasource"):
+        events = events.filter(datasource=datasource)
+    if kind := params.get("kind"):
+        events = events.filter(kind=kind)
+    if table := params.get("table"):
+        events = events.touching_table(table)
+    if phi_type := params.get("phi_type"):
+        events = events.masking_phi_type(phi_type)
+    if decision := params.get("decision"):
+        if decision not in ("allowed", "held", "denied"):
+            raise ValidationError({"decision": "one of allowed, held, denied"})
+        events = events.with_verdict(decision)
+    if session := params.get("session"):
+        events = events.filter(session_id=session)
+    if ticket := params.get("ticket"):
+        if not ticket.isdigit():
+            raise ValidationError({"ticket": "a ticket id"})
+        events = events.filter(ticket_id=int(ticket))
+    if since := _moment("since", params.get("since")):
+        events = events.filter(occurred_at__gte=since)
+    if until := _moment("until", params.get("until")):
+        events = events.filter(occurred_at__lt=until)
+    return events
 
 
 class AuditEventListView(generics.ListAPIView[AuditEvent]):
@@ -81,21 +120,7 @@ class AuditEventListView(generics.ListAPIView[AuditEvent]):
     pagination_class = NewestFirst
 
     def get_queryset(self) -> QuerySet[AuditEvent]:
-        params = self.request.query_params
-        events = AuditEvent.objects.all()
-        if q := params.get("q"):
-            events = events.filter(Q(statement__icontains=q) | Q(summary__icontains=q))
-        if actor := params.get("actor"):
-            events = events.filter(actor_name=actor)
-        if datasource := params.get("datasource"):
-            events = events.filter(datasource=datasource)
-        if kind := params.get("kind"):
-            events = events.filter(kind=kind)
-        if since := _moment("since", params.get("since")):
-            events = events.filter(occurred_at__gte=since)
-        if until := _moment("until", params.get("until")):
-            events = events.filter(occurred_at__lt=until)
-        return events
+        return search(self.request.query_params)
 
     @extend_schema(parameters=_FILTERS)
     def get(self, request: Request, *args: object, **kwargs: object) -> Response:

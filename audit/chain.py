@@ -38,6 +38,7 @@ from audit.models import ChainLink, Checkpoint, CheckpointReason
 
 SEQUENCER_LOCK = 0x70_68_69_67_61_74_65_01  # pg_advisory_xact_lock key: only sequencers contend for it
 PAGE = 5_000
+_COPY_LINKS = "COPY audit_chainlink (seq, event_id, event_txid, row_hash, chain_hash) FROM STDIN"
 
 
 class ChainBroken(Exception):
@@ -99,11 +100,9 @@ def extend_chain(*, checkpoint: CheckpointReason | None = CheckpointReason.PERIO
                 digest = row_hash(row[1:])
                 value = chain_hash(value, digest)
                 links.append((seq, row[1], row[0], digest, value))
-            cursor.executemany(
-                "INSERT INTO audit_chainlink (seq, event_id, event_txid, row_hash, chain_hash) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                links,
-            )
+            with cursor.cursor.copy(_COPY_LINKS) as copy:  # the psycopg cursor under Django's wrapper
+                for link in links:
+                    copy.write_row(link)
             added += len(links)
             position = (rows[-1][0], rows[-1][1])
             if len(rows) < PAGE:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchQuery, SearchVector, SearchVectorField
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Cast
@@ -53,6 +57,29 @@ class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
     def for_ticket(self, ticket_id: int) -> AuditEventQuerySet:
         return self.filter(ticket_id=ticket_id).order_by("id")
 
+    def for_session(self, session_id: str) -> AuditEventQuerySet:
+        return self.filter(session_id=session_id).order_by("id")
+
+    def matching_text(self, text: str) -> AuditEventQuerySet:
+        """Full-text (web-search syntax: words, "phrases", -not, or) over statements and summaries."""
+        return self.filter(search_document=SearchQuery(text, config="simple", search_type="websearch"))
+
+    def touching_table(self, table: str) -> AuditEventQuerySet:
+        """Statements that named the table, with or without the default schema."""
+        name = table.lower()
+        names = {name, name.removeprefix("public.")} | ({f"public.{name}"} if "." not in name else set())
+        condition = Q()
+        for candidate in names:
+            condition |= Q(details__contains={"relations": [candidate]})
+        return self.filter(condition)
+
+    def masking_phi_type(self, phi_type: str) -> AuditEventQuerySet:
+        """Reads whose result carried a column of this PHI type (masked)."""
+        return self.filter(details__path_exists=f"$.masking.* ? (@.phi_type == {json.dumps(phi_type)})")
+
+    def with_verdict(self, verdict: str) -> AuditEventQuerySet:
+        return self.filter(details__contains={"verdict": verdict})
+
 
 class AuditEvent(models.Model):
     """One thing that happened. Names are copied (not only referenced) so the record outlives renames."""
@@ -78,6 +105,13 @@ class AuditEvent(models.Model):
     # The inserting transaction's id, set by the database (pg_current_xact_id()). The chain takes events in
     # (txid, id) order once every transaction below a horizon has finished: see audit.chain.
     txid = models.BigIntegerField(db_default=TXID_DEFAULT, editable=False)
+    # Full-text search over statements and summaries (reasons, reviewers' comments), kept by the database.
+    # The 'simple' configuration: SQL identifiers and codes must match as written, not stemmed as English.
+    search_document = models.GeneratedField(
+        expression=SearchVector("statement", "summary", config="simple"),
+        output_field=SearchVectorField(),
+        db_persist=True,
+    )
 
     objects = AuditEventQuerySet.as_manager()
 
@@ -90,6 +124,11 @@ class AuditEvent(models.Model):
             models.Index(fields=["ticket_id"], condition=Q(ticket_id__isnull=False), name="audit_ticket"),
             # The chain's cursor: events after the last link, below the horizon.
             models.Index(fields=["txid", "id"], name="audit_chain_order"),
+            GinIndex(fields=["search_document"], name="audit_search_document"),
+            # Tables touched, PHI types masked, verdicts: containment (@>) and jsonpath (@?) filters on details.
+            GinIndex(fields=["details"], opclasses=["jsonb_path_ops"], name="audit_details_paths"),
+            models.Index(fields=["agent_name", "occurred_at"], name="audit_agent_time"),
+            models.Index(fields=["session_id", "id"], condition=~Q(session_id=""), name="audit_session"),
         ]
         constraints = [
             models.CheckConstraint(

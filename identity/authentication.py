@@ -19,9 +19,30 @@ from identity import tokens
 from identity.models import Agent, ApiToken
 from identity.principal import Principal
 
+SESSION_HEADER = "HTTP_X_PHIGATE_SESSION"
+_SESSION_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
-def request_context(request: Any, front: str = "http") -> Context:
-    return Context(front=front, source_address=request.META.get("REMOTE_ADDR") or None)
+
+def request_context(request: Any, front: str = "http", principal: Principal | None = None) -> Context:
+    return Context(
+        front=front,
+        source_address=request.META.get("REMOTE_ADDR") or None,
+        session_id=http_session(request, front, principal),
+    )
+
+
+def http_session(request: Any, front: str, principal: Principal | None = None) -> str:
+    """The session an HTTP request belongs to, for replay: the client's own ``X-Phigate-Session`` when it
+    sends a sane one (an agent grouping its work), otherwise one per identity per UTC day."""
+    supplied = request.META.get(SESSION_HEADER, "")
+    if 0 < len(supplied) <= 40 and set(supplied) <= _SESSION_CHARACTERS:
+        return f"{front}:{supplied}"
+    # DRF's ``request.auth`` would authenticate (and so call back here); read what authentication stored.
+    principal = principal or request.__dict__.get("_auth")
+    if not isinstance(principal, Principal):
+        return ""
+    who = f"agent-{principal.agent.pk}" if principal.agent else f"user-{principal.human.pk}"
+    return f"{front}:{who}:{timezone.now():%Y%m%d}"
 
 
 def principal_of(request: Request) -> Principal:
@@ -63,7 +84,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             record(
                 EventKind.AUTH_SUCCEEDED,
                 principal=principal,
-                context=request_context(request),
+                context=request_context(request, principal=principal),
                 summary=f"API request {request.method} {request.path} as {principal.describe()}",
             )
         return principal.human, principal

@@ -22,3 +22,17 @@ def saved(conn: psycopg.Connection, table: str, where: str, params: list[object]
     conn.execute(f"DROP TABLE IF EXISTS {name}")
     conn.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {table} WHERE {where}", params)
     return name
+
+
+def put_back(conn: psycopg.Connection, table: str, copy: str) -> None:
+    """Re-insert saved rows as they were (generated columns are recomputed by the database)."""
+    columns = [
+        row[0]
+        for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s AND is_generated = 'NEVER' "
+            "ORDER BY ordinal_position",
+            [table],
+        )
+    ]
+    listed = ", ".join(columns)
+    conn.execute(f"INSERT INTO {table} ({listed}) SELECT {listed} FROM {copy}")

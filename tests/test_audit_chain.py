@@ -28,7 +28,7 @@ from identity.principal import Principal
 from identity.roles import Role
 from tests import environment
 from tests.factories import make_user
-from tests.tampering import saved, superuser
+from tests.tampering import put_back, saved, superuser
 
 PROJECT = Path(__file__).resolve().parent.parent
 OFFSET = 10**12
@@ -137,7 +137,7 @@ def test_a_deleted_row_is_detected(chained: list[AuditEvent]) -> None:
         try:
             assert_detected("was deleted", victim.pk)
         finally:
-            admin.execute(f"INSERT INTO audit_auditevent SELECT * FROM {copy}")
+            put_back(admin, "audit_auditevent", copy)
     assert verify_chain().ok
 
 
@@ -151,8 +151,8 @@ def test_a_deleted_row_and_its_link_are_detected(chained: list[AuditEvent]) -> N
         try:
             assert_detected("missing", chained[2].pk)
         finally:
-            admin.execute(f"INSERT INTO audit_auditevent SELECT * FROM {event_copy}")
-            admin.execute(f"INSERT INTO audit_chainlink SELECT * FROM {link_copy}")
+            put_back(admin, "audit_auditevent", event_copy)
+            put_back(admin, "audit_chainlink", link_copy)
     assert verify_chain().ok
 
 
@@ -165,7 +165,7 @@ def test_a_removed_link_alone_is_detected(chained: list[AuditEvent]) -> None:
         try:
             assert not verify_chain().ok
         finally:
-            admin.execute(f"INSERT INTO audit_chainlink SELECT * FROM {link_copy}")
+            put_back(admin, "audit_chainlink", link_copy)
     assert verify_chain().ok
 
 
@@ -221,8 +221,8 @@ def test_a_truncated_tail_is_detected(chained: list[AuditEvent]) -> None:
         try:
             assert_detected("removed from the tail", None)
         finally:
-            admin.execute(f"INSERT INTO audit_auditevent SELECT * FROM {event_copy}")
-            admin.execute(f"INSERT INTO audit_chainlink SELECT * FROM {link_copy}")
+            put_back(admin, "audit_auditevent", event_copy)
+            put_back(admin, "audit_chainlink", link_copy)
     assert verify_chain().ok
 
 
@@ -247,8 +247,8 @@ def test_a_recomputed_chain_without_the_key_is_detected(chained: list[AuditEvent
         finally:
             admin.execute("DELETE FROM audit_chainlink WHERE seq = %s", [victim.seq])
             admin.execute("DELETE FROM audit_auditevent WHERE id = %s", [victim.event_id])
-            admin.execute(f"INSERT INTO audit_auditevent SELECT * FROM {event_copy}")
-            admin.execute(f"INSERT INTO audit_chainlink SELECT * FROM {link_copy}")
+            put_back(admin, "audit_auditevent", event_copy)
+            put_back(admin, "audit_chainlink", link_copy)
     assert verify_chain().ok
 
 

@@ -27,7 +27,7 @@ from audit.signing import public_pem, signing_key, signing_key_id
 from identity.principal import Principal
 from identity.roles import Role
 from tests.factories import make_agent, make_user
-from tests.tampering import saved, superuser
+from tests.tampering import put_back, saved, superuser
 
 PROJECT = Path(__file__).resolve().parent.parent
 BUNDLE_FILES = {
@@ -229,7 +229,7 @@ def test_a_deleted_row_is_detected_in_the_bundle(tmp_path: Path) -> None:
         admin, made = arg
         copy = saved(admin, "audit_auditevent", "id = %s", [made[1].pk])
         admin.execute("DELETE FROM audit_auditevent WHERE id = %s", [made[1].pk])
-        return lambda: admin.execute(f"INSERT INTO audit_auditevent SELECT * FROM {copy}")
+        return lambda: put_back(admin, "audit_auditevent", copy)
 
     export_after(tmp_path, tamper, "was deleted")
 
@@ -266,8 +266,8 @@ def test_a_truncated_tail_is_detected_in_the_bundle(tmp_path: Path) -> None:
             extend_chain()  # nothing is appended or signed on top of a cut
 
         def restore() -> None:
-            admin.execute(f"INSERT INTO audit_auditevent SELECT * FROM {events}")
-            admin.execute(f"INSERT INTO audit_chainlink SELECT * FROM {links}")
+            put_back(admin, "audit_auditevent", events)
+            put_back(admin, "audit_chainlink", links)
 
         return restore
 

@@ -56,3 +56,56 @@ def test_failed_sign_ins_name_no_secret() -> None:
     event = AuditEvent.objects.filter(kind=EventKind.AUTH_FAILED).order_by("-id").first()
     assert event is not None and event.actor is None
     assert "leaked-looking-token-value" not in str(event.details) + event.summary + event.statement
+
+
+def test_full_text_and_filters_on_table_phi_type_decision_agent_session_and_ticket() -> None:
+    owner = make_user(Role.ENGINEER)
+    agent, agent_api = agent_client(owner)
+    word = f"probe{agent.pk}"
+
+    def submit(sql: str) -> dict:  # type: ignore[type-arg]
+        return agent_api.post("/api/v1/queries", {"datasource": "clinic", "sql": sql}, format="json").json()
+
+    assert submit(f"SELECT id, ssn AS {word} FROM patients WHERE id = 1")["status"] == "executed"
+    assert submit(f"COPY (SELECT 1 AS {word}) TO PROGRAM 'true'")["status"] == "denied"
+    ticket_id = submit(f"DELETE FROM scratch WHERE id = 0 AND label = '{word}'")["ticket"]["id"]
+
+    officer_api = user_client(make_user(Role.COMPLIANCE))
+
+    def found(**filters: str) -> list[tuple[str, str]]:
+        response = officer_api.get("/api/v1/audit/events", {"agent": agent.name, **filters})
+        assert response.status_code == 200, response.content
+        return sorted((event["kind"], event["outcome"]) for event in response.json()["results"])
+
+    assert found(q=word) == [("query.denied", "denied"), ("query.submitted", "success"), ("ticket.created", "held")]
+    assert found(q=f"{word} -program") == [("query.submitted", "success"), ("ticket.created", "held")]
+    assert found(q=f'"{word} from patients"') == [("query.submitted", "success")]  # a phrase, in order
+    assert found(table="patients") == [("query.submitted", "success")]
+    assert found(table="public.scratch") == [("ticket.created", "held")]
+    assert found(phi_type="ssn") == [("query.executed", "success")]
+    assert found(phi_type="email") == []
+    assert found(decision="denied") == [("query.denied", "denied")]
+    assert found(decision="held") == [("ticket.created", "held")]
+    assert [kind for kind, _ in found(ticket=str(ticket_id))] == ["ticket.created"]
+    assert officer_api.get("/api/v1/audit/events", {"decision": "maybe"}).status_code == 400
+    assert officer_api.get("/api/v1/audit/events", {"ticket": "x"}).status_code == 400
+    session_day = f"http:agent-{agent.pk}:"
+    sessions = set(AuditEvent.objects.filter(agent_name=agent.name).values_list("session_id", flat=True))
+    assert len(sessions) == 1 and next(iter(sessions)).startswith(session_day)
+    assert {kind for kind, _ in found(session=next(iter(sessions)))} == {
+        "auth.succeeded",
+        "query.submitted",
+        "query.executed",
+        "query.denied",
+        "ticket.created",
+    }
+
+    agent_api.credentials(
+        HTTP_AUTHORIZATION=agent_api._credentials["HTTP_AUTHORIZATION"], HTTP_X_PHIGATE_SESSION="task-42"
+    )
+    submit("SELECT 1")
+    assert [kind for kind, _ in found(session="http:task-42")] == [
+        "auth.succeeded",
+        "query.executed",
+        "query.submitted",
+    ]
