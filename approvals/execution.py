@@ -25,7 +25,7 @@ from approvals.models import Status, Ticket
 from approvals.notify import publish_change_on_commit
 from approvals.statement_runner import DigestMismatch, LedgerEntry, RawResult, TargetError, ledger_entry, run_once
 from audit.models import EventKind, Outcome
-from audit.recorder import Context, record
+from audit.recorder import Context, masking_details, record
 from identity.principal import Principal
 from policy.catalog_cache import CatalogCache
 from policy.classifier import classify
@@ -90,7 +90,7 @@ def _finish(ticket: Ticket, *, status: Status, rowcount: int | None, result: dic
             details={
                 "rowcount": rowcount,
                 "error": error,
-                "masking": (result or {}).get("masking", {}),
+                **masking_details((result or {}).get("masking", {})),
                 "truncated": (result or {}).get("truncated", False),
             },
         )

@@ -13,12 +13,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.exceptions import PermissionDenied, ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from audit.models import AuditEvent, EventKind
 from audit.recorder import record
+from audit.search_paging import NewestFirst
 from identity.authentication import principal_of, request_context
 from identity.principal import Principal
 from identity.roles import Role, has_role
@@ -43,13 +43,6 @@ class AuditEventSerializer(serializers.ModelSerializer[AuditEvent]):
             "summary",
             "details",
         ]
-
-
-class NewestFirst(CursorPagination):
-    ordering = "-id"
-    page_size = 100
-    page_size_query_param = "page_size"
-    max_page_size = 1000
 
 
 def _moment(name: str, raw: str | None) -> datetime | None:

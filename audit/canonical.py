@@ -70,9 +70,9 @@ def chain_hash(previous: bytes, row: bytes) -> bytes:
     return hashlib.sha256(previous + row).digest()
 
 
-def checkpoint_message(seq: int, chain_value: bytes, signed_at: str) -> bytes:
-    """What a checkpoint's Ed25519 signature covers."""
-    return f"{CHECKPOINT_DOMAIN}\n{seq}\n{chain_value.hex()}\n{signed_at}\n".encode("ascii")
+def checkpoint_message(seq: int, chain_value: bytes, signed_at: str, reason: str) -> bytes:
+    """What a checkpoint's Ed25519 signature covers (the reason too: a purge anchor may end the chain)."""
+    return f"{CHECKPOINT_DOMAIN}\n{seq}\n{chain_value.hex()}\n{signed_at}\n{reason}\n".encode("ascii")
 
 
 def manifest_message(manifest_bytes: bytes) -> bytes:

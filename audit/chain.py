@@ -107,6 +107,10 @@ def extend_chain(*, checkpoint: CheckpointReason | None = CheckpointReason.PERIO
             position = (rows[-1][0], rows[-1][1])
             if len(rows) < PAGE:
                 break
+            if checkpoint is not None:
+                # A long pass (a backlog) still gets a signed position every PAGE links, so an evidence
+                # bundle's segment never has to reach far beyond the events it holds.
+                sign_checkpoint(cursor, seq, value, checkpoint)
         if checkpoint is not None and (added or checkpoint != CheckpointReason.PERIODIC) and seq > 0:
             sign_checkpoint(cursor, seq, value, checkpoint)
     return added
@@ -116,10 +120,10 @@ def sign_checkpoint(cursor, seq: int, value: bytes, reason: CheckpointReason) ->
     """Sign the chain value at ``seq`` (once: a second checkpoint at the same position is not needed)."""
     key = signing.signing_key()
     signed_at = timezone.now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    signature = key.sign(checkpoint_message(seq, value, signed_at))
+    signature = key.sign(checkpoint_message(seq, value, signed_at, str(reason)))
     cursor.execute(
         "INSERT INTO audit_checkpoint (seq, chain_hash, signed_at, key_id, signature, reason) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (seq) DO NOTHING",
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (seq, reason) DO NOTHING",
         [seq, value, signed_at, signing.signing_key_id(), signature, str(reason)],
     )
 
@@ -159,15 +163,17 @@ def verify_chain() -> Verdict:
     """Check the whole chain and its checkpoints against the trusted public key; name the first problem."""
     public_raw = signing.public_raw(signing.trusted_public_key())
     trusted_id = key_id(public_raw)
-    checkpoints = {
-        seq: (bytes(value), signed_at, kid, bytes(signature))
-        for seq, value, signed_at, kid, signature in Checkpoint.objects.values_list(
-            "seq", "chain_hash", "signed_at", "key_id", "signature"
-        )
-    }
-    for seq, (value, signed_at, kid, signature) in sorted(checkpoints.items()):
-        if kid != trusted_id or not verify_signature(public_raw, signature, checkpoint_message(seq, value, signed_at)):
-            return Verdict(False, 0, len(checkpoints), f"checkpoint at seq {seq} has an invalid signature")
+    rows = list(Checkpoint.objects.values_list("seq", "chain_hash", "signed_at", "key_id", "signature", "reason"))
+    checkpoints: dict[int, bytes] = {}
+    purge_anchors: set[int] = set()
+    for seq, value, signed_at, kid, signature, reason in sorted(rows):
+        message = checkpoint_message(seq, bytes(value), signed_at, reason)
+        if kid != trusted_id or not verify_signature(public_raw, bytes(signature), message):
+            return Verdict(False, 0, len(rows), f"checkpoint at seq {seq} has an invalid signature")
+        if checkpoints.setdefault(seq, bytes(value)) != bytes(value):
+            return Verdict(False, 0, len(rows), f"two checkpoints at seq {seq} sign different values")
+        if reason == CheckpointReason.PURGE:
+            purge_anchors.add(seq)
 
     count = 0
     expected_seq: int | None = None
@@ -181,53 +187,57 @@ def verify_chain() -> Verdict:
                     return Verdict(
                         False,
                         count,
-                        len(checkpoints),
+                        len(rows),
                         f"the chain starts at seq {seq} with no signed "
                         f"checkpoint at seq {seq - 1}: its beginning was removed",
                         event_id,
                     )
-                value = anchor[0]
+                value = anchor
         elif seq != expected_seq:
             return Verdict(
                 False,
                 count,
-                len(checkpoints),
+                len(rows),
                 f"links {expected_seq}..{seq - 1} are missing (before event {event_id})",
                 event_id,
             )
         if not present:
-            return Verdict(False, count, len(checkpoints), f"event {event_id} (seq {seq}) was deleted", event_id)
+            return Verdict(False, count, len(rows), f"event {event_id} (seq {seq}) was deleted", event_id)
         digest = row_hash(fields)
         if digest != bytes(stored_row):
-            return Verdict(False, count, len(checkpoints), f"event {event_id} (seq {seq}) was altered", event_id)
+            return Verdict(False, count, len(rows), f"event {event_id} (seq {seq}) was altered", event_id)
         value = chain_hash(value, digest)
         if value != bytes(stored_chain):
             return Verdict(
                 False,
                 count,
-                len(checkpoints),
+                len(rows),
                 f"the chain breaks at event {event_id} (seq {seq}): links were reordered, removed "
                 "or inserted before it",
                 event_id,
             )
         signed = checkpoints.get(seq)
-        if signed is not None and signed[0] != value:
+        if signed is not None and signed != value:
             return Verdict(
                 False,
                 count,
-                len(checkpoints),
+                len(rows),
                 f"event {event_id} (seq {seq}) does not match the signed checkpoint at seq {seq}",
                 event_id,
             )
         expected_seq, last_event, count = seq + 1, event_id, count + 1
 
-    chained_to = (expected_seq or 1) - 1
+    if expected_seq is not None:
+        chained_to = expected_seq - 1
+    else:  # no links at all: legitimate only when a purge removed everything up to the newest checkpoint
+        newest = max(checkpoints, default=0)
+        chained_to = newest if newest in purge_anchors else 0
     beyond = [seq for seq in checkpoints if seq > chained_to]
     if beyond:
         return Verdict(
             False,
             count,
-            len(checkpoints),
+            len(rows),
             f"a checkpoint signed seq {max(beyond)} but the chain ends at seq {chained_to}: "
             "events were removed from the tail",
             last_event,
@@ -237,11 +247,11 @@ def verify_chain() -> Verdict:
         return Verdict(
             False,
             count,
-            len(checkpoints),
+            len(rows),
             f"event {orphan} is older than the chain's end but not in the chain (its link was removed)",
             orphan,
         )
-    return Verdict(True, count, len(checkpoints))
+    return Verdict(True, count, len(rows))
 
 
 def _unchained_event_before_head() -> int | None:

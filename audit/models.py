@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchQuery, SearchVector, SearchVectorField
@@ -75,7 +73,7 @@ class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
 
     def masking_phi_type(self, phi_type: str) -> AuditEventQuerySet:
         """Reads whose result carried a column of this PHI type (masked)."""
-        return self.filter(details__path_exists=f"$.masking.* ? (@.phi_type == {json.dumps(phi_type)})")
+        return self.filter(details__contains={"phi_types": [phi_type]})
 
     def with_verdict(self, verdict: str) -> AuditEventQuerySet:
         return self.filter(details__contains={"verdict": verdict})
@@ -128,6 +126,8 @@ class AuditEvent(models.Model):
             # Tables touched, PHI types masked, verdicts: containment (@>) and jsonpath (@?) filters on details.
             GinIndex(fields=["details"], opclasses=["jsonb_path_ops"], name="audit_details_paths"),
             models.Index(fields=["agent_name", "occurred_at"], name="audit_agent_time"),
+            models.Index(fields=["actor_name", "occurred_at"], name="audit_actor_name_time"),
+            models.Index(fields=["kind", "occurred_at"], name="audit_kind_time"),
             models.Index(fields=["session_id", "id"], condition=~Q(session_id=""), name="audit_session"),
         ]
         constraints = [
@@ -184,7 +184,7 @@ class Checkpoint(models.Model):
     """A signed statement "the chain's value at position ``seq`` was ``chain_hash``", made with a key held
     outside the database, so rewriting history or cutting the tail cannot be hidden by recomputing hashes."""
 
-    seq = models.BigIntegerField(unique=True)
+    seq = models.BigIntegerField()
     chain_hash = models.BinaryField(max_length=32)
     signed_at = models.CharField(max_length=32)  # the exact text that was signed (ISO 8601, UTC)
     key_id = models.CharField(max_length=16)
@@ -194,6 +194,8 @@ class Checkpoint(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(seq__gte=1), name="audit_checkpoint_seq_positive"),
+            # One per position and reason: a purge anchor may share its position with a periodic checkpoint.
+            models.UniqueConstraint(fields=["seq", "reason"], name="audit_checkpoint_once"),
             models.CheckConstraint(
                 condition=Q(reason__in=[choice.value for choice in CheckpointReason]),
                 name="audit_checkpoint_reason_known",

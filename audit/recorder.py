@@ -60,6 +60,15 @@ def event_row(
     }
 
 
+def masking_details(masking: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    """How a result was masked, for an event's details: per column, and the PHI types as a flat list that the
+    search's GIN index can match by containment."""
+    return {
+        "masking": {column: dict(spec) for column, spec in masking.items()},
+        "phi_types": sorted({str(spec.get("phi_type", "")) for spec in masking.values()} - {""}),
+    }
+
+
 def record(kind: EventKind, **fields: Any) -> AuditEvent:
     """Insert one event now (ORM), in the caller's transaction. Takes ``event_row``'s arguments;
     ``attempted_name`` names who a failed authentication claimed to be."""

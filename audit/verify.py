@@ -78,7 +78,7 @@ def verify_segment(
     signed: dict[int, bytes] = {}
     for checkpoint in checkpoints:
         seq, value = int(checkpoint["seq"]), bytes.fromhex(checkpoint["chain_hash"])
-        message = checkpoint_message(seq, value, checkpoint["signed_at"])
+        message = checkpoint_message(seq, value, checkpoint["signed_at"], checkpoint["reason"])
         if checkpoint.get("key_id") != key_id(public_key_raw) or not verify_signature(
             public_key_raw, bytes.fromhex(checkpoint["signature"]), message
         ):

@@ -25,7 +25,7 @@ from approvals.models import Ticket
 from approvals.params import StatementParams
 from approvals.rules import required_approvals
 from audit.models import EventKind, Outcome
-from audit.recorder import Context, record
+from audit.recorder import Context, masking_details, record
 from gateway.read_executor import ReadExecutor
 from identity.principal import Principal
 from policy.catalog_cache import CatalogCache
@@ -311,7 +311,7 @@ def audit_result(
                 "submitted_event": submitted_event,
                 "rowcount": rowcount,
                 "truncated": truncated,
-                "masking": masking,
+                **masking_details(masking),
                 "result_sha256": result_sha256,
                 "duration_ms": duration_ms,
             },

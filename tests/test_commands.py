@@ -77,3 +77,24 @@ def test_inactive_owner_disables_the_agent() -> None:
     owner.is_active = False
     owner.save()
     assert api_client(token).get("/api/v1/tickets/1").status_code == 401
+
+
+def test_revoke_token_stops_the_agent_and_the_users_api_tokens_and_is_audited() -> None:
+    owner = make_user(Role.ENGINEER)
+    agent, agent_token = Agent.issue(owner=owner, name=f"to-revoke-{owner.pk}")
+    _, api_token = ApiToken.issue(user=owner)
+    assert api_client(agent_token).get("/api/v1/tickets/999999").status_code == 404
+    result = run_command("revoke_token", "--agent", agent.name)
+    assert result.returncode == 0, result.stderr
+    assert api_client(agent_token).get("/api/v1/tickets/999999").status_code == 401
+    revoked = AuditEvent.objects.get(kind=EventKind.TOKEN_REVOKED, agent=agent)
+    assert revoked.actor == owner and revoked.front == "cli"
+    with pytest.raises(CommandError, match="already revoked"):
+        call_command("revoke_token", "--agent", agent.name)
+
+    assert api_client(api_token).get("/api/v1/tickets/999999").status_code == 404
+    call_command("revoke_token", "--user", owner.username)
+    assert api_client(api_token).get("/api/v1/tickets/999999").status_code == 401
+    assert AuditEvent.objects.filter(kind=EventKind.TOKEN_REVOKED, actor=owner, agent=None).count() == 1
+    with pytest.raises(CommandError, match="no unrevoked"):
+        call_command("revoke_token", "--user", owner.username)

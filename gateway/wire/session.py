@@ -29,7 +29,7 @@ from typing import Any
 from approvals.params import StatementParams
 from audit.batch_writer import AuditBatchWriter
 from audit.models import EventKind
-from audit.recorder import Context, event_row
+from audit.recorder import Context, event_row, masking_details
 from gateway.decision_cache import DecisionCache
 from gateway.pgwire.backend import (
     AuthenticationOk,
@@ -775,7 +775,7 @@ class WireSession:
                 "statement_id": item.statement_id,
                 "rowcount": meter.rows,
                 "truncated": False,
-                "masking": meter.masking,
+                **masking_details(meter.masking),
                 "result_sha256": meter.digest.hexdigest(),
                 "duration_ms": round((time.monotonic() - meter.started) * 1000, 2),
             },
