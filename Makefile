@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint services venv clean
+.PHONY: demo test lint services system-packages venv clean
 
 venv: $(STAMP)
 
@@ -25,11 +25,17 @@ services:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 	@for i in $$(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done; redis-cli -h 127.0.0.1 -p 6379 ping
 
+# Debian packages the tests drive: Chromium for the browser tests (Playwright never downloads a browser).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-packages:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	DJANGO_SECRET_KEY=lint-only DATABASE_URL=postgresql://lint@127.0.0.1/lint $(VENV)/bin/mypy
 
-test: $(STAMP) services lint
+test: $(STAMP) services system-packages lint
 	$(VENV)/bin/pytest
 
 clean:

@@ -25,6 +25,7 @@ from approvals.models import Status, Ticket
 from approvals.notify import publish_change_on_commit
 from approvals.statement_runner import DigestMismatch, LedgerEntry, RawResult, TargetError, ledger_entry, run_once
 from audit.models import EventKind, Outcome
+from audit.preview import result_preview
 from audit.recorder import Context, masking_details, record
 from identity.principal import Principal
 from policy.catalog_cache import CatalogCache
@@ -91,6 +92,7 @@ def _finish(ticket: Ticket, *, status: Status, rowcount: int | None, result: dic
                 "rowcount": rowcount,
                 "error": error,
                 **masking_details((result or {}).get("masking", {})),
+                "preview": result_preview((result or {}).get("columns", []), (result or {}).get("rows", [])),
                 "truncated": (result or {}).get("truncated", False),
             },
         )

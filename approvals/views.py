@@ -54,6 +54,7 @@ def ticket_detail(request: HttpRequest, ticket_id: int) -> HttpResponse:
             "reviews": ticket.reviews.select_related("reviewer"),
             "refusal": review_refusal(ticket, principal),
             "can_review": ticket.status == Status.PENDING and review_refusal(ticket, principal) is None,
+            "can_replay": has_role(request.user, Role.COMPLIANCE),  # type: ignore[arg-type]
         },
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchQuery, SearchVector, SearchVectorField
@@ -199,5 +201,48 @@ class Checkpoint(models.Model):
             models.CheckConstraint(
                 condition=Q(reason__in=[choice.value for choice in CheckpointReason]),
                 name="audit_checkpoint_reason_known",
+            ),
+        ]
+
+
+class ExportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class EvidenceExportQuerySet(models.QuerySet["EvidenceExport"]):
+    def of(self, user: Any) -> EvidenceExportQuerySet:
+        return self.filter(requested_by=user).order_by("-id")
+
+
+class EvidenceExport(models.Model):
+    """An evidence bundle asked for in the UI, built by a Celery task that reports its progress here."""
+
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    filters = models.JSONField()
+    status = models.CharField(max_length=10, choices=ExportStatus.choices, default=ExportStatus.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0)
+    message = models.TextField(blank=True)
+    file_name = models.CharField(max_length=100, blank=True)
+    events = models.IntegerField(null=True, blank=True)
+    chain_ok = models.BooleanField(null=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = EvidenceExportQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(progress__lte=100), name="export_progress_percent"),
+            models.CheckConstraint(
+                condition=Q(status__in=[choice.value for choice in ExportStatus]), name="export_status_known"
+            ),
+            # A finished export has a finish time; an unfinished one does not.
+            models.CheckConstraint(
+                condition=Q(status__in=["done", "failed"], finished_at__isnull=False)
+                | Q(status__in=["queued", "running"], finished_at__isnull=True),
+                name="export_finished_when_done",
             ),
         ]

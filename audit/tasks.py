@@ -10,3 +10,10 @@ from audit import chain
 @shared_task(name="audit.extend_chain")
 def extend_chain_task() -> int:
     return chain.extend_chain()
+
+
+@shared_task(name="audit.run_export")
+def run_export_task(export_id: int) -> str:
+    from audit.evidence_jobs import run_export
+
+    return run_export(export_id)

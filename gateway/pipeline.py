@@ -25,6 +25,7 @@ from approvals.models import Ticket
 from approvals.params import StatementParams
 from approvals.rules import required_approvals
 from audit.models import EventKind, Outcome
+from audit.preview import result_preview
 from audit.recorder import Context, masking_details, record
 from gateway.read_executor import ReadExecutor
 from identity.principal import Principal
@@ -298,6 +299,7 @@ def audit_result(
     masking: dict[str, dict[str, str]],
     result_sha256: str,
     duration_ms: float,
+    sample: dict[str, object] | None = None,
 ) -> None:
     assert decision.datasource is not None
     with transaction.atomic():
@@ -314,6 +316,7 @@ def audit_result(
                 **masking_details(masking),
                 "result_sha256": result_sha256,
                 "duration_ms": duration_ms,
+                "preview": sample or {"columns": [], "rows": []},
             },
         )
 
@@ -391,6 +394,7 @@ def _run_allowed_read(
         masking=masking,
         result_sha256=hashlib.sha256(sent).hexdigest(),
         duration_ms=round((time.monotonic() - started) * 1000, 2),
+        sample=result_preview(raw.columns, rows),
     )
     return StatementOutcome(
         status="executed",

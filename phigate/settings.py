@@ -124,6 +124,8 @@ AUDIT_SIGNING_KEY = env.get_str("AUDIT_SIGNING_KEY")
 AUDIT_PUBLIC_KEY = env.get_str("AUDIT_PUBLIC_KEY")
 AUDIT_CHAIN_INTERVAL_SECONDS = env.get_int("AUDIT_CHAIN_INTERVAL_SECONDS", 5, minimum=1)
 # HIPAA asks for six years; the database refuses to purge anything younger whatever this says.
+# Where evidence bundles asked for in the UI are written (by the executor) and served from (by web).
+EVIDENCE_DIR = Path(env.get_str("EVIDENCE_DIR", str(BASE_DIR / "var" / "evidence")) or "")
 AUDIT_RETENTION_DAYS = env.get_int("AUDIT_RETENTION_DAYS", 6 * 366, minimum=6 * 366)
 
 # --- Celery (executor) ----------------------------------------------------------------------------------------

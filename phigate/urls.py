@@ -9,6 +9,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from approvals import api as ticket_api
 from approvals import views as reviewer_views
+from audit import views as audit_views
 from audit.api import AuditEventListView
 from gateway.http_front import QueryView
 from identity.views import LoginView
@@ -35,6 +36,12 @@ urlpatterns = [
     path("", reviewer_views.queue, name="queue"),
     path("tickets/<int:ticket_id>/", reviewer_views.ticket_detail, name="ticket-detail"),
     path("tickets/<int:ticket_id>/review", reviewer_views.review, name="ticket-review"),
+    path("audit/", audit_views.search_page, name="audit-search"),
+    path("audit/sessions/<path:session_id>/", audit_views.session_replay, name="audit-replay"),
+    path("audit/exports/", audit_views.export_start, name="audit-export-start"),
+    path("audit/exports/<int:export_id>/", audit_views.export_page, name="audit-export"),
+    path("audit/exports/<int:export_id>/progress", audit_views.export_progress, name="audit-export-progress"),
+    path("audit/exports/<int:export_id>/download", audit_views.export_download, name="audit-export-download"),
     path("admin/", admin.site.urls),
     path("accounts/login/", LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -106,3 +106,37 @@ def services(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield running
     running.worker.stop()  # type: ignore[attr-defined]
     running.gateway.stop()  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Web:
+    url: str
+
+
+@pytest.fixture(scope="session")
+def web(services: Services) -> Iterator[Web]:
+    """The real web process (uvicorn on the ASGI application), for browser tests."""
+    from tests import services as svc
+
+    process, port = svc.web(services.log_dir)
+    yield Web(url=f"http://127.0.0.1:{port}")
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[object]:
+    """Debian's Chromium driven by Playwright (never a downloaded browser)."""
+    import os
+
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop running in this thread; the test's own ORM calls are still
+    # plain synchronous code (Django's documented escape hatch for exactly this case).
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()

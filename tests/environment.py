@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
+from pathlib import Path
 
 RUN_ID = f"{os.getpid()}"
 ADMIN_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -31,6 +33,7 @@ COMMON_ENV = {
     "REDIS_URL": REDIS_URL,
     "PSEUDONYM_KEY": secrets.token_hex(32),
     "AUDIT_SIGNING_KEY": secrets.token_hex(32),  # any 32 bytes are an Ed25519 seed
+    "EVIDENCE_DIR": str(Path(tempfile.gettempdir()) / f"phigate-evidence-{RUN_ID}"),
     "LOCAL_LOGIN": "True",
     "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
     "PUBLIC_URL": "http://testserver",

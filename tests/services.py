@@ -127,3 +127,17 @@ def worker(write_url: str, log_dir: Path, name: str = "worker") -> Service:
 
     wait_until(answered, 60, interval=0.2, what=f"celery {name} to answer ping")
     return service
+
+
+def web(log_dir: Path, name: str = "web") -> tuple[Service, int]:
+    """The ASGI web process, as the README starts it: no target credential in its environment."""
+    port = free_port()
+    service = Service(
+        name,
+        [sys.executable, "-m", "uvicorn", "phigate.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
+        {},
+        log_dir,
+    ).start()
+    wait_until(lambda: port_open(port) or not service.alive(), 30, what="web to listen")
+    assert service.alive(), service.log_tail()
+    return service, port

@@ -29,6 +29,7 @@ from typing import Any
 from approvals.params import StatementParams
 from audit.batch_writer import AuditBatchWriter
 from audit.models import EventKind
+from audit.preview import PREVIEW_ROWS, wire_value
 from audit.recorder import Context, event_row, masking_details
 from gateway.decision_cache import DecisionCache
 from gateway.pgwire.backend import (
@@ -186,6 +187,14 @@ class ResultMeter:
     rows: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
     masking: dict[str, dict[str, str]] = field(default_factory=dict)
+    columns: list[str] = field(default_factory=list)
+    preview: list[list[str | None]] = field(default_factory=list)
+
+    def keep_preview(self, row: DataRow, fields: tuple[FieldDescription, ...]) -> None:
+        """The first rows as sent (already masked), for session replay."""
+        if len(self.preview) < PREVIEW_ROWS:
+            formats = [f.format for f in fields] if len(fields) == len(row.values) else [0] * len(row.values)
+            self.preview.append([wire_value(value, fmt == 1) for value, fmt in zip(row.values, formats, strict=True)])
 
 
 @dataclass(frozen=True)
@@ -662,7 +671,10 @@ class WireSession:
             if isinstance(message, RowDescription):
                 description, plan, fields = self._describe_result(message, item)
                 if item.kind == "query":
-                    meter = ResultMeter(masking=plan.describe([f.name for f in message.fields]) if plan else {})
+                    meter = ResultMeter(
+                        masking=plan.describe([f.name for f in message.fields]) if plan else {},
+                        columns=[f.name for f in message.fields],
+                    )
                 self._write(description, item)
                 if item.kind in ("describe_statement", "describe_portal"):
                     return
@@ -675,9 +687,13 @@ class WireSession:
                     if plan is None and item.portal is not None:
                         plan, fields = self._portal_plan(item.portal)
                     if meter is None:
-                        meter = ResultMeter(masking=plan.describe([f.name for f in fields]) if plan else {})
+                        meter = ResultMeter(
+                            masking=plan.describe([f.name for f in fields]) if plan else {},
+                            columns=[f.name for f in fields],
+                        )
                     row = _mask_row(message, plan, fields) if plan is not None and not plan.is_identity else message
                     encoded = row.encode()
+                    meter.keep_preview(row, fields)
                     meter.rows += 1
                     meter.digest.update(encoded)
                     self.out.append(encoded)
@@ -778,6 +794,7 @@ class WireSession:
                 **masking_details(meter.masking),
                 "result_sha256": meter.digest.hexdigest(),
                 "duration_ms": round((time.monotonic() - meter.started) * 1000, 2),
+                "preview": {"columns": meter.columns, "rows": meter.preview},
             },
         )
         self.audit.submit(row, urgent=False)

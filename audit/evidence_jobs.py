@@ -1,0 +1,96 @@
+"""Evidence exports asked for in the UI: queued as a row, built by the executor, progress reported back.
+
+The bundle is written under ``EVIDENCE_DIR``, which the web process serves from: in the demo both run on one
+machine; a deployment mounts the same volume (or swaps this for object storage).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from audit.evidence import ExportFilters, export_evidence
+from audit.models import EvidenceExport, ExportStatus
+from audit.recorder import Context
+from identity.principal import Principal
+
+log = logging.getLogger(__name__)
+_PROGRESS_EVERY_SECONDS = 0.5
+
+
+def bundle_path(export: EvidenceExport) -> Path:
+    return Path(settings.EVIDENCE_DIR) / export.file_name
+
+
+def request_export(principal: Principal, filters: ExportFilters, context: Context) -> EvidenceExport:
+    """Queue an export; the task starts only once the row is committed."""
+    from audit.tasks import run_export_task
+
+    with transaction.atomic():
+        export = EvidenceExport.objects.create(
+            requested_by=principal.human, filters={**filters.as_manifest(), "source_address": context.source_address}
+        )
+        transaction.on_commit(lambda: run_export_task.delay(export.pk))
+    return export
+
+
+def _moment(text: str) -> datetime:
+    moment = parse_datetime(text)
+    if moment is None:
+        raise ValueError(f"bad date-time {text!r}")
+    return moment
+
+
+def run_export(export_id: int) -> str:
+    """Build one queued export. Runs once: a second delivery of the task finds it no longer queued."""
+    if not EvidenceExport.objects.filter(pk=export_id, status=ExportStatus.QUEUED).update(status=ExportStatus.RUNNING):
+        return "not queued"
+    export = EvidenceExport.objects.select_related("requested_by").get(pk=export_id)
+    filters = ExportFilters(
+        since=_moment(export.filters["since"]),
+        until=_moment(export.filters["until"]),
+        user=export.filters.get("user") or None,
+        datasource=export.filters.get("datasource") or None,
+    )
+    name = f"evidence-{export.pk}-{timezone.now():%Y%m%dT%H%M%S}.zip"
+    last_report = 0.0
+
+    def progress(percent: int, what: str) -> None:
+        nonlocal last_report
+        now = time.monotonic()
+        if percent < 100 and now - last_report < _PROGRESS_EVERY_SECONDS:
+            return
+        last_report = now
+        EvidenceExport.objects.filter(pk=export_id).update(progress=min(percent, 99), message=what)
+
+    try:
+        result = export_evidence(
+            filters,
+            Path(settings.EVIDENCE_DIR) / name,
+            requested_by=Principal(human=export.requested_by),
+            context=Context(front="web", source_address=export.filters.get("source_address")),
+            progress=progress,
+        )
+    except Exception as exc:
+        log.exception("evidence export %s failed", export_id)
+        EvidenceExport.objects.filter(pk=export_id).update(
+            status=ExportStatus.FAILED, message=f"failed: {type(exc).__name__}", finished_at=timezone.now()
+        )
+        return "failed"
+    EvidenceExport.objects.filter(pk=export_id).update(
+        status=ExportStatus.DONE,
+        progress=100,
+        file_name=name,
+        events=result.events,
+        chain_ok=result.chain_ok,
+        message=result.chain_status,
+        finished_at=timezone.now(),
+    )
+    return "done"

@@ -1,0 +1,99 @@
+"""Session replay: a session's audit events folded into steps (a statement with its decision and its result),
+with the reviews of its tickets merged in, in time order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from audit.models import AuditEvent
+
+_RESULT_KINDS = frozenset({"query.executed", "query.failed"})
+
+
+@dataclass
+class Step:
+    at: datetime
+    kind: str
+    actor: str
+    outcome: str
+    summary: str
+    statement: str = ""
+    verdict: str = ""
+    reasons: list[str] = field(default_factory=list)
+    ticket_id: int | None = None
+    rows: int | None = None
+    duration_ms: float | None = None
+    masking: dict[str, Any] = field(default_factory=dict)
+    preview: dict[str, Any] = field(default_factory=dict)
+    result_sha256: str = ""
+    other_session: bool = False
+    event_ids: list[int] = field(default_factory=list)
+    offset_ms: int = 0
+
+
+def _who(event: AuditEvent) -> str:
+    return event.actor_name + (f" via {event.agent_name}" if event.agent_name else "")
+
+
+def _step(event: AuditEvent, other_session: bool = False) -> Step:
+    details = event.details or {}
+    return Step(
+        at=event.occurred_at,
+        kind=event.kind,
+        actor=_who(event),
+        outcome=event.outcome,
+        summary=event.summary,
+        statement=event.statement,
+        verdict=str(details.get("verdict", "")),
+        reasons=[str(reason) for reason in details.get("reasons", [])],
+        ticket_id=event.ticket_id,
+        other_session=other_session,
+        event_ids=[event.pk],
+    )
+
+
+def _attach_result(step: Step, event: AuditEvent) -> None:
+    details = event.details or {}
+    step.rows = details.get("rowcount")
+    step.duration_ms = details.get("duration_ms")
+    step.masking = details.get("masking") or {}
+    step.preview = details.get("preview") or {}
+    step.result_sha256 = str(details.get("result_sha256", ""))
+    step.event_ids.append(event.pk)
+    if event.kind == "query.failed":
+        step.outcome = event.outcome
+        step.summary = f"{step.summary}; {event.summary}"
+
+
+def replay_steps(events: Sequence[AuditEvent], approvals: Sequence[AuditEvent] = ()) -> list[Step]:
+    steps: list[Step] = []
+    by_statement: dict[str, Step] = {}
+    by_submitted_event: dict[int, Step] = {}
+    for event in events:
+        details = event.details or {}
+        if event.kind in _RESULT_KINDS:
+            owner = by_statement.get(str(details.get("statement_id", ""))) or by_submitted_event.get(
+                int(details.get("submitted_event") or 0)
+            )
+            if owner is not None:
+                _attach_result(owner, event)
+                continue
+        step = _step(event)
+        if event.kind in _RESULT_KINDS:
+            _attach_result(step, event)
+            step.event_ids = step.event_ids[:1]
+        steps.append(step)
+        if event.kind == "query.submitted":
+            by_submitted_event[event.pk] = step
+            if details.get("statement_id"):
+                by_statement[str(details["statement_id"])] = step
+    steps.extend(_step(event, other_session=True) for event in approvals)
+    steps.sort(key=lambda step: (step.at, step.event_ids[0]))
+    if steps:
+        start = steps[0].at
+        for step in steps:
+            step.offset_ms = int((step.at - start).total_seconds() * 1000)
+    return steps

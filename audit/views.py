@@ -1,0 +1,185 @@
+"""Compliance pages: audit search, session replay, evidence exports with progress. Compliance officers only;
+every search, replay and export is itself an audit event."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.dateparse import parse_date
+from django.views.decorators.http import require_POST
+from rest_framework.exceptions import ValidationError
+
+from audit.api import SEARCH_FILTERS, search
+from audit.evidence import ExportFilters
+from audit.evidence_jobs import bundle_path, request_export
+from audit.models import AuditEvent, EventKind, EvidenceExport, ExportStatus
+from audit.recorder import Context, record
+from audit.replay import replay_steps
+from audit.search_paging import newest_ids
+from identity.principal import Principal
+from identity.roles import Role, has_role
+
+PAGE = 50
+
+
+def _context(request: HttpRequest) -> Context:
+    return Context(front="web", source_address=request.META.get("REMOTE_ADDR") or None)
+
+
+def _compliance(request: HttpRequest) -> Principal:
+    """The signed-in compliance officer, or 403 (explicit, not a silent empty page)."""
+    if not has_role(request.user, Role.COMPLIANCE):  # type: ignore[arg-type]
+        raise PermissionDenied("the audit trail is for compliance officers")
+    return Principal(human=request.user)  # type: ignore[arg-type]
+
+
+@login_required
+def search_page(request: HttpRequest) -> HttpResponse:
+    principal = _compliance(request)
+    filters = {name: request.GET[name].strip() for name in SEARCH_FILTERS if request.GET.get(name, "").strip()}
+    error = ""
+    events: list[AuditEvent] = []
+    older: int | None = None
+    try:
+        queryset = search(filters)
+        before = request.GET.get("before", "")
+        if before.isdigit():
+            queryset = queryset.filter(id__lt=int(before))
+        ids = newest_ids(queryset, PAGE + 1)
+        older = ids[PAGE - 1] if len(ids) > PAGE else None
+        by_id = AuditEvent.objects.in_bulk(ids[:PAGE])
+        events = [by_id[pk] for pk in ids[:PAGE]]
+    except ValidationError as exc:
+        error = "; ".join(f"{key}: {value}" for key, value in _flatten(exc.detail).items())
+    with transaction.atomic():
+        record(
+            EventKind.AUDIT_SEARCHED,
+            principal=principal,
+            context=_context(request),
+            summary="audit search (web)",
+            details={"filters": filters},
+        )
+    return render(
+        request,
+        "audit/search.html",
+        {
+            "filters": filters,
+            "fields": [(name, text, filters.get(name, "")) for name, text in SEARCH_FILTERS.items()],
+            "events": events,
+            "older": older,
+            "error": error,
+            "exports": EvidenceExport.objects.of(principal.human)[:5],
+            "today": timezone.now().date(),
+        },
+    )
+
+
+def _flatten(detail: Any) -> dict[str, str]:
+    if isinstance(detail, dict):
+        return {
+            key: " ".join(str(item) for item in (value if isinstance(value, list) else [value]))
+            for key, value in detail.items()
+        }
+    return {"filters": str(detail)}
+
+
+@login_required
+def session_replay(request: HttpRequest, session_id: str) -> HttpResponse:
+    principal = _compliance(request)
+    events = list(AuditEvent.objects.for_session(session_id)[:2000])
+    if not events:
+        raise Http404("no such session")
+    ticket_ids = {event.ticket_id for event in events if event.ticket_id is not None}
+    approvals = list(AuditEvent.objects.filter(ticket_id__in=ticket_ids).exclude(session_id=session_id).order_by("id"))
+    with transaction.atomic():
+        record(
+            EventKind.AUDIT_REPLAYED,
+            principal=principal,
+            context=_context(request),
+            summary=f"session {session_id} replayed",
+            details={"session": session_id, "events": len(events)},
+        )
+    steps = replay_steps(events, approvals)
+    first = events[0]
+    return render(
+        request,
+        "audit/replay.html",
+        {"session_id": session_id, "steps": steps, "first": first, "last": events[-1], "count": len(events)},
+    )
+
+
+def _day(raw: str, name: str, default: datetime) -> datetime:
+    if not raw:
+        return default
+    day = parse_date(raw)
+    if day is None:
+        raise ValidationError({name: "a date (YYYY-MM-DD)"})
+    return timezone.make_aware(datetime.combine(day, time.min))
+
+
+@login_required
+@require_POST
+def export_start(request: HttpRequest) -> HttpResponse:
+    principal = _compliance(request)
+    now = timezone.now()
+    try:
+        since = _day(request.POST.get("since", ""), "since", now - timedelta(days=30))
+        until = _day(request.POST.get("until", ""), "until", now + timedelta(days=1))
+    except ValidationError:
+        return HttpResponseBadRequest("since and until must be dates (YYYY-MM-DD)")
+    if until <= since:
+        return HttpResponseBadRequest("until must be after since")
+    filters = ExportFilters(
+        since=since,
+        until=until,
+        user=request.POST.get("actor", "").strip() or None,
+        datasource=request.POST.get("datasource", "").strip() or None,
+    )
+    export = request_export(principal, filters, _context(request))
+    return redirect("audit-export", export_id=export.pk)
+
+
+def _own_export(request: HttpRequest, export_id: int) -> EvidenceExport:
+    officer = _compliance(request)
+    export = EvidenceExport.objects.filter(pk=export_id, requested_by=officer.human).first()
+    if export is None:
+        raise Http404("no such export")
+    return export
+
+
+@login_required
+def export_page(request: HttpRequest, export_id: int) -> HttpResponse:
+    return render(request, "audit/export.html", {"export": _own_export(request, export_id)})
+
+
+@login_required
+def export_progress(request: HttpRequest, export_id: int) -> JsonResponse:
+    export = _own_export(request, export_id)
+    return JsonResponse(
+        {
+            "status": export.status,
+            "progress": export.progress,
+            "message": export.message,
+            "events": export.events,
+            "chain_ok": export.chain_ok,
+            "download": export.status == ExportStatus.DONE,
+        }
+    )
+
+
+@login_required
+def export_download(request: HttpRequest, export_id: int) -> FileResponse:
+    export = _own_export(request, export_id)
+    if export.status != ExportStatus.DONE:
+        raise Http404("not ready")
+    path = bundle_path(export)
+    if not path.is_file():
+        raise Http404("the bundle is no longer there")
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=export.file_name)
