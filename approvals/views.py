@@ -12,13 +12,9 @@ from approvals.lifecycle import TransitionConflict, expire_if_overdue, expire_ov
 from approvals.models import Decision, Status, Ticket
 from approvals.review import ReviewForbidden, submit_review
 from approvals.rules import can_view, review_refusal
-from audit.recorder import Context
+from identity.authentication import web_context
 from identity.principal import Principal
 from identity.roles import Role, has_role
-
-
-def _context(request: HttpRequest) -> Context:
-    return Context(front="web", source_address=request.META.get("REMOTE_ADDR") or None)
 
 
 @login_required
@@ -71,7 +67,7 @@ def review(request: HttpRequest, ticket_id: int) -> HttpResponse:
         messages.error(request, "Choose approve or reject.")
         return redirect("ticket-detail", ticket_id=ticket_id)
     try:
-        submit_review(ticket_id, principal, decision, request.POST.get("comment", "").strip(), _context(request))
+        submit_review(ticket_id, principal, decision, request.POST.get("comment", "").strip(), web_context(request))
     except ReviewForbidden as exc:
         return HttpResponse(str(exc), status=403)
     except TransitionConflict as exc:

@@ -20,17 +20,14 @@ from audit.api import SEARCH_FILTERS, search
 from audit.evidence import ExportFilters
 from audit.evidence_jobs import bundle_path, request_export
 from audit.models import AuditEvent, EventKind, EvidenceExport, ExportStatus
-from audit.recorder import Context, record
+from audit.recorder import record
 from audit.replay import replay_steps
 from audit.search_paging import newest_ids
+from identity.authentication import web_context
 from identity.principal import Principal
 from identity.roles import Role, has_role
 
 PAGE = 50
-
-
-def _context(request: HttpRequest) -> Context:
-    return Context(front="web", source_address=request.META.get("REMOTE_ADDR") or None)
 
 
 def _compliance(request: HttpRequest) -> Principal:
@@ -62,7 +59,7 @@ def search_page(request: HttpRequest) -> HttpResponse:
         record(
             EventKind.AUDIT_SEARCHED,
             principal=principal,
-            context=_context(request),
+            context=web_context(request),
             summary="audit search (web)",
             details={"filters": filters},
         )
@@ -102,7 +99,7 @@ def session_replay(request: HttpRequest, session_id: str) -> HttpResponse:
         record(
             EventKind.AUDIT_REPLAYED,
             principal=principal,
-            context=_context(request),
+            context=web_context(request),
             summary=f"session {session_id} replayed",
             details={"session": session_id, "events": len(events)},
         )
@@ -142,7 +139,7 @@ def export_start(request: HttpRequest) -> HttpResponse:
         user=request.POST.get("actor", "").strip() or None,
         datasource=request.POST.get("datasource", "").strip() or None,
     )
-    export = request_export(principal, filters, _context(request))
+    export = request_export(principal, filters, web_context(request))
     return redirect("audit-export", export_id=export.pk)
 
 

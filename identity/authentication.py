@@ -6,6 +6,7 @@ an agent is acting. Every attempt, successful or not, is an audit event.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from django.db import transaction
@@ -28,6 +29,19 @@ def request_context(request: Any, front: str = "http", principal: Principal | No
         front=front,
         source_address=request.META.get("REMOTE_ADDR") or None,
         session_id=http_session(request, front, principal),
+    )
+
+
+def web_context(request: Any | None) -> Context:
+    """A browser request's context: the session is a digest of the Django session key (never the key)."""
+    if request is None:
+        return Context(front="web")
+    session = getattr(request, "session", None)
+    key = getattr(session, "session_key", None)
+    return Context(
+        front="web",
+        source_address=request.META.get("REMOTE_ADDR") or None,
+        session_id=f"web:{hashlib.sha256(key.encode()).hexdigest()[:24]}" if key else "",
     )
 
 

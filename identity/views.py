@@ -12,7 +12,8 @@ from django.dispatch import receiver
 from django.http import Http404, HttpRequest, HttpResponse
 
 from audit.models import EventKind, Outcome
-from audit.recorder import Context, record
+from audit.recorder import record
+from identity.authentication import web_context
 from identity.principal import Principal
 
 
@@ -26,18 +27,13 @@ class LoginView(auth_views.LoginView):
         return super().post(request, *args, **kwargs)
 
 
-def _context(request: HttpRequest | None) -> Context:
-    address = request.META.get("REMOTE_ADDR") if request is not None else None
-    return Context(front="web", source_address=address or None)
-
-
 @receiver(user_logged_in)
 def _audit_sign_in(sender: Any, request: HttpRequest | None, user: Any, **_: Any) -> None:
     with transaction.atomic():
         record(
             EventKind.AUTH_SUCCEEDED,
             principal=Principal(human=user),
-            context=_context(request),
+            context=web_context(request),
             summary="signed in to the web UI",
         )
 
@@ -49,7 +45,7 @@ def _audit_failed_sign_in(
     record(
         EventKind.AUTH_FAILED,
         principal=None,
-        context=_context(request),
+        context=web_context(request),
         outcome=Outcome.FAILURE,
         summary="web sign-in failed",
         details={"username": str(credentials.get("username", ""))[:150]},

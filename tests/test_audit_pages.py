@@ -78,12 +78,14 @@ def test_only_compliance_officers_see_the_audit_pages(people, wire_session) -> N
 
 def test_search_page_filters_and_is_audited(people, wire_session) -> None:  # type: ignore[no-untyped-def]
     officer = people["compliance"]
-    page = browser(officer).get("/audit/", {"agent": wire_session["agent"].name, "decision": "denied"})
+    client = browser(officer)
+    page = client.get("/audit/", {"agent": wire_session["agent"].name, "decision": "denied"})
     html = page.content.decode()
     assert "COPY scratch TO PROGRAM" in html and "DELETE FROM scratch" not in html
     assert f"/audit/sessions/{wire_session['session']}/" in html
     searched = AuditEvent.objects.filter(kind=EventKind.AUDIT_SEARCHED, actor=officer).get()
     assert searched.front == "web" and searched.details["filters"]["decision"] == "denied"
+    assert searched.session_id.startswith("web:") and client.session.session_key not in searched.session_id
     bad = browser(officer).get("/audit/", {"decision": "maybe"})
     assert bad.status_code == 200 and "decision" in bad.content.decode()
 
