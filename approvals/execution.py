@@ -37,7 +37,9 @@ from policy.lineage_masking import plan_for_result
 from policy.masking import require_pseudonym_key
 
 log = logging.getLogger(__name__)
-WORKER_CONTEXT = Context(front="worker")
+def worker_context(ticket: Ticket) -> Context:
+    """The executor acts in the session that asked for the statement, so its replay shows the outcome."""
+    return Context(front="worker", session_id=ticket.session_id)
 _catalogs = CatalogCache(Access.WRITE)
 
 
@@ -63,7 +65,7 @@ def _claim(ticket_id: int) -> bool:
             record(
                 EventKind.TICKET_EXECUTION_STARTED,
                 principal=_principal(ticket),
-                context=WORKER_CONTEXT,
+                context=worker_context(ticket),
                 datasource=ticket.datasource.name,
                 ticket_id=ticket_id,
                 summary="executor started the approved statement",
@@ -83,7 +85,7 @@ def _finish(ticket: Ticket, *, status: Status, rowcount: int | None, result: dic
         record(
             EventKind.TICKET_EXECUTED if status == Status.EXECUTED else EventKind.TICKET_FAILED,
             principal=_principal(ticket),
-            context=WORKER_CONTEXT,
+            context=worker_context(ticket),
             outcome=Outcome.SUCCESS if status == Status.EXECUTED else Outcome.FAILURE,
             datasource=ticket.datasource.name,
             ticket_id=ticket.pk,

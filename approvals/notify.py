@@ -13,6 +13,8 @@ import redis
 from django.conf import settings
 from django.db import transaction
 
+from approvals.live import broadcast_ticket_change
+
 log = logging.getLogger(__name__)
 
 
@@ -34,3 +36,4 @@ def publish_change(ticket_id: int, status: str) -> None:
 
 def publish_change_on_commit(ticket_id: int, status: str) -> None:
     transaction.on_commit(lambda: publish_change(ticket_id, status))
+    transaction.on_commit(lambda: broadcast_ticket_change(ticket_id, status))

@@ -1,4 +1,5 @@
-"""ASGI entry point of the web process (``uvicorn phigate.asgi:application``).
+"""ASGI entry point of the web process (``uvicorn phigate.asgi:application``): HTTP (Django) and websockets
+(Channels: the live review queue and ticket pages).
 
 The web process must never hold a target credential (non-negotiable 3): it refuses to start if one is present.
 """
@@ -20,4 +21,20 @@ if _present:
         "the web process must not hold target credentials; remove from its environment: " + ", ".join(_present)
     )
 
-application = get_asgi_application()
+django_application = get_asgi_application()  # sets Django up before the websocket routes import models
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from approvals.consumers import TicketsConsumer  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_application,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter([path("ws/tickets/", TicketsConsumer.as_asgi())]))
+        ),
+    }
+)

@@ -128,6 +128,14 @@ AUDIT_CHAIN_INTERVAL_SECONDS = env.get_int("AUDIT_CHAIN_INTERVAL_SECONDS", 5, mi
 EVIDENCE_DIR = Path(env.get_str("EVIDENCE_DIR", str(BASE_DIR / "var" / "evidence")) or "")
 AUDIT_RETENTION_DAYS = env.get_int("AUDIT_RETENTION_DAYS", 6 * 366, minimum=6 * 366)
 
+# --- Live pages (Channels over Redis) ------------------------------------------------------------------------
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "phigate:live:"},
+    }
+}
+
 # --- Celery (executor) ----------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
