@@ -2,57 +2,124 @@
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from approvals.lifecycle import TransitionConflict, expire_if_overdue, expire_overdue
-from approvals.models import Decision, Status, Ticket
+from approvals.models import Decision, Risk, Status, Ticket, TicketQuerySet
 from approvals.review import ReviewForbidden, submit_review
 from approvals.rules import can_view, review_refusal
+from approvals.sql_display import highlighted_sql, touched_phi_columns
 from identity.authentication import web_context
 from identity.principal import Principal
 from identity.roles import Role, has_role
+from policy.models import DataSource
+
+AGES = [(15, "15 minutes"), (60, "an hour"), (24 * 60, "a day")]
+
+
+def _queue_filters(request: HttpRequest) -> dict[str, str]:
+    datasource = request.GET.get("datasource", "")
+    risk = request.GET.get("risk", "") if request.GET.get("risk", "") in Risk.values else ""
+    age = request.GET.get("age", "") if request.GET.get("age", "").isdigit() else ""
+    return {"datasource": datasource, "risk": risk, "age": age}
+
+
+def _filtered(tickets: TicketQuerySet, filters: dict[str, str]) -> TicketQuerySet:
+    if filters["datasource"]:
+        tickets = tickets.filter(datasource__name=filters["datasource"])
+    if filters["risk"]:
+        tickets = tickets.filter(risk=filters["risk"])
+    if filters["age"]:
+        tickets = tickets.filter(created_at__gte=timezone.now() - timedelta(minutes=int(filters["age"])))
+    return tickets
 
 
 @login_required
 def queue(request: HttpRequest) -> HttpResponse:
+    """Pending tickets for reviewers (live: new tickets and others' reviews appear without reload)."""
     principal = Principal(human=request.user)  # type: ignore[arg-type]
+    filters = _queue_filters(request)
+    context: dict[str, object] = {
+        "filters": filters,
+        "filters_json": json.dumps(filters),
+        "datasources": DataSource.objects.order_by("name").values_list("name", flat=True),
+        "risks": Risk.values,
+        "ages": AGES,
+    }
+    tickets = _filtered(Ticket.objects.select_related("datasource", "agent", "owner"), filters)
     if not (has_role(request.user, Role.REVIEWER) or has_role(request.user, Role.COMPLIANCE)):
-        mine = Ticket.objects.filter(owner=principal.human).select_related("datasource", "agent").order_by("-id")[:50]
-        return render(request, "approvals/queue.html", {"pending": [], "recent": mine, "is_reviewer": False})
+        mine = tickets.filter(owner=principal.human).order_by("-id")[:50]
+        return render(request, "approvals/queue.html", {**context, "pending": [], "recent": mine, "is_reviewer": False})
     expire_overdue()
-    pending = Ticket.objects.pending().select_related("datasource", "agent", "owner").order_by("created_at")
-    recent = (
-        Ticket.objects.exclude(status=Status.PENDING)
-        .select_related("datasource", "agent", "owner")
-        .order_by("-id")[:25]
-    )
+    pending = tickets.pending().order_by("created_at")
+    recent = tickets.exclude(status=Status.PENDING).order_by("-id")[:25]
     rows = [(ticket, review_refusal(ticket, principal)) for ticket in pending]
-    return render(request, "approvals/queue.html", {"pending": rows, "recent": recent, "is_reviewer": True})
+    return render(request, "approvals/queue.html", {**context, "pending": rows, "recent": recent, "is_reviewer": True})
 
 
-@login_required
-def ticket_detail(request: HttpRequest, ticket_id: int) -> HttpResponse:
+def _visible_ticket(request: HttpRequest, ticket_id: int) -> tuple[Ticket, Principal]:
     principal = Principal(human=request.user)  # type: ignore[arg-type]
     ticket = Ticket.objects.select_related("datasource", "agent", "owner").filter(pk=ticket_id).first()
     if ticket is None or not can_view(ticket, principal):
         raise Http404("no such ticket")
+    return ticket, principal
+
+
+@login_required
+def ticket_row(request: HttpRequest, ticket_id: int) -> HttpResponse:
+    """One queue row, for the live queue: the pending table's row while pending, the recent table's after."""
+    ticket, principal = _visible_ticket(request, ticket_id)
+    reviewer_view = has_role(request.user, Role.REVIEWER) or has_role(request.user, Role.COMPLIANCE)
+    if ticket.status == Status.PENDING and reviewer_view:
+        response = render(
+            request, "approvals/_pending_row.html", {"ticket": ticket, "refusal": review_refusal(ticket, principal)}
+        )
+        response["X-Ticket-Table"] = "pending"
+    else:
+        response = render(request, "approvals/_recent_row.html", {"ticket": ticket})
+        response["X-Ticket-Table"] = "recent"
+    return response
+
+
+@login_required
+def ticket_live(request: HttpRequest, ticket_id: int) -> HttpResponse:
+    """The parts of a ticket page that change: status, approvals, reviews, execution."""
+    ticket, principal = _visible_ticket(request, ticket_id)
+    return render(request, "approvals/_ticket_live.html", _ticket_context(ticket, principal, request))
+
+
+def _ticket_context(ticket: Ticket, principal: Principal, request: HttpRequest) -> dict[str, object]:
+    refusal = review_refusal(ticket, principal)
+    duration = None
+    if ticket.executed_at and ticket.execution_started_at:
+        duration = round((ticket.executed_at - ticket.execution_started_at).total_seconds() * 1000)
+    return {
+        "ticket": ticket,
+        "reviews": ticket.reviews.select_related("reviewer"),
+        "refusal": refusal,
+        "can_review": ticket.status == Status.PENDING and refusal is None,
+        "can_replay": has_role(request.user, Role.COMPLIANCE),  # type: ignore[arg-type]
+        "duration_ms": duration,
+    }
+
+
+@login_required
+def ticket_detail(request: HttpRequest, ticket_id: int) -> HttpResponse:
+    ticket, principal = _visible_ticket(request, ticket_id)
     if expire_if_overdue(ticket):
         ticket.refresh_from_db()
-    return render(
-        request,
-        "approvals/ticket.html",
-        {
-            "ticket": ticket,
-            "reviews": ticket.reviews.select_related("reviewer"),
-            "refusal": review_refusal(ticket, principal),
-            "can_review": ticket.status == Status.PENDING and review_refusal(ticket, principal) is None,
-            "can_replay": has_role(request.user, Role.COMPLIANCE),  # type: ignore[arg-type]
-        },
-    )
+    context = _ticket_context(ticket, principal, request)
+    context["sql_html"] = highlighted_sql(ticket.sql)
+    context["phi_columns"] = touched_phi_columns(ticket)
+    return render(request, "approvals/ticket.html", context)
 
 
 @login_required

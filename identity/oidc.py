@@ -14,6 +14,14 @@ from identity.roles import Role
 class RoleMappingOIDCBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
     """Keeps the user's role groups equal to the roles named in the provider's groups claim, at every sign-in."""
 
+    def get_username(self, claims: dict[str, Any]) -> str:
+        """The provider's preferred_username when it is a valid Django username; otherwise the library's hash
+        of the email (a stable, if unreadable, name)."""
+        preferred = str(claims.get("preferred_username") or "")
+        if preferred and len(preferred) <= 150 and all(ch.isalnum() or ch in "@.+-_" for ch in preferred):
+            return preferred
+        return str(super().get_username(claims))
+
     def create_user(self, claims: dict[str, Any]) -> Any:
         user = super().create_user(claims)
         self._sync_roles(user, claims)

@@ -132,7 +132,9 @@ AUDIT_RETENTION_DAYS = env.get_int("AUDIT_RETENTION_DAYS", 6 * 366, minimum=6 * 
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "phigate:live:"},
+        # A socket timeout above the layer's 5 s blocking pop: redis-py 8 otherwise times the pop out and the
+        # consumer (and its websocket) dies every 5 idle seconds.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "prefix": "phigate:live:"},
     }
 }
 

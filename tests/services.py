@@ -129,15 +129,28 @@ def worker(write_url: str, log_dir: Path, name: str = "worker") -> Service:
     return service
 
 
-def web(log_dir: Path, name: str = "web") -> tuple[Service, int]:
+def web(
+    log_dir: Path, name: str = "web", extra_env: Mapping[str, str] | None = None, port: int | None = None
+) -> tuple[Service, int]:
     """The ASGI web process, as the README starts it: no target credential in its environment."""
-    port = free_port()
+    port = port or free_port()
     service = Service(
         name,
         [sys.executable, "-m", "uvicorn", "phigate.asgi:application", "--host", "127.0.0.1", "--port", str(port)],
-        {},
+        dict(extra_env or {}),
         log_dir,
     ).start()
     wait_until(lambda: port_open(port) or not service.alive(), 30, what="web to listen")
+    assert service.alive(), service.log_tail()
+    return service, port
+
+
+def oidc_provider(log_dir: Path, users_file: Path, client_id: str, client_secret: str) -> tuple[Service, int]:
+    """The loopback OpenID provider (tests/oidc_provider.py) in its own process."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.oidc_provider", "--port", str(port), "--client-id", client_id]
+    argv += ["--client-secret", client_secret, "--users", str(users_file)]
+    service = Service("oidc-provider", argv, {}, log_dir).start()
+    wait_until(lambda: port_open(port) or not service.alive(), 30, what="OpenID provider to listen")
     assert service.alive(), service.log_tail()
     return service, port
