@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -17,15 +16,18 @@ from approvals.models import Status, Ticket
 from approvals.review import ReviewForbidden, submit_review
 from approvals.rules import can_view, is_requester
 from approvals.serializers import ResultSerializer, ReviewRequestSerializer, TicketSerializer
-from approvals.waiting import wait_for_change
+from approvals.waiting import capped_timeout, wait_for_change
 from audit.models import EventKind
-from audit.recorder import record
+from audit.recorder import Context, record
 from identity.authentication import principal_of, request_context
 from identity.principal import Principal
 
 
-def _visible_ticket(request: Request, ticket_id: int) -> Ticket:
-    principal: Principal = principal_of(request)
+def visible_ticket(principal: Principal, ticket_id: int) -> Ticket:
+    """The ticket, if ``principal`` may see it (expired first when overdue); NotFound otherwise.
+
+    Plain function: the API views and the MCP tools share it, so the access rule cannot drift between fronts.
+    """
     ticket = (
         Ticket.objects.select_related("datasource", "owner", "agent")
         .prefetch_related("reviews__reviewer")
@@ -39,11 +41,51 @@ def _visible_ticket(request: Request, ticket_id: int) -> Ticket:
     return ticket
 
 
-def _requester_ticket(request: Request, ticket_id: int) -> Ticket:
-    ticket = _visible_ticket(request, ticket_id)
-    if not is_requester(ticket, principal_of(request)):
+def requester_ticket(principal: Principal, ticket_id: int) -> Ticket:
+    ticket = visible_ticket(principal, ticket_id)
+    if not is_requester(ticket, principal):
         raise PermissionDenied("only the requester can do this")
     return ticket
+
+
+def wait_for_visible_ticket(principal: Principal, ticket: Ticket, timeout_seconds: float) -> Ticket:
+    """Long poll on a ticket from ``visible_ticket``: returns as soon as its status changes, or after the
+    (capped) timeout."""
+    ticket = wait_for_change(ticket, capped_timeout(timeout_seconds))
+    return visible_ticket(principal, ticket.pk)  # fresh reviews too
+
+
+def read_result(principal: Principal, ticket: Ticket, context: Context) -> dict[str, object] | None:
+    """The stored (already masked) result of an executed ticket, audited as read; None before execution.
+
+    Callers check that ``principal`` is the requester (``requester_ticket``).
+    """
+    if ticket.status != Status.EXECUTED:
+        return None
+    stored = ticket.result or {}
+    with transaction.atomic():
+        record(
+            EventKind.TICKET_RESULT_READ,
+            principal=principal,
+            context=context,
+            datasource=ticket.datasource.name,
+            ticket_id=ticket.pk,
+            summary="requester read the masked result",
+        )
+    return {
+        "columns": stored.get("columns", []),
+        "rows": stored.get("rows", []),
+        "rowcount": ticket.rowcount,
+        "truncated": bool(stored.get("truncated", False)),
+    }
+
+
+def _visible_ticket(request: Request, ticket_id: int) -> Ticket:
+    return visible_ticket(principal_of(request), ticket_id)
+
+
+def _requester_ticket(request: Request, ticket_id: int) -> Ticket:
+    return requester_ticket(principal_of(request), ticket_id)
 
 
 class TicketView(APIView):
@@ -63,38 +105,19 @@ class TicketWaitView(APIView):
             timeout = float(request.query_params.get("timeout", "30"))
         except ValueError:
             return Response({"detail": "timeout must be a number of seconds"}, status=400)
-        timeout = min(max(timeout, 0.0), float(settings.WAIT_TIMEOUT_MAX_SECONDS))
-        ticket = wait_for_change(ticket, timeout)
-        ticket = _visible_ticket(request, ticket.pk)  # fresh reviews too
-        return Response(TicketSerializer(ticket).data)
+        return Response(TicketSerializer(wait_for_visible_ticket(principal_of(request), ticket, timeout)).data)
 
 
 class TicketResultView(APIView):
     @extend_schema(responses={200: ResultSerializer, 409: OpenApiTypes.OBJECT})
     def get(self, request: Request, ticket_id: int) -> Response:
         ticket = _requester_ticket(request, ticket_id)
-        if ticket.status != Status.EXECUTED:
+        result = read_result(principal_of(request), ticket, request_context(request))
+        if result is None:
             return Response(
                 {"detail": f"ticket is {ticket.status}; no result yet", "status": ticket.status}, status=409
             )
-        stored = ticket.result or {}
-        with transaction.atomic():
-            record(
-                EventKind.TICKET_RESULT_READ,
-                principal=principal_of(request),
-                context=request_context(request),
-                datasource=ticket.datasource.name,
-                ticket_id=ticket.pk,
-                summary="requester read the masked result",
-            )
-        return Response(
-            {
-                "columns": stored.get("columns", []),
-                "rows": stored.get("rows", []),
-                "rowcount": ticket.rowcount,
-                "truncated": bool(stored.get("truncated", False)),
-            }
-        )
+        return Response(result)
 
 
 class TicketReviewsView(APIView):

@@ -37,9 +37,13 @@ from policy.lineage_masking import plan_for_result
 from policy.masking import require_pseudonym_key
 
 log = logging.getLogger(__name__)
+
+
 def worker_context(ticket: Ticket) -> Context:
     """The executor acts in the session that asked for the statement, so its replay shows the outcome."""
     return Context(front="worker", session_id=ticket.session_id)
+
+
 _catalogs = CatalogCache(Access.WRITE)
 
 

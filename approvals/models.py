@@ -149,3 +149,7 @@ class Review(models.Model):
             models.CheckConstraint(condition=Q(decision__in=[d.value for d in Decision]), name="review_decision_known"),
         ]
         ordering = ["created_at", "id"]
+
+
+# Slack state (links, messages, channels) lives in approvals.slack but belongs to this app's tables.
+from approvals.slack.models import SlackChannel, SlackLink, SlackMessage  # noqa: E402, F401

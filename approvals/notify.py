@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import transaction
 
 from approvals.live import broadcast_ticket_change
+from approvals.slack import hooks as slack_hooks
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +38,4 @@ def publish_change(ticket_id: int, status: str) -> None:
 def publish_change_on_commit(ticket_id: int, status: str) -> None:
     transaction.on_commit(lambda: publish_change(ticket_id, status))
     transaction.on_commit(lambda: broadcast_ticket_change(ticket_id, status))
+    slack_hooks.ticket_changed_on_commit(ticket_id, status)  # the ticket's Slack message and owner notice

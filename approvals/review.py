@@ -11,7 +11,7 @@ from django.utils import timezone
 from approvals.lifecycle import TransitionConflict, expire_if_overdue
 from approvals.models import Decision, Review, Status, Ticket
 from approvals.notify import publish_change_on_commit
-from approvals.rules import review_refusal
+from approvals.rules import approval_complete, review_refusal
 from audit.models import EventKind, Outcome
 from audit.recorder import Context, record
 from identity.principal import Principal
@@ -77,7 +77,7 @@ def submit_review(ticket_id: int, principal: Principal, decision: Decision, comm
                 ticket_id=ticket.pk,
                 summary=f"rejected by {principal.human.get_username()}",
             )
-        elif ticket.approvals_count >= ticket.approvals_required:
+        elif approval_complete(ticket):
             ticket.status, ticket.decided_at = Status.APPROVED, now
             ticket.approval_valid_until = now + timedelta(seconds=settings.APPROVAL_VALIDITY_SECONDS)
             ticket.save(update_fields=["status", "decided_at", "approval_valid_until"])

@@ -2,23 +2,72 @@
 
 from __future__ import annotations
 
-from approvals.models import Ticket
+import itertools
+from collections.abc import Iterable
+
+from approvals.models import Decision, Ticket
 from identity.principal import Principal
 from identity.roles import Role, has_role
 from policy.classifier import Classification
-from policy.models import DataSource
+from policy.models import ApproverMode, ApproverRule, DataSource, RiskScope
 
 _WRITES = frozenset({"UPDATE", "DELETE"})
 
 
 def required_approvals(classification: Classification, datasource: DataSource) -> int:
     """The data source's thresholds: the classifier says whether a statement is ordinary or needs the stricter
-    rule (DDL, or UPDATE/DELETE without WHERE); the policy says how many reviewers each of those takes."""
+    rule (DDL, or UPDATE/DELETE without WHERE); the policy says how many reviewers each of those takes. An
+    approver rule for the risk can only raise the count ("all of dba and security" needs two people)."""
     if classification.approvals_required <= 1:
-        return datasource.approvals_default
-    if set(classification.statement_types) <= _WRITES:  # the stricter rule here is "no WHERE clause"
-        return max(datasource.approvals_default, datasource.approvals_bulk_write)
-    return max(datasource.approvals_default, datasource.approvals_ddl)  # DDL, TRUNCATE, DO, CALL
+        threshold = datasource.approvals_default
+    elif set(classification.statement_types) <= _WRITES:  # the stricter rule here is "no WHERE clause"
+        threshold = max(datasource.approvals_default, datasource.approvals_bulk_write)
+    else:
+        threshold = max(datasource.approvals_default, datasource.approvals_ddl)  # DDL, TRUNCATE, DO, CALL
+    rule = approver_rule(datasource, str(classification.risk))
+    return max(threshold, rule.approvals_needed()) if rule is not None else threshold
+
+
+def approver_rule(datasource: DataSource, risk: str) -> ApproverRule | None:
+    """The rule for this risk, else the data source's rule for any risk, else none."""
+    rules = {rule.risk: rule for rule in datasource.approver_rules.prefetch_related("groups")}
+    return rules.get(risk) or rules.get(RiskScope.ANY)
+
+
+def _group_names(rule: ApproverRule) -> set[str]:
+    return {group.name for group in rule.groups.all()}
+
+
+def _member_groups(principal: Principal) -> set[str]:
+    return set(principal.human.groups.values_list("name", flat=True))
+
+
+def approval_complete(ticket: Ticket) -> bool:
+    """Enough approvals, from the right people: the count, and the approver rule's groups if there is one."""
+    approvers = [
+        review.reviewer for review in ticket.reviews.filter(decision=Decision.APPROVE).select_related("reviewer")
+    ]
+    if len(approvers) < ticket.approvals_required:
+        return False
+    rule = approver_rule(ticket.datasource, ticket.risk)
+    if rule is None:
+        return True
+    wanted = _group_names(rule)
+    memberships = [set(user.groups.values_list("name", flat=True)) & wanted for user in approvers]
+    if rule.mode == ApproverMode.ALL_OF:
+        return _distinct_cover(memberships, sorted(wanted))
+    eligible = sum(1 for groups in memberships if groups)
+    return eligible >= (rule.count if rule.mode == ApproverMode.N_OF else 1)
+
+
+def _distinct_cover(memberships: list[set[str]], groups: list[str]) -> bool:
+    """Whether each group can be given a different approver who belongs to it (rules name a few groups)."""
+    if len(memberships) < len(groups):
+        return False
+    people: Iterable[tuple[int, ...]] = itertools.permutations(range(len(memberships)), len(groups))
+    return any(
+        all(group in memberships[person] for person, group in zip(chosen, groups, strict=True)) for chosen in people
+    )
 
 
 def review_refusal(ticket: Ticket, principal: Principal) -> str | None:
@@ -33,6 +82,10 @@ def review_refusal(ticket: Ticket, principal: Principal) -> str | None:
         return "only users with the reviewer role can review tickets"
     if principal.human.pk == ticket.owner_id:
         return "you requested this statement (directly or through your agent) and cannot review it"
+    rule = approver_rule(ticket.datasource, ticket.risk)
+    if rule is not None and not (_group_names(rule) & _member_groups(principal)):
+        names = " or ".join(sorted(_group_names(rule))) or "(no group configured)"
+        return f"this data source needs approvers from {names} for {ticket.risk}-risk statements"
     return None
 
 

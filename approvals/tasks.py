@@ -9,6 +9,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 
 from approvals import execution, lifecycle
+from approvals.slack import tasks as slack_tasks  # noqa: F401  (registers the Slack notification tasks)
 
 log = logging.getLogger(__name__)
 

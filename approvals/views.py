@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
@@ -17,9 +20,12 @@ from approvals.models import Decision, Risk, Status, Ticket, TicketQuerySet
 from approvals.review import ReviewForbidden, submit_review
 from approvals.rules import can_view, review_refusal
 from approvals.sql_display import highlighted_sql, touched_phi_columns
+from gateway.explain import ExplainRefused, explain_via_gateway
+from gateway.rpc import GatewayUnavailable
 from identity.authentication import web_context
 from identity.principal import Principal
 from identity.roles import Role, has_role
+from identity.views import signed_in_recently
 from policy.models import DataSource
 
 AGES = [(15, "15 minutes"), (60, "an hour"), (24 * 60, "a day")]
@@ -90,6 +96,28 @@ def ticket_row(request: HttpRequest, ticket_id: int) -> HttpResponse:
 
 
 @login_required
+def ticket_estimate(request: HttpRequest, ticket_id: int) -> JsonResponse:
+    """Estimated rows the statement affects, from EXPLAIN (never ANALYZE) run by the gateway's read-only role.
+
+    Fetched by the page after it renders, so a slow or absent gateway never delays the ticket itself.
+    """
+    ticket, principal = _visible_ticket(request, ticket_id)
+    try:
+        plan = explain_via_gateway(principal, ticket.datasource.name, ticket.sql, context=web_context(request))
+    except ExplainRefused as exc:
+        return JsonResponse({"error": f"no estimate: {exc}"})
+    except GatewayUnavailable:
+        return JsonResponse({"error": "no estimate: the gateway did not answer"})
+    return JsonResponse(
+        {
+            "estimated_rows": plan.get("estimated_rows"),
+            "explained": plan.get("explained", ""),
+            "note": plan.get("note", ""),
+        }
+    )
+
+
+@login_required
 def ticket_live(request: HttpRequest, ticket_id: int) -> HttpResponse:
     """The parts of a ticket page that change: status, approvals, reviews, execution."""
     ticket, principal = _visible_ticket(request, ticket_id)
@@ -128,6 +156,12 @@ def review(request: HttpRequest, ticket_id: int) -> HttpResponse:
     principal = Principal(human=request.user)  # type: ignore[arg-type]
     if not Ticket.objects.filter(pk=ticket_id).exists():
         raise Http404("no such ticket")
+    if not signed_in_recently(request, settings.REVIEW_REAUTH_SECONDS):
+        # An approval releases a write: it needs the person, not just a browser left signed in. Nothing is
+        # recorded; they sign in again and come back to the ticket.
+        logout(request)
+        messages.info(request, "Sign in again to review: your last sign-in is too old to approve with.")
+        return redirect(f"{settings.LOGIN_URL}?{urlencode({'next': f'/tickets/{ticket_id}/'})}")
     try:
         decision = Decision(request.POST.get("decision", ""))
     except ValueError:

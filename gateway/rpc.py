@@ -3,6 +3,9 @@
 The web process holds no target credential, so API statements are handed to the gateway, which runs the policy
 pipeline. Requests are signed with the deployment's secret key (a writer to Redis alone cannot forge one) and
 carry a deadline: a request picked up after its caller gave up is dropped, never executed.
+
+Besides statements, the queue carries a few named operations that need the target's catalog but run no user
+statement (``OPERATIONS``: EXPLAIN, the table listing). Their reply is ``{"result": ...}`` or ``{"refused": why}``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,6 +26,8 @@ from django.core import signing
 from django.db import close_old_connections
 
 from audit.recorder import Context
+from gateway.explain import ExplainRefused, explain_statement
+from gateway.mcp.tables import TablesRefused, list_tables
 from gateway.pipeline import DatasourceRuntime, StatementOutcome, handle_statement
 from identity.models import Agent
 from identity.principal import Principal
@@ -41,6 +47,27 @@ def _reply_key(request_id: str) -> str:
     return REPLY_PREFIX + request_id
 
 
+def _send(client: redis.Redis, payload: dict[str, Any], timeout_seconds: float) -> dict[str, Any]:
+    """Queue one signed request and wait for its reply (a JSON object)."""
+    client.lpush(REQUEST_QUEUE, signing.dumps(payload, salt=_SALT, compress=True))
+    reply = client.brpop([_reply_key(payload["id"])], timeout=max(1, int(timeout_seconds + 0.999)))
+    if reply is None:
+        raise GatewayUnavailable("the gateway did not answer in time")
+    answer: dict[str, Any] = json.loads(reply[1])
+    return answer
+
+
+def _payload(principal: Principal, datasource: str, context: Context, timeout_seconds: float) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4().hex,
+        "deadline": time.time() + timeout_seconds,
+        "user_id": principal.human.pk,
+        "agent_id": principal.agent.pk if principal.agent else None,
+        "datasource": datasource,
+        "context": {"front": context.front, "source_address": context.source_address, "session_id": context.session_id},
+    }
+
+
 def call_gateway(
     client: redis.Redis,
     *,
@@ -51,22 +78,52 @@ def call_gateway(
     context: Context,
     timeout_seconds: float,
 ) -> StatementOutcome:
-    request_id = uuid.uuid4().hex
-    payload = {
-        "id": request_id,
-        "deadline": time.time() + timeout_seconds,
-        "user_id": principal.human.pk,
-        "agent_id": principal.agent.pk if principal.agent else None,
-        "datasource": datasource,
-        "sql": sql,
-        "reason": reason,
-        "context": {"front": context.front, "source_address": context.source_address, "session_id": context.session_id},
-    }
-    client.lpush(REQUEST_QUEUE, signing.dumps(payload, salt=_SALT, compress=True))
-    reply = client.brpop([_reply_key(request_id)], timeout=max(1, int(timeout_seconds + 0.999)))
-    if reply is None:
-        raise GatewayUnavailable("the gateway did not answer in time")
-    return StatementOutcome(**json.loads(reply[1]))
+    payload = _payload(principal, datasource, context, timeout_seconds) | {"sql": sql, "reason": reason}
+    return StatementOutcome(**_send(client, payload, timeout_seconds))
+
+
+class OperationRefused(Exception):
+    """The gateway refused an operation; the message says why and is safe to show to the caller."""
+
+
+def call_operation(
+    client: redis.Redis,
+    operation: str,
+    *,
+    principal: Principal,
+    datasource: str,
+    context: Context,
+    timeout_seconds: float,
+    arguments: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run one of ``OPERATIONS`` in the gateway. Raises OperationRefused or GatewayUnavailable."""
+    payload = _payload(principal, datasource, context, timeout_seconds)
+    payload.update(op=operation, arguments=arguments or {})
+    reply = _send(client, payload, timeout_seconds)
+    if "result" not in reply:
+        raise OperationRefused(str(reply.get("refused") or "the gateway refused the operation"))
+    result: dict[str, Any] = reply["result"]
+    return result
+
+
+# An operation: (principal, data source, arguments, context, runtime) -> result; raises a refusal listed below.
+Operation = Callable[[Principal, str, dict[str, Any], Context, DatasourceRuntime], dict[str, Any]]
+
+
+def _explain(
+    principal: Principal, datasource: str, arguments: dict[str, Any], context: Context, runtime: DatasourceRuntime
+) -> dict[str, Any]:
+    return explain_statement(principal, datasource, str(arguments["sql"]), runtime, context=context)
+
+
+def _list_tables(
+    principal: Principal, datasource: str, arguments: dict[str, Any], context: Context, runtime: DatasourceRuntime
+) -> dict[str, Any]:
+    return list_tables(principal, datasource, runtime)
+
+
+OPERATIONS: dict[str, Operation] = {"explain": _explain, "list_tables": _list_tables}
+_REFUSALS = (ExplainRefused, TablesRefused)
 
 
 def _principal(payload: dict[str, Any]) -> Principal | None:
@@ -79,8 +136,8 @@ def _principal(payload: dict[str, Any]) -> Principal | None:
     return Principal(human=user) if user else None
 
 
-def handle_request(raw: bytes, runtime: DatasourceRuntime) -> tuple[str, StatementOutcome] | None:
-    """Verify, run and answer one request. Returns (request id, outcome), or None for a request to drop."""
+def handle_request(raw: bytes, runtime: DatasourceRuntime) -> tuple[str, dict[str, Any]] | None:
+    """Verify, run and answer one request. Returns (request id, reply), or None for a request to drop."""
     try:
         payload = signing.loads(raw.decode(), salt=_SALT, max_age=3600)
     except signing.BadSignature:
@@ -90,6 +147,8 @@ def handle_request(raw: bytes, runtime: DatasourceRuntime) -> tuple[str, Stateme
         log.warning("dropped gateway request %s: its caller has given up", payload["id"])
         return None
     close_old_connections()
+    if "op" in payload:
+        return payload["id"], _run_operation(payload, runtime)
     try:
         principal = _principal(payload)
         if principal is None:
@@ -107,7 +166,24 @@ def handle_request(raw: bytes, runtime: DatasourceRuntime) -> tuple[str, Stateme
         # Includes a failed audit write: the statement did not run, and the caller is told so at once.
         log.exception("gateway request %s failed", payload["id"])
         outcome = StatementOutcome(status="failed", error="internal error in the gateway; the statement was not run")
-    return payload["id"], outcome
+    return payload["id"], outcome.as_dict()
+
+
+def _run_operation(payload: dict[str, Any], runtime: DatasourceRuntime) -> dict[str, Any]:
+    operation = OPERATIONS.get(payload["op"])
+    if operation is None:
+        return {"refused": f"unknown gateway operation {payload['op']!r}"}
+    try:
+        principal = _principal(payload)
+        if principal is None:
+            return {"refused": "the requesting identity is no longer active"}
+        context = Context(**payload["context"])
+        return {"result": operation(principal, payload["datasource"], payload["arguments"], context, runtime)}
+    except _REFUSALS as exc:
+        return {"refused": str(exc)}
+    except Exception:
+        log.exception("gateway operation %s (%s) failed", payload["id"], payload["op"])
+        return {"refused": "internal error in the gateway"}
 
 
 async def serve(redis_url: str, runtime: DatasourceRuntime, stop: asyncio.Event, concurrency: int = 8) -> None:
@@ -127,9 +203,9 @@ async def serve(redis_url: str, runtime: DatasourceRuntime, stop: asyncio.Event,
         finally:
             slots.release()
         if result is not None:
-            request_id, outcome = result
+            request_id, reply = result
             key = _reply_key(request_id)
-            await client.lpush(key, json.dumps(outcome.as_dict()))
+            await client.lpush(key, json.dumps(reply))
             await client.expire(key, 60)
 
     try:

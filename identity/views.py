@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.conf import settings
@@ -27,8 +28,19 @@ class LoginView(auth_views.LoginView):
         return super().post(request, *args, **kwargs)
 
 
+SIGNED_IN_AT = "phigate_signed_in_at"
+
+
+def signed_in_recently(request: HttpRequest, limit_seconds: int) -> bool:
+    """Whether this browser session's sign-in (not its last activity) is younger than the limit."""
+    signed_in_at = request.session.get(SIGNED_IN_AT)
+    return isinstance(signed_in_at, int | float) and time.time() - signed_in_at <= limit_seconds
+
+
 @receiver(user_logged_in)
 def _audit_sign_in(sender: Any, request: HttpRequest | None, user: Any, **_: Any) -> None:
+    if request is not None and hasattr(request, "session"):
+        request.session[SIGNED_IN_AT] = time.time()  # for "fresh sign-in before approving"
     with transaction.atomic():
         record(
             EventKind.AUTH_SUCCEEDED,

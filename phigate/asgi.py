@@ -2,6 +2,7 @@
 (Channels: the live review queue and ticket pages).
 
 The web process must never hold a target credential (non-negotiable 3): it refuses to start if one is present.
+Requests under ``/mcp`` go to the MCP server for agents (gateway.mcp.http); everything else goes to Django.
 """
 
 from __future__ import annotations
@@ -29,10 +30,15 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.urls import path  # noqa: E402
 
 from approvals.consumers import TicketsConsumer  # noqa: E402
+from gateway.mcp.http import with_mcp  # noqa: E402
+
+# /mcp (the MCP server for agents) or Django; the MCP session manager also needs the lifespan events.
+http_application = with_mcp(django_application)
 
 application = ProtocolTypeRouter(
     {
-        "http": django_application,
+        "http": http_application,
+        "lifespan": http_application,
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter([path("ws/tickets/", TicketsConsumer.as_asgi())]))
         ),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from phigate import envconfig as env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -97,6 +99,8 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 SESSION_COOKIE_AGE = env.get_int("SESSION_IDLE_SECONDS", 15 * 60, minimum=60)
+# Approving in the web UI needs a sign-in younger than this, however active the session has been since.
+REVIEW_REAUTH_SECONDS = env.get_int("REVIEW_REAUTH_SECONDS", 60 * 60, minimum=60)
 SESSION_SAVE_EVERY_REQUEST = True  # idle timeout, not absolute: each request extends the session
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env.get_bool("SECURE_COOKIES", PUBLIC_URL.startswith("https://"))
@@ -137,6 +141,21 @@ CHANNEL_LAYERS = {
         "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "prefix": "phigate:live:"},
     }
 }
+
+# --- Slack ----------------------------------------------------------------------------------------------------
+# Approvals in Slack (approvals/slack/): off unless SLACK_BOT_TOKEN is set. Secrets come from the environment (or
+# NAME_FILE) only. The web process checks request signatures with SLACK_SIGNING_SECRET (without it, every
+# interaction gets 401); email links need SLACK_TEAM_ID. A data source may post to its own channel with its own
+# bot (approvals.slack.models.SlackChannel), whose token is again an environment variable, named there.
+SLACK_BOT_TOKEN = env.get_str("SLACK_BOT_TOKEN") or ""
+SLACK_SIGNING_SECRET = env.get_str("SLACK_SIGNING_SECRET") or ""
+SLACK_TEAM_ID = env.get_str("SLACK_TEAM_ID") or ""
+SLACK_DEFAULT_CHANNEL = env.get_str("SLACK_DEFAULT_CHANNEL") or ""
+SLACK_API_URL = env.get_str("SLACK_API_URL") or "https://slack.com/api/"
+if not SLACK_API_URL.startswith(("https://", "http://")):
+    raise ImproperlyConfigured(f"SLACK_API_URL={SLACK_API_URL!r} must be an http(s) URL")
+if SLACK_TEAM_ID and not SLACK_TEAM_ID.isalnum():
+    raise ImproperlyConfigured(f"SLACK_TEAM_ID={SLACK_TEAM_ID!r} is not a Slack team id")
 
 # --- Celery (executor) ----------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL

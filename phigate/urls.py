@@ -9,6 +9,8 @@ from drf_spectacular.views import SpectacularAPIView
 
 from approvals import api as ticket_api
 from approvals import views as reviewer_views
+from approvals.slack import interactions as slack_interactions
+from approvals.slack import link_page as slack_link_page
 from audit import views as audit_views
 from audit.api import AuditEventListView
 from gateway.http_front import QueryView
@@ -38,12 +40,15 @@ urlpatterns = [
     path("tickets/<int:ticket_id>/review", reviewer_views.review, name="ticket-review"),
     path("tickets/<int:ticket_id>/row", reviewer_views.ticket_row, name="ticket-row"),
     path("tickets/<int:ticket_id>/live", reviewer_views.ticket_live, name="ticket-live"),
+    path("tickets/<int:ticket_id>/estimate", reviewer_views.ticket_estimate, name="ticket-estimate"),
     path("audit/", audit_views.search_page, name="audit-search"),
     path("audit/sessions/<path:session_id>/", audit_views.session_replay, name="audit-replay"),
     path("audit/exports/", audit_views.export_start, name="audit-export-start"),
     path("audit/exports/<int:export_id>/", audit_views.export_page, name="audit-export"),
     path("audit/exports/<int:export_id>/progress", audit_views.export_progress, name="audit-export-progress"),
     path("audit/exports/<int:export_id>/download", audit_views.export_download, name="audit-export-download"),
+    path("integrations/slack/interactions", slack_interactions.interactions, name="slack-interactions"),
+    path("integrations/slack/link", slack_link_page.link_page, name="slack-link"),
     path("admin/", admin.site.urls),
     path("accounts/login/", LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -158,3 +158,52 @@ class PolicyVersion(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["datasource", "number"], name="policy_version_unique"),
         ]
+
+
+class ApproverMode(models.TextChoices):
+    N_OF = "n_of", "N approvals from members of the groups"
+    ANY_OF = "any_of", "One approval from a member of any of the groups"
+    ALL_OF = "all_of", "One approval from each of the groups (distinct people)"
+
+
+class RiskScope(models.TextChoices):
+    ANY = "any", "Any risk"
+    LOW = "low", "Low"
+    MODERATE = "moderate", "Moderate"
+    HIGH = "high", "High"
+    CRITICAL = "critical", "Critical"
+
+
+class ApproverRule(models.Model):
+    """Who must approve held statements of a data source at a risk level: "2 of dba", "any of dba or security",
+    "all of dba and security". The rule for the ticket's own risk wins over the data source's "any" rule; with
+    no rule, any reviewer may approve and the counts come from the data source's thresholds."""
+
+    datasource = models.ForeignKey(DataSource, on_delete=models.CASCADE, related_name="approver_rules")
+    risk = models.CharField(max_length=10, choices=RiskScope.choices, default=RiskScope.ANY)
+    mode = models.CharField(max_length=10, choices=ApproverMode.choices)
+    count = models.PositiveSmallIntegerField(default=1)
+    groups = models.ManyToManyField("auth.Group", related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["datasource", "risk"], name="approver_rule_once_per_risk"),
+            models.CheckConstraint(condition=Q(count__gte=1), name="approver_rule_needs_an_approval"),
+            models.CheckConstraint(
+                condition=Q(mode__in=[choice.value for choice in ApproverMode]), name="approver_rule_mode_known"
+            ),
+            models.CheckConstraint(
+                condition=Q(risk__in=[choice.value for choice in RiskScope]), name="approver_rule_risk_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        names = " and ".join(sorted(group.name for group in self.groups.all()))
+        return f"{self.datasource}: {self.mode} {self.count} of {names} ({self.risk})"
+
+    def approvals_needed(self) -> int:
+        if self.mode == ApproverMode.N_OF:
+            return self.count
+        if self.mode == ApproverMode.ALL_OF:
+            return max(1, self.groups.count())
+        return 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,11 @@ DATASOURCE = "clinic"
 READ_ROLE = f"test_reader_{RUN_ID}"
 WRITE_ROLE = f"test_writer_{RUN_ID}"
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+# The local receiver that plays Slack's Web API (tests/test_slack.py) listens here; the worker and gateway are
+# started with SLACK_API_URL pointing at it, so the port is fixed once per run.
+with socket.socket() as _probe:
+    _probe.bind(("127.0.0.1", 0))
+    SLACK_RECEIVER_PORT = int(_probe.getsockname()[1])
 
 
 def db_url(name: str) -> str:
@@ -39,6 +45,10 @@ COMMON_ENV = {
     "PUBLIC_URL": "http://testserver",
     "CATALOG_TTL_SECONDS": "1",
     "LOG_LEVEL": "WARNING",
+    "SLACK_BOT_TOKEN": "xoxb-test-" + secrets.token_hex(12),
+    "SLACK_SIGNING_SECRET": secrets.token_hex(16),
+    "SLACK_TEAM_ID": "T0TEST",
+    "SLACK_API_URL": f"http://127.0.0.1:{SLACK_RECEIVER_PORT}/api/",
 }
 
 

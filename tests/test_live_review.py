@@ -119,6 +119,8 @@ def test_reviewers_see_a_ticket_arrive_approve_it_and_see_it_executed(chromium: 
     first.wait_for_selector("#review-form")
     assert "DELETE" in first.inner_text("#ticket-sql") and "never admitted" in first.content()
     assert "notes" in first.inner_text("#phi-columns")  # the PHI columns of the rows it would delete
+    first.wait_for_function("!document.getElementById('estimate-rows').classList.contains('muted')", timeout=20_000)
+    assert first.inner_text("#estimate-rows").strip().isdigit()  # EXPLAIN's estimate, from the gateway
     second.goto(f"{oidc_site.url}/tickets/{ticket_id}/")
     second.wait_for_selector("#ticket-live[data-live=on]")
     first.fill("#comment", "checked: no encounter has id -1, nothing is lost")

@@ -1,0 +1,276 @@
+"""EXPLAIN for agents and reviewers: the plan and estimated row count of a statement, never its execution.
+
+Runs in the gateway, on the read-only role, in a READ ONLY transaction with the read statement timeout. Only
+plain EXPLAIN is ever sent (no ANALYZE, which would run the statement). The statement is classified first:
+one statement only, nothing the classifier denies, and no EXPLAIN of its own.
+
+The read role cannot plan a write (PostgreSQL checks table privileges even for a plain EXPLAIN), so a write is
+explained through the read that selects the rows it would touch: ``DELETE FROM t USING u WHERE c`` becomes
+``SELECT FROM t, u WHERE c``, UPDATE likewise, and INSERT its source query. That is the number a reviewer
+wants: how many rows the change would hit.
+
+Row estimates come from column statistics, so they say something about stored values ("how many patients are
+called Smith"). The inference guard that holds such filters on PHI for agents therefore also refuses their
+EXPLAIN. Every EXPLAIN is audited before it runs (query.submitted with ``"explain": true``); refusals are
+query.denied, failures query.failed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+import psycopg
+from django.conf import settings
+from django.db import transaction
+from pglast import ast, enums
+from pglast.stream import RawStream
+
+from audit.models import EventKind, Outcome
+from audit.recorder import Context, record
+from gateway.pipeline import VALUE_EXPOSING_CATALOGS, DatasourceRuntime, touches_phi
+from identity.principal import Principal
+from policy.classifier import Classification, UnparsableStatement, Verdict, classify
+from policy.errors import scrub_error
+from policy.lineage import ParseError, UnsupportedStatement, analyze
+from policy.lineage_masking import inference_verdict
+from policy.models import DataSource, InferenceAction
+from policy.parse_depth import parse_statements
+from policy.target_catalog import TargetCatalog
+
+FORMATS = ("JSON", "TEXT")  # JSON for the estimate, TEXT for people
+WRITE_NOTE = "the read-only role cannot plan a write: this is the plan of the rows the {kind} would touch"
+
+
+class ExplainRefused(Exception):
+    """The statement may not be explained; the message says why and is safe to show."""
+
+
+def explain_statement(
+    principal: Principal,
+    datasource_name: str,
+    sql: str,
+    runtime: DatasourceRuntime,
+    *,
+    context: Context | None = None,
+) -> dict[str, Any]:
+    """``{"plan": text, "estimated_rows": n, "explained": sql actually planned, "note": ...}``.
+
+    Raises ExplainRefused (audited as query.denied) for anything that may not be planned.
+    """
+    context = context or Context()
+    datasource = DataSource.objects.filter(name=datasource_name, is_active=True).first()
+    if datasource is None:
+        _refuse(principal, context, datasource_name[:63], sql, f"unknown data source {datasource_name!r}")
+    catalog = runtime.catalog(datasource.name)
+    try:
+        classification = classify(sql, catalog.functions)
+    except UnparsableStatement as exc:
+        _refuse(principal, context, datasource.name, sql, f"syntax error: {exc}")
+    try:
+        explained, kind = _explainable_read(sql, classification)
+        _check_policy(principal, classification, explained, catalog)
+    except ExplainRefused as exc:
+        _refuse(principal, context, datasource.name, sql, str(exc), classification)
+    submitted = _audit_submitted(principal, context, datasource.name, sql, explained, classification)
+    try:
+        plan_json = _run(runtime, datasource.name, _composed(explained, "JSON"))
+        plan_text = _run(runtime, datasource.name, _composed(explained, "TEXT"))
+    except psycopg.Error as exc:
+        error = scrub_error(
+            exc.diag.sqlstate or "XX000",
+            exc.diag.message_primary or "EXPLAIN failed",
+            touches_phi=touches_phi(classification, catalog),
+        )
+        with transaction.atomic():
+            record(
+                EventKind.QUERY_FAILED,
+                principal=principal,
+                context=context,
+                outcome=Outcome.FAILURE,
+                datasource=datasource.name,
+                summary=error,
+                details={"submitted_event": submitted, "sqlstate": exc.diag.sqlstate, "explain": True},
+            )
+        raise ExplainRefused(error) from exc
+    top = json.loads(plan_json[0])[0]["Plan"]
+    result: dict[str, Any] = {
+        "plan": "\n".join(plan_text),
+        "estimated_rows": round(float(top.get("Plan Rows", 0))),
+        "explained": explained,
+    }
+    if kind != "SELECT":
+        result["note"] = WRITE_NOTE.format(kind=kind)
+    return result
+
+
+def explain_via_gateway(
+    principal: Principal, datasource: str, sql: str, *, context: Context | None = None
+) -> dict[str, Any]:
+    """The web side (which holds no target credential): ask the gateway to run ``explain_statement``.
+
+    Raises ExplainRefused when the statement may not be explained, and gateway.rpc.GatewayUnavailable when no
+    gateway answers. Pass the caller's audit context (``identity.authentication.web_context(request)`` for a page).
+    """
+    # gateway.rpc imports this module (its "explain" operation), so it is imported here, at call time.
+    from approvals.notify import redis_client
+    from gateway import rpc
+
+    try:
+        return rpc.call_operation(
+            redis_client(),
+            "explain",
+            principal=principal,
+            datasource=datasource,
+            context=context or Context(front="web"),
+            timeout_seconds=settings.READ_STATEMENT_TIMEOUT_MS / 1000 + 10,
+            arguments={"sql": sql},
+        )
+    except rpc.OperationRefused as exc:
+        raise ExplainRefused(str(exc)) from exc
+
+
+def _explainable_read(sql: str, classification: Classification) -> tuple[str, str]:
+    """(the read to plan, the statement's kind): the statement itself for a read, the rows a write touches."""
+    if len(classification.statement_types) != 1:
+        raise ExplainRefused("EXPLAIN takes exactly one statement")
+    if classification.verdict == Verdict.DENIED:
+        raise ExplainRefused("denied by policy: " + "; ".join(classification.reasons))
+    statement = parse_statements(sql)[0].stmt
+    if isinstance(statement, ast.ExplainStmt):
+        if _analyzes(statement):
+            raise ExplainRefused("EXPLAIN ANALYZE runs the statement; only plain EXPLAIN is available")
+        raise ExplainRefused("send the statement itself: phigate adds EXPLAIN (never ANALYZE)")
+    if isinstance(statement, ast.SelectStmt) and statement.intoClause is None:
+        return sql, "SELECT"
+    if isinstance(statement, ast.DeleteStmt):
+        return _deparse(_rows_of(statement.relation, statement.usingClause, statement.whereClause, statement)), "DELETE"
+    if isinstance(statement, ast.UpdateStmt):
+        return _deparse(_rows_of(statement.relation, statement.fromClause, statement.whereClause, statement)), "UPDATE"
+    if isinstance(statement, ast.InsertStmt) and statement.selectStmt is not None:
+        return _deparse(_insert_source(statement)), "INSERT"
+    raise ExplainRefused(
+        f"EXPLAIN covers SELECT, INSERT ... SELECT/VALUES, UPDATE and DELETE, not {classification.statement_types[0]}"
+    )
+
+
+def _analyzes(statement: ast.ExplainStmt) -> bool:
+    """Fail closed: any ANALYZE option counts, whatever its value."""
+    return any(isinstance(o, ast.DefElem) and (o.defname or "").lower() == "analyze" for o in statement.options or ())
+
+
+def _rows_of(relation: ast.Node | None, extra: Any, where: Any, statement: ast.Node) -> ast.SelectStmt:
+    if isinstance(where, ast.CurrentOfExpr):
+        raise ExplainRefused("WHERE CURRENT OF needs a cursor; it cannot be explained on its own")
+    return ast.SelectStmt(
+        fromClause=(relation, *(extra or ())),
+        whereClause=where,
+        withClause=getattr(statement, "withClause", None),
+        op=enums.SetOperation.SETOP_NONE,
+    )
+
+
+def _insert_source(statement: ast.InsertStmt) -> ast.Node:
+    source = statement.selectStmt
+    assert source is not None  # INSERT ... DEFAULT VALUES is refused before
+    if statement.withClause is None:
+        return source
+    if not isinstance(source, ast.SelectStmt) or source.withClause is not None:
+        raise ExplainRefused("an INSERT with WITH clauses on both the INSERT and its query cannot be explained")
+    fields = {name: getattr(source, name) for name in source}
+    return ast.SelectStmt(**{**fields, "withClause": statement.withClause})
+
+
+def _composed(explained: str, form: str) -> str:
+    return f"EXPLAIN (FORMAT {form}) {explained}"
+
+
+def _deparse(node: ast.Node) -> str:
+    return str(RawStream()(node))
+
+
+def _check_policy(principal: Principal, classification: Classification, explained: str, catalog: TargetCatalog) -> None:
+    """What planning may reveal: the composed EXPLAIN must classify as allowed, and its row estimate must not
+    answer a question about PHI values the policy would hold or deny for this kind of identity."""
+    for form in FORMATS:  # exactly the texts that will be sent
+        try:
+            composed = classify(_composed(explained, form), catalog.functions)
+        except UnparsableStatement as exc:
+            raise ExplainRefused(f"cannot be explained: {exc}") from exc
+        explain = parse_statements(_composed(explained, form))[0].stmt
+        if composed.statement_types != ("EXPLAIN",) or not isinstance(explain, ast.ExplainStmt) or _analyzes(explain):
+            raise ExplainRefused("cannot be explained on its own")
+        if composed.verdict != Verdict.ALLOWED:
+            raise ExplainRefused("planning it is not allowed: " + "; ".join(composed.reasons))
+    exposing = sorted(r for r in composed.relations if r.rpartition(".")[2] in VALUE_EXPOSING_CATALOGS)
+    if exposing:
+        raise ExplainRefused(f"{', '.join(exposing)} exposes stored values or other sessions' statements")
+    try:
+        lineage = analyze(explained, catalog)
+    except (ParseError, UnsupportedStatement) as exc:
+        if principal.is_agent and touches_phi(classification, catalog):
+            raise ExplainRefused(f"cannot tell what the estimate reveals about PHI: {exc}") from exc
+        return
+    guard = inference_verdict(lineage, catalog, principal.identity_kind)
+    if guard.action != InferenceAction.ALLOW:
+        raise ExplainRefused(
+            "row estimates come from column statistics and would reveal PHI values: " + "; ".join(guard.reasons)
+        )
+
+
+def _run(runtime: DatasourceRuntime, datasource: str, sql: str) -> list[str]:
+    """One column per row (what EXPLAIN returns), as PostgreSQL's text."""
+    raw = runtime.executor(datasource).run(
+        sql, cursor_capable=False, row_cap=100_000, timeout_ms=settings.READ_STATEMENT_TIMEOUT_MS
+    )
+    return [row[0] or "" for row in raw.rows]
+
+
+def _details(classification: Classification | None, **extra: object) -> dict[str, object]:
+    details: dict[str, object] = {"explain": True, **extra}
+    if classification is not None:
+        details.update(
+            statement_types=list(classification.statement_types),
+            relations=list(classification.relations),
+            fingerprint=classification.fingerprint,
+        )
+    return details
+
+
+def _refuse(
+    principal: Principal,
+    context: Context,
+    datasource: str,
+    sql: str,
+    why: str,
+    classification: Classification | None = None,
+) -> NoReturn:
+    with transaction.atomic():
+        record(
+            EventKind.QUERY_DENIED,
+            principal=principal,
+            context=context,
+            outcome=Outcome.DENIED,
+            datasource=datasource,
+            statement=sql,
+            summary=f"EXPLAIN refused: {why}",
+            details=_details(classification, verdict="denied", reasons=[why]),
+        )
+    raise ExplainRefused(why)
+
+
+def _audit_submitted(
+    principal: Principal, context: Context, datasource: str, sql: str, explained: str, classification: Classification
+) -> int:
+    """Committed before the plan is asked for, like any read."""
+    with transaction.atomic():
+        event = record(
+            EventKind.QUERY_SUBMITTED,
+            principal=principal,
+            context=context,
+            datasource=datasource,
+            statement=sql,
+            summary="EXPLAIN (planned, not run)",
+            details=_details(classification, verdict="allowed", reasons=[], explained=explained),
+        )
+    return int(event.pk)
