@@ -32,8 +32,12 @@ class RoleMappingOIDCBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
         return user
 
     def _sync_roles(self, user: Any, claims: dict[str, Any]) -> None:
-        claimed = claims.get(str(settings.OIDC_GROUPS_CLAIM)) or []
-        wanted = {role.value for role in Role if role.value in set(claimed)}
-        role_groups = Group.objects.filter(name__in=[role.value for role in Role])
-        user.groups.remove(*[group for group in role_groups if group.name not in wanted])
-        user.groups.add(*[group for group in role_groups if group.name in wanted])
+        """Roles, and the approver groups the policy names ("dba", "security"), follow the claim; any other
+        group the provider sends is ignored, and groups we manage but the claim omits are taken away."""
+        from policy.models import ApproverRule
+
+        claimed = {str(name) for name in claims.get(str(settings.OIDC_GROUPS_CLAIM)) or []}
+        approver_groups = set(ApproverRule.groups.through.objects.values_list("group__name", flat=True))
+        managed = Group.objects.filter(name__in={role.value for role in Role} | approver_groups)
+        user.groups.remove(*[group for group in managed if group.name not in claimed])
+        user.groups.add(*[group for group in managed if group.name in claimed])

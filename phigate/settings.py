@@ -79,6 +79,7 @@ REDIS_URL = env.get_str("REDIS_URL", "redis://127.0.0.1:6379/0") or ""
 LOCAL_LOGIN = env.get_bool("LOCAL_LOGIN", False)
 OIDC_RP_CLIENT_ID = env.get_str("OIDC_RP_CLIENT_ID")
 OIDC_ENABLED = bool(OIDC_RP_CLIENT_ID)
+OIDC_GROUPS_CLAIM = env.get_str("OIDC_GROUPS_CLAIM", "groups")  # roles and approver groups come from it
 AUTHENTICATION_BACKENDS: list[str] = []
 if OIDC_ENABLED:
     OIDC_RP_CLIENT_SECRET = env.require_str("OIDC_RP_CLIENT_SECRET")
@@ -88,7 +89,6 @@ if OIDC_ENABLED:
     OIDC_OP_JWKS_ENDPOINT = env.require_str("OIDC_OP_JWKS_ENDPOINT")
     OIDC_RP_SIGN_ALGO = env.get_str("OIDC_RP_SIGN_ALGO", "RS256")
     OIDC_RP_SCOPES = env.get_str("OIDC_RP_SCOPES", "openid email profile")
-    OIDC_GROUPS_CLAIM = env.get_str("OIDC_GROUPS_CLAIM", "groups")
     AUTHENTICATION_BACKENDS.append("identity.oidc.RoleMappingOIDCBackend")
 if LOCAL_LOGIN:
     AUTHENTICATION_BACKENDS.append("django.contrib.auth.backends.ModelBackend")

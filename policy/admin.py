@@ -9,7 +9,7 @@ from django.db import transaction
 from django.http import HttpRequest
 
 from policy.document import export_document, record_change
-from policy.models import DataSource, InferenceRule, MaskRule, PhiColumn, PolicyVersion
+from policy.models import ApproverRule, DataSource, InferenceRule, MaskRule, PhiColumn, PolicyVersion
 
 
 class AuditedPolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -57,6 +57,24 @@ class MaskRuleAdmin(AuditedPolicyAdmin):
 @admin.register(InferenceRule)
 class InferenceRuleAdmin(AuditedPolicyAdmin):
     list_display = ["datasource", "phi_type", "identity_kind", "action"]
+
+
+@admin.register(ApproverRule)
+class ApproverRuleAdmin(AuditedPolicyAdmin):
+    """The groups are saved after the rule itself (many-to-many): the audited version is taken after both."""
+
+    list_display = ["datasource", "risk", "mode", "count"]
+    list_filter = ["datasource"]
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        self._before = export_document(self._datasource(obj))
+        admin.ModelAdmin.save_model(self, request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        with transaction.atomic():
+            super().save_related(request, form, formsets, change)
+            datasource = DataSource.objects.select_for_update().get(pk=form.instance.datasource_id)
+            record_change(datasource, request.user, self._before, front="web")  # type: ignore[arg-type]
 
 
 @admin.register(PolicyVersion)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.db.models import F
 
@@ -25,6 +25,8 @@ from audit.recorder import Context, record
 from identity.principal import Principal
 from policy.defaults import DEFAULT_INFERENCE, DEFAULT_MASKS
 from policy.models import (
+    ApproverMode,
+    ApproverRule,
     DataSource,
     IdentityKind,
     InferenceAction,
@@ -34,12 +36,14 @@ from policy.models import (
     PhiColumn,
     PhiType,
     PolicyVersion,
+    RiskScope,
 )
 
 FORMAT = 1
 _KINDS = [kind.value for kind in IdentityKind]
 _TABLE = re.compile(r"^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$")
-_TOP_KEYS = {"format", "datasource", "version", "approvals", "columns", "masks", "inference"}
+_TOP_KEYS = {"format", "datasource", "version", "approvals", "approvers", "columns", "masks", "inference"}
+_APPROVER_KEYS = {"risk", "mode", "count", "groups"}
 
 
 class PolicyError(ValueError):
@@ -69,6 +73,15 @@ def export_document(datasource: DataSource) -> dict[str, Any]:
             "ddl": datasource.approvals_ddl,
             "bulk_write": datasource.approvals_bulk_write,
         },
+        "approvers": [
+            {
+                "risk": rule.risk,
+                "mode": rule.mode,
+                "count": rule.count,
+                "groups": sorted(group.name for group in rule.groups.all()),
+            }
+            for rule in sorted(datasource.approver_rules.prefetch_related("groups"), key=lambda r: r.risk)
+        ],
         "columns": [
             {"table": f"{c.schema_name}.{c.table_name}", "column": c.column_name, "type": c.phi_type}
             for c in PhiColumn.objects.filter(datasource=datasource).order_by(
@@ -118,6 +131,22 @@ def validate(document: dict[str, Any]) -> None:
     _require(set(approvals) <= {"default", "ddl", "bulk_write"}, f"unknown approvals keys: {sorted(approvals)}")
     for key, value in approvals.items():
         _require(isinstance(value, int) and 1 <= value <= 10, f"approvals.{key} must be an integer from 1 to 10")
+    approvers = document.get("approvers", [])
+    _require(isinstance(approvers, list), "approvers must be a list")
+    risks: set[str] = set()
+    for index, rule in enumerate(approvers):
+        where = f"approvers[{index}]"
+        _require(isinstance(rule, dict) and set(rule) == _APPROVER_KEYS, f"{where} needs risk, mode, count, groups")
+        _require(rule["risk"] in RiskScope.values, f"{where}.risk must be one of {RiskScope.values}")
+        _require(rule["risk"] not in risks, f"{where} repeats risk {rule['risk']}")
+        risks.add(rule["risk"])
+        _require(rule["mode"] in ApproverMode.values, f"{where}.mode must be one of {ApproverMode.values}")
+        _require(isinstance(rule["count"], int) and 1 <= rule["count"] <= 10, f"{where}.count must be 1 to 10")
+        groups = rule["groups"]
+        _require(
+            isinstance(groups, list) and bool(groups) and all(isinstance(name, str) and name for name in groups),
+            f"{where}.groups must be a non-empty list of group names",
+        )
     columns = document.get("columns", [])
     _require(isinstance(columns, list), "columns must be a list")
     seen = set()
@@ -226,6 +255,14 @@ def _apply(datasource: DataSource, document: dict[str, Any]) -> None:
     datasource.approvals_ddl = approvals.get("ddl", datasource.approvals_ddl)
     datasource.approvals_bulk_write = approvals.get("bulk_write", datasource.approvals_bulk_write)
     datasource.save(update_fields=["approvals_default", "approvals_ddl", "approvals_bulk_write"])
+    if "approvers" in document:
+        ApproverRule.objects.filter(datasource=datasource).delete()
+        for rule in document["approvers"]:
+            created = ApproverRule.objects.create(
+                datasource=datasource, risk=rule["risk"], mode=rule["mode"], count=rule["count"]
+            )
+            # Approver groups are named by the policy; membership comes from the identity provider's groups claim.
+            created.groups.set([Group.objects.get_or_create(name=name)[0] for name in rule["groups"]])
     if "columns" in document:
         PhiColumn.objects.filter(datasource=datasource).delete()
         PhiColumn.objects.bulk_create(

@@ -123,3 +123,17 @@ def test_the_owner_stays_refused_even_in_the_group(make_rule, groups) -> None:  
     assert review(ticket.owner, ticket) == 403
     assert review(make_user(Role.COMPLIANCE), ticket) == 403
     assert status(ticket) == Status.PENDING
+
+
+def test_approver_groups_follow_the_identity_providers_claim(make_rule, groups) -> None:  # type: ignore[no-untyped-def]
+    from identity.oidc import RoleMappingOIDCBackend
+
+    make_rule(ApproverMode.ANY_OF, ["dba"])
+    unrelated = Group.objects.create(name=f"lunch-club-{next(_serial)}")
+    user = make_user()
+    user.groups.add(unrelated)
+    backend = RoleMappingOIDCBackend.__new__(RoleMappingOIDCBackend)  # the claim mapping needs no provider
+    backend._sync_roles(user, {"groups": ["reviewer", groups["dba"].name, "not-a-group-we-know"]})
+    assert set(user.groups.values_list("name", flat=True)) == {"reviewer", groups["dba"].name, unrelated.name}
+    backend._sync_roles(user, {"groups": ["reviewer"]})  # removed at the provider: removed here
+    assert set(user.groups.values_list("name", flat=True)) == {"reviewer", unrelated.name}

@@ -151,3 +151,39 @@ def test_admin_edits_are_versioned_and_audited(clinic, restore_policy) -> None: 
     outsider = Client()
     outsider.force_login(make_user(Role.REVIEWER))
     assert outsider.get("/admin/policy/maskrule/").status_code == 302  # not staff: sent to the admin login
+
+
+def test_approver_rules_are_part_of_the_document(clinic, restore_policy) -> None:  # type: ignore[no-untyped-def]
+    from policy.models import ApproverRule
+
+    document = yaml.safe_load(dump(export_document(clinic)))
+    document["approvers"] = [
+        {"risk": "any", "mode": "any_of", "count": 1, "groups": ["dba-doc", "security-doc"]},
+        {"risk": "high", "mode": "all_of", "count": 1, "groups": ["dba-doc", "security-doc"]},
+    ]
+    result = import_document("clinic", yaml.safe_dump(document), make_user(Role.ADMIN))
+    assert result.changed and "approvers" in result.diff
+    rules = {rule.risk: rule for rule in ApproverRule.objects.filter(datasource=clinic)}
+    assert set(rules) == {"any", "high"} and rules["high"].mode == "all_of"
+    assert {group.name for group in rules["high"].groups.all()} == {"dba-doc", "security-doc"}
+    exported = export_document(clinic)
+    assert exported["approvers"] == document["approvers"]  # the round trip holds
+    changed = AuditEvent.objects.filter(kind=EventKind.POLICY_CHANGED, datasource="clinic").order_by("-id").first()
+    assert changed is not None and changed.details["after"]["approvers"] == document["approvers"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"risk": "sometimes", "mode": "any_of", "count": 1, "groups": ["x"]}, "risk must be one of"),
+        ({"risk": "any", "mode": "most_of", "count": 1, "groups": ["x"]}, "mode must be one of"),
+        ({"risk": "any", "mode": "n_of", "count": 0, "groups": ["x"]}, "count must be 1 to 10"),
+        ({"risk": "any", "mode": "n_of", "count": 1, "groups": []}, "non-empty list"),
+        ({"risk": "any", "mode": "n_of", "groups": ["x"]}, "needs risk, mode, count, groups"),
+    ],
+)
+def test_invalid_approver_rules_are_refused(clinic, rule, message: str) -> None:  # type: ignore[no-untyped-def]
+    document = yaml.safe_load(dump(export_document(clinic)))
+    document["approvers"] = [rule]
+    with pytest.raises(PolicyError, match=message):
+        import_document("clinic", yaml.safe_dump(document), make_user(Role.ADMIN))
