@@ -24,6 +24,8 @@ class EventKind(models.TextChoices):
     AUTH_FAILED = "auth.failed", "Authentication failed"
     TOKEN_ISSUED = "token.issued", "Token issued"
     TOKEN_REVOKED = "token.revoked", "Token revoked"
+    ACCOUNT_LINKED = "account.linked", "External account linked (Slack)"
+    ACCOUNT_UNLINKED = "account.unlinked", "External account unlinked (Slack)"
     QUERY_SUBMITTED = "query.submitted", "Statement submitted and classified"
     QUERY_EXECUTED = "query.executed", "Read executed"
     QUERY_FAILED = "query.failed", "Read failed"

@@ -533,7 +533,7 @@ def test_a_confirmed_slack_email_links_the_matching_account(clinic_channel, rece
     assert Review.objects.get(ticket=ticket).reviewer == reviewer
     info = receiver.find(lambda c: c.method == "users.info" and c.body.get("user") == slack_id)
     assert info and info[0].headers["Authorization"] == f"Bearer {settings.SLACK_BOT_TOKEN}"
-    issued = AuditEvent.objects.get(kind=EventKind.TOKEN_ISSUED, actor=reviewer)
+    issued = AuditEvent.objects.get(kind=EventKind.ACCOUNT_LINKED, actor=reviewer)
     assert issued.front == "slack" and issued.details["slack_link"]["verified_by"] == "email"
 
 
@@ -596,7 +596,7 @@ def test_link_page_links_only_the_signed_in_account(who, roles) -> None:  # type
     link = SlackLink.objects.get(slack_user_id=slack_id)
     assert (link.user, link.verified_by) == (user, VerifiedBy.EXPLICIT)
     assert not SlackLink.objects.filter(user=bystander).exists()
-    issued = AuditEvent.objects.get(kind=EventKind.TOKEN_ISSUED, actor=user)
+    issued = AuditEvent.objects.get(kind=EventKind.ACCOUNT_LINKED, actor=user)
     assert issued.front == "web" and issued.details["slack_link"]["slack_user_id"] == slack_id
 
     # The token works once; someone else holding it links nothing.
@@ -608,7 +608,7 @@ def test_link_page_links_only_the_signed_in_account(who, roles) -> None:  # type
 
     assert browser.post("/integrations/slack/link", {"action": "unlink"}).status_code == 302
     assert not SlackLink.objects.filter(user=user).exists()
-    assert AuditEvent.objects.filter(kind=EventKind.TOKEN_REVOKED, actor=user).exists()
+    assert AuditEvent.objects.filter(kind=EventKind.ACCOUNT_UNLINKED, actor=user).exists()
 
 
 def test_expired_tampered_and_forged_link_tokens_are_refused() -> None:

@@ -96,7 +96,7 @@ def _create(user: User, slack_user_id: str, slack_team_id: str, verified_by: Ver
             raise LinkRefused("this Slack user or phigate account was linked meanwhile") from None
         how = "a confirmed email match" if verified_by == VerifiedBy.EMAIL else "confirmation while signed in"
         record(
-            EventKind.TOKEN_ISSUED,
+            EventKind.ACCOUNT_LINKED,
             principal=Principal(human=user),
             context=context,
             summary=f"Slack user {slack_user_id} ({slack_team_id}) linked to {user.get_username()} by {how}",
@@ -131,7 +131,7 @@ def unlink(user: User, context: Context) -> bool:
         described = _describe(link)
         link.delete()
         record(
-            EventKind.TOKEN_REVOKED,
+            EventKind.ACCOUNT_UNLINKED,
             principal=Principal(human=user),
             context=context,
             summary=f"Slack user {described['slack_user_id']} unlinked from {user.get_username()}",
