@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from audit.models import AuditEvent, EventKind
-from audit.recorder import record
+from audit.recorder import Context, record
 from audit.search_paging import NewestFirst
 from identity.authentication import principal_of, request_context
 from identity.principal import Principal
@@ -74,6 +74,18 @@ SEARCH_FILTERS = {
 _FILTERS = [OpenApiParameter(name, OpenApiTypes.STR, description=text) for name, text in SEARCH_FILTERS.items()]
 
 
+def record_search(principal: Principal, context: Context, filters: Mapping[str, str]) -> None:
+    """Every search of the audit trail is itself an audit event (API and web alike)."""
+    with transaction.atomic():
+        record(
+            EventKind.AUDIT_SEARCHED,
+            principal=principal,
+            context=context,
+            summary=f"audit search ({context.front})",
+            details={"filters": dict(filters)},
+        )
+
+
 def search(params: Mapping[str, str]) -> QuerySet[AuditEvent]:
     """The events matching a compliance search; shared by the API and the search page."""
     events = AuditEvent.objects.all()
@@ -120,12 +132,6 @@ class AuditEventListView(generics.ListAPIView[AuditEvent]):
         principal: Principal = principal_of(request)
         if principal.is_agent or not has_role(principal.human, Role.COMPLIANCE):
             raise PermissionDenied("only compliance officers can search the audit trail")
-        with transaction.atomic():
-            record(
-                EventKind.AUDIT_SEARCHED,
-                principal=principal,
-                context=request_context(request),
-                summary="audit search",
-                details={"filters": {key: request.query_params[key] for key in request.query_params}},
-            )
+        filters = {key: request.query_params[key] for key in request.query_params}
+        record_search(principal, request_context(request), filters)
         return super().get(request, *args, **kwargs)

@@ -16,7 +16,7 @@ from django.utils.dateparse import parse_date
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
-from audit.api import SEARCH_FILTERS, search
+from audit.api import SEARCH_FILTERS, record_search, search
 from audit.evidence import ExportFilters
 from audit.evidence_jobs import bundle_path, request_export
 from audit.models import AuditEvent, EventKind, EvidenceExport, ExportStatus
@@ -55,14 +55,7 @@ def search_page(request: HttpRequest) -> HttpResponse:
         events = [by_id[pk] for pk in ids[:PAGE]]
     except ValidationError as exc:
         error = "; ".join(f"{key}: {value}" for key, value in _flatten(exc.detail).items())
-    with transaction.atomic():
-        record(
-            EventKind.AUDIT_SEARCHED,
-            principal=principal,
-            context=web_context(request),
-            summary="audit search (web)",
-            details={"filters": filters},
-        )
+    record_search(principal, web_context(request), filters)
     return render(
         request,
         "audit/search.html",
