@@ -31,6 +31,11 @@ from policy.models import DataSource
 AGES = [(15, "15 minutes"), (60, "an hour"), (24 * 60, "a day")]
 
 
+def _sees_whole_queue(request: HttpRequest) -> bool:
+    """Reviewers and compliance officers see every pending ticket; others only their own requests."""
+    return has_role(request.user, Role.REVIEWER) or has_role(request.user, Role.COMPLIANCE)  # type: ignore[arg-type]
+
+
 def _queue_filters(request: HttpRequest) -> dict[str, str]:
     datasource = request.GET.get("datasource", "")
     risk = request.GET.get("risk", "") if request.GET.get("risk", "") in Risk.values else ""
@@ -61,7 +66,7 @@ def queue(request: HttpRequest) -> HttpResponse:
         "ages": AGES,
     }
     tickets = _filtered(Ticket.objects.select_related("datasource", "agent", "owner"), filters)
-    if not (has_role(request.user, Role.REVIEWER) or has_role(request.user, Role.COMPLIANCE)):
+    if not _sees_whole_queue(request):
         mine = tickets.filter(owner=principal.human).order_by("-id")[:50]
         return render(request, "approvals/queue.html", {**context, "pending": [], "recent": mine, "is_reviewer": False})
     expire_overdue()
@@ -83,8 +88,7 @@ def _visible_ticket(request: HttpRequest, ticket_id: int) -> tuple[Ticket, Princ
 def ticket_row(request: HttpRequest, ticket_id: int) -> HttpResponse:
     """One queue row, for the live queue: the pending table's row while pending, the recent table's after."""
     ticket, principal = _visible_ticket(request, ticket_id)
-    reviewer_view = has_role(request.user, Role.REVIEWER) or has_role(request.user, Role.COMPLIANCE)
-    if ticket.status == Status.PENDING and reviewer_view:
+    if ticket.status == Status.PENDING and _sees_whole_queue(request):
         response = render(
             request, "approvals/_pending_row.html", {"ticket": ticket, "refusal": review_refusal(ticket, principal)}
         )

@@ -7,8 +7,6 @@ from datetime import datetime
 
 from django.db import transaction
 from django.db.models import QuerySet
-from django.utils.dateparse import parse_date, parse_datetime
-from django.utils.timezone import make_aware
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
@@ -17,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from audit.models import AuditEvent, EventKind
+from audit.periods import parse_moment
 from audit.recorder import Context, record
 from audit.search_paging import NewestFirst
 from identity.authentication import principal_of, request_context
@@ -48,13 +47,10 @@ class AuditEventSerializer(serializers.ModelSerializer[AuditEvent]):
 def _moment(name: str, raw: str | None) -> datetime | None:
     if not raw:
         return None
-    moment = parse_datetime(raw)
-    if moment is None:
-        day = parse_date(raw)
-        if day is None:
-            raise ValidationError({name: "expected an ISO 8601 date or date-time"})
-        moment = datetime(day.year, day.month, day.day)
-    return moment if moment.tzinfo else make_aware(moment)
+    try:
+        return parse_moment(raw)
+    except ValueError as exc:
+        raise ValidationError({name: str(exc)}) from None
 
 
 SEARCH_FILTERS = {

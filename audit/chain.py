@@ -164,18 +164,22 @@ def verify_chain() -> Verdict:
     public_raw = signing.public_raw(signing.trusted_public_key())
     trusted_id = key_id(public_raw)
     rows = list(Checkpoint.objects.values_list("seq", "chain_hash", "signed_at", "key_id", "signature", "reason"))
+    count = 0
+
+    def fail(problem: str, event_id: int | None = None) -> Verdict:
+        return Verdict(False, count, len(rows), problem, event_id)
+
     checkpoints: dict[int, bytes] = {}
     purge_anchors: set[int] = set()
     for seq, value, signed_at, kid, signature, reason in sorted(rows):
         message = checkpoint_message(seq, bytes(value), signed_at, reason)
         if kid != trusted_id or not verify_signature(public_raw, bytes(signature), message):
-            return Verdict(False, 0, len(rows), f"checkpoint at seq {seq} has an invalid signature")
+            return fail(f"checkpoint at seq {seq} has an invalid signature")
         if checkpoints.setdefault(seq, bytes(value)) != bytes(value):
-            return Verdict(False, 0, len(rows), f"two checkpoints at seq {seq} sign different values")
+            return fail(f"two checkpoints at seq {seq} sign different values")
         if reason == CheckpointReason.PURGE:
             purge_anchors.add(seq)
 
-    count = 0
     expected_seq: int | None = None
     value = GENESIS
     last_event: int | None = None
@@ -184,47 +188,29 @@ def verify_chain() -> Verdict:
             if seq != 1:
                 anchor = checkpoints.get(seq - 1)
                 if anchor is None:
-                    return Verdict(
-                        False,
-                        count,
-                        len(rows),
-                        f"the chain starts at seq {seq} with no signed "
-                        f"checkpoint at seq {seq - 1}: its beginning was removed",
+                    return fail(
+                        f"the chain starts at seq {seq} with no signed checkpoint at seq {seq - 1}: "
+                        "its beginning was removed",
                         event_id,
                     )
                 value = anchor
         elif seq != expected_seq:
-            return Verdict(
-                False,
-                count,
-                len(rows),
-                f"links {expected_seq}..{seq - 1} are missing (before event {event_id})",
-                event_id,
-            )
+            return fail(f"links {expected_seq}..{seq - 1} are missing (before event {event_id})", event_id)
         if not present:
-            return Verdict(False, count, len(rows), f"event {event_id} (seq {seq}) was deleted", event_id)
+            return fail(f"event {event_id} (seq {seq}) was deleted", event_id)
         digest = row_hash(fields)
         if digest != bytes(stored_row):
-            return Verdict(False, count, len(rows), f"event {event_id} (seq {seq}) was altered", event_id)
+            return fail(f"event {event_id} (seq {seq}) was altered", event_id)
         value = chain_hash(value, digest)
         if value != bytes(stored_chain):
-            return Verdict(
-                False,
-                count,
-                len(rows),
+            return fail(
                 f"the chain breaks at event {event_id} (seq {seq}): links were reordered, removed "
                 "or inserted before it",
                 event_id,
             )
         signed = checkpoints.get(seq)
         if signed is not None and signed != value:
-            return Verdict(
-                False,
-                count,
-                len(rows),
-                f"event {event_id} (seq {seq}) does not match the signed checkpoint at seq {seq}",
-                event_id,
-            )
+            return fail(f"event {event_id} (seq {seq}) does not match the signed checkpoint at seq {seq}", event_id)
         expected_seq, last_event, count = seq + 1, event_id, count + 1
 
     if expected_seq is not None:
@@ -234,23 +220,14 @@ def verify_chain() -> Verdict:
         chained_to = newest if newest in purge_anchors else 0
     beyond = [seq for seq in checkpoints if seq > chained_to]
     if beyond:
-        return Verdict(
-            False,
-            count,
-            len(rows),
+        return fail(
             f"a checkpoint signed seq {max(beyond)} but the chain ends at seq {chained_to}: "
             "events were removed from the tail",
             last_event,
         )
     orphan = _unchained_event_before_head()
     if orphan is not None:
-        return Verdict(
-            False,
-            count,
-            len(rows),
-            f"event {orphan} is older than the chain's end but not in the chain (its link was removed)",
-            orphan,
-        )
+        return fail(f"event {orphan} is older than the chain's end but not in the chain (its link was removed)", orphan)
     return Verdict(True, count, len(rows))
 
 

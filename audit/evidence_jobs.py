@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from audit.evidence import ExportFilters, export_evidence
 from audit.models import EvidenceExport, ExportStatus
+from audit.periods import parse_moment
 from audit.recorder import Context
 from identity.principal import Principal
 
@@ -41,21 +40,14 @@ def request_export(principal: Principal, filters: ExportFilters, context: Contex
     return export
 
 
-def _moment(text: str) -> datetime:
-    moment = parse_datetime(text)
-    if moment is None:
-        raise ValueError(f"bad date-time {text!r}")
-    return moment
-
-
 def run_export(export_id: int) -> str:
     """Build one queued export. Runs once: a second delivery of the task finds it no longer queued."""
     if not EvidenceExport.objects.filter(pk=export_id, status=ExportStatus.QUEUED).update(status=ExportStatus.RUNNING):
         return "not queued"
     export = EvidenceExport.objects.select_related("requested_by").get(pk=export_id)
     filters = ExportFilters(
-        since=_moment(export.filters["since"]),
-        until=_moment(export.filters["until"]),
+        since=parse_moment(export.filters["since"]),
+        until=parse_moment(export.filters["until"]),
         user=export.filters.get("user") or None,
         datasource=export.filters.get("datasource") or None,
     )

@@ -62,7 +62,8 @@ def _attach_result(step: Step, event: AuditEvent) -> None:
     step.masking = details.get("masking") or {}
     step.preview = details.get("preview") or {}
     step.result_sha256 = str(details.get("result_sha256", ""))
-    step.event_ids.append(event.pk)
+    if event.pk not in step.event_ids:  # a result without its statement is a step of its own
+        step.event_ids.append(event.pk)
     if event.kind == "query.failed":
         step.outcome = event.outcome
         step.summary = f"{step.summary}; {event.summary}"
@@ -84,7 +85,6 @@ def replay_steps(events: Sequence[AuditEvent], approvals: Sequence[AuditEvent] =
         step = _step(event)
         if event.kind in _RESULT_KINDS:
             _attach_result(step, event)
-            step.event_ids = step.event_ids[:1]
         steps.append(step)
         if event.kind == "query.submitted":
             by_submitted_event[event.pk] = step

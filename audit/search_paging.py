@@ -47,6 +47,17 @@ def newest_ids(queryset: QuerySet[Any], count: int, walk_budget_ms: int | None =
         return [row[0] for row in cursor.fetchall()]
 
 
+def newest_page(queryset: QuerySet[Any], size: int, before: int | None = None) -> tuple[list[Any], int | None]:
+    """One page, newest first, from before the id ``before``: the rows, and the id the next page starts before
+    (None on the last page)."""
+    if before is not None:
+        queryset = queryset.filter(id__lt=before)
+    ids = newest_ids(queryset, size + 1)
+    following = ids[size - 1] if len(ids) > size else None
+    rows = queryset.model.objects.in_bulk(ids[:size])
+    return [rows[pk] for pk in ids[:size]], following
+
+
 class NewestFirst(BasePagination):
     """Keyset pages, newest first: ``?before=<id>`` continues after the last event of the previous page."""
 
@@ -57,15 +68,10 @@ class NewestFirst(BasePagination):
         self.request = request
         size = self._page_size(request)
         before = request.query_params.get("before")
-        if before is not None:
-            if not before.isdigit():
-                raise ValidationError({"before": "an event id"})
-            queryset = queryset.filter(id__lt=int(before))
-        ids = newest_ids(queryset, size + 1)
-        self.next_before = ids[size - 1] if len(ids) > size else None
-        ids = ids[:size]
-        rows = {row.pk: row for row in queryset.model.objects.filter(pk__in=ids)}
-        return [rows[pk] for pk in ids]
+        if before is not None and not before.isdigit():
+            raise ValidationError({"before": "an event id"})
+        rows, self.next_before = newest_page(queryset, size, int(before) if before is not None else None)
+        return rows
 
     def _page_size(self, request: Request) -> int:
         raw = request.query_params.get("page_size")

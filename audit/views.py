@@ -22,7 +22,7 @@ from audit.evidence_jobs import bundle_path, request_export
 from audit.models import AuditEvent, EventKind, EvidenceExport, ExportStatus
 from audit.recorder import record
 from audit.replay import replay_steps
-from audit.search_paging import newest_ids
+from audit.search_paging import newest_page
 from identity.authentication import web_context
 from identity.principal import Principal
 from identity.roles import Role, has_role
@@ -45,14 +45,8 @@ def search_page(request: HttpRequest) -> HttpResponse:
     events: list[AuditEvent] = []
     older: int | None = None
     try:
-        queryset = search(filters)
         before = request.GET.get("before", "")
-        if before.isdigit():
-            queryset = queryset.filter(id__lt=int(before))
-        ids = newest_ids(queryset, PAGE + 1)
-        older = ids[PAGE - 1] if len(ids) > PAGE else None
-        by_id = AuditEvent.objects.in_bulk(ids[:PAGE])
-        events = [by_id[pk] for pk in ids[:PAGE]]
+        events, older = newest_page(search(filters), PAGE, int(before) if before.isdigit() else None)
     except ValidationError as exc:
         error = "; ".join(f"{key}: {value}" for key, value in _flatten(exc.detail).items())
     record_search(principal, web_context(request), filters)
@@ -66,7 +60,6 @@ def search_page(request: HttpRequest) -> HttpResponse:
             "older": older,
             "error": error,
             "exports": EvidenceExport.objects.of(principal.human)[:5],
-            "today": timezone.now().date(),
         },
     )
 

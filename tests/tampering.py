@@ -36,3 +36,14 @@ def put_back(conn: psycopg.Connection, table: str, copy: str) -> None:
     ]
     listed = ", ".join(columns)
     conn.execute(f"INSERT INTO {table} ({listed}) SELECT {listed} FROM {copy}")
+
+
+def swap_links(conn: psycopg.Connection, first: int, second: int) -> None:
+    """Exchange the chain positions of two links (its own inverse). Through a free range of positions, because
+    the primary key is checked row by row."""
+    offset = 10**12
+    conn.execute("UPDATE audit_chainlink SET seq = seq + %s WHERE seq IN (%s, %s)", [offset, first, second])
+    conn.execute(
+        "UPDATE audit_chainlink SET seq = CASE seq WHEN %s THEN %s ELSE %s END WHERE seq IN (%s, %s)",
+        [first + offset, second, first, first + offset, second + offset],
+    )

@@ -27,7 +27,7 @@ from audit.signing import public_pem, signing_key, signing_key_id
 from identity.principal import Principal
 from identity.roles import Role
 from tests.factories import make_agent, make_user
-from tests.tampering import put_back, saved, superuser
+from tests.tampering import put_back, saved, superuser, swap_links
 
 PROJECT = Path(__file__).resolve().parent.parent
 BUNDLE_FILES = {
@@ -235,21 +235,11 @@ def test_a_deleted_row_is_detected_in_the_bundle(tmp_path: Path) -> None:
 
 
 def test_a_reordered_pair_is_detected_in_the_bundle(tmp_path: Path) -> None:
-    offset = 10**12
-
     def tamper(arg):  # type: ignore[no-untyped-def]
         admin, made = arg
         first, second = (ChainLink.objects.get(event_id=event.pk).seq for event in made[:2])
-
-        def swap() -> None:
-            admin.execute("UPDATE audit_chainlink SET seq = seq + %s WHERE seq IN (%s, %s)", [offset, first, second])
-            admin.execute(
-                "UPDATE audit_chainlink SET seq = CASE seq WHEN %s THEN %s ELSE %s END WHERE seq IN (%s, %s)",
-                [first + offset, second, first, first + offset, second + offset],
-            )
-
-        swap()
-        return swap
+        swap_links(admin, first, second)
+        return lambda: swap_links(admin, first, second)
 
     export_after(tmp_path, tamper, "the chain breaks")
 

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils.dateparse import parse_date, parse_datetime
-from django.utils.timezone import make_aware
 
 from audit.evidence import ExportFilters, export_evidence
+from audit.periods import parse_moment
 
 
 def moment(raw: str, name: str) -> datetime:
-    """An ISO date (midnight UTC) or date-time (UTC unless it says otherwise)."""
-    parsed = parse_datetime(raw)
-    if parsed is None:
-        day = parse_date(raw)
-        if day is None:
-            raise CommandError(f"--{name}: expected an ISO 8601 date or date-time, got {raw!r}")
-        parsed = datetime.combine(day, time.min)
-    return parsed if parsed.tzinfo else make_aware(parsed)
+    try:
+        return parse_moment(raw)
+    except ValueError as exc:
+        raise CommandError(f"--{name}: {exc}, got {raw!r}") from None
 
 
 class Command(BaseCommand):
