@@ -9,6 +9,7 @@ retried one by one; an event that still fails fails its future, and that caller 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -103,6 +104,11 @@ class AuditBatchWriter:
             with self._deferred_lock:
                 self._deferred.append((row, future))
         return future
+
+    def submit_row(self, row: dict[str, Any], *, urgent: bool = True) -> asyncio.Future[None] | None:
+        """``submit`` for a caller on an event loop: the same interface as audit.journal.AuditJournal."""
+        future = self.submit(row, urgent=urgent)
+        return asyncio.wrap_future(future) if urgent else None
 
     def close(self, timeout: float = 10.0) -> None:
         for _ in self._threads:

@@ -9,7 +9,7 @@ from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchQuery, SearchVector, SearchVectorField
 from django.db import models
 from django.db.models import Q
-from django.db.models.functions import Cast
+from django.db.models.functions import Cast, Now
 from django.utils import timezone
 
 # pg_current_xact_id() is xid8, which has no direct cast to bigint; its text form is the 64-bit number.
@@ -247,4 +247,23 @@ class EvidenceExport(models.Model):
                 | Q(status__in=["queued", "running"], finished_at__isnull=True),
                 name="export_finished_when_done",
             ),
+        ]
+
+
+class JournalCursor(models.Model):
+    """How far one gateway's audit journal (audit.journal) has been shipped into the event table.
+
+    Moved in the same transaction as the events it covers, so a crash between the two can neither lose an
+    event nor ship it twice. ``journal_id`` is random per journal directory: a wiped directory starts a new
+    journal instead of being mistaken for one already shipped.
+    """
+
+    journal_id = models.CharField(max_length=64, unique=True)
+    segment = models.BigIntegerField()
+    position = models.BigIntegerField()
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(segment__gte=0, position__gte=0), name="journal_cursor_nonnegative"),
         ]

@@ -103,10 +103,30 @@ def run_pgbench(
                 latencies.append(int(parts[2]))  # microseconds
     latencies.sort()
     return {
+        "transactions": float(len(latencies)),
         "tps": tps,
         "mean_ms": statistics.fmean(latencies) / 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] / 1000,
     }
+
+
+def audit_coverage(statements: int, settle_seconds: float = 30) -> str:
+    """Check every statement the gateway served has its submitted record in the event table (after shipping)."""
+    from audit.models import AuditEvent, EventKind
+
+    deadline = time.monotonic() + settle_seconds
+    started = time.monotonic()
+    recorded = 0
+    while time.monotonic() < deadline:
+        recorded = AuditEvent.objects.filter(kind=EventKind.QUERY_SUBMITTED, front="wire").count()
+        if recorded >= statements:
+            break
+        time.sleep(0.2)
+    waited = time.monotonic() - started
+    return (
+        f"Audit coverage: {recorded:,} submitted records in the event table for {statements:,} statements "
+        f"completed by pgbench ({waited:.1f} s after the last run)."
+    )
 
 
 def main() -> None:
@@ -118,6 +138,12 @@ def main() -> None:
     parser.add_argument("--paths", default="direct,pgbouncer,gateway")
     parser.add_argument("--profile", metavar="FILE", help="record the gateway with py-spy (collapsed stacks)")
     parser.add_argument("--phi", action="store_true", help="also read a PHI-tagged table (masking on every row)")
+    parser.add_argument(
+        "--audit",
+        choices=("journal", "table"),
+        default="journal",
+        help="the gateway's audit path: local fsynced journal shipped in batches, or a commit of the event table",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="phigate-bench-"))
     processes: list[subprocess.Popen[bytes]] = []
@@ -161,6 +187,8 @@ def main() -> None:
 
         gateway_port = free_port()
         gateway_env = {**os.environ, **env, "DATASOURCE_BENCH_READ_URL": read_url}
+        if args.audit == "journal":
+            gateway_env["AUDIT_JOURNAL_DIR"] = str(work / "journal")
         gateway_env.pop("DATASOURCE_BENCH_WRITE_URL", None)
         processes.append(
             subprocess.Popen(
@@ -215,6 +243,7 @@ def main() -> None:
         }
         selected = args.paths.split(",")
         rows = []
+        gateway_statements = 0
         workloads: list[tuple[str, Path | None]] = [("pgbench -S", None)]
         if args.phi:
             workloads.append(("patients, masked", work / "phi.sql"))
@@ -225,6 +254,8 @@ def main() -> None:
                     for name in selected
                     if not (script and name == "pgbouncer")
                 }
+                if "gateway" in measured:
+                    gateway_statements += int(measured["gateway"]["transactions"])
                 base = measured.get("direct")
                 for name, m in measured.items():
                     ratio = f"{m['tps'] / base['tps']:.2f}x" if base else "-"
@@ -233,10 +264,12 @@ def main() -> None:
                         f"| {label} | {clients} | {name} | {m['tps']:,.0f} | {ratio} | {m['mean_ms']:.3f} | "
                         f"{added} | {m['p99_ms']:.3f} |"
                     )
-        print(f"pgbench -M {args.mode}, scale {args.scale}, {args.seconds} s per run\n")
+        print(f"pgbench -M {args.mode}, scale {args.scale}, {args.seconds} s per run, audit via {args.audit}\n")
         print("| workload | clients | path | TPS | vs direct | mean ms | added mean | p99 ms |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         print("\n".join(rows))
+        if "gateway" in selected:
+            print("\n" + audit_coverage(gateway_statements))
     finally:
         for process in processes:
             try:

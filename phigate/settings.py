@@ -131,6 +131,12 @@ AUDIT_CHAIN_INTERVAL_SECONDS = env.get_int("AUDIT_CHAIN_INTERVAL_SECONDS", 5, mi
 # Where evidence bundles asked for in the UI are written (by the executor) and served from (by web).
 EVIDENCE_DIR = Path(env.get_str("EVIDENCE_DIR", str(BASE_DIR / "var" / "evidence")) or "")
 AUDIT_RETENTION_DAYS = env.get_int("AUDIT_RETENTION_DAYS", 6 * 366, minimum=6 * 366)
+# The wire gateway's local write-ahead audit journal (audit.journal): a statement's record is fsynced here
+# before its rows are released, then shipped to the event table within a fraction of a second. Unset: every
+# record waits for a commit of the event table instead (slower, no local state). Must be a local disk.
+AUDIT_JOURNAL_DIR = env.get_str("AUDIT_JOURNAL_DIR")
+# Fail closed when the event table falls this far behind the journal (the control plane is unreachable).
+AUDIT_JOURNAL_MAX_LAG_SECONDS = env.get_int("AUDIT_JOURNAL_MAX_LAG_SECONDS", 30, minimum=1, maximum=3600)
 
 # --- Live pages (Channels over Redis) ------------------------------------------------------------------------
 CHANNEL_LAYERS = {

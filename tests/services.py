@@ -89,7 +89,12 @@ def gateway(
     service = Service(
         name,
         [sys.executable, "manage.py", "gateway", "--host", "127.0.0.1", "--port", str(port)],
-        {f"DATASOURCE_{environment.DATASOURCE.upper()}_READ_URL": read_url, **(extra_env or {})},
+        {
+            f"DATASOURCE_{environment.DATASOURCE.upper()}_READ_URL": read_url,
+            # The product's fast audit path (a local journal, shipped to the event table); "" tests the other.
+            "AUDIT_JOURNAL_DIR": str(log_dir / f"{name}-journal"),
+            **(extra_env or {}),
+        },
         log_dir,
     ).start()
     wait_until(lambda: port_open(port) or not service.alive(), 30, what="gateway to listen")

@@ -20,6 +20,7 @@ from identity.roles import Role
 from policy.catalog_cache import REFRESH_FLOOR_SECONDS
 from tests import environment
 from tests.factories import make_agent, make_user, user_client
+from tests.services import wait_until
 
 
 @pytest.fixture
@@ -216,9 +217,11 @@ def test_cancel_request_reaches_the_upstream(agent) -> None:  # type: ignore[no-
 def test_every_statement_is_audited_with_its_parameters(agent) -> None:  # type: ignore[no-untyped-def]
     with psycopg.connect(agent["dsn"]) as conn:
         conn.execute("SELECT label FROM scratch WHERE id = %s", (7,)).fetchall()
-    submitted = AuditEvent.objects.filter(
-        agent=agent["agent"], kind=EventKind.QUERY_SUBMITTED, statement__contains="FROM scratch"
-    ).get()
+    # The records are durable in the gateway's journal before the rows are sent; the event table has them
+    # once the journal ships (a fraction of a second later).
+    every_submitted = AuditEvent.objects.filter(agent=agent["agent"], kind=EventKind.QUERY_SUBMITTED)
+    wait_until(lambda: every_submitted.count() >= 3, 10, what="the submitted records to be shipped")
+    submitted = every_submitted.get(statement__contains="FROM scratch")
     assert submitted.front == "wire" and submitted.session_id
     assert submitted.details["params"] == ["7"]
     statements = list(

@@ -8,7 +8,7 @@ import ssl
 import time
 from collections import defaultdict, deque
 
-from audit.batch_writer import AuditBatchWriter
+from audit.sinks import open_wire_audit_sink
 from gateway.decision_cache import DecisionCache
 from gateway.pipeline import DatasourceRuntime
 from gateway.wire.session import CancelKey, WireSession
@@ -58,7 +58,7 @@ class WireServer:
         self.registry: dict[CancelKey, WireSession] = {}
         self.sessions: set[asyncio.Task[None]] = set()
         self.throttle = FailureThrottle()
-        self.audit = AuditBatchWriter()
+        self.audit = open_wire_audit_sink()
         self.decisions = DecisionCache()
         self.server: asyncio.Server | None = None
 

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from approvals.params import StatementParams
-from audit.batch_writer import AuditBatchWriter
 from audit.models import EventKind
 from audit.preview import PREVIEW_ROWS, wire_value
 from audit.recorder import Context, event_row, masking_details
+from audit.sinks import WireAuditSink, open_wire_audit_sink
 from gateway.decision_cache import DecisionCache
 from gateway.pgwire.backend import (
     AuthenticationOk,
@@ -212,7 +212,7 @@ class WireSession:
         registry: dict[CancelKey, WireSession],
         tls: Any = None,
         throttle: Callable[[str, str], float] | None = None,
-        audit: AuditBatchWriter | None = None,
+        audit: WireAuditSink | None = None,
         decisions: DecisionCache | None = None,
     ) -> None:
         self.reader, self.writer = reader, writer
@@ -220,7 +220,7 @@ class WireSession:
         self.registry = registry
         self.tls = tls
         self.throttle = throttle
-        self.audit = audit or AuditBatchWriter()
+        self.audit = audit or open_wire_audit_sink()
         self.decisions = decisions or DecisionCache()
         self.parser = FrontendParser()
         self.queue: asyncio.Queue[QueueItem] = asyncio.Queue()
@@ -461,7 +461,9 @@ class WireSession:
             summary="allowed: provably read-only",
             details={**decision.submitted, "statement_id": statement_id},
         )
-        return asyncio.wrap_future(self.audit.submit(row))
+        gate = self.audit.submit_row(row)
+        assert gate is not None
+        return gate
 
     async def _simple_query(self, sql: str) -> None:
         if not sql.strip():
@@ -797,7 +799,7 @@ class WireSession:
                 "preview": {"columns": meter.columns, "rows": meter.preview},
             },
         )
-        self.audit.submit(row, urgent=False)
+        self.audit.submit_row(row, urgent=False)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
