@@ -1,7 +1,9 @@
 """Group commit for audit events written on a hot path (the wire gateway).
 
+The wire gateway's audit path when no local journal is configured (``AUDIT_JOURNAL_DIR``; see audit.journal).
 A few writer threads, one connection each: every event submitted while a batch was committing goes into a
-next batch, one multi-row INSERT in its own implicit transaction (a single round trip). A caller gets a
+next batch, one COPY in its own implicit transaction. Events travel as COPY text lines
+(audit.journal_format.copy_line), the same form the journal stores. A caller gets a
 future that completes only after *its* event is durable, so "no result before its audit record" still holds
 per statement, while the commit cost is shared by everyone in the batch. If a batch fails, its events are
 retried one by one; an event that still fails fails its future, and that caller withholds its result.
@@ -10,20 +12,18 @@ retried one by one; an event that still fails fails its future, and that caller 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
 import queue
 import threading
+from collections.abc import Mapping
 from concurrent.futures import Future
-from datetime import datetime
 from typing import Any
 
 import psycopg
 from django.conf import settings
 from psycopg.conninfo import make_conninfo
-from psycopg.types.json import Jsonb
 
+from audit.journal_format import copy_line
 from phigate import envconfig
 
 log = logging.getLogger(__name__)
@@ -45,21 +45,11 @@ COLUMNS = (
     "summary",
     "details",
 )
-_INSERT = f"INSERT INTO audit_auditevent ({', '.join(COLUMNS)}) VALUES "
 MAX_BATCH = 1000
 AUDIT_WRITERS = envconfig.get_int("AUDIT_WRITERS", 1, minimum=1, maximum=32)
 DEFER_SECONDS = 0.05
 _NOTHING = object()
-COPY_FROM = 64  # a small batch is one INSERT round trip; a large one is cheaper to send as COPY
 COPY_SQL = f"COPY audit_auditevent ({', '.join(COLUMNS)}) FROM STDIN"
-
-
-@functools.cache
-def insert_sql(rows: int) -> bytes:
-    """One multi-row INSERT (``$n`` placeholders) in autocommit: one round trip, one implicit transaction."""
-    width = len(COLUMNS)
-    groups = ("(" + ", ".join(f"${row * width + column + 1}" for column in range(width)) + ")" for row in range(rows))
-    return (_INSERT + ", ".join(groups)).encode()
 
 
 def control_plane_conninfo() -> str:
@@ -80,8 +70,8 @@ class AuditBatchWriter:
     def __init__(self, conninfo: str | None = None, max_batch: int = MAX_BATCH, writers: int | None = None) -> None:
         self._conninfo = conninfo or control_plane_conninfo()
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[dict[str, Any], Future[None]] | None] = queue.SimpleQueue()
-        self._deferred: list[tuple[dict[str, Any], Future[None]]] = []
+        self._queue: queue.SimpleQueue[tuple[bytes, Future[None]] | None] = queue.SimpleQueue()
+        self._deferred: list[tuple[bytes, Future[None]]] = []
         self._deferred_lock = threading.Lock()
         # Several connections commit concurrently, and PostgreSQL flushes their WAL together (group commit):
         # a statement waits for one commit, not for the one before it to finish first.
@@ -94,20 +84,24 @@ class AuditBatchWriter:
         self.batches = 0
         self.events = 0
 
-    def submit(self, row: dict[str, Any], *, urgent: bool = True) -> Future[None]:
+    def submit(self, row: Mapping[str, Any], *, urgent: bool = True) -> Future[None]:
         """Queue one event. ``urgent=False`` (records written *after* the fact, e.g. what a read returned) may wait
         up to DEFER_SECONDS to ride along with the next urgent batch, so it never delays someone's result."""
+        return self.submit_copy_line(copy_line(row, COLUMNS), urgent=urgent)
+
+    def submit_copy_line(self, line: bytes, *, urgent: bool = True) -> Future[None]:
+        """``submit`` for an event already in COPY text form (audit.journal_format.copy_line)."""
         future: Future[None] = Future()
         if urgent:
-            self._queue.put((row, future))
+            self._queue.put((line, future))
         else:
             with self._deferred_lock:
-                self._deferred.append((row, future))
+                self._deferred.append((line, future))
         return future
 
-    def submit_row(self, row: dict[str, Any], *, urgent: bool = True) -> asyncio.Future[None] | None:
-        """``submit`` for a caller on an event loop: the same interface as audit.journal.AuditJournal."""
-        future = self.submit(row, urgent=urgent)
+    def submit_line(self, line: bytes, *, urgent: bool = True) -> asyncio.Future[None] | None:
+        """For a caller on an event loop: the same interface as audit.journal.AuditJournal."""
+        future = self.submit_copy_line(line, urgent=urgent)
         return asyncio.wrap_future(future) if urgent else None
 
     def close(self, timeout: float = 10.0) -> None:
@@ -125,9 +119,9 @@ class AuditBatchWriter:
                 connection = self._commit(connection, batch)
         self._close(connection)
 
-    def _next_batch(self) -> tuple[list[tuple[dict[str, Any], Future[None]]], bool]:
+    def _next_batch(self) -> tuple[list[tuple[bytes, Future[None]]], bool]:
         """Wait for an urgent event (at most DEFER_SECONDS), then take everything queued and all deferred events."""
-        batch: list[tuple[dict[str, Any], Future[None]]] = []
+        batch: list[tuple[bytes, Future[None]]] = []
         stopping = False
         first: Any
         try:
@@ -153,7 +147,7 @@ class AuditBatchWriter:
         return batch, stopping
 
     def _commit(
-        self, connection: psycopg.Connection[Any] | None, batch: list[tuple[dict[str, Any], Future[None]]]
+        self, connection: psycopg.Connection[Any] | None, batch: list[tuple[bytes, Future[None]]]
     ) -> psycopg.Connection[Any] | None:
         try:
             connection = self._write(connection, batch)
@@ -161,9 +155,9 @@ class AuditBatchWriter:
             # Isolate the failure: retry one by one, so one bad event does not withhold everyone's results.
             log.warning("audit batch of %d events failed; retrying them one by one", len(batch))
             connection = self._close(connection)
-            for row, future in batch:
+            for line, future in batch:
                 try:
-                    connection = self._write(connection, [(row, future)])
+                    connection = self._write(connection, [(line, future)])
                 except Exception as exc:
                     log.exception("audit event could not be written; its result is withheld")
                     connection = self._close(connection)
@@ -176,21 +170,13 @@ class AuditBatchWriter:
         return connection
 
     def _write(
-        self, connection: psycopg.Connection[Any] | None, batch: list[tuple[dict[str, Any], Future[None]]]
+        self, connection: psycopg.Connection[Any] | None, batch: list[tuple[bytes, Future[None]]]
     ) -> psycopg.Connection[Any]:
+        """One COPY in autocommit: its own transaction, committed (durable) when it returns."""
         if connection is None or connection.closed:
             connection = psycopg.connect(self._conninfo, autocommit=True)
-        if len(batch) < COPY_FROM:
-            # Straight to libpq: one round trip, values already in PostgreSQL's text form, no query rewriting.
-            values = [_text(row[name]) for row, _ in batch for name in COLUMNS]
-            result = connection.pgconn.exec_params(insert_sql(len(batch)), values)
-            if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
-                message = (result.error_message or b"audit insert failed").decode("utf-8", "replace")
-                raise psycopg.DatabaseError(message.strip())
-        else:
-            with connection.transaction(), connection.cursor() as cursor, cursor.copy(COPY_SQL) as copy:
-                for row, _ in batch:
-                    copy.write_row([Jsonb(row[name]) if name == "details" else row[name] for name in COLUMNS])
+        with connection.cursor() as cursor, cursor.copy(COPY_SQL) as copy:
+            copy.write(b"".join(line for line, _ in batch))
         self.batches += 1
         self.events += len(batch)
         return connection
@@ -200,16 +186,3 @@ class AuditBatchWriter:
         if connection is not None:
             connection.close()
         return None
-
-
-def _text(value: Any) -> bytes | None:
-    """A column value in PostgreSQL's text input form (the server casts it to the column's type)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, datetime):
-        return value.isoformat().encode()
-    if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":"), default=str).encode("utf-8")
-    return str(value).encode()

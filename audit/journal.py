@@ -162,6 +162,7 @@ class AuditJournal:
         segment_size: int = SEGMENT_SIZE,
         max_unshipped_bytes: int = MAX_UNSHIPPED_BYTES,
         ship_interval: float = SHIP_INTERVAL_SECONDS,
+        sync_on_loop: bool = True,
     ) -> None:
         self._conninfo = conninfo or control_plane_conninfo()
         self._segment_size = segment_size
@@ -184,6 +185,9 @@ class AuditJournal:
         self._offset = 0
         # Hand-over between the event loop and the syncer.
         self._lock = threading.Condition()
+        self._io_lock = threading.Lock()  # one writer of the segment at a time: the loop or the syncer
+        self._sync_on_loop = sync_on_loop
+        self._flush_scheduled = False
         self._frames: list[bytes] = []
         self._lines: list[bytes] = []
         self._waiters: list[asyncio.Future[None]] = []
@@ -206,11 +210,13 @@ class AuditJournal:
     # ------------------------------------------------------------------------------------------ submitting
 
     def submit_row(self, row: Mapping[str, Any], *, urgent: bool = True) -> asyncio.Future[None] | None:
-        """Append one event (called on the event loop). An urgent record returns a future that completes when
-        the record is durable; a deferred one (written after the fact) returns None and rides along."""
+        """``submit_line`` for an event given as column values (audit.recorder.event_row)."""
         return self.submit_line(copy_line(row, COLUMNS), urgent=urgent)
 
     def submit_line(self, line: bytes, *, urgent: bool = True) -> asyncio.Future[None] | None:
+        """Append one event in COPY text form (called on the event loop). An urgent record returns a future that
+        completes when the record is durable; a deferred one (written after the fact) returns None and rides
+        along with the next write."""
         refusal = self._refusal()
         if refusal is not None:
             if not urgent:
@@ -223,15 +229,21 @@ class AuditJournal:
         with self._lock:
             self._frames.append(framed)
             self._lines.append(line)
-            if urgent:
-                future = asyncio.get_running_loop().create_future()
-                self._waiters.append(future)
+            if not urgent:
+                if self._deferred_since is None:
+                    self._deferred_since = time.monotonic()  # the syncer's timer picks it up
+                return None
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            self._waiters.append(future)
+            if not self._sync_on_loop:
                 self._lock.notify()
                 return future
-            if self._deferred_since is None:
-                self._deferred_since = time.monotonic()
-                self._lock.notify()
-            return None
+        if not self._flush_scheduled:
+            # After every callback already due on this loop turn, so one fsync covers them all.
+            self._flush_scheduled = True
+            loop.call_soon(self._flush_on_loop)
+        return future
 
     def _refusal(self) -> str | None:
         if self._failure is not None:
@@ -247,43 +259,64 @@ class AuditJournal:
 
     # ------------------------------------------------------------------------------------------ syncing
 
+    def _take(self) -> tuple[list[bytes], list[bytes], list[asyncio.Future[None]]]:
+        with self._lock:
+            taken = self._frames, self._lines, self._waiters
+            self._frames, self._lines, self._waiters = [], [], []
+            self._deferred_since = None
+        return taken
+
+    def _flush_on_loop(self) -> None:
+        """Write and fsync on the event loop itself: no thread wake-ups or GIL hand-overs on the way."""
+        self._flush_scheduled = False
+        frames, lines, waiters = self._take()
+        if frames:
+            error = self._persist(frames, lines)
+            _complete(waiters, error)
+
     def _sync_loop(self) -> None:
+        """Deferred records (and, with ``sync_on_loop=False``, every record) are written from this thread."""
         while True:
             with self._lock:
                 while not self._ready_to_write():
                     if self._closing and not self._frames:
                         return
                     self._lock.wait(self._wait_time())
-                frames, lines, waiters = self._frames, self._lines, self._waiters
-                self._frames, self._lines, self._waiters = [], [], []
-                self._deferred_since = None
+            frames, lines, waiters = self._take()
+            if frames:
+                self._settle(waiters, self._persist(frames, lines))
+
+    def _persist(self, frames: list[bytes], lines: list[bytes]) -> JournalUnavailable | None:
+        """Write and fsync; the records become shippable. Returns the error to fail their waiters with."""
+        with self._io_lock:
+            if self._failure is not None:
+                return JournalUnavailable(f"the audit journal failed: {self._failure}")
             try:
                 positions = self._write(frames)
                 os.fdatasync(self._fd)
             except OSError as exc:
                 log.critical("audit journal write failed; the gateway withholds every result from now on: %s", exc)
                 self._failure = exc
-                self._settle(waiters, JournalUnavailable(f"the audit journal failed: {exc}"))
-                continue
+                return JournalUnavailable(f"the audit journal failed: {exc}")
             self.fsyncs += 1
             self.events_written += len(frames)
-            now = time.monotonic()
-            with self._unshipped_lock:
-                for line, (number, end) in zip(lines, positions, strict=True):
-                    self._unshipped.append((line, number, end, now))
-                    self._unshipped_bytes += len(line)
-            self._settle(waiters, None)
-            if self._unshipped_bytes >= SHIP_BATCH_BYTES:
-                self._ship_wakeup.set()
+        now = time.monotonic()
+        with self._unshipped_lock:
+            for line, (number, end) in zip(lines, positions, strict=True):
+                self._unshipped.append((line, number, end, now))
+                self._unshipped_bytes += len(line)
+        if self._unshipped_bytes >= SHIP_BATCH_BYTES:
+            self._ship_wakeup.set()
+        return None
 
     def _ready_to_write(self) -> bool:
         if self._waiters or (self._closing and self._frames):
             return True
         return self._deferred_since is not None and time.monotonic() - self._deferred_since >= DEFER_SECONDS
 
-    def _wait_time(self) -> float | None:
+    def _wait_time(self) -> float:
         if self._deferred_since is None:
-            return None if not self._closing else 0.05
+            return DEFER_SECONDS
         return max(0.0, DEFER_SECONDS - (time.monotonic() - self._deferred_since))
 
     @staticmethod
@@ -352,8 +385,11 @@ class AuditJournal:
             closing = self._closing and not self._syncer.is_alive()
             self._prepare_spare()
             try:
-                while self._unshipped:
-                    connection = self._ship_batch(connection)
+                # One batch per interval, more only while batches come out full: shipping whatever arrived
+                # during the previous COPY at once would turn into a stream of tiny transactions.
+                full = True
+                while self._unshipped and (full or closing):
+                    connection, full = self._ship_batch(connection)
                     backoff = self._ship_interval
                 self._remove_shipped_segments()
             except Exception as exc:
@@ -371,15 +407,18 @@ class AuditJournal:
         if connection is not None:
             connection.close()
 
-    def _ship_batch(self, connection: psycopg.Connection[Any] | None) -> psycopg.Connection[Any]:
+    def _ship_batch(self, connection: psycopg.Connection[Any] | None) -> tuple[psycopg.Connection[Any], bool]:
+        """Ship up to SHIP_BATCH_BYTES of the oldest records; says whether the batch was full."""
         if connection is None or connection.closed:
             connection = psycopg.connect(self._conninfo, application_name="phigate-audit-journal")
         batch: list[bytes] = []
         size = 0
+        full = False
         with self._unshipped_lock:  # the syncer appends meanwhile; iterate a stable deque
             last = self._unshipped[0]
             for entry in self._unshipped:
                 if batch and size + len(entry[0]) > SHIP_BATCH_BYTES:
+                    full = True
                     break
                 batch.append(entry[0])
                 size += len(entry[0])
@@ -393,7 +432,7 @@ class AuditJournal:
                 self._unshipped.popleft()
             self._unshipped_bytes -= size
         self.events_shipped += len(batch)
-        return connection
+        return connection, full
 
     def _prepare_spare(self) -> None:
         """The next segment, zeroed ahead of time so a rotation does not stall the writer for ~50 ms."""

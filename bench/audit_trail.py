@@ -149,7 +149,7 @@ def sustained_inserts(seconds: float, user) -> str:  # type: ignore[no-untyped-d
 
     def client(index: int) -> None:
         while not stop.is_set():
-            futures = [writer.submit(dict(row)) for _ in range(200)]
+            futures = [writer.submit(row) for _ in range(200)]
             for future in futures:
                 future.result()
             submitted[index] += len(futures)

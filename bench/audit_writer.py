@@ -38,7 +38,7 @@ def main() -> None:
 
     def client() -> None:
         for _ in range(CLOSED_EVENTS // CLIENTS):
-            writer.submit(dict(row)).result()
+            writer.submit(row).result()
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
@@ -52,7 +52,7 @@ def main() -> None:
         f"(average {writer.events / writer.batches:.1f} events, {elapsed / writer.batches * 1000:.2f} ms each)"
     )
     started = time.perf_counter()
-    futures = [writer.submit(dict(row)) for _ in range(OPEN_EVENTS)]
+    futures = [writer.submit(row) for _ in range(OPEN_EVENTS)]
     for future in futures:
         future.result()
     print(f"open loop: {OPEN_EVENTS / (time.perf_counter() - started):,.0f} events/s")

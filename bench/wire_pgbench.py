@@ -9,6 +9,7 @@ Prints a Markdown table (TPS, mean and p99 latency) for docs/benchmarks.md. Crea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import secrets
@@ -138,6 +139,7 @@ def main() -> None:
     parser.add_argument("--paths", default="direct,pgbouncer,gateway")
     parser.add_argument("--profile", metavar="FILE", help="record the gateway with py-spy (collapsed stacks)")
     parser.add_argument("--phi", action="store_true", help="also read a PHI-tagged table (masking on every row)")
+    parser.add_argument("--serve", action="store_true", help="set up, print the DSNs, wait for a signal")
     parser.add_argument(
         "--audit",
         choices=("journal", "table"),
@@ -241,6 +243,11 @@ def main() -> None:
             "pgbouncer": f"postgresql://postgres@127.0.0.1:{bouncer_port}/{TARGET_DB}",
             "gateway": f"postgresql://{credentials}@127.0.0.1:{gateway_port}/bench?sslmode=disable",
         }
+        if args.serve:  # for profiling by hand: keep everything up until interrupted
+            print("\n".join(f"{name}: {dsn}" for name, dsn in paths.items()), flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            return
         selected = args.paths.split(",")
         rows = []
         gateway_statements = 0

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from django.conf import settings
@@ -112,6 +113,9 @@ class Decision:
     ticket: Ticket | None = None
     submitted: dict[str, object] = field(default_factory=dict)
     lineage: Lineage | None = None
+    # What the wire front derives from this decision once and reuses while the decision is cached: the
+    # serialized audit details, and the masking plan per result description (gateway.wire.session).
+    wire_memo: dict[object, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def decide(

@@ -18,6 +18,7 @@ from audit.journal import AuditJournal, JournalUnavailable, _Slot, ship_leftover
 from audit.journal_format import HEADER, copy_field, copy_line, frame, scan, segment_name, segment_number
 from audit.models import AuditEvent, EventKind, JournalCursor
 from audit.recorder import Context, event_row
+from audit.wire_lines import SessionLines
 from identity.principal import Principal
 from identity.roles import Role
 from tests.factories import make_user
@@ -251,3 +252,26 @@ def test_when_shipping_falls_too_far_behind_new_records_are_refused_until_it_cat
     wait_until(lambda: _events(marker) == [f"{marker} 0"], 15, what="the backlog to ship")
     _submit_all(journal, [_row(principal, f"{marker} 1")])
     wait_until(lambda: len(_events(marker)) == 2, 10, what="the next record")
+
+
+def test_session_lines_match_the_generic_event_form(principal: Principal) -> None:
+    """The wire session's fast formatter writes exactly what event_row + copy_line would (but the time)."""
+    context = Context(front="wire", source_address="10.1.2.3", session_id="s" * 32)
+    details = {"statement_id": "x", "masking": {"ssn": {"mask": "partial"}}, "note": "tab\there \\ back"}
+    fast = SessionLines(principal, context, "clinic").line(
+        EventKind.QUERY_EXECUTED, "SELECT 1\n-- two lines", "1 rows returned", details
+    )
+    generic = copy_line(
+        event_row(
+            EventKind.QUERY_EXECUTED,
+            principal=principal,
+            context=context,
+            datasource="clinic",
+            statement="SELECT 1\n-- two lines",
+            summary="1 rows returned",
+            details=details,
+        ),
+        COLUMNS,
+    )
+    assert fast.split(b"\t")[1:] == generic.split(b"\t")[1:]
+    assert fast.count(b"\n") == 1  # one line, whatever the statement holds

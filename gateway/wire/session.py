@@ -29,8 +29,9 @@ from typing import Any
 from approvals.params import StatementParams
 from audit.models import EventKind
 from audit.preview import PREVIEW_ROWS, wire_value
-from audit.recorder import Context, event_row, masking_details
+from audit.recorder import Context, masking_details
 from audit.sinks import WireAuditSink, open_wire_audit_sink
+from audit.wire_lines import SessionLines, json_text
 from gateway.decision_cache import DecisionCache
 from gateway.pgwire.backend import (
     AuthenticationOk,
@@ -238,6 +239,9 @@ class WireSession:
         self.waiting_ticket: int | None = None
         self.cancelled_wait = asyncio.Event()
         self.out: list[bytes] = []  # relayed bytes waiting for the next flush to the client
+        self.audit_lines: SessionLines | None = None
+        self.audit_lines_datasource = ""
+        self.statements_run = 0
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -449,19 +453,29 @@ class WireSession:
         self.decisions.store(self._cache_scope, shape, decision)
         return decision
 
+    def _next_statement_id(self) -> str:
+        """Links a statement's submitted and executed records: unique per session, no system call per statement."""
+        self.statements_run += 1
+        return f"{self.context.session_id[:20]}{self.statements_run:012x}"
+
+    def _lines_for(self, decision: Decision) -> SessionLines:
+        assert self.principal is not None and decision.datasource is not None
+        name = decision.datasource.name
+        if self.audit_lines is None or self.audit_lines_datasource != name:
+            self.audit_lines = SessionLines(self.principal, self.context, name)
+            self.audit_lines_datasource = name
+        return self.audit_lines
+
     def _start_audit(self, decision: Decision, sql: str, statement_id: str) -> asyncio.Future[None]:
         """Queue the statement's audit record for the next group commit; rows wait for this future."""
-        assert self.principal is not None and decision.datasource is not None
-        row = event_row(
-            EventKind.QUERY_SUBMITTED,
-            principal=self.principal,
-            context=self.context,
-            datasource=decision.datasource.name,
-            statement=sql,
-            summary="allowed: provably read-only",
-            details={**decision.submitted, "statement_id": statement_id},
-        )
-        gate = self.audit.submit_row(row)
+        prefix = decision.wire_memo.get("submitted_json")
+        if prefix is None:  # the decision's details serialized once, the statement id appended per statement
+            prefix = json_text(decision.submitted)[:-1]
+            prefix = prefix + "," if prefix != "{" else prefix
+            decision.wire_memo["submitted_json"] = prefix
+        details = f'{prefix}"statement_id":"{statement_id}"}}'
+        line = self._lines_for(decision).line(EventKind.QUERY_SUBMITTED, sql, "allowed: provably read-only", details)
+        gate = self.audit.submit_line(line)
         assert gate is not None
         return gate
 
@@ -473,7 +487,7 @@ class WireSession:
         if decision.verdict != "allowed":
             await self._refuse(decision, in_batch=False)
             return
-        statement_id = uuid.uuid4().hex
+        statement_id = self._next_statement_id()
         gate = self._start_audit(decision, sql, statement_id)
         self._forward(Query(sql), Expected("query", decision=decision, gate=gate, sql=sql, statement_id=statement_id))
 
@@ -552,8 +566,10 @@ class WireSession:
             held = await self._decide(portal.statement.sql, portal.params)
             await self._refuse(held, in_batch=True)
             return
-        executing = dataclasses.replace(decision, submitted={**decision.submitted, "params": portal.params.for_audit()})
-        statement_id = uuid.uuid4().hex
+        executing = dataclasses.replace(
+            decision, submitted={**decision.submitted, "params": portal.params.for_audit()}, wire_memo={}
+        )
+        statement_id = self._next_statement_id()
         gate = self._start_audit(executing, portal.statement.sql, statement_id)
         if portal.row_description is None:
             # Masking needs the column origins and formats of this portal: ask for them, for ourselves.
@@ -671,13 +687,12 @@ class WireSession:
                 self._write(message, item)
                 return
             if isinstance(message, RowDescription):
-                description, plan, fields = self._describe_result(message, item)
+                shape = self._describe_result(message, item)
+                plan, fields = shape.plan, shape.fields
                 if item.kind == "query":
-                    meter = ResultMeter(
-                        masking=plan.describe([f.name for f in message.fields]) if plan else {},
-                        columns=[f.name for f in message.fields],
-                    )
-                self._write(description, item)
+                    meter = ResultMeter(masking=shape.masking, columns=shape.columns)
+                if not item.swallow:
+                    self.out.append(shape.description)
                 if item.kind in ("describe_statement", "describe_portal"):
                     return
                 continue
@@ -743,16 +758,12 @@ class WireSession:
             await self.writer.drain()
             raise SessionClosed() from None
 
-    def _describe_result(
-        self, message: RowDescription, item: Expected
-    ) -> tuple[RowDescription, MaskingPlan | None, tuple[FieldDescription, ...]]:
-        decision = item.statement_decision
+    def _describe_result(self, message: RowDescription, item: Expected) -> ResultShape:
         if item.kind == "describe_statement" and item.statement is not None:
             item.statement.row_description = message
         if item.kind == "describe_portal" and item.portal is not None:
             item.portal.row_description = message
-        plan = _plan_for(message, decision, self._identity_kind)
-        return _rewrite_description(message, plan), plan, message.fields
+        return _result_shape(message, item.statement_decision, self._identity_kind)
 
     @property
     def _cache_scope(self) -> str:
@@ -767,7 +778,7 @@ class WireSession:
         description = portal.row_description or portal.statement.row_description
         if description is None:
             return None, ()
-        return _plan_for(description, portal.statement.decision, self._identity_kind), description.fields
+        return _result_shape(description, portal.statement.decision, self._identity_kind).plan, description.fields
 
     def _scrub(self, message: ErrorResponse, item: Expected) -> ErrorResponse:
         decision = item.statement_decision
@@ -782,14 +793,12 @@ class WireSession:
 
     def _finish_audit(self, item: Expected, meter: ResultMeter) -> None:
         """The result's record (rows, masks, digest of the bytes sent): queued, not waited for."""
-        assert self.principal is not None and item.decision is not None and item.decision.datasource is not None
-        row = event_row(
+        assert item.decision is not None
+        line = self._lines_for(item.decision).line(
             EventKind.QUERY_EXECUTED,
-            principal=self.principal,
-            context=self.context,
-            datasource=item.decision.datasource.name,
-            summary=f"{meter.rows} rows returned",
-            details={
+            "",
+            f"{meter.rows} rows returned",
+            {
                 "statement_id": item.statement_id,
                 "rowcount": meter.rows,
                 "truncated": False,
@@ -799,7 +808,7 @@ class WireSession:
                 "preview": {"columns": meter.columns, "rows": meter.preview},
             },
         )
-        self.audit.submit_row(row, urgent=False)
+        self.audit.submit_line(line, urgent=False)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -866,6 +875,36 @@ def _ticket_outcome(ticket_id: int, state: bridge.TicketState, *, in_batch: bool
     if state.status == "cancelled":
         return [error_response("ERROR", APPROVAL_CANCELLED, f"ticket {ticket_id} was cancelled")]
     return [error_response("ERROR", APPROVED_BUT_FAILED, f"ticket {ticket_id} failed: {state.error}")]
+
+
+@dataclass(frozen=True)
+class ResultShape:
+    """A result description under one decision: worked out once, reused while the decision is cached."""
+
+    plan: MaskingPlan | None
+    description: bytes  # the RowDescription the client is sent (masked columns announced as text), encoded
+    fields: tuple[FieldDescription, ...]  # as the upstream described them (formats and types of the values)
+    masking: dict[str, dict[str, str]]  # for the audit record
+    columns: list[str]
+
+
+def _result_shape(description: RowDescription, decision: Decision | None, identity_kind: str) -> ResultShape:
+    key = ("result", identity_kind, description.fields)
+    memo = decision.wire_memo if decision is not None else {}
+    shape = memo.get(key)
+    if shape is None:
+        plan = _plan_for(description, decision, identity_kind)
+        names = [f.name for f in description.fields]
+        shape = ResultShape(
+            plan=plan,
+            description=_rewrite_description(description, plan).encode(),
+            fields=description.fields,
+            masking=plan.describe(names) if plan else {},
+            columns=names,
+        )
+        if len(memo) < 64:
+            memo[key] = shape
+    return shape
 
 
 def _plan_for(description: RowDescription, decision: Decision | None, identity_kind: str) -> MaskingPlan | None:
