@@ -89,13 +89,8 @@ class _Parser:
         self._pos = end
         return bytes(self._buf[start:end])
 
-    def _next_typed(
-        self,
-        decoders: Mapping[int, Callable[[bytes], M]],
-        limits: Mapping[int, int],
-        direction: str,
-    ) -> M | None:
-        """Frame one 'type byte + Int32 length + body' message and decode it, or None if incomplete."""
+    def _frame(self, known: Mapping[int, object], limits: Mapping[int, int], direction: str) -> tuple[int, int] | None:
+        """Validate the next 'type byte + Int32 length + body' header; (type code, end offset) once complete."""
         self._raise_if_failed()
         buf = self._buf
         pos = self._pos
@@ -103,8 +98,7 @@ class _Parser:
         if available == 0:
             return None
         type_code = buf[pos]
-        decoder = decoders.get(type_code)
-        if decoder is None:
+        if type_code not in known:
             # Checked on the first byte: garbage is refused without waiting for a length.
             raise self._fail(
                 ProtocolError(PROTOCOL_VIOLATION, f"invalid {direction} message type {bytes((type_code,))!r}")
@@ -125,9 +119,22 @@ class _Parser:
         end = pos + 1 + length
         if end > len(buf):
             return None
-        body = self._take(pos + 5, end)
+        return type_code, end
+
+    def _next_typed(
+        self,
+        decoders: Mapping[int, Callable[[bytes], M]],
+        limits: Mapping[int, int],
+        direction: str,
+    ) -> M | None:
+        """Frame one message and decode it, or None if incomplete."""
+        framed = self._frame(decoders, limits, direction)
+        if framed is None:
+            return None
+        type_code, end = framed
+        body = self._take(self._pos + 5, end)
         try:
-            return decoder(body)
+            return decoders[type_code](body)
         except ProtocolError as error:
             raise self._fail(error) from None
 
@@ -231,6 +238,18 @@ class BackendParser(_Parser):
     def next_message(self) -> BackendMessage | None:
         """The next complete message, or None until more bytes are fed."""
         return self._next_typed(BACKEND_DECODERS, {}, "backend")
+
+    def next_frame(self) -> tuple[int, bytes] | None:
+        """The next complete message undecoded, as (type code, the whole frame with its header), or None.
+
+        For relaying: most of a result (DataRow after DataRow) goes to the client byte for byte, so decoding
+        it into objects and encoding it again is wasted work. ``decode_frame`` decodes one when needed.
+        """
+        framed = self._frame(BACKEND_DECODERS, {}, "backend")
+        if framed is None:
+            return None
+        type_code, end = framed
+        return type_code, self._take(self._pos, end)
 
     def messages(self) -> Iterator[BackendMessage]:
         """Every complete message currently buffered."""

@@ -40,23 +40,18 @@ from gateway.pgwire.backend import (
     AuthenticationSASLFinal,
     BackendKeyData,
     BackendMessage,
-    BindComplete,
-    CloseComplete,
     CommandComplete,
     DataRow,
     EmptyQueryResponse,
     ErrorResponse,
     FieldDescription,
     NegotiateProtocolVersion,
-    NoData,
     NoticeResponse,
     NotificationResponse,
-    ParameterDescription,
     ParameterStatus,
-    ParseComplete,
-    PortalSuspended,
     ReadyForQuery,
     RowDescription,
+    decode_backend_body,
 )
 from gateway.pgwire.errors import ProtocolError
 from gateway.pgwire.frontend import (
@@ -118,6 +113,14 @@ FORWARDED_PARAMETERS = frozenset(
         "in_hot_standby",
     }
 )
+# Backend message type codes the relay handles without decoding (gateway.pgwire.backend).
+_DATA_ROW = ord("D")
+_ROW_DESCRIPTION = ord("T")
+_COMMAND_COMPLETE = ord("C")
+_READY_FOR_QUERY = ord("Z")
+_NO_DATA = ord("n")
+_RESULT_ENDS = frozenset({_COMMAND_COMPLETE, ord("I"), ord("s")})  # CommandComplete, EmptyQuery, PortalSuspended
+_ACKNOWLEDGEMENTS = frozenset({ord("1"), ord("2"), ord("3"), _NO_DATA, ord("t")})  # Parse/Bind/Close, NoData, params
 # SQLSTATEs of the approval flow (class HA is ours: "held for approval").
 APPROVAL_REQUIRED = "HA001"
 APPROVAL_REJECTED = "HA002"
@@ -242,6 +245,7 @@ class WireSession:
         self.audit_lines: SessionLines | None = None
         self.audit_lines_datasource = ""
         self.statements_run = 0
+        self.relay_idle = False  # the relay task waits for work and nothing is queued: a query may relay inline
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -489,7 +493,18 @@ class WireSession:
             return
         statement_id = self._next_statement_id()
         gate = self._start_audit(decision, sql, statement_id)
-        self._forward(Query(sql), Expected("query", decision=decision, gate=gate, sql=sql, statement_id=statement_id))
+        item = Expected("query", decision=decision, gate=gate, sql=sql, statement_id=statement_id)
+        if not (self.relay_idle and self.queue.empty() and not self.parser.buffered):
+            self._forward(Query(sql), item)
+            return
+        # Nothing else is in flight or waiting: relay this result right here. The common case (one statement
+        # at a time) then skips the hand-over to the relay task, which costs more than the relaying itself.
+        assert self.upstream is not None
+        self.upstream.send(Query(sql).encode())
+        await self._flush_upstream()
+        await self._relay_responses(item)
+        self._flush_client()
+        await self.writer.drain()
 
     async def _refuse(self, decision: Decision, *, in_batch: bool) -> None:
         """Answer a statement that will not run now: invalid, denied, or held for approval."""
@@ -638,7 +653,9 @@ class WireSession:
 
     async def _relay(self) -> None:
         while True:
+            self.relay_idle = self.queue.empty()
             item = await self.queue.get()
+            self.relay_idle = False
             if item is None:
                 self._flush_client()
                 return
@@ -664,13 +681,88 @@ class WireSession:
             self.out.clear()
 
     async def _relay_responses(self, item: Expected) -> None:
+        """Relay the upstream's responses to one forwarded message.
+
+        Frames go to the client byte for byte unless they must change (a masked row, a rewritten description,
+        a scrubbed error) or be dropped; only those, and the few that carry state, are decoded.
+        """
         assert self.upstream is not None
+        next_frame, out, show = self.upstream.next_frame, self.out, not item.swallow
         meter: ResultMeter | None = None
         plan: MaskingPlan | None = None
         fields: tuple[FieldDescription, ...] = ()
+        masked = False
         released = item.gate is None
         while True:
-            message = await self.upstream.next_message(before_wait=self._flush_client)
+            code, frame = await next_frame(before_wait=self._flush_client)
+            if code == _DATA_ROW:
+                if not released:
+                    await self._await_gate(item)
+                    released = True
+                if meter is None:
+                    if plan is None and item.portal is not None:
+                        plan, fields = self._portal_plan(item.portal)
+                        masked = plan is not None and not plan.is_identity
+                    meter = ResultMeter(
+                        masking=plan.describe([f.name for f in fields]) if plan else {},
+                        columns=[f.name for f in fields],
+                    )
+                if masked:
+                    assert plan is not None
+                    row = _mask_row(DataRow.decode_body(frame[5:]), plan, fields)
+                    frame = row.encode()
+                    meter.keep_preview(row, fields)
+                elif len(meter.preview) < PREVIEW_ROWS:
+                    meter.keep_preview(DataRow.decode_body(frame[5:]), fields)
+                meter.rows += 1
+                meter.digest.update(frame)
+                out.append(frame)
+                if len(out) >= 512:
+                    self._flush_client()
+                    if self.writer.transport.get_write_buffer_size() > 1 << 20:
+                        await self.writer.drain()
+                continue
+            if code == _ROW_DESCRIPTION:
+                shape = self._describe_result(frame, item)
+                plan, fields = shape.plan, shape.fields
+                masked = plan is not None and not plan.is_identity
+                if item.kind == "query":
+                    meter = ResultMeter(masking=shape.masking, columns=shape.columns)
+                if show:
+                    out.append(shape.description)
+                if item.kind in ("describe_statement", "describe_portal"):
+                    return
+                continue
+            if code in _RESULT_ENDS:
+                if not released:
+                    await self._await_gate(item)
+                    released = True
+                if code == _COMMAND_COMPLETE:
+                    self.transaction.observe(CommandComplete.decode_body(frame[5:]))
+                if show:
+                    out.append(frame)
+                if item.decision is not None and item.gate is not None:
+                    self._finish_audit(item, meter or ResultMeter())
+                if item.kind == "execute":
+                    return
+                continue
+            if code == _READY_FOR_QUERY:
+                self.transaction.observe(ReadyForQuery.decode_body(frame[5:]))
+                self.upstream_failed_batch = False
+                if show:
+                    out.append(frame)
+                return
+            if code in _ACKNOWLEDGEMENTS:
+                if show:
+                    out.append(frame)
+                if code == _NO_DATA and item.kind == "describe_portal" and item.portal is not None:
+                    item.portal.row_description = RowDescription(())
+                if item.kind in ("parse", "bind", "close") or (
+                    code == _NO_DATA and item.kind in ("describe_statement", "describe_portal")
+                ):
+                    return
+                continue
+            message = decode_backend_body(code, frame[5:])
             self.transaction.observe(message)
             if isinstance(message, NoticeResponse | ParameterStatus | NotificationResponse):
                 if not (isinstance(message, ParameterStatus) and message.name not in FORWARDED_PARAMETERS):
@@ -682,58 +774,6 @@ class WireSession:
                     continue
                 self.upstream_failed_batch = True
                 return
-            if isinstance(message, ReadyForQuery):
-                self.upstream_failed_batch = False
-                self._write(message, item)
-                return
-            if isinstance(message, RowDescription):
-                shape = self._describe_result(message, item)
-                plan, fields = shape.plan, shape.fields
-                if item.kind == "query":
-                    meter = ResultMeter(masking=shape.masking, columns=shape.columns)
-                if not item.swallow:
-                    self.out.append(shape.description)
-                if item.kind in ("describe_statement", "describe_portal"):
-                    return
-                continue
-            if isinstance(message, DataRow | CommandComplete | EmptyQueryResponse | PortalSuspended):
-                if not released:
-                    await self._await_gate(item)
-                    released = True
-                if isinstance(message, DataRow):
-                    if plan is None and item.portal is not None:
-                        plan, fields = self._portal_plan(item.portal)
-                    if meter is None:
-                        meter = ResultMeter(
-                            masking=plan.describe([f.name for f in fields]) if plan else {},
-                            columns=[f.name for f in fields],
-                        )
-                    row = _mask_row(message, plan, fields) if plan is not None and not plan.is_identity else message
-                    encoded = row.encode()
-                    meter.keep_preview(row, fields)
-                    meter.rows += 1
-                    meter.digest.update(encoded)
-                    self.out.append(encoded)
-                    if len(self.out) >= 512:
-                        self._flush_client()
-                        if self.writer.transport.get_write_buffer_size() > 1 << 20:
-                            await self.writer.drain()
-                    continue
-                self._write(message, item)
-                if item.decision is not None and item.gate is not None:
-                    self._finish_audit(item, meter or ResultMeter())
-                if item.kind == "execute":
-                    return
-                continue
-            if isinstance(message, ParseComplete | BindComplete | CloseComplete | NoData | ParameterDescription):
-                self._write(message, item)
-                if isinstance(message, NoData) and item.kind == "describe_portal" and item.portal is not None:
-                    item.portal.row_description = RowDescription(())
-                if item.kind in ("parse", "bind", "close") or (
-                    isinstance(message, NoData) and item.kind in ("describe_statement", "describe_portal")
-                ):
-                    return
-                continue
             raise ProtocolError("08P01", f"unexpected {type(message).__name__} from the target database")
 
     def _write(self, message: BackendMessage, item: Expected) -> None:
@@ -758,12 +798,13 @@ class WireSession:
             await self.writer.drain()
             raise SessionClosed() from None
 
-    def _describe_result(self, message: RowDescription, item: Expected) -> ResultShape:
+    def _describe_result(self, frame: bytes, item: Expected) -> ResultShape:
+        shape = _result_shape(frame, item.statement_decision, self._identity_kind)
         if item.kind == "describe_statement" and item.statement is not None:
-            item.statement.row_description = message
+            item.statement.row_description = shape.source
         if item.kind == "describe_portal" and item.portal is not None:
-            item.portal.row_description = message
-        return _result_shape(message, item.statement_decision, self._identity_kind)
+            item.portal.row_description = shape.source
+        return shape
 
     @property
     def _cache_scope(self) -> str:
@@ -778,7 +819,8 @@ class WireSession:
         description = portal.row_description or portal.statement.row_description
         if description is None:
             return None, ()
-        return _result_shape(description, portal.statement.decision, self._identity_kind).plan, description.fields
+        shape = _result_shape(description.encode(), portal.statement.decision, self._identity_kind)
+        return shape.plan, description.fields
 
     def _scrub(self, message: ErrorResponse, item: Expected) -> ErrorResponse:
         decision = item.statement_decision
@@ -881,6 +923,7 @@ def _ticket_outcome(ticket_id: int, state: bridge.TicketState, *, in_batch: bool
 class ResultShape:
     """A result description under one decision: worked out once, reused while the decision is cached."""
 
+    source: RowDescription  # as the upstream sent it
     plan: MaskingPlan | None
     description: bytes  # the RowDescription the client is sent (masked columns announced as text), encoded
     fields: tuple[FieldDescription, ...]  # as the upstream described them (formats and types of the values)
@@ -888,14 +931,17 @@ class ResultShape:
     columns: list[str]
 
 
-def _result_shape(description: RowDescription, decision: Decision | None, identity_kind: str) -> ResultShape:
-    key = ("result", identity_kind, description.fields)
+def _result_shape(frame: bytes, decision: Decision | None, identity_kind: str) -> ResultShape:
+    """The shape of a RowDescription frame (keyed by its exact bytes, so a repeat is not even decoded)."""
+    key = ("result", identity_kind, frame)
     memo = decision.wire_memo if decision is not None else {}
     shape = memo.get(key)
     if shape is None:
+        description = RowDescription.decode_body(frame[5:])
         plan = _plan_for(description, decision, identity_kind)
         names = [f.name for f in description.fields]
         shape = ResultShape(
+            source=description,
             plan=plan,
             description=_rewrite_description(description, plan).encode(),
             fields=description.fields,

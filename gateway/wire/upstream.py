@@ -127,6 +127,19 @@ class Upstream:
                 raise UpstreamError("the target database closed the connection")
             self.parser.feed(data)
 
+    async def next_frame(self, before_wait: Callable[[], None] | None = None) -> tuple[int, bytes]:
+        """The next message undecoded: (type code, whole frame). For relaying results byte for byte."""
+        while True:
+            framed = self.parser.next_frame()
+            if framed is not None:
+                return framed
+            if before_wait is not None:
+                before_wait()
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                raise UpstreamError("the target database closed the connection")
+            self.parser.feed(data)
+
     async def _authenticate(self) -> None:
         scram: scramp.ScramClient | None = None
         while True:
