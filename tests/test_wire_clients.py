@@ -277,3 +277,21 @@ def test_a_cached_decision_never_answers_for_another_sort_position(agent) -> Non
             cursor.execute("SELECT id, ssn FROM patients WHERE id <= 3 ORDER BY 2")
         assert raised.value.sqlstate == "HA001"
         cursor.connection.close()
+
+
+def test_the_result_record_says_what_was_masked_and_shows_only_masked_values(services, agent) -> None:  # type: ignore[no-untyped-def]
+    """Repeated reads take the memoized description path; their records must still name every mask."""
+    real_ssn = owner_rows(services, "SELECT ssn FROM patients WHERE id = 2")[0][0]
+    with psycopg.connect(agent["dsn"], autocommit=True) as conn:
+        for _ in range(3):
+            conn.execute("SELECT id, ssn FROM patients WHERE id = 2").fetchall()
+    executed = AuditEvent.objects.filter(
+        agent=agent["agent"], kind=EventKind.QUERY_EXECUTED, details__preview__columns=["id", "ssn"]
+    )
+    wait_until(lambda: executed.count() >= 3, 10, what="the result records to be shipped")
+    for event in executed:
+        assert event.details["masking"]["ssn"]["phi_type"] == "ssn"
+        assert "ssn" in event.details["phi_types"]
+        assert event.details["rowcount"] == 1 and len(event.details["result_sha256"]) == 64
+        shown = event.details["preview"]["rows"][0][1]
+        assert shown and shown != real_ssn and real_ssn not in str(event.details)

@@ -193,6 +193,7 @@ class ResultMeter:
     masking: dict[str, dict[str, str]] = field(default_factory=dict)
     columns: list[str] = field(default_factory=list)
     preview: list[list[str | None]] = field(default_factory=list)
+    masking_json: str = ""  # ``masking`` as audit details (audit.recorder.masking_details), when known already
 
     def keep_preview(self, row: DataRow, fields: tuple[FieldDescription, ...]) -> None:
         """The first rows as sent (already masked), for session replay."""
@@ -727,7 +728,7 @@ class WireSession:
                 plan, fields = shape.plan, shape.fields
                 masked = plan is not None and not plan.is_identity
                 if item.kind == "query":
-                    meter = ResultMeter(masking=shape.masking, columns=shape.columns)
+                    meter = ResultMeter(masking=shape.masking, columns=shape.columns, masking_json=shape.masking_json)
                 if show:
                     out.append(shape.description)
                 if item.kind in ("describe_statement", "describe_portal"):
@@ -836,20 +837,14 @@ class WireSession:
     def _finish_audit(self, item: Expected, meter: ResultMeter) -> None:
         """The result's record (rows, masks, digest of the bytes sent): queued, not waited for."""
         assert item.decision is not None
-        line = self._lines_for(item.decision).line(
-            EventKind.QUERY_EXECUTED,
-            "",
-            f"{meter.rows} rows returned",
-            {
-                "statement_id": item.statement_id,
-                "rowcount": meter.rows,
-                "truncated": False,
-                **masking_details(meter.masking),
-                "result_sha256": meter.digest.hexdigest(),
-                "duration_ms": round((time.monotonic() - meter.started) * 1000, 2),
-                "preview": {"columns": meter.columns, "rows": meter.preview},
-            },
+        masking = meter.masking_json or json_text(masking_details(meter.masking))[1:-1]
+        preview = json_text({"columns": meter.columns, "rows": meter.preview})
+        details = (
+            f'{{"statement_id":"{item.statement_id}","rowcount":{meter.rows},"truncated":false,{masking},'
+            f'"result_sha256":"{meter.digest.hexdigest()}",'
+            f'"duration_ms":{round((time.monotonic() - meter.started) * 1000, 2)},"preview":{preview}}}'
         )
+        line = self._lines_for(item.decision).line(EventKind.QUERY_EXECUTED, "", f"{meter.rows} rows returned", details)
         self.audit.submit_line(line, urgent=False)
 
 
@@ -929,6 +924,7 @@ class ResultShape:
     fields: tuple[FieldDescription, ...]  # as the upstream described them (formats and types of the values)
     masking: dict[str, dict[str, str]]  # for the audit record
     columns: list[str]
+    masking_json: str  # the audit details' masking fields, serialized (without the braces)
 
 
 def _result_shape(frame: bytes, decision: Decision | None, identity_kind: str) -> ResultShape:
@@ -940,13 +936,15 @@ def _result_shape(frame: bytes, decision: Decision | None, identity_kind: str) -
         description = RowDescription.decode_body(frame[5:])
         plan = _plan_for(description, decision, identity_kind)
         names = [f.name for f in description.fields]
+        masking = plan.describe(names) if plan else {}
         shape = ResultShape(
             source=description,
             plan=plan,
             description=_rewrite_description(description, plan).encode(),
             fields=description.fields,
-            masking=plan.describe(names) if plan else {},
+            masking=masking,
             columns=names,
+            masking_json=json_text(masking_details(masking))[1:-1],
         )
         if len(memo) < 64:
             memo[key] = shape
