@@ -291,6 +291,7 @@ class Demo:
             )
             if name == "gateway":
                 env.update(GATEWAY_TLS_CERT_FILE=str(cert), GATEWAY_TLS_KEY_FILE=str(key))
+                env.setdefault("AUDIT_JOURNAL_DIR", str(self.state_dir / "audit-journal"))
             self.children.append(Child(name, commands[name], env, self.project_dir, self.log_dir))
 
     def all_children(self) -> list[Child]:
