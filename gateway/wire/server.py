@@ -11,7 +11,7 @@ from collections import defaultdict, deque
 from audit.sinks import open_wire_audit_sink
 from gateway.decision_cache import DecisionCache
 from gateway.pipeline import DatasourceRuntime
-from gateway.wire.session import CancelKey, WireSession
+from gateway.wire.session import CancelKey, WireClientProtocol, WireSession
 from phigate import envconfig
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,13 @@ class WireServer:
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> asyncio.Server:
-        self.server = await asyncio.start_server(self._accept, host, port)
+        """Like ``asyncio.start_server``, with the protocol that gives sessions their fast path."""
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> WireClientProtocol:
+            return WireClientProtocol(asyncio.StreamReader(loop=loop), self._accept, loop=loop)
+
+        self.server = await loop.create_server(protocol, host, port)
         return self.server
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -77,6 +83,9 @@ class WireServer:
             audit=self.audit,
             decisions=self.decisions,
         )
+        client_protocol = writer.transport.get_protocol()
+        if isinstance(client_protocol, WireClientProtocol):
+            client_protocol.session = session
         task = asyncio.current_task()
         if task is not None:
             self.sessions.add(task)

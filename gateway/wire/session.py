@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import hashlib
 import logging
 import secrets
@@ -113,6 +114,8 @@ FORWARDED_PARAMETERS = frozenset(
         "in_hot_standby",
     }
 )
+FAST_QUERY_MAX_BYTES = 64 * 1024  # a larger statement takes the client loop (it is rare, and parsed there anyway)
+_QUERY = ord("Q")
 # Backend message type codes the relay handles without decoding (gateway.pgwire.backend).
 _DATA_ROW = ord("D")
 _ROW_DESCRIPTION = ord("T")
@@ -202,6 +205,61 @@ class ResultMeter:
             self.preview.append([wire_value(value, fmt == 1) for value, fmt in zip(row.values, formats, strict=True)])
 
 
+@dataclass
+class FastQuery:
+    """A simple Query answered on the fast path (``WireSession.try_fast_query``)."""
+
+    relay: RelayState
+    done: asyncio.Future[None]  # the client loop waits for it before handling anything sent after the query
+    held: tuple[int, bytes] | None = None  # a frame waiting for the audit gate
+    waiting: bool = False  # for the audit gate
+    paused: bool = False  # upstream reading paused until the client drains
+
+
+class WireClientProtocol(asyncio.StreamReaderProtocol):
+    """The client socket's protocol: bytes go to the session's StreamReader, except a lone simple Query the
+    session answers on its fast path."""
+
+    session: WireSession | None = None
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session is not None:
+            if session.try_fast_query(data):
+                return
+            session.client_parked = False  # the client loop has bytes to read now
+        super().data_received(data)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.session is not None:
+            self.session.fast_resume_reading()
+
+
+class Step(enum.Enum):
+    """What relaying one upstream frame led to (``WireSession._relay_frame``)."""
+
+    MORE = "more"  # keep reading frames
+    FLUSHED = "flushed"  # output was written to the client: a good moment to respect its backpressure
+    NEEDS_GATE = "needs gate"  # the frame would release a result whose audit record is not durable yet
+    DONE = "done"  # the responses to this item are complete
+
+
+@dataclass
+class RelayState:
+    """Where the relay of one item's responses stands."""
+
+    item: Expected
+    released: bool = False
+    meter: ResultMeter | None = None
+    plan: MaskingPlan | None = None
+    fields: tuple[FieldDescription, ...] = ()
+    masked: bool = False
+
+    def __post_init__(self) -> None:
+        self.released = self.item.gate is None
+
+
 @dataclass(frozen=True)
 class CancelKey:
     process_id: int
@@ -247,6 +305,9 @@ class WireSession:
         self.audit_lines_datasource = ""
         self.statements_run = 0
         self.relay_idle = False  # the relay task waits for work and nothing is queued: a query may relay inline
+        self.serving = False  # signed in, statements accepted
+        self.client_parked = False  # the client loop waits for bytes and has none buffered: the fast path may run
+        self.fast: FastQuery | None = None
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -290,7 +351,9 @@ class WireSession:
             message = self.parser.next_message()
             if message is not None:
                 return message
+            self.client_parked = True
             data = await self.reader.read(READ_SIZE)
+            self.client_parked = False
             if not data:
                 raise SessionClosed()
             self.parser.feed(data)
@@ -388,8 +451,11 @@ class WireSession:
 
     async def _client_loop(self) -> None:
         assert self.upstream is not None
+        self.serving = True
         while True:
             message = await self._read_client()
+            if self.fast is not None:
+                await self.fast.done  # the fast path's answer goes out before anything that came after it
             if isinstance(message, Terminate):
                 return
             if self.discarding:
@@ -650,6 +716,142 @@ class WireSession:
             self.waiting_ticket = None
         self._reply(*_ticket_outcome(ticket_id, state, in_batch=in_batch), ready=not in_batch, in_batch=in_batch)
 
+    # -------------------------------------------------------------------------------------------- fast path
+
+    def try_fast_query(self, data: bytes) -> bool:
+        """Take a lone simple Query straight from the socket callback and relay its answer from the upstream's
+        socket callback, waking no coroutine: the common case of one statement at a time, where task hand-overs
+        cost more than the work. Only when nothing else is buffered or in flight, for a statement whose ALLOWED
+        decision is cached; anything else returns False and takes the client loop, unchanged."""
+        upstream = self.upstream
+        if not (
+            self.serving
+            and self.client_parked
+            and self.fast is None
+            and self.relay_idle
+            and upstream is not None
+            and not upstream.pending
+            and not self.discarding
+            and not self.parser.buffered
+            and self.queue.empty()
+            and 5 < len(data) <= FAST_QUERY_MAX_BYTES
+            and data[0] == _QUERY
+            and int.from_bytes(data[1:5], "big") + 1 == len(data)
+        ):
+            return False
+        try:
+            sql = Query.decode_body(data[5:]).sql
+        except ProtocolError:
+            return False  # the client loop reports it
+        if not sql.strip():
+            return False
+        decision, _ = self._cached(sql)
+        if decision is None or decision.verdict != "allowed":
+            return False
+        statement_id = self._next_statement_id()
+        gate = self._start_audit(decision, sql, statement_id)
+        item = Expected("query", decision=decision, gate=gate, sql=sql, statement_id=statement_id)
+        self.fast = FastQuery(RelayState(item), asyncio.get_running_loop().create_future())
+        upstream.protocol.divert = self._fast_received
+        upstream.writer.write(data)  # the client's own frame
+        return True
+
+    def _fast_received(self, data: bytes) -> None:
+        assert self.upstream is not None
+        try:
+            self.upstream.parser.feed(data)
+        except ProtocolError as error:
+            self._fast_abort(protocol_error_response(error), error)
+            return
+        self._fast_pump()
+
+    def _fast_pump(self) -> None:
+        """Relay what the upstream has sent so far, until the gate, backpressure or the end of the answer."""
+        fast, upstream = self.fast, self.upstream
+        if fast is None or fast.waiting or fast.paused or upstream is None:
+            return
+        relay = fast.relay
+        try:
+            while True:
+                framed = fast.held or upstream.parser.next_frame()
+                fast.held = None
+                if framed is None:
+                    break
+                step = self._relay_frame(relay, *framed)
+                if step is Step.NEEDS_GATE:
+                    fast.held = framed
+                    gate = relay.item.gate
+                    assert gate is not None
+                    if not gate.done():
+                        fast.waiting = True
+                        self._flush_client()  # what is already allowed out need not wait for this record
+                        gate.add_done_callback(self._fast_gate_done)
+                        return
+                    if gate.exception() is not None:
+                        self._fast_audit_failed(gate.exception())
+                        return
+                    relay.released = True
+                elif step is Step.DONE:
+                    self._fast_finish()
+                    return
+                elif step is Step.FLUSHED and self.writer.transport.get_write_buffer_size() > 1 << 20:
+                    fast.paused = True  # the client reads slowly: stop reading the upstream until it catches up
+                    upstream.pause_reading()
+                    return
+        except ProtocolError as error:
+            self._fast_abort(protocol_error_response(error), error)
+            return
+        self._flush_client()
+
+    def _fast_gate_done(self, gate: asyncio.Future[None]) -> None:
+        fast = self.fast
+        if fast is None:
+            return
+        fast.waiting = False
+        if gate.cancelled() or gate.exception() is not None:
+            self._fast_audit_failed(None if gate.cancelled() else gate.exception())
+            return
+        fast.relay.released = True
+        self._fast_pump()
+
+    def fast_resume_reading(self) -> None:
+        """The client's socket drained (WireClientProtocol.resume_writing): read the upstream again."""
+        fast = self.fast
+        if fast is not None and fast.paused and self.upstream is not None:
+            fast.paused = False
+            self.upstream.resume_reading()
+            self._fast_pump()
+
+    def _fast_finish(self) -> None:
+        fast = self.fast
+        assert fast is not None and self.upstream is not None
+        self._flush_client()
+        self.upstream.protocol.divert = None  # what follows is read by the relay task, as usual
+        self.fast = None
+        if not fast.done.done():
+            fast.done.set_result(None)
+
+    def _fast_audit_failed(self, error: BaseException | None) -> None:
+        log.error("audit write failed in wire session %s; closing it: %s", self.context.session_id, error)
+        self._fast_abort(
+            error_response("FATAL", "58000", "the audit record could not be written; the result is withheld"), error
+        )
+
+    def _fast_abort(self, reply: BackendMessage, error: BaseException | None) -> None:
+        """No safe way on: say why and end the session (the client loop sees the connection close)."""
+        if isinstance(error, ProtocolError):
+            log.warning("wire session %s: %s", self.context.session_id, error)
+        self._flush_client()
+        if not self.writer.is_closing():
+            self.writer.write(reply.encode())
+            self.writer.close()
+        if self.upstream is not None:
+            self.upstream.protocol.divert = None
+            self.upstream.close()
+        fast, self.fast = self.fast, None
+        if fast is not None and not fast.done.done():
+            fast.done.set_result(None)
+
     # ------------------------------------------------------------------------------------------------ relay
 
     async def _relay(self) -> None:
@@ -682,100 +884,109 @@ class WireSession:
             self.out.clear()
 
     async def _relay_responses(self, item: Expected) -> None:
-        """Relay the upstream's responses to one forwarded message.
-
-        Frames go to the client byte for byte unless they must change (a masked row, a rewritten description,
-        a scrubbed error) or be dropped; only those, and the few that carry state, are decoded.
-        """
+        """Relay the upstream's responses to one forwarded message (see ``_relay_frame``)."""
         assert self.upstream is not None
-        next_frame, out, show = self.upstream.next_frame, self.out, not item.swallow
-        meter: ResultMeter | None = None
-        plan: MaskingPlan | None = None
-        fields: tuple[FieldDescription, ...] = ()
-        masked = False
-        released = item.gate is None
+        next_frame = self.upstream.next_frame
+        relay = RelayState(item)
         while True:
             code, frame = await next_frame(before_wait=self._flush_client)
-            if code == _DATA_ROW:
-                if not released:
-                    await self._await_gate(item)
-                    released = True
-                if meter is None:
-                    if plan is None and item.portal is not None:
-                        plan, fields = self._portal_plan(item.portal)
-                        masked = plan is not None and not plan.is_identity
-                    meter = ResultMeter(
-                        masking=plan.describe([f.name for f in fields]) if plan else {},
-                        columns=[f.name for f in fields],
-                    )
-                if masked:
-                    assert plan is not None
-                    row = _mask_row(DataRow.decode_body(frame[5:]), plan, fields)
-                    frame = row.encode()
-                    meter.keep_preview(row, fields)
-                elif len(meter.preview) < PREVIEW_ROWS:
-                    meter.keep_preview(DataRow.decode_body(frame[5:]), fields)
-                meter.rows += 1
-                meter.digest.update(frame)
+            step = self._relay_frame(relay, code, frame)
+            if step is Step.NEEDS_GATE:
+                await self._await_gate(item)
+                relay.released = True
+                step = self._relay_frame(relay, code, frame)
+            if step is Step.DONE:
+                return
+            if step is Step.FLUSHED and self.writer.transport.get_write_buffer_size() > 1 << 20:
+                await self.writer.drain()
+
+    def _relay_frame(self, relay: RelayState, code: int, frame: bytes) -> Step:
+        """One upstream frame of the responses to ``relay.item``: sans-IO, so the relay task and the fast path
+        (``FastQuery``) share it.
+
+        Frames go to the client byte for byte unless they must change (a masked row, a rewritten description,
+        a scrubbed error) or be dropped; only those, and the few that carry state, are decoded. Returns
+        NEEDS_GATE, without consuming the frame, when it would release a result before its audit record is
+        durable: the caller waits for the record and offers the same frame again.
+        """
+        item, out = relay.item, self.out
+        if code == _DATA_ROW:
+            if not relay.released:
+                return Step.NEEDS_GATE
+            meter = relay.meter
+            if meter is None:
+                if relay.plan is None and item.portal is not None:
+                    relay.plan, relay.fields = self._portal_plan(item.portal)
+                    relay.masked = relay.plan is not None and not relay.plan.is_identity
+                plan, fields = relay.plan, relay.fields
+                meter = relay.meter = ResultMeter(
+                    masking=plan.describe([f.name for f in fields]) if plan else {},
+                    columns=[f.name for f in fields],
+                )
+            if relay.masked:
+                assert relay.plan is not None
+                row = _mask_row(DataRow.decode_body(frame[5:]), relay.plan, relay.fields)
+                frame = row.encode()
+                meter.keep_preview(row, relay.fields)
+            elif len(meter.preview) < PREVIEW_ROWS:
+                meter.keep_preview(DataRow.decode_body(frame[5:]), relay.fields)
+            meter.rows += 1
+            meter.digest.update(frame)
+            out.append(frame)
+            if len(out) >= 512:
+                self._flush_client()
+                return Step.FLUSHED
+            return Step.MORE
+        show = not item.swallow
+        if code == _ROW_DESCRIPTION:
+            shape = self._describe_result(frame, item)
+            relay.plan, relay.fields = shape.plan, shape.fields
+            relay.masked = shape.plan is not None and not shape.plan.is_identity
+            if item.kind == "query":
+                relay.meter = ResultMeter(masking=shape.masking, columns=shape.columns, masking_json=shape.masking_json)
+            if show:
+                out.append(shape.description)
+            return Step.DONE if item.kind in ("describe_statement", "describe_portal") else Step.MORE
+        if code in _RESULT_ENDS:
+            if not relay.released:
+                return Step.NEEDS_GATE
+            if code == _COMMAND_COMPLETE:
+                self.transaction.observe(CommandComplete.decode_body(frame[5:]))
+            if show:
                 out.append(frame)
-                if len(out) >= 512:
-                    self._flush_client()
-                    if self.writer.transport.get_write_buffer_size() > 1 << 20:
-                        await self.writer.drain()
-                continue
-            if code == _ROW_DESCRIPTION:
-                shape = self._describe_result(frame, item)
-                plan, fields = shape.plan, shape.fields
-                masked = plan is not None and not plan.is_identity
-                if item.kind == "query":
-                    meter = ResultMeter(masking=shape.masking, columns=shape.columns, masking_json=shape.masking_json)
-                if show:
-                    out.append(shape.description)
-                if item.kind in ("describe_statement", "describe_portal"):
-                    return
-                continue
-            if code in _RESULT_ENDS:
-                if not released:
-                    await self._await_gate(item)
-                    released = True
-                if code == _COMMAND_COMPLETE:
-                    self.transaction.observe(CommandComplete.decode_body(frame[5:]))
-                if show:
-                    out.append(frame)
-                if item.decision is not None and item.gate is not None:
-                    self._finish_audit(item, meter or ResultMeter())
-                if item.kind == "execute":
-                    return
-                continue
-            if code == _READY_FOR_QUERY:
-                self.transaction.observe(ReadyForQuery.decode_body(frame[5:]))
-                self.upstream_failed_batch = False
-                if show:
-                    out.append(frame)
-                return
-            if code in _ACKNOWLEDGEMENTS:
-                if show:
-                    out.append(frame)
-                if code == _NO_DATA and item.kind == "describe_portal" and item.portal is not None:
-                    item.portal.row_description = RowDescription(())
-                if item.kind in ("parse", "bind", "close") or (
-                    code == _NO_DATA and item.kind in ("describe_statement", "describe_portal")
-                ):
-                    return
-                continue
-            message = decode_backend_body(code, frame[5:])
-            self.transaction.observe(message)
-            if isinstance(message, NoticeResponse | ParameterStatus | NotificationResponse):
-                if not (isinstance(message, ParameterStatus) and message.name not in FORWARDED_PARAMETERS):
-                    self._write(message, item)
-                continue
-            if isinstance(message, ErrorResponse):
-                self._write(self._scrub(message, item), item)
-                if item.kind in ("sync", "query"):
-                    continue
-                self.upstream_failed_batch = True
-                return
-            raise ProtocolError("08P01", f"unexpected {type(message).__name__} from the target database")
+            if item.decision is not None and item.gate is not None:
+                self._finish_audit(item, relay.meter or ResultMeter())
+                relay.meter = None
+            return Step.DONE if item.kind == "execute" else Step.MORE
+        if code == _READY_FOR_QUERY:
+            self.transaction.observe(ReadyForQuery.decode_body(frame[5:]))
+            self.upstream_failed_batch = False
+            if show:
+                out.append(frame)
+            return Step.DONE
+        if code in _ACKNOWLEDGEMENTS:
+            if show:
+                out.append(frame)
+            if code == _NO_DATA and item.kind == "describe_portal" and item.portal is not None:
+                item.portal.row_description = RowDescription(())
+            if item.kind in ("parse", "bind", "close") or (
+                code == _NO_DATA and item.kind in ("describe_statement", "describe_portal")
+            ):
+                return Step.DONE
+            return Step.MORE
+        message = decode_backend_body(code, frame[5:])
+        self.transaction.observe(message)
+        if isinstance(message, NoticeResponse | ParameterStatus | NotificationResponse):
+            if not (isinstance(message, ParameterStatus) and message.name not in FORWARDED_PARAMETERS):
+                self._write(message, item)
+            return Step.MORE
+        if isinstance(message, ErrorResponse):
+            self._write(self._scrub(message, item), item)
+            if item.kind in ("sync", "query"):
+                return Step.MORE
+            self.upstream_failed_batch = True
+            return Step.DONE
+        raise ProtocolError("08P01", f"unexpected {type(message).__name__} from the target database")
 
     def _write(self, message: BackendMessage, item: Expected) -> None:
         if not item.swallow:

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import scramp
 from psycopg.conninfo import conninfo_to_dict
@@ -65,9 +66,28 @@ class UpstreamTarget:
         )
 
     async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A stream pair like ``asyncio.open_connection``'s, whose protocol can divert data (UpstreamProtocol)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = UpstreamProtocol(reader, loop=loop)
         if self.host.startswith("/"):
-            return await asyncio.open_unix_connection(f"{self.host}/.s.PGSQL.{self.port}")
-        return await asyncio.open_connection(self.host, self.port)
+            transport, _ = await loop.create_unix_connection(lambda: protocol, f"{self.host}/.s.PGSQL.{self.port}")
+        else:
+            transport, _ = await loop.create_connection(lambda: protocol, self.host, self.port)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+class UpstreamProtocol(asyncio.StreamReaderProtocol):
+    """Received bytes go to the StreamReader, or to ``divert`` while it is set (the session's fast path,
+    gateway.wire.session.WireSession.try_fast_query, which then parses them itself)."""
+
+    divert: Callable[[bytes], None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.divert is not None:
+            self.divert(data)
+        else:
+            super().data_received(data)
 
 
 @dataclass
@@ -100,6 +120,18 @@ class Upstream:
         upstream.send(startup.encode())
         await upstream._authenticate()
         return upstream
+
+    @property
+    def protocol(self) -> UpstreamProtocol:
+        protocol = self.writer.transport.get_protocol()
+        assert isinstance(protocol, UpstreamProtocol)
+        return protocol
+
+    def pause_reading(self) -> None:
+        cast(asyncio.ReadTransport, self.writer.transport).pause_reading()
+
+    def resume_reading(self) -> None:
+        cast(asyncio.ReadTransport, self.writer.transport).resume_reading()
 
     def send(self, data: bytes) -> None:
         """Buffer: consecutive messages leave in one write (one syscall) at the next flush."""
