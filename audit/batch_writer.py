@@ -2,7 +2,7 @@
 
 The wire gateway's audit path when no local journal is configured (``AUDIT_JOURNAL_DIR``; see audit.journal).
 A few writer threads, one connection each: every event submitted while a batch was committing goes into a
-next batch, one COPY in its own implicit transaction. Events travel as COPY text lines
+next batch, one INSERT (or a COPY when large) in its own implicit transaction. Events travel as COPY text lines
 (audit.journal_format.copy_line), the same form the journal stores. A caller gets a
 future that completes only after *its* event is durable, so "no result before its audit record" still holds
 per statement, while the commit cost is shared by everyone in the batch. If a batch fails, its events are
@@ -12,6 +12,7 @@ retried one by one; an event that still fails fails its future, and that caller 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
@@ -23,7 +24,7 @@ import psycopg
 from django.conf import settings
 from psycopg.conninfo import make_conninfo
 
-from audit.journal_format import copy_line
+from audit.journal_format import copy_fields, copy_line
 from phigate import envconfig
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,17 @@ COLUMNS = (
 MAX_BATCH = 1000
 AUDIT_WRITERS = envconfig.get_int("AUDIT_WRITERS", 1, minimum=1, maximum=32)
 DEFER_SECONDS = 0.05
+COPY_FROM = 64  # a batch this large goes as COPY
 _NOTHING = object()
 COPY_SQL = f"COPY audit_auditevent ({', '.join(COLUMNS)}) FROM STDIN"
+
+
+@functools.cache
+def insert_sql(rows: int) -> bytes:
+    """A multi-row INSERT with ``$n`` placeholders, values given in PostgreSQL's text form."""
+    width = len(COLUMNS)
+    groups = ("(" + ", ".join(f"${row * width + column + 1}" for column in range(width)) + ")" for row in range(rows))
+    return (f"INSERT INTO audit_auditevent ({', '.join(COLUMNS)}) VALUES " + ", ".join(groups)).encode()
 
 
 def control_plane_conninfo() -> str:
@@ -172,11 +182,19 @@ class AuditBatchWriter:
     def _write(
         self, connection: psycopg.Connection[Any] | None, batch: list[tuple[bytes, Future[None]]]
     ) -> psycopg.Connection[Any]:
-        """One COPY in autocommit: its own transaction, committed (durable) when it returns."""
+        """One statement in autocommit (its own transaction, durable when it returns): a multi-row INSERT for a
+        small batch (one round trip), a COPY for a large one (cheaper per row, one more round trip)."""
         if connection is None or connection.closed:
             connection = psycopg.connect(self._conninfo, autocommit=True)
-        with connection.cursor() as cursor, cursor.copy(COPY_SQL) as copy:
-            copy.write(b"".join(line for line, _ in batch))
+        if len(batch) < COPY_FROM:
+            values = [value for line, _ in batch for value in copy_fields(line)]
+            result = connection.pgconn.exec_params(insert_sql(len(batch)), values)
+            if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+                message = (result.error_message or b"audit insert failed").decode("utf-8", "replace")
+                raise psycopg.DatabaseError(message.strip())
+        else:
+            with connection.cursor() as cursor, cursor.copy(COPY_SQL) as copy:
+                copy.write(b"".join(line for line, _ in batch))
         self.batches += 1
         self.events += len(batch)
         return connection

@@ -15,7 +15,16 @@ from hypothesis import strategies as st
 from audit import journal as journal_module
 from audit.batch_writer import COLUMNS
 from audit.journal import AuditJournal, JournalUnavailable, _Slot, ship_leftovers
-from audit.journal_format import HEADER, copy_field, copy_line, frame, scan, segment_name, segment_number
+from audit.journal_format import (
+    HEADER,
+    copy_field,
+    copy_fields,
+    copy_line,
+    frame,
+    scan,
+    segment_name,
+    segment_number,
+)
 from audit.models import AuditEvent, EventKind, JournalCursor
 from audit.recorder import Context, event_row
 from audit.wire_lines import SessionLines
@@ -275,3 +284,18 @@ def test_session_lines_match_the_generic_event_form(principal: Principal) -> Non
     )
     assert fast.split(b"\t")[1:] == generic.split(b"\t")[1:]
     assert fast.count(b"\n") == 1  # one line, whatever the statement holds
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.none(), st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_copy_fields_read_back_what_copy_line_wrote(values: list[str | None]) -> None:
+    columns = [f"c{index}" for index in range(len(values))]
+    line = copy_line(dict(zip(columns, values, strict=True)), columns)
+    assert copy_fields(line) == [None if value is None else value.encode() for value in values]
