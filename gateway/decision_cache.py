@@ -118,7 +118,11 @@ class DecisionCache:
                 self._exact.clear()
             self._exact[(datasource, sql)] = entry
 
-    def store(self, datasource: str, shape: Shape | None, decision: Decision) -> None:
+    def store(self, datasource: str, shape: Shape | None, decision: Decision, sql: str = "") -> None:
+        """Keep an ALLOWED decision under ``lookup``'s key. A lookup before any catalog snapshot was loaded (the
+        first statement a gateway sees) returned no key; then ``sql`` gives it, now that the decision has one."""
+        if shape is None and sql and "\x00" not in sql:
+            shape = statement_shape(sql) or Shape("", sql)
         classification = decision.classification
         if shape is None or decision.verdict != "allowed" or classification is None or decision.catalog is None:
             return

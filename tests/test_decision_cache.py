@@ -118,3 +118,13 @@ def test_exact_text_level_follows_the_same_validity_rules() -> None:
     assert cache.lookup("clinic", sql, snapshot)[0] is decision  # exact text
     assert cache.lookup("clinic", sql, catalog())[0] is None  # a new snapshot invalidates both levels
     assert cache.lookup("other", sql, snapshot)[0] is None
+
+
+def test_a_decision_made_before_any_snapshot_was_loaded_is_still_kept() -> None:
+    """The first statement a gateway sees finds no snapshot (lookup gives no key); its decision is kept anyway."""
+    cache, snapshot = DecisionCache(), catalog()
+    sql = "SELECT upper(name) FROM public.staff WHERE id = 1"
+    assert cache.lookup("clinic", sql, None) == (None, None)
+    cache.store("clinic", None, allowed(sql, snapshot), sql)
+    assert cache.lookup("clinic", sql, snapshot)[0] is not None
+    assert cache.lookup("clinic", sql.replace("= 1", "= 2"), snapshot)[0] is not None  # by shape too

@@ -114,6 +114,7 @@ FORWARDED_PARAMETERS = frozenset(
         "in_hot_standby",
     }
 )
+CLIENT_BACKLOG_BYTES = 1 << 20  # past this much unsent output, stop reading the upstream until the client drains
 FAST_QUERY_MAX_BYTES = 64 * 1024  # a larger statement takes the client loop (it is rare, and parsed there anyway)
 _QUERY = ord("Q")
 # Backend message type codes the relay handles without decoding (gateway.pgwire.backend).
@@ -521,7 +522,7 @@ class WireSession:
             session_statements=True,
             params=params,
         )
-        self.decisions.store(self._cache_scope, shape, decision)
+        self.decisions.store(self._cache_scope, shape, decision, sql)
         return decision
 
     def _next_statement_id(self) -> str:
@@ -617,7 +618,7 @@ class WireSession:
             context=self.context,
             runtime=self.runtime,
         )
-        self.decisions.store(self._cache_scope, shape, decision)
+        self.decisions.store(self._cache_scope, shape, decision, sql)
         return decision
 
     def _bind(self, message: Bind) -> None:
@@ -794,7 +795,7 @@ class WireSession:
                 elif step is Step.DONE:
                     self._fast_finish()
                     return
-                elif step is Step.FLUSHED and self.writer.transport.get_write_buffer_size() > 1 << 20:
+                elif step is Step.FLUSHED and self._client_backlogged():
                     fast.paused = True  # the client reads slowly: stop reading the upstream until it catches up
                     upstream.pause_reading()
                     return
@@ -802,6 +803,13 @@ class WireSession:
             self._fast_abort(protocol_error_response(error), error)
             return
         self._flush_client()
+        if self._client_backlogged():
+            fast.paused = True
+            upstream.pause_reading()
+
+    def _client_backlogged(self) -> bool:
+        """More than CLIENT_BACKLOG_BYTES written to the client and not yet taken by its socket."""
+        return self.writer.transport.get_write_buffer_size() > CLIENT_BACKLOG_BYTES
 
     def _fast_gate_done(self, gate: asyncio.Future[None]) -> None:
         fast = self.fast
@@ -897,7 +905,7 @@ class WireSession:
                 step = self._relay_frame(relay, code, frame)
             if step is Step.DONE:
                 return
-            if step is Step.FLUSHED and self.writer.transport.get_write_buffer_size() > 1 << 20:
+            if step is Step.FLUSHED and self._client_backlogged():
                 await self.writer.drain()
 
     def _relay_frame(self, relay: RelayState, code: int, frame: bytes) -> Step:
