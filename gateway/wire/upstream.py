@@ -148,29 +148,23 @@ class Upstream:
 
     async def next_message(self, before_wait: Callable[[], None] | None = None) -> BackendMessage:
         """The next message; ``before_wait`` runs before blocking on the socket (to flush our own output)."""
-        while True:
-            message = self.parser.next_message()
-            if message is not None:
-                return message
-            if before_wait is not None:
-                before_wait()
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                raise UpstreamError("the target database closed the connection")
-            self.parser.feed(data)
+        while (message := self.parser.next_message()) is None:
+            await self._receive(before_wait)
+        return message
 
     async def next_frame(self, before_wait: Callable[[], None] | None = None) -> tuple[int, bytes]:
         """The next message undecoded: (type code, whole frame). For relaying results byte for byte."""
-        while True:
-            framed = self.parser.next_frame()
-            if framed is not None:
-                return framed
-            if before_wait is not None:
-                before_wait()
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                raise UpstreamError("the target database closed the connection")
-            self.parser.feed(data)
+        while (framed := self.parser.next_frame()) is None:
+            await self._receive(before_wait)
+        return framed
+
+    async def _receive(self, before_wait: Callable[[], None] | None) -> None:
+        if before_wait is not None:
+            before_wait()
+        data = await self.reader.read(READ_SIZE)
+        if not data:
+            raise UpstreamError("the target database closed the connection")
+        self.parser.feed(data)
 
     async def _authenticate(self) -> None:
         scram: scramp.ScramClient | None = None
