@@ -253,8 +253,7 @@ class AuditJournal:
             return f"the audit journal failed: {self._failure}"
         if self._closing:
             return "the audit journal is closed"
-        unshipped = self._unshipped
-        if unshipped and time.monotonic() - unshipped[0][3] > self._max_lag:
+        if self.lag_seconds > self._max_lag:
             return f"the audit table is more than {self._max_lag:.0f} s behind the journal"
         if self._unshipped_bytes > self._max_unshipped:
             return "the audit journal's unshipped backlog is full"
@@ -479,8 +478,11 @@ class AuditJournal:
     @property
     def lag_seconds(self) -> float:
         """How long the oldest unshipped record has waited (0 when everything is shipped)."""
-        unshipped = self._unshipped
-        return time.monotonic() - unshipped[0][3] if unshipped else 0.0
+        try:
+            oldest = self._unshipped[0][3]
+        except IndexError:  # nothing unshipped (the shipper may have taken the last one just now)
+            return 0.0
+        return time.monotonic() - oldest
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, ship what is durable (within ``timeout``), and release the slot."""
