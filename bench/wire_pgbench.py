@@ -9,7 +9,6 @@ Prints a Markdown table (TPS, mean and p99 latency) for docs/benchmarks.md. Crea
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import secrets
@@ -245,8 +244,9 @@ def main() -> None:
         }
         if args.serve:  # for profiling by hand: keep everything up until interrupted
             print("\n".join(f"{name}: {dsn}" for name, dsn in paths.items()), flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            stop = {signal.SIGINT, signal.SIGTERM}
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # so that sigwait takes them and the cleanup runs
+            signal.sigwait(stop)
             return
         selected = args.paths.split(",")
         rows = []
