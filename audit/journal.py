@@ -10,12 +10,13 @@ COPY batches, a fraction of a second later.
 The fsync runs on the gateway's event loop, at the end of the loop turn in which records were submitted, so one
 fsync covers every record of that turn. A syncer thread was measured to be slower at one session and no faster
 at eight: it must take the interpreter lock to report each flush, and under load it waits for the event loop
-to let go of it. The thread now only writes the records nobody waits for (what a read returned), after at most
-DEFER_SECONDS, when no urgent record carried them along.
+to let go of it. A helper process, and a flush by the kernel (Linux AIO), measured no faster than this. The
+thread now only writes the records nobody waits for (what a read returned), after at most DEFER_SECONDS, when
+no urgent record carried them along.
 
 Guarantees:
 
-* **Durable first.** ``submit`` returns a future that completes only after the record's fsync returned. If the
+* **Durable first.** ``submit_line`` returns a future that completes only after the record's fsync returned. If the
   write or the fsync fails, the future fails and so does every later submission: after a failed fsync the page
   cache cannot be trusted (PostgreSQL's "fsyncgate"), so the journal stops rather than retries.
 * **Shipped exactly once.** A batch is copied into ``audit_auditevent`` and the journal's cursor
