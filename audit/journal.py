@@ -40,7 +40,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ class _Slot:
         self.lock_fd = lock_fd
         id_file = path / "journal-id"
         if not id_file.exists():
-            _write_durably(id_file, secrets.token_hex(16).encode())
+            _write_durably(id_file, [secrets.token_hex(16).encode()])
         self.journal_id = id_file.read_text().strip()
 
     @classmethod
@@ -98,10 +98,12 @@ class _Slot:
         os.close(self.lock_fd)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    temporary = path.with_suffix(".tmp")
+def _write_durably(path: Path, chunks: Iterable[bytes]) -> None:
+    """The file appears whole and synced, or not at all: written beside it, synced, renamed, directory synced."""
+    temporary = path.with_suffix(".new")
     with open(temporary, "wb") as handle:
-        handle.write(data)
+        for chunk in chunks:
+            handle.write(chunk)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
@@ -118,16 +120,17 @@ def _fsync_directory(path: Path) -> None:
 
 def _create_segment(path: Path, size: int) -> None:
     """A segment filled with zeros and synced, so later fsyncs flush data only, never file metadata."""
-    temporary = path.with_suffix(".new")
-    with open(temporary, "wb") as handle:
-        chunk = b"\0" * (1 << 20)
-        for _ in range(size // len(chunk)):
-            handle.write(chunk)
-        handle.write(b"\0" * (size % len(chunk)))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
+    chunk = b"\0" * (1 << 20)
+    _write_durably(path, [chunk] * (size // len(chunk)) + [b"\0" * (size % len(chunk))])
+
+
+def _ship(connection: psycopg.Connection[Any], journal_id: str, lines: Iterable[bytes], segment: int, end: int) -> None:
+    """Copy records into the event table and move the journal's cursor past them, in one transaction: a crash
+    before the commit leaves both as they were, so the records are shipped again; after it, never again."""
+    with connection.transaction(), connection.cursor() as cursor:
+        with cursor.copy(COPY_SQL) as copy:
+            copy.write(b"".join(lines))
+        cursor.execute(_CURSOR_SQL, (journal_id, segment, end))
 
 
 def ship_leftovers(slot: _Slot, conninfo: str) -> tuple[int, int]:
@@ -148,10 +151,7 @@ def ship_leftovers(slot: _Slot, conninfo: str) -> tuple[int, int]:
             data = (slot.path / segment_name(number)).read_bytes()
             records = list(scan(data, done_position if number == done_segment else 0))
             if records:
-                with connection.transaction(), connection.cursor() as cursor:
-                    with cursor.copy(COPY_SQL) as copy:
-                        copy.write(b"".join(record.payload for record in records))
-                    cursor.execute(_CURSOR_SQL, (slot.journal_id, number, records[-1].end))
+                _ship(connection, slot.journal_id, (record.payload for record in records), number, records[-1].end)
                 shipped += len(records)
     for number in existing:
         (slot.path / segment_name(number)).unlink()
@@ -184,10 +184,10 @@ class AuditJournal:
         adopted = self._adopt_orphans(root)
         if leftovers or adopted:
             log.warning("audit journal: shipped %d events left by earlier gateway processes", leftovers + adopted)
-        # Writing state, owned by the syncer thread once it runs.
+        # Writing state, used under _io_lock by whoever writes: the event loop, or the syncer for deferred records.
         self._number = first_segment
         self._segments: deque[int] = deque()
-        self._spare_lock = threading.Lock()  # the syncer rotates into the spare the shipper prepares
+        self._spare_lock = threading.Lock()  # the writer rotates into the spare segment the shipper prepares
         self._spare: int | None = None
         self._fd, self._capacity = self._open_segment(self._new_segment(first_segment))
         self._offset = 0
@@ -426,10 +426,7 @@ class AuditJournal:
                 batch.append(entry[0])
                 size += len(entry[0])
                 last = entry
-        with connection.transaction(), connection.cursor() as cursor:
-            with cursor.copy(COPY_SQL) as copy:
-                copy.write(b"".join(batch))
-            cursor.execute(_CURSOR_SQL, (self.journal_id, last[1], last[2]))
+        _ship(connection, self.journal_id, batch, last[1], last[2])
         with self._unshipped_lock:
             for _ in batch:
                 self._unshipped.popleft()
