@@ -94,9 +94,14 @@ class DecisionCache:
         self.misses = 0
 
     def lookup(self, datasource: str, sql: str, current: TargetCatalog | None) -> tuple[Decision | None, Shape | None]:
-        if current is None or not current.datasource_active or "\x00" in sql:
+        """The cached decision, if any, and the key to store a new one under (None: never cache this text).
+
+        Without a usable snapshot (none loaded yet: the first statement a gateway sees) there is no hit, but the
+        key is still given, so the decision made next is kept."""
+        if "\x00" in sql:
             return None, None
-        exact = self._exact.get((datasource, sql))
+        usable = current is not None and current.datasource_active
+        exact = self._exact.get((datasource, sql)) if usable else None
         if exact is not None and exact.catalog is current:
             self.hits += 1
             return exact.decision, None
@@ -104,7 +109,7 @@ class DecisionCache:
         if shape is None:
             self.misses += 1
             return None, Shape("", sql)  # exact text only
-        entry = self._entries.get((datasource, shape.normalized))
+        entry = self._entries.get((datasource, shape.normalized)) if usable else None
         if entry is None or entry.catalog is not current:
             self.misses += 1
             return None, shape
@@ -118,11 +123,8 @@ class DecisionCache:
                 self._exact.clear()
             self._exact[(datasource, sql)] = entry
 
-    def store(self, datasource: str, shape: Shape | None, decision: Decision, sql: str = "") -> None:
-        """Keep an ALLOWED decision under ``lookup``'s key. A lookup before any catalog snapshot was loaded (the
-        first statement a gateway sees) returned no key; then ``sql`` gives it, now that the decision has one."""
-        if shape is None and sql and "\x00" not in sql:
-            shape = statement_shape(sql) or Shape("", sql)
+    def store(self, datasource: str, shape: Shape | None, decision: Decision) -> None:
+        """Keep an ALLOWED decision under the key ``lookup`` gave."""
         classification = decision.classification
         if shape is None or decision.verdict != "allowed" or classification is None or decision.catalog is None:
             return

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from gateway.decision_cache import DecisionCache, statement_shape
+from gateway.decision_cache import DecisionCache, Shape, statement_shape
 from gateway.pipeline import Decision
 from policy.classifier import classify
 from policy.function_catalog import SnapshotFunctionCatalog
@@ -124,7 +124,8 @@ def test_a_decision_made_before_any_snapshot_was_loaded_is_still_kept() -> None:
     """The first statement a gateway sees finds no snapshot (lookup gives no key); its decision is kept anyway."""
     cache, snapshot = DecisionCache(), catalog()
     sql = "SELECT upper(name) FROM public.staff WHERE id = 1"
-    assert cache.lookup("clinic", sql, None) == (None, None)
-    cache.store("clinic", None, allowed(sql, snapshot), sql)
+    decision, key = cache.lookup("clinic", sql, None)
+    assert decision is None and key == Shape("SELECT upper(name) FROM public.staff WHERE id = $1", sql)
+    cache.store("clinic", key, allowed(sql, snapshot))
     assert cache.lookup("clinic", sql, snapshot)[0] is not None
     assert cache.lookup("clinic", sql.replace("= 1", "= 2"), snapshot)[0] is not None  # by shape too

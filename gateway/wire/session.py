@@ -526,7 +526,7 @@ class WireSession:
             session_statements=True,
             params=params,
         )
-        self.decisions.store(self._cache_scope, shape, decision, sql)
+        self.decisions.store(self._cache_scope, shape, decision)
         return decision
 
     def _next_statement_id(self) -> str:
@@ -542,8 +542,10 @@ class WireSession:
             self.audit_lines_datasource = name
         return self.audit_lines
 
-    def _start_audit(self, decision: Decision, sql: str, statement_id: str) -> asyncio.Future[None]:
-        """Queue the statement's audit record for the next group commit; rows wait for this future."""
+    def _start_audit(self, decision: Decision, sql: str) -> tuple[asyncio.Future[None], str]:
+        """Queue the statement's audit record for the next flush. Returns the future its rows wait for, and the
+        statement id that links this record to the result's."""
+        statement_id = self._next_statement_id()
         prefix = decision.wire_memo.get("submitted_json")
         if prefix is None:  # the decision's details serialized once, the statement id appended per statement
             prefix = json_text(decision.submitted)[:-1]
@@ -553,7 +555,7 @@ class WireSession:
         line = self._lines_for(decision).line(EventKind.QUERY_SUBMITTED, sql, "allowed: provably read-only", details)
         gate = self.audit.submit_line(line)
         assert gate is not None
-        return gate
+        return gate, statement_id
 
     async def _simple_query(self, sql: str) -> None:
         if not sql.strip():
@@ -563,8 +565,7 @@ class WireSession:
         if decision.verdict != "allowed":
             await self._refuse(decision, in_batch=False)
             return
-        statement_id = self._next_statement_id()
-        gate = self._start_audit(decision, sql, statement_id)
+        gate, statement_id = self._start_audit(decision, sql)
         item = Expected("query", decision=decision, gate=gate, sql=sql, statement_id=statement_id)
         if not (self.relay_idle and self.queue.empty() and not self.parser.buffered):
             self._forward(Query(sql), item)
@@ -622,7 +623,7 @@ class WireSession:
             context=self.context,
             runtime=self.runtime,
         )
-        self.decisions.store(self._cache_scope, shape, decision, sql)
+        self.decisions.store(self._cache_scope, shape, decision)
         return decision
 
     def _bind(self, message: Bind) -> None:
@@ -656,8 +657,7 @@ class WireSession:
         executing = dataclasses.replace(
             decision, submitted={**decision.submitted, "params": portal.params.for_audit()}, wire_memo={}
         )
-        statement_id = self._next_statement_id()
-        gate = self._start_audit(executing, portal.statement.sql, statement_id)
+        gate, statement_id = self._start_audit(executing, portal.statement.sql)
         if portal.row_description is None:
             # Masking needs the column origins and formats of this portal: ask for them, for ourselves.
             self._forward(Describe("P", message.portal), Expected("describe_portal", portal=portal, swallow=True))
@@ -753,8 +753,7 @@ class WireSession:
         decision, _ = self._cached(sql)
         if decision is None or decision.verdict != "allowed":
             return False
-        statement_id = self._next_statement_id()
-        gate = self._start_audit(decision, sql, statement_id)
+        gate, statement_id = self._start_audit(decision, sql)
         item = Expected("query", decision=decision, gate=gate, sql=sql, statement_id=statement_id)
         self.fast = FastQuery(RelayState(item), asyncio.get_running_loop().create_future())
         upstream.protocol.divert = self._fast_received
@@ -1060,7 +1059,7 @@ class WireSession:
     def _finish_audit(self, item: Expected, meter: ResultMeter) -> None:
         """The result's record (rows, masks, digest of the bytes sent): queued, not waited for."""
         assert item.decision is not None
-        masking = meter.masking_json or json_text(masking_details(meter.masking))[1:-1]
+        masking = meter.masking_json or _masking_text(meter.masking)
         preview = json_text({"columns": meter.columns, "rows": meter.preview})
         details = (
             f'{{"statement_id":"{item.statement_id}","rowcount":{meter.rows},"truncated":false,{masking},'
@@ -1150,6 +1149,11 @@ class ResultShape:
     masking_json: str  # the audit details' masking fields, serialized (without the braces)
 
 
+def _masking_text(masking: dict[str, dict[str, str]]) -> str:
+    """A result's masking as the fields of its audit details (audit.recorder.masking_details), braces left off."""
+    return json_text(masking_details(masking))[1:-1]
+
+
 def _result_shape(frame: bytes, decision: Decision | None, identity_kind: str) -> ResultShape:
     """The shape of a RowDescription frame (keyed by its exact bytes, so a repeat is not even decoded)."""
     key = ("result", identity_kind, frame)
@@ -1167,7 +1171,7 @@ def _result_shape(frame: bytes, decision: Decision | None, identity_kind: str) -
             fields=description.fields,
             masking=masking,
             columns=names,
-            masking_json=json_text(masking_details(masking))[1:-1],
+            masking_json=_masking_text(masking),
         )
         if len(memo) < 64:
             memo[key] = shape
