@@ -1,4 +1,7 @@
-"""pgbench -S through three paths in one run: direct PostgreSQL, pgbouncer, and the phigate gateway.
+"""pgbench -S through several paths in one run: direct PostgreSQL, pgbouncer, two floors, and the phigate gateway.
+
+The floors (``bench/floor_proxy.py``) are a bare Python byte-copying proxy, and the same proxy holding every answer
+until an fsync covers a record of its request: what any Python gateway with durable audit costs here, at least.
 
 Run: ``.venv/bin/python bench/wire_pgbench.py [--seconds 10] [--scale 10]`` on a machine with PostgreSQL on
 127.0.0.1:5432 (trust auth for ``postgres``), Redis, pgbench and pgbouncer (``apt-get install pgbouncer``).
@@ -135,7 +138,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--clients", default="1,8")
     parser.add_argument("--mode", default="simple")
-    parser.add_argument("--paths", default="direct,pgbouncer,gateway")
+    parser.add_argument("--paths", default="direct,pgbouncer,floor: proxy,floor: proxy + fsync,gateway")
     parser.add_argument("--profile", metavar="FILE", help="record the gateway with py-spy (collapsed stacks)")
     parser.add_argument("--phi", action="store_true", help="also read a PHI-tagged table (masking on every row)")
     parser.add_argument("--serve", action="store_true", help="set up, print the DSNs, wait for a signal")
@@ -237,9 +240,26 @@ def main() -> None:
         )
         wait_port(bouncer_port)
 
+        # The floors (bench/floor_proxy.py): what any Python proxy costs here, without and with one durable record
+        # per statement. They bound what the gateway can reach on this machine.
+        floor_ports = {"floor: proxy": free_port(), "floor: proxy + fsync": free_port()}
+        for name, port in floor_ports.items():
+            journal = str(work / "floor-journal") if "fsync" in name else "none"
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, str(REPO / "bench" / "floor_proxy.py"), "--port", str(port), "--journal", journal],
+                    start_new_session=True,
+                )
+            )
+            wait_port(port)
+
         paths = {
             "direct": f"{ADMIN}/{TARGET_DB}",
             "pgbouncer": f"postgresql://postgres@127.0.0.1:{bouncer_port}/{TARGET_DB}",
+            **{
+                name: f"postgresql://postgres@127.0.0.1:{port}/{TARGET_DB}?sslmode=disable"
+                for name, port in floor_ports.items()
+            },
             "gateway": f"postgresql://{credentials}@127.0.0.1:{gateway_port}/bench?sslmode=disable",
         }
         if args.serve:  # for profiling by hand: keep everything up until interrupted
@@ -259,7 +279,7 @@ def main() -> None:
                 measured = {
                     name: run_pgbench(paths[name], clients, args.seconds, args.mode, work, script)
                     for name in selected
-                    if not (script and name == "pgbouncer")
+                    if not (script and (name == "pgbouncer" or name.startswith("floor")))
                 }
                 if "gateway" in measured:
                     gateway_statements += int(measured["gateway"]["transactions"])

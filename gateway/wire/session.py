@@ -313,6 +313,7 @@ class WireSession:
         self.serving = False  # signed in, statements accepted
         self.client_parked = False  # the client loop waits for bytes and has none buffered: the fast path may run
         self.fast: FastQuery | None = None
+        self.results_sent: list[tuple[Expected, ResultMeter]] = []  # complete results whose record is not queued
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -340,6 +341,7 @@ class WireSession:
         except UpstreamError as error:
             self._send_now(error_response("FATAL", error.sqlstate, f"target database: {error}"))
         finally:
+            self._record_results()  # results relayed but not flushed (the session ended abruptly) are recorded too
             self.registry.pop(self.cancel_key, None)
             if self.upstream is not None:
                 self.upstream.close()
@@ -753,11 +755,13 @@ class WireSession:
         decision, _ = self._cached(sql)
         if decision is None or decision.verdict != "allowed":
             return False
+        # The statement leaves first and its audit record is built while it runs: nothing it returns can be
+        # read before this callback ends, and the rows then wait for the record's fsync (the gate).
+        upstream.writer.write(data)  # the client's own frame
+        upstream.protocol.divert = self._fast_received
         gate, statement_id = self._start_audit(decision, sql)
         item = Expected("query", decision=decision, gate=gate, sql=sql, statement_id=statement_id)
         self.fast = FastQuery(RelayState(item), asyncio.get_running_loop().create_future())
-        upstream.protocol.divert = self._fast_received
-        upstream.writer.write(data)  # the client's own frame
         return True
 
     def _fast_received(self, data: bytes) -> None:
@@ -889,10 +893,19 @@ class WireSession:
                 await self.writer.drain()
 
     def _flush_client(self) -> None:
-        """Everything relayed so far leaves in one write: one syscall per round trip, not per message."""
+        """Everything relayed so far leaves in one write: one syscall per round trip, not per message. Then the
+        results that write completed are recorded: their records are deferred (nobody waits for them), so
+        building them after the write keeps that work off the client's round trip."""
         if self.out:
             self.writer.write(b"".join(self.out))
             self.out.clear()
+        if self.results_sent:
+            self._record_results()
+
+    def _record_results(self) -> None:
+        results, self.results_sent = self.results_sent, []
+        for item, meter in results:
+            self._finish_audit(item, meter)
 
     async def _relay_responses(self, item: Expected) -> None:
         """Relay the upstream's responses to one forwarded message (see ``_relay_frame``)."""
@@ -966,7 +979,7 @@ class WireSession:
             if show:
                 out.append(frame)
             if item.decision is not None and item.gate is not None:
-                self._finish_audit(item, relay.meter or ResultMeter())
+                self.results_sent.append((item, relay.meter or ResultMeter()))  # recorded once the bytes leave
                 relay.meter = None
             return Step.DONE if item.kind == "execute" else Step.MORE
         if code == _READY_FOR_QUERY:
