@@ -9,6 +9,9 @@ Run by ``bench/wire_pgbench.py`` as two reference paths in the same run as the r
   covering that record has returned. One fsync at the end of a loop turn covers every record of that turn, as in
   ``audit.journal``. No parsing, no policy, no masking, no shipping: a floor, not a gateway.
 
+``--flush thread`` moves the fdatasync to a thread, for comparison: slower here at 1 and 8 clients (the thread
+must take the interpreter lock back to report each flush).
+
 If this floor already misses a target, the target cannot be met by any design that keeps the gateway in Python
 and a durable record per statement on this machine's disk.
 """
