@@ -196,6 +196,7 @@ class ResultMeter:
     """What was actually sent for one statement, for its audit record."""
 
     started: float = field(default_factory=time.monotonic)
+    finished: float = 0.0  # when the result's end arrived (its record is built later, after the bytes leave)
     rows: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
     masking: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -979,7 +980,9 @@ class WireSession:
             if show:
                 out.append(frame)
             if item.decision is not None and item.gate is not None:
-                self.results_sent.append((item, relay.meter or ResultMeter()))  # recorded once the bytes leave
+                meter = relay.meter or ResultMeter()
+                meter.finished = time.monotonic()
+                self.results_sent.append((item, meter))  # recorded once the bytes leave
                 relay.meter = None
             return Step.DONE if item.kind == "execute" else Step.MORE
         if code == _READY_FOR_QUERY:
@@ -1077,7 +1080,7 @@ class WireSession:
         details = (
             f'{{"statement_id":"{item.statement_id}","rowcount":{meter.rows},"truncated":false,{masking},'
             f'"result_sha256":"{meter.digest.hexdigest()}",'
-            f'"duration_ms":{round((time.monotonic() - meter.started) * 1000, 2)},"preview":{preview}}}'
+            f'"duration_ms":{round((meter.finished - meter.started) * 1000, 2)},"preview":{preview}}}'
         )
         line = self._lines_for(item.decision).line(EventKind.QUERY_EXECUTED, "", f"{meter.rows} rows returned", details)
         self.audit.submit_line(line, urgent=False)
