@@ -43,11 +43,14 @@ class Journal:
         self.scheduled = False
         self.waiting: list[Pipe] = []
 
-    def append(self) -> int:
+    def write_record(self) -> None:
         if self.offset + len(RECORD) > SEGMENT_BYTES:
             self.offset = 0
         os.pwrite(self.fd, RECORD, self.offset)
         self.offset += len(RECORD)
+
+    def append(self) -> int:
+        self.write_record()
         self.written += 1
         if not self.scheduled:
             self.scheduled = True
@@ -82,11 +85,8 @@ class ThreadedJournal(Journal):
         threading.Thread(target=self.sync_forever, daemon=True).start()
 
     def append(self) -> int:
-        if self.offset + len(RECORD) > SEGMENT_BYTES:
-            self.offset = 0
         self.loop = asyncio.get_running_loop()
-        os.pwrite(self.fd, RECORD, self.offset)
-        self.offset += len(RECORD)
+        self.write_record()
         with self.wakeup:
             self.written += 1
             self.wakeup.notify()
