@@ -14,6 +14,7 @@ inspected with regular expressions.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from pglast import ast, enums
 from pglast.parser import ParseError
 from pglast.parser import fingerprint as _fingerprint
 
+from policy.exposure import exposing_function, exposing_relation, exposure_reason
+from policy.lineage_types import RelationCatalog
 from policy.parse_depth import TooDeep, parse_statements
 
 
@@ -761,11 +764,47 @@ def _copy_rules(node: ast.CopyStmt) -> list[_Finding]:
 
 
 def _transaction_rules(node: ast.TransactionStmt) -> list[_Finding]:
-    """Ordinary transaction control is harmless; two-phase commit is not."""
+    """Ordinary transaction control is harmless; two-phase commit and READ WRITE are not."""
     tag = _statement_type(node)
     if node.kind in _TWO_PHASE_KINDS:
         return [_denied(f"{tag} is not allowed: it leaves a prepared transaction behind")]
-    return [_allowed(f"{tag} is transaction control")]
+    refused = _transaction_mode_findings(tag, node.options)
+    return refused or [_allowed(f"{tag} is transaction control")]
+
+
+# Transaction modes as PostgreSQL's grammar produces them (BEGIN/START TRANSACTION options, SET TRANSACTION and
+# SET SESSION CHARACTERISTICS arguments): DefElems with these names and an integer or string constant.
+_READ_ONLY_MODE = "transaction_read_only"
+_HARMLESS_TRANSACTION_MODES = frozenset({"transaction_isolation", "transaction_deferrable"})
+_READ_WRITE_REASON = "READ WRITE is not allowed: the gateway's sessions are read-only"
+
+
+def _transaction_mode_findings(tag: str, modes: Sequence[object] | None) -> list[_Finding]:
+    """READ WRITE is denied in every spelling; isolation levels, DEFERRABLE and READ ONLY are fine.
+
+    The read role is kept read-only by its default_transaction_read_only setting, which SET SESSION
+    CHARACTERISTICS AS TRANSACTION READ WRITE would override for the session and BEGIN READ WRITE for one
+    transaction (and then the role may create temporary tables and large objects). PostgreSQL applies the last
+    access mode of a list; READ WRITE is denied wherever it appears, even if a later READ ONLY would win, since
+    nobody needs to write it. Anything that is not one of the grammar's known modes with a constant value
+    cannot be judged, so it is denied as well (fail closed).
+    """
+    for mode in modes or ():
+        if not isinstance(mode, ast.DefElem):
+            return [_denied(f"{tag} with a transaction mode that cannot be inspected is not allowed")]
+        name = mode.defname or ""
+        if name == _READ_ONLY_MODE:
+            if not _is_read_only(mode.arg):
+                return [_denied(f"{tag} {_READ_WRITE_REASON}")]
+        elif name not in _HARMLESS_TRANSACTION_MODES:
+            return [_denied(f"{tag} with transaction mode {name!r} is not allowed: it cannot be inspected")]
+    return []
+
+
+def _is_read_only(value: object) -> bool:
+    """Whether a transaction_read_only value is READ ONLY (the grammar gives the integer 1)."""
+    constant = value.val if isinstance(value, ast.A_Const) and not value.isnull else None
+    return isinstance(constant, ast.Integer) and constant.ival == 1
 
 
 def _variable_set_rules(node: ast.VariableSetStmt) -> list[_Finding]:
@@ -777,7 +816,11 @@ def _variable_set_rules(node: ast.VariableSetStmt) -> list[_Finding]:
     if name in _IDENTITY_SETTINGS:
         return [_denied(f"{tag} {_IDENTITY_SETTINGS[name]} changes the session's identity")]
     if node.kind == enums.VariableSetKind.VAR_SET_MULTI and name in _TRANSACTION_SETTINGS:
-        return [_allowed(f"{tag} {name.upper()} only sets transaction characteristics")]
+        if name == "transaction snapshot":
+            return [_allowed("SET TRANSACTION SNAPSHOT only chooses which snapshot to read")]
+        written = "SET TRANSACTION" if name == "transaction" else "SET SESSION CHARACTERISTICS AS TRANSACTION"
+        refused = _transaction_mode_findings(written, node.args)
+        return refused or [_allowed(f"{written} only sets transaction characteristics")]
     if name in _SETTABLE:
         return [_allowed(f"setting {name} may be changed")]
     return [_denied(f"setting {name} cannot be changed through the gateway")]
@@ -932,16 +975,20 @@ class _Inspector:
     classify() call; it is not shared between threads.
     """
 
-    def __init__(self, catalog: FunctionCatalog) -> None:
+    def __init__(self, catalog: FunctionCatalog, relations: RelationCatalog | None = None) -> None:
         self._catalog = catalog
+        self._relations = relations
         self._volatility: dict[tuple[str | None, str], str | None] = {}
+        # Views being expanded (innermost last), and each expanded view's findings, labelled with its name.
+        self._view_stack: list[tuple[str, str]] = []
+        self._view_findings: dict[tuple[str, str], list[_Finding]] = {}
         self.relations: set[str] = set()
         self.functions: set[str] = set()
 
-    def inspect(self, statement: ast.Node) -> list[_Finding]:
+    def inspect(self, statement: ast.Node, *, top_level: bool = True) -> list[_Finding]:
         """All findings for one statement, in the order they appear."""
         findings: list[_Finding] = []
-        stack: list[_WalkItem] = [(statement, frozenset(), True)]
+        stack: list[_WalkItem] = [(statement, frozenset(), top_level)]
         while stack:
             value, ctes, top_level = stack.pop()
             if isinstance(value, _SEQUENCES):
@@ -959,8 +1006,7 @@ class _Inspector:
     def _visit(self, node: ast.Node, ctes: frozenset[str], top_level: bool) -> list[_Finding]:
         """Findings contributed by one node (not its children)."""
         if isinstance(node, ast.RangeVar):
-            self._record_relation(node, ctes)
-            return []
+            return self._relation_findings(node, ctes)
         if isinstance(node, ast.DropStmt):
             self._record_dropped_relations(node)
         if isinstance(node, ast.FuncCall):
@@ -990,13 +1036,59 @@ class _Inspector:
             items.append((value, _scope_for(node, attribute, ctes), False))
         return items
 
-    def _record_relation(self, node: ast.RangeVar, ctes: frozenset[str]) -> None:
-        """Note a relation as written (lower-case), skipping CTE references."""
+    def _relation_findings(self, node: ast.RangeVar, ctes: frozenset[str]) -> list[_Finding]:
+        """A relation reference (not a CTE's name): recorded, denied if it exposes values, views expanded."""
         qualified = node.schemaname is not None or node.catalogname is not None
         if not qualified and node.relname in ctes:
-            return
+            return []
         parts = (node.catalogname, node.schemaname, node.relname)
-        self.relations.add(".".join(part for part in parts if part).lower())
+        written = ".".join(part for part in parts if part).lower()
+        if not self._view_stack:  # what the statement itself names, not what its views read
+            self.relations.add(written)
+        exposing = exposing_relation(node.schemaname, node.relname or "")
+        if exposing is not None:
+            return [_denied(exposure_reason(exposing, written))]
+        return self._view_body_findings(node)
+
+    def _view_body_findings(self, node: ast.RangeVar) -> list[_Finding]:
+        """What selecting a view runs: its definition, inspected like the statement itself.
+
+        Only plain views ('v') run their query when read; a materialized view returns stored rows. Views in
+        pg_catalog and information_schema are PostgreSQL's own (the exposure list judges them by name). Without
+        a relation catalog, or for a name the catalog does not know, there is nothing to expand.
+        """
+        if self._relations is None or node.relname is None:
+            return []
+        resolved = self._relations.resolve(node.schemaname, node.relname)
+        if resolved is None or resolved[0].lower() in _SYSTEM_SCHEMAS:
+            return []
+        if self._relations.kind(*resolved) != "v":
+            return []
+        cached = self._view_findings.get(resolved)
+        if cached is None:
+            cached = self._view_findings[resolved] = self._expand_view(*resolved)
+        return cached
+
+    def _expand_view(self, schema: str, name: str) -> list[_Finding]:
+        """A view's findings, each named after the view; held when the definition cannot be inspected."""
+        label = f"view {schema}.{name}"
+        if (schema, name) in self._view_stack:
+            return [_held(f"{label} refers to itself", survives_plain_explain=True)]
+        if len(self._view_stack) >= MAX_VIEW_NESTING:
+            return [_held(f"{label} is nested in more than {MAX_VIEW_NESTING} views", survives_plain_explain=True)]
+        body = _view_query(self._relations.view_definition(schema, name) if self._relations else None)
+        if body is None:
+            return [_held(f"the definition of {label} cannot be inspected", survives_plain_explain=True)]
+        self._view_stack.append((schema, name))
+        try:
+            findings = self.inspect(body, top_level=False)
+        finally:
+            self._view_stack.pop()
+        return [
+            dataclasses.replace(finding, reason=f"{label}: {finding.reason}")
+            for finding in findings
+            if finding.verdict is not Verdict.ALLOWED
+        ]
 
     def _record_dropped_relations(self, node: ast.DropStmt) -> None:
         """DROP names its relations as plain name lists, not RangeVars."""
@@ -1010,7 +1102,11 @@ class _Inspector:
     def _check_call(self, call: ast.FuncCall) -> list[_Finding]:
         """Denylisted calls are denied; otherwise only immutable/stable pass."""
         schema, name, display = _function_name(call)
-        self.functions.add(display)
+        if not self._view_stack:
+            self.functions.add(display)
+        exposing = exposing_function(schema, name)
+        if exposing is not None:
+            return [_denied(exposure_reason(exposing, f"{display}()"))]
         why = _denied_function_reason(schema, name)
         if why is not None:
             return [_denied(f"function {display}() is denied: it {why}")]
@@ -1036,11 +1132,30 @@ class _Inspector:
         if node.query is None:
             return [_held("EXPLAIN without a statement cannot be inspected")]
         inner = self.inspect(node.query)
-        if _explain_analyzes(node.options):
+        if explain_options(node).analyze:
             note = _allowed("EXPLAIN ANALYZE runs the statement, which is read-only")
             return [note, *inner]
         kept = [finding for finding in inner if finding.survives_plain_explain]
         return [_allowed("EXPLAIN without ANALYZE does not run the statement"), *kept]
+
+
+#: How many views deep a view may be found (views of views of ...); deeper ones are held, not expanded.
+MAX_VIEW_NESTING = 24
+# PostgreSQL's own schemas: their views are not expanded (the target catalog does not load their definitions).
+_SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+
+
+def _view_query(definition: str | None) -> ast.Node | None:
+    """The query of a view definition (pg_get_viewdef text), or None when it is missing or not one query."""
+    if definition is None:
+        return None
+    try:
+        statements = parse_statements(definition)
+    except (ParseError, TooDeep, UnicodeError):
+        return None
+    if len(statements) != 1 or not isinstance(statements[0].stmt, ast.SelectStmt):
+        return None
+    return statements[0].stmt
 
 
 def _cte_items(with_clause: ast.WithClause, outer: frozenset[str]) -> list[_WalkItem]:
@@ -1071,23 +1186,106 @@ def _writable_cte_findings(cte: ast.CommonTableExpr) -> list[_Finding]:
     return []
 
 
-def _explain_analyzes(options: Sequence[ast.Node] | None) -> bool:
-    """True unless ANALYZE is absent or explicitly switched off (fail closed)."""
-    for option in options or ():
-        if isinstance(option, ast.DefElem) and (option.defname or "").lower() == "analyze":
-            return not _is_false(option.arg)
-    return False
+@dataclass(frozen=True)
+class ExplainOptions:
+    """EXPLAIN's options as PostgreSQL reads them (``ExplainQuery`` in explain.c).
+
+    Options apply in order, so a later spelling of an option overrides an earlier one: ``EXPLAIN (ANALYZE
+    false, ANALYZE true)`` analyzes. A bare option means true. ``timing``, ``summary`` and ``buffers`` are None
+    when not given (their default depends on ANALYZE and on the server version).
+
+    ``problems`` lists what PostgreSQL would reject: an unknown option name (names compare case-sensitively, as
+    PostgreSQL's strcmp does, so a quoted ``"ANALYZE"`` is unknown), or a value that is not of the option's type.
+    PostgreSQL refuses such an EXPLAIN before running anything, but which server reads it (and which options
+    that version knows) is not the classifier's to assume: whenever there is a problem, ``analyze`` is True,
+    so the statement is judged as if it were run (fail closed).
+    """
+
+    analyze: bool = False
+    verbose: bool = False
+    costs: bool = True
+    settings: bool = False
+    generic_plan: bool = False
+    buffers: bool | None = None
+    wal: bool = False
+    timing: bool | None = None
+    summary: bool | None = None
+    memory: bool = False
+    serialize: str = "none"
+    format: str = "text"
+    problems: tuple[str, ...] = ()
 
 
-def _is_false(value: object) -> bool:
-    """Whether an option argument is one of PostgreSQL's spellings of false."""
-    if isinstance(value, ast.Boolean):
-        return not value.boolval
-    if isinstance(value, ast.Integer):
-        return value.ival == 0
-    if isinstance(value, ast.String):
-        return (value.sval or "").lower() in ("false", "off", "0", "no")
-    return False
+# Every boolean EXPLAIN option PostgreSQL 15 to 18 knows (generic_plan since 16, memory since 17).
+_EXPLAIN_BOOLEAN_OPTIONS = frozenset(
+    {"analyze", "verbose", "costs", "settings", "generic_plan", "buffers", "wal", "timing", "summary", "memory"}
+)
+_EXPLAIN_FORMATS = frozenset({"text", "xml", "json", "yaml"})
+_EXPLAIN_SERIALIZE_MODES = frozenset({"none", "text", "binary"})  # since 17; a bare SERIALIZE means text
+
+
+def explain_options(node: ast.ExplainStmt) -> ExplainOptions:
+    """The options of an EXPLAIN, with PostgreSQL's semantics (see ExplainOptions); legacy syntax included.
+
+    ``EXPLAIN ANALYZE VERBOSE q`` reaches pglast as the option list (analyze, verbose) without values, exactly
+    like ``EXPLAIN (ANALYZE, VERBOSE) q``, so both read the same.
+    """
+    values: dict[str, Any] = {}  # option name -> a value of that option's type (_explain_option_value checks it)
+    problems: list[str] = []
+    for option in node.options or ():
+        name = option.defname if isinstance(option, ast.DefElem) else None
+        if name is None or not isinstance(option, ast.DefElem):
+            problems.append("an option that is not a name")
+            continue
+        value = _explain_option_value(name, option.arg)
+        if value is None:
+            known = name in _EXPLAIN_BOOLEAN_OPTIONS or name in ("format", "serialize")
+            problems.append(f"{name} has an invalid value" if known else f"unrecognized option {name!r}")
+        else:
+            values[name] = value
+    options = ExplainOptions(**values, problems=tuple(problems))
+    return dataclasses.replace(options, analyze=True) if problems else options
+
+
+def _explain_option_value(name: str, argument: object) -> bool | str | None:
+    """One option's value as PostgreSQL would read it, or None when PostgreSQL would reject it."""
+    if name in _EXPLAIN_BOOLEAN_OPTIONS:
+        return _option_boolean(argument)
+    if name == "format":
+        word = _option_word(argument)
+        return word if word in _EXPLAIN_FORMATS else None
+    if name == "serialize":
+        word = "text" if argument is None else _option_word(argument)
+        return word if word in _EXPLAIN_SERIALIZE_MODES else None
+    return None
+
+
+def _option_boolean(argument: object) -> bool | None:
+    """PostgreSQL's defGetBoolean: no value is true; 1/0; true/false/on/off in any case; anything else errors.
+
+    (``yes`` and ``no`` are not accepted for options, unlike for settings, so they are errors here too.)
+    """
+    if argument is None:
+        return True
+    if isinstance(argument, ast.Integer):
+        return {0: False, 1: True}.get(argument.ival or 0)
+    if isinstance(argument, ast.Boolean):
+        return bool(argument.boolval)
+    word = _option_word(argument)
+    return {"true": True, "on": True, "false": False, "off": False}.get((word or "").lower())
+
+
+def _option_word(argument: object) -> str | None:
+    """PostgreSQL's defGetString for the value kinds the EXPLAIN grammar produces (words, strings, numbers)."""
+    if isinstance(argument, ast.String):
+        return argument.sval or ""
+    if isinstance(argument, ast.Float):
+        return argument.fval or ""
+    if isinstance(argument, ast.Integer):
+        return str(argument.ival)
+    if isinstance(argument, ast.Boolean):
+        return "true" if argument.boolval else "false"
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -1136,14 +1334,19 @@ class _StatementResult:
     is_transaction_control: bool
 
 
-def classify(sql: str, functions: FunctionCatalog) -> Classification:
+def classify(sql: str, functions: FunctionCatalog, *, relations: RelationCatalog | None = None) -> Classification:
     """Classify a request of one or more SQL statements.
+
+    ``relations`` (normally the target's TargetCatalog) lets the classifier see through views: every
+    referenced view's definition is inspected like the statement itself (views of views included), since
+    selecting a view runs its query. Without it views are judged by name only. ``Classification.relations`` and
+    ``functions`` list what the statement itself names, never what its views read.
 
     Raises UnparsableStatement for syntax errors and for input with no
     statement in it (empty, whitespace, comments only).
     """
     statements = _parse(sql)
-    inspector = _Inspector(functions)
+    inspector = _Inspector(functions, relations)
     results = [_classify_statement(node, inspector) for node in statements]
     outcome = results[0].outcome if len(results) == 1 else _batch_outcome(results)
     return Classification(
