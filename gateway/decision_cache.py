@@ -132,6 +132,8 @@ class DecisionCache:
             return
         entry = _Entry(decision, decision.catalog)
         self._remember_text(datasource, shape.sql, entry)
+        if decision.run_sql is not None:
+            return  # the text that runs was written from this exact text (its literals included)
         if not shape.normalized or not positions_survive_normalization(shape.sql):
             return
         with self._lock:

@@ -8,6 +8,7 @@ never happens (non-negotiable 6). Runs in the gateway process, which holds the r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,6 +21,8 @@ from typing import Any
 import psycopg
 from django.conf import settings
 from django.db import transaction
+from pglast import ast
+from pglast.stream import RawStream
 
 from approvals.lifecycle import open_ticket
 from approvals.models import Ticket
@@ -31,15 +34,18 @@ from audit.recorder import Context, masking_details, record
 from gateway.read_executor import ReadExecutor
 from identity.principal import Principal
 from policy.catalog_cache import CatalogCache
-from policy.classifier import Classification, UnparsableStatement, Verdict, classify
+from policy.classifier import Classification, UnparsableStatement, Verdict, classify, explain_options
 from policy.credentials import Access, target_url
+from policy.defaults import DEFAULT_INFERENCE
 from policy.errors import scrub_error
-from policy.lineage import ParseError, UnsupportedStatement, analyze
+from policy.lineage import ParseError, UnsupportedStatement, analyze_select
 from policy.lineage_masking import inference_verdict, plan_for_result
-from policy.lineage_types import Lineage
+from policy.lineage_types import Derivation, Lineage, OutputColumn
 from policy.masking import require_pseudonym_key
-from policy.models import DataSource
+from policy.models import DataSource, IdentityKind, InferenceAction
+from policy.parse_depth import TooDeep, parse_statements
 from policy.target_catalog import TargetCatalog
+from policy.withholding import CannotWithhold, withheld_statement
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,8 @@ _CURSOR_CAPABLE = frozenset({"SELECT"})
 # An API request is one statement in one transaction on a pooled connection: statements that only make sense
 # with session state (SET, cursors, BEGIN ...) are refused there, so no request can leave state for the next.
 ONE_SHOT_TYPES = frozenset({"SELECT", "SHOW", "EXPLAIN"})
+# Statements whose rows come from a query: the read policy (lineage, inference guard, withholding) judges it.
+READ_SHAPED_TYPES = frozenset({"SELECT", "DECLARE CURSOR", "EXPLAIN"})
 
 
 @dataclass
@@ -113,6 +121,9 @@ class Decision:
     ticket: Ticket | None = None
     submitted: dict[str, object] = field(default_factory=dict)
     lineage: Lineage | None = None
+    # The statement text that runs, when it is not the agent's own: computed PHI columns withheld
+    # (policy.withholding), or plan costs left out of an EXPLAIN over PHI. Never cached by shape.
+    run_sql: str | None = None
     # What the wire front derives from this decision once and reuses while the decision is cached: the
     # serialized audit details, and the masking plan per result description (gateway.wire.session).
     wire_memo: dict[object, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -165,9 +176,11 @@ def decide(
         # A relation the snapshot has not seen (created since): refresh so masking knows what it is.
         catalog = runtime.catalog(datasource.name, must_know=classification.relations)
     verdict, reasons = classification.verdict, list(classification.reasons)
-    lineage = None
-    if verdict == Verdict.ALLOWED and set(classification.statement_types) <= {"SELECT"}:
-        verdict, reasons, lineage = _read_policy(classification, sql, catalog, principal, verdict, reasons)
+    lineage: Lineage | None = None
+    run_sql: str | None = None
+    read_shaped = len(classification.statement_types) == 1 and classification.statement_types[0] in READ_SHAPED_TYPES
+    if verdict == Verdict.ALLOWED and read_shaped:
+        verdict, reasons, lineage, run_sql = _read_policy(classification, sql, catalog, principal, verdict, reasons)
     session_only = sorted(set(classification.statement_types) - ONE_SHOT_TYPES)
     if verdict == Verdict.ALLOWED and session_only and not session_statements:
         verdict = Verdict.DENIED
@@ -186,6 +199,8 @@ def decide(
     }
     if params is not None:
         submitted["params"] = params.for_audit()
+    if run_sql is not None:
+        submitted["executed_statement"] = run_sql
     decision = Decision(
         verdict=str(verdict),
         reasons=reasons,
@@ -194,6 +209,7 @@ def decide(
         catalog=catalog,
         submitted=submitted,
         lineage=lineage,
+        run_sql=run_sql,
     )
 
     if verdict == Verdict.DENIED:
@@ -233,6 +249,9 @@ VALUE_EXPOSING_CATALOGS = frozenset(
 )
 
 
+_ReadPolicy = tuple[Verdict, list[str], Lineage | None, str | None]
+
+
 def _read_policy(
     classification: Classification,
     sql: str,
@@ -240,21 +259,132 @@ def _read_policy(
     principal: Principal,
     verdict: Verdict,
     reasons: list[str],
-) -> tuple[Verdict, list[str], Lineage | None]:
-    """PHI rules for an allowed read: catalogs that expose values, then lineage and the inference guard."""
+) -> _ReadPolicy:
+    """PHI rules for an allowed read: catalogs that expose values, then lineage, the inference guard and the
+    columns to withhold. Returns the verdict, its reasons, the lineage the result is masked by, and the text to
+    run when it is not ``sql``."""
     exposing = sorted(r for r in classification.relations if r.rpartition(".")[2] in VALUE_EXPOSING_CATALOGS)
     if exposing:
-        return Verdict.DENIED, [f"{', '.join(exposing)} exposes stored values or other sessions' statements"], None
+        return (
+            Verdict.DENIED,
+            [f"{', '.join(exposing)} exposes stored values or other sessions' statements"],
+            None,
+            None,
+        )
     try:
-        lineage = analyze(sql, catalog)
-    except (ParseError, UnsupportedStatement):
-        return verdict, reasons, None  # the column plan (fail closed) masks the result
+        statement = _single_statement(sql)
+    except UnsupportedStatement as error:
+        return _unfollowable(classification, catalog, principal, verdict, reasons, str(error))
+    if isinstance(statement, ast.ExplainStmt):
+        return _explain_policy(statement, classification, catalog, principal, verdict, reasons)
+    query = statement.query if isinstance(statement, ast.DeclareCursorStmt) else statement
+    try:
+        if not isinstance(query, ast.SelectStmt):
+            raise UnsupportedStatement(f"{type(query).__name__} is not a read query")
+        lineage = analyze_select(query, catalog)
+    except (ParseError, UnsupportedStatement) as error:
+        return _unfollowable(classification, catalog, principal, verdict, reasons, str(error))
     guard = inference_verdict(lineage, catalog, principal.identity_kind)
     if guard.action == "deny":
-        return Verdict.DENIED, list(guard.reasons), lineage
+        return Verdict.DENIED, list(guard.reasons), lineage, None
     if guard.action == "hold":
-        return Verdict.HELD, list(guard.reasons), lineage
-    return verdict, reasons, lineage
+        return Verdict.HELD, list(guard.reasons), lineage, None
+    if not guard.withheld:
+        return verdict, reasons, lineage, None
+    try:
+        run_sql = withheld_statement(sql, [(column.target, column.name) for column in guard.withheld])
+    except (CannotWithhold, UnsupportedStatement) as error:
+        return Verdict.HELD, [f"computed PHI cannot be withheld: {error}"], lineage, None
+    return verdict, reasons, lineage, run_sql
+
+
+def _single_statement(sql: str) -> ast.Node:
+    """The one statement of an allowed request (the classifier has parsed it already)."""
+    try:
+        statements = parse_statements(sql)
+    except (ParseError, TooDeep, UnicodeError) as error:
+        raise UnsupportedStatement(str(error)) from error
+    if len(statements) != 1 or statements[0].stmt is None:
+        raise UnsupportedStatement("expected exactly one statement")
+    return statements[0].stmt
+
+
+def _unfollowable(
+    classification: Classification,
+    catalog: TargetCatalog,
+    principal: Principal,
+    verdict: Verdict,
+    reasons: list[str],
+    why: str,
+) -> _ReadPolicy:
+    """Lineage cannot be established: over PHI that is the kind's default inference action (fail closed);
+    otherwise the fail-closed column plan masks the result."""
+    if touches_phi(classification, catalog) and _infers_by_default(principal):
+        return Verdict.HELD, [f"lineage cannot be established over a PHI table: {why}"], None, None
+    return verdict, reasons, None, None
+
+
+def _infers_by_default(principal: Principal) -> bool:
+    """Whether this kind of identity has inference held (or denied) unless the policy says otherwise."""
+    kind = IdentityKind(principal.identity_kind)
+    return DEFAULT_INFERENCE.get(kind, InferenceAction.HOLD) != InferenceAction.ALLOW
+
+
+# EXPLAIN returns one text column of plan lines; what it reveals is judged from the explained statement.
+_PLAN_LINEAGE = Lineage(
+    outputs=(OutputColumn("QUERY PLAN", frozenset(), Derivation.DIRECT),),
+    filters=frozenset(),
+    relations=frozenset(),
+    unknown_reasons=(),
+)
+
+
+def _explain_policy(
+    statement: ast.ExplainStmt,
+    classification: Classification,
+    catalog: TargetCatalog,
+    principal: Principal,
+    verdict: Verdict,
+    reasons: list[str],
+) -> _ReadPolicy:
+    """EXPLAIN: a plan reveals what the explained statement filters on (row estimates come from the values'
+    statistics); with ANALYZE it also reveals real row counts and timings, and runs the statement.
+
+    Over PHI, the plan's costs are left out for identities that have inference held (widths and row estimates
+    are statistics of the values), and ANALYZE is held.
+    """
+    over_phi = touches_phi(classification, catalog)
+    held_by_default = _infers_by_default(principal)
+    analyzes = explain_options(statement).analyze
+    if analyzes and over_phi and held_by_default:
+        return (
+            Verdict.HELD,
+            ["EXPLAIN ANALYZE runs the statement and reports row counts and timings over PHI"],
+            None,
+            None,
+        )
+    query = statement.query
+    if isinstance(query, ast.SelectStmt) and query.intoClause is None:
+        try:
+            lineage = analyze_select(query, catalog)
+        except (ParseError, UnsupportedStatement) as error:
+            return _unfollowable(classification, catalog, principal, verdict, reasons, str(error))
+        if not analyzes:
+            # Only planned: nothing is computed, but estimates follow filters, and functions may be folded.
+            lineage = dataclasses.replace(lineage, outputs=(), computed_on=frozenset())
+        guard = inference_verdict(lineage, catalog, principal.identity_kind)
+        if guard.action == "deny":
+            return Verdict.DENIED, list(guard.reasons), None, None
+        if guard.action == "hold":
+            return Verdict.HELD, list(guard.reasons), None, None
+    elif over_phi and held_by_default:
+        return _unfollowable(
+            classification, catalog, principal, verdict, reasons, "EXPLAIN of a statement that is not a query"
+        )
+    if not (over_phi and held_by_default):
+        return verdict, reasons, _PLAN_LINEAGE, None
+    statement.options = (*(statement.options or ()), ast.DefElem(defname="costs", arg=ast.String("false")))
+    return verdict, reasons, _PLAN_LINEAGE, str(RawStream()(statement))
 
 
 def preview(
@@ -359,7 +489,7 @@ def _run_allowed_read(
     started = time.monotonic()
     try:
         raw = runtime.executor(decision.datasource.name).run(
-            sql,
+            decision.run_sql or sql,
             cursor_capable=set(decision.classification.statement_types) <= _CURSOR_CAPABLE,
             row_cap=settings.RESULT_ROW_CAP,
             timeout_ms=settings.READ_STATEMENT_TIMEOUT_MS,

@@ -21,9 +21,11 @@ callers must not let such functions run unchecked (see policy.masking).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from pglast import ast, enums
 from pglast.parser import ParseError
@@ -33,6 +35,7 @@ from policy.lineage_names import (
     OUT_OF_SIGHT_FUNCTIONS,
     RECORD_SET_FUNCTIONS,
     SCALAR_SET_FUNCTIONS,
+    SET_RETURNING_FUNCTIONS,
     VALUE_AGGREGATES,
     WINDOW_FUNCTIONS,
     function_name,
@@ -175,6 +178,40 @@ _PASS_THROUGH: Mapping[type[ast.Node], str] = MappingProxyType(
 )
 
 
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class _Effects:
+    """What evaluating some SQL does besides producing values: columns it decides on or computes on, calls."""
+
+    filters: frozenset[SourceColumn] = frozenset()
+    computed_on: frozenset[SourceColumn] = frozenset()
+    calls: frozenset[tuple[str | None, str]] = frozenset()
+
+
+_NO_EFFECTS = _Effects()
+
+
+@dataclass(frozen=True)
+class _TargetUse:
+    """One result column of the statement itself: the target-list item it comes from, and its effects.
+
+    ``index`` is None when the column cannot be withheld on its own (``*`` expansions).
+    """
+
+    index: int | None
+    effects: _Effects
+
+
+@dataclass(frozen=True)
+class _ViewExpansion:
+    """A view's columns and what running its definition does (each use of the view runs it again)."""
+
+    columns: tuple[Column, ...]
+    effects: _Effects
+
+
 # --------------------------------------------------------------------------
 # Catalog for tests and snapshots
 # --------------------------------------------------------------------------
@@ -266,6 +303,11 @@ def _flatten(value: object) -> Iterator[object]:
             yield current
 
 
+def _compares_values(node: ast.SelectStmt) -> bool:
+    """Whether a set operation compares rows: everything but UNION ALL (INTERSECT ALL and EXCEPT ALL too)."""
+    return node.op != enums.SetOperation.SETOP_UNION or not node.all
+
+
 def _is_pure_set_operation(node: ast.SelectStmt) -> bool:
     """A set-operation node with nothing of its own, which can be flattened into its parent."""
     own = (node.withClause, node.sortClause, node.limitCount, node.limitOffset, node.lockingClause, node.intoClause)
@@ -305,8 +347,14 @@ class _Analyzer:
         self.filters: set[SourceColumn] = set()
         self.relations: set[tuple[str, str]] = set()
         self.reasons: dict[str, None] = {}
+        # Columns computed on where the computation runs whatever the masks say (see Lineage.computed_on),
+        # and the functions called there.
+        self.computed_on: set[SourceColumn] = set()
+        self.calls: set[tuple[str | None, str]] = set()
+        # One entry per result column of the statement itself (not of nested queries), in order.
+        self.top_targets: list[_TargetUse] = []
         self.depth = 0
-        self.views: dict[tuple[str, str], tuple[Column, ...]] = {}
+        self.views: dict[tuple[str, str], _ViewExpansion] = {}
         self.view_stack: list[tuple[str, str]] = []
         # Keyed by id(); the node is kept so that the id cannot be reused by another node.
         self.sublink_names: dict[int, tuple[ast.SubLink, str]] = {}
@@ -329,10 +377,42 @@ class _Analyzer:
         if node is not None:
             self.leak(self.expr(node, scope))
 
+    def compute(self, parts: Iterable[Value]) -> Value:
+        """A value PostgreSQL computes from ``parts``: it can fail, or take time, depending on them."""
+        value = transformed(parts)
+        self.computed_on.update(value.sources)
+        return value
+
+    def shape_rows(self, values: Iterable[Value]) -> None:
+        """Values that decide how many rows come back (set-returning function arguments)."""
+        for value in values:
+            self.leak(value)
+
+    def captured(self, analyze: Callable[[], _T]) -> tuple[_T, _Effects]:
+        """Run one analysis step with fresh inference sets, returning what it added to them.
+
+        The outer sets are restored untouched: the caller decides whether the step's effects count
+        (an expression that is replaced by a constant before it runs has none).
+        """
+        saved = (self.filters, self.computed_on, self.calls)
+        self.filters, self.computed_on, self.calls = set(), set(), set()
+        try:
+            result = analyze()
+            effects = _Effects(frozenset(self.filters), frozenset(self.computed_on), frozenset(self.calls))
+        finally:
+            self.filters, self.computed_on, self.calls = saved
+        return result, effects
+
+    def apply(self, effects: _Effects) -> None:
+        """Count a captured step's effects in the enclosing analysis."""
+        self.filters.update(effects.filters)
+        self.computed_on.update(effects.computed_on)
+        self.calls.update(effects.calls)
+
     # ---------------------------------------------------------------- queries
 
-    def query(self, node: object, env: Scope) -> tuple[Column, ...]:
-        """Result columns of a (sub)query evaluated inside ``env``."""
+    def query(self, node: object, env: Scope, top: bool = False) -> tuple[Column, ...]:
+        """Result columns of a (sub)query evaluated inside ``env``; ``top`` for the statement itself."""
         if not isinstance(node, ast.SelectStmt):
             raise UnsupportedStatement(f"{type(node).__name__} is not a read query")
         if node.intoClause is not None:
@@ -342,11 +422,11 @@ class _Analyzer:
             if self.depth > _MAX_DEPTH:
                 self.note("queries are nested too deeply to analyze")
                 return (placeholder(),)
-            return self._select(node, env)
+            return self._select(node, env, top)
         finally:
             self.depth -= 1
 
-    def _select(self, node: ast.SelectStmt, env: Scope) -> tuple[Column, ...]:
+    def _select(self, node: ast.SelectStmt, env: Scope, top: bool = False) -> tuple[Column, ...]:
         """SELECT, VALUES or a set operation, with its WITH, ORDER BY and LIMIT."""
         ctes = self.with_clause(node.withClause, env) if node.withClause is not None else env.ctes
         outer = env.nested(ctes=ctes)
@@ -357,19 +437,19 @@ class _Analyzer:
             columns = self.values(node.valuesLists, outer)
         else:
             scope = self.from_clause(node.fromClause or (), outer)
-            columns = self._plain_select(node, scope)
+            columns = self._plain_select(node, scope, top)
         for sort in node.sortClause or ():
             self.sort_key(sort.node, scope, columns, prefer_output=True)
         self.filter(node.limitCount, scope)
         self.filter(node.limitOffset, scope)
         return columns
 
-    def _plain_select(self, node: ast.SelectStmt, scope: Scope) -> tuple[Column, ...]:
+    def _plain_select(self, node: ast.SelectStmt, scope: Scope, top: bool = False) -> tuple[Column, ...]:
         """The clauses of a simple SELECT once its FROM clause is known."""
         self.filter(node.whereClause, scope)
         for window in node.windowClause or ():
             self.window(window, scope)
-        columns = self.target_list(node.targetList or (), scope)
+        columns = self.target_list(node.targetList or (), scope, top)
         for item in _flatten(node.groupClause):
             if isinstance(item, ast.GroupingSet):
                 continue
@@ -382,6 +462,9 @@ class _Analyzer:
         for item in node.distinctClause or ():
             if item is not None:
                 self.sort_key(item, scope, columns, prefer_output=True)
+        if any(item is None for item in node.distinctClause or ()):
+            # Plain DISTINCT: how many rows come back depends on which values are equal.
+            self.leak(merge(column.value for column in columns))
         return columns
 
     def set_operation(self, node: ast.SelectStmt, outer: Scope) -> tuple[Column, ...]:
@@ -391,15 +474,20 @@ class _Analyzer:
         flattened iteratively; only arms with their own clauses recurse.
         """
         arms: list[tuple[Column, ...]] = []
+        compares_values = _compares_values(node)
         stack: list[object] = [node.rarg, node.larg]
         while stack:
             current = stack.pop()
             if isinstance(current, ast.SelectStmt) and _is_pure_set_operation(current):
+                compares_values = compares_values or _compares_values(current)
                 stack.extend((current.rarg, current.larg))
             elif current is not None:
                 arms.append(self.query(current, outer))
         if not arms:
             return (placeholder(self.unknown("set operation without arms")),)
+        if compares_values:
+            # UNION, INTERSECT and EXCEPT keep or drop rows by comparing them: every column decides the count.
+            self.leak(merge(column.value for arm in arms for column in arm))
         columns, aligned = combine_arms(arms)
         if not aligned and not any(has_placeholder(arm) for arm in arms):
             self.note("set operation arms return different numbers of columns")
@@ -414,21 +502,37 @@ class _Analyzer:
             return (placeholder(self.unknown("VALUES rows differ in length", merge(flat))),)
         return tuple(Column(f"column{index + 1}", merge(row[index] for row in evaluated)) for index in range(width))
 
-    def target_list(self, targets: Sequence[object], scope: Scope) -> tuple[Column, ...]:
-        """Result columns, with ``*``, ``t.*`` and ``(x).*`` expanded in order."""
+    def target_list(self, targets: Sequence[object], scope: Scope, top: bool = False) -> tuple[Column, ...]:
+        """Result columns, with ``*``, ``t.*`` and ``(x).*`` expanded in order.
+
+        For the statement's own target list (``top``), each expression's effects (what it filters and
+        computes on) are kept apart, in ``top_targets``: the caller may replace the expression by a
+        constant, and then none of them happen.
+        """
         columns: list[Column] = []
-        for target in targets:
+        for index, target in enumerate(targets):
             if not isinstance(target, ast.ResTarget):
                 columns.append(placeholder(self.unknown(f"unsupported target {type(target).__name__}")))
+                if top:
+                    self.top_targets.append(_TargetUse(None, _NO_EFFECTS))
                 continue
             value_node = target.val
             if isinstance(value_node, ast.ColumnRef) and value_node.fields and _ends_with_star(value_node.fields):
-                columns.extend(self.expand_star(value_node, scope))
+                expanded = self.expand_star(value_node, scope)
             elif isinstance(value_node, ast.A_Indirection) and _ends_with_star(value_node.indirection):
-                columns.extend(self.expand_fields(value_node, scope))
+                expanded = self.expand_fields(value_node, scope)
             else:
-                value = self.expr(value_node, scope)
-                columns.append(Column(target.name or output_name(value_node, self.sublink_name), value))
+                name = target.name
+                if top:
+                    value, effects = self.captured(functools.partial(self.expr, value_node, scope))
+                    self.top_targets.append(_TargetUse(index, effects))
+                else:
+                    value = self.expr(value_node, scope)
+                columns.append(Column(name or output_name(value_node, self.sublink_name), value))
+                continue
+            columns.extend(expanded)
+            if top:
+                self.top_targets.extend(_TargetUse(None, _NO_EFFECTS) for _ in expanded)
         return tuple(columns)
 
     def sublink_name(self, node: ast.SubLink) -> str | None:
@@ -595,9 +699,11 @@ class _Analyzer:
     def _listed(self, columns: tuple[Column, ...], names: Sequence[str]) -> Value:
         """Computed from the named columns of a column list."""
         values = [column_of([Relation(None, None, columns)], name) for name in names]
-        return transformed(
-            value if value is not None else self.unknown("unknown SEARCH/CYCLE column") for value in values
-        )
+        listed = [value if value is not None else self.unknown("unknown SEARCH/CYCLE column") for value in values]
+        # CYCLE stops the recursion when listed values repeat; SEARCH orders by them.
+        for value in listed:
+            self.leak(value)
+        return self.compute(listed)
 
     # ------------------------------------------------------------- FROM
 
@@ -673,19 +779,20 @@ class _Analyzer:
         """A view's columns, traced through its definition to base tables (once per analysis)."""
         key = (schema, name)
         cached = self.views.get(key)
-        if cached is not None:
-            return cached
-        if key in self.view_stack:
-            return (placeholder(self.unknown(f"view {schema}.{name} refers to itself")),)
-        if len(self.view_stack) >= _MAX_VIEW_NESTING:
-            return (placeholder(self.unknown(f"views nested too deeply at {schema}.{name}")),)
-        self.view_stack.append(key)
-        try:
-            columns = self._expand_view(schema, name)
-        finally:
-            self.view_stack.pop()
-        self.views[key] = columns
-        return columns
+        if cached is None:
+            if key in self.view_stack:
+                return (placeholder(self.unknown(f"view {schema}.{name} refers to itself")),)
+            if len(self.view_stack) >= _MAX_VIEW_NESTING:
+                return (placeholder(self.unknown(f"views nested too deeply at {schema}.{name}")),)
+            self.view_stack.append(key)
+            try:
+                columns, effects = self.captured(lambda: self._expand_view(schema, name))
+            finally:
+                self.view_stack.pop()
+            cached = self.views[key] = _ViewExpansion(columns, effects)
+        # Every use of the view runs its definition, wherever the first use was.
+        self.apply(cached.effects)
+        return cached.columns
 
     def _expand_view(self, schema: str, name: str) -> tuple[Column, ...]:
         """Analyze a view's definition in a fresh scope and give its outputs the view's column names."""
@@ -774,12 +881,16 @@ class _Analyzer:
         """Columns one FROM function returns, each computed from all its arguments."""
         if not isinstance(call, ast.FuncCall):
             value = self.expr(call, scope)
-            return [Column(alias or output_name(call, self.sublink_name), transformed([value]))]
+            self.shape_rows([value])
+            return [Column(alias or output_name(call, self.sublink_name), self.compute([value]))]
         schema, name = function_name(call)
+        self.calls.add((schema, name))
         if name in OUT_OF_SIGHT_FUNCTIONS:
             return [placeholder(self.out_of_sight(call, scope))]
         arguments = [self.expr(argument, scope) for argument in call.args or ()]
-        value = transformed(arguments)
+        # A function in FROM returns rows: its arguments decide how many (generate_series(1, ascii(ssn))).
+        self.shape_rows(arguments)
+        value = self.compute(arguments)
         if definitions:
             return [Column(d.colname or "", value) for d in definitions if isinstance(d, ast.ColumnDef)]
         if is_builtin(schema):
@@ -796,6 +907,7 @@ class _Analyzer:
         """XMLTABLE: every column is computed from the document and the row/column paths."""
         shared = [self.expr(node.docexpr, scope), self.expr(node.rowexpr, scope)]
         shared.extend(self.expr(namespace, scope) for namespace in node.namespaces or ())
+        self.shape_rows(shared)
         columns: list[Column] = []
         for column in node.columns or ():
             if not isinstance(column, ast.RangeTableFuncCol):
@@ -804,7 +916,7 @@ class _Analyzer:
                 columns.append(Column(column.colname or "", CONSTANT))
                 continue
             own = [self.expr(column.colexpr, scope), self.expr(column.coldefexpr, scope)]
-            columns.append(Column(column.colname or "", transformed([*shared, *own])))
+            columns.append(Column(column.colname or "", self.compute([*shared, *own])))
         renamed = rename(tuple(columns), _alias_columns(node.alias))
         return _named_item(node.alias.aliasname if node.alias is not None else "xmltable", renamed)
 
@@ -812,6 +924,7 @@ class _Analyzer:
         """JSON_TABLE: every column is computed from the context item and PASSING arguments."""
         shared = [self.expr(node.context_item, scope), self.expr(node.pathspec, scope)]
         shared.extend(self.expr(argument, scope) for argument in node.passing or ())
+        self.shape_rows(shared)
         self.filter(node.on_error, scope)
         columns: list[Column] = []
         for column in _json_table_columns(node.columns):
@@ -819,7 +932,7 @@ class _Analyzer:
                 columns.append(Column(column.name or "", CONSTANT))
                 continue
             own = [self.expr(column.on_empty, scope), self.expr(column.on_error, scope)]
-            columns.append(Column(column.name or "", transformed([*shared, *own])))
+            columns.append(Column(column.name or "", self.compute([*shared, *own])))
         renamed = rename(tuple(columns), _alias_columns(node.alias))
         return _named_item(node.alias.aliasname if node.alias is not None else "json_table", renamed)
 
@@ -839,7 +952,7 @@ class _Analyzer:
 
     def _expr(self, node: object, scope: Scope) -> Value:
         if isinstance(node, tuple | list):
-            return transformed(self.expr(item, scope) for item in node)
+            return self.compute(self.expr(item, scope) for item in node)
         if isinstance(node, ast.ColumnRef):
             return self.column_ref(node, scope)
         if not isinstance(node, ast.Node):
@@ -861,12 +974,14 @@ class _Analyzer:
         stack = [node]
         while stack:
             current = stack.pop()
+            if isinstance(current, ast.FuncCall):
+                self.calls.add(function_name(current))
             for child in _computed_children(current):
                 if _is_computed(child):
                     stack.append(child)
                 else:
                     parts.append(self.expr(child, scope))
-        return transformed(parts)
+        return self.compute(parts)
 
     def opaque(self, node: object, scope: Scope, reason: str) -> Value:
         """Something not understood: unknown, carrying every column referenced anywhere under it."""
@@ -924,7 +1039,7 @@ class _Analyzer:
             inner = column_of(relations, names[1]) if relations else None
         else:
             inner = None
-        return transformed([inner]) if inner is not None else None
+        return self.compute([inner]) if inner is not None else None
 
     def row_relations(self, node: object, scope: Scope) -> tuple[Relation, ...]:
         """The relation(s) a bare whole-row reference (``p`` or ``p.*``) names, else ()."""
@@ -940,9 +1055,15 @@ class _Analyzer:
     def func_call(self, node: ast.FuncCall, scope: Scope) -> Value:
         """Plain calls are computations over their arguments; aggregates and window calls are not plain."""
         schema, name = function_name(node)
+        self.calls.add((schema, name))
         if name in OUT_OF_SIGHT_FUNCTIONS:
             return self.out_of_sight(node, scope)
         builtin = is_builtin(schema)
+        if builtin and name in SET_RETURNING_FUNCTIONS:
+            # In a target list it multiplies rows: its arguments decide how many.
+            arguments = [self.expr(argument, scope) for argument in node.args or ()]
+            self.shape_rows(arguments)
+            return self.compute(arguments)
         if node.over is not None:
             return self.window_call(node, scope, name if builtin else None)
         known = name if builtin and name in COUNT_AGGREGATES | VALUE_AGGREGATES else None
@@ -952,7 +1073,7 @@ class _Analyzer:
 
     def out_of_sight(self, node: ast.FuncCall, scope: Scope) -> Value:
         """A function that reads data the statement does not name: its result cannot be traced."""
-        arguments = transformed(self.expr(argument, scope) for argument in node.args or ())
+        arguments = self.compute(self.expr(argument, scope) for argument in node.args or ())
         display = ".".join(part for part in function_name(node) if part)
         return self.unknown(f"{display}() reads data that lineage cannot follow", arguments)
 
@@ -972,6 +1093,7 @@ class _Analyzer:
         else:
             for value in ordering:
                 self.leak(value)
+        self.compute(arguments)
         return _aggregated(arguments, known)
 
     def window_call(self, node: ast.FuncCall, scope: Scope, builtin_name: str | None) -> Value:
@@ -982,7 +1104,8 @@ class _Analyzer:
             self.filter(sort.node if isinstance(sort, ast.SortBy) else sort, scope)
         arguments = [self.expr(argument, scope) for argument in node.args or ()]
         if builtin_name is None or builtin_name in WINDOW_FUNCTIONS:
-            return transformed(arguments)
+            return self.compute(arguments)
+        self.compute(arguments)
         return _aggregated(arguments, builtin_name if builtin_name in COUNT_AGGREGATES | VALUE_AGGREGATES else None)
 
     def json_aggregate(self, node: ast.JsonArrayAgg | ast.JsonObjectAgg, scope: Scope) -> Value:
@@ -999,11 +1122,12 @@ class _Analyzer:
             values = [self.expr(argument.key, scope), self.expr(argument.value, scope)]
         else:
             values = [self.expr(argument, scope)]
+        self.compute(values)
         return _aggregated(values, "json_agg")
 
     def json_array_query(self, node: ast.JsonArrayQueryConstructor, scope: Scope) -> Value:
         """JSON_ARRAY(SELECT ...): an array of the subquery's values."""
-        return transformed(column.value for column in self.query(node.query, scope))
+        return self.compute(column.value for column in self.query(node.query, scope))
 
     def sublink(self, node: ast.SubLink, scope: Scope) -> Value:
         """Subqueries in expressions: scalar ones pass their value through, EXISTS reveals only existence."""
@@ -1018,12 +1142,12 @@ class _Analyzer:
         if kind == enums.SubLinkType.EXPR_SUBLINK:
             return values[0] if single else self.unknown("scalar subquery without exactly one column", merge(values))
         if kind == enums.SubLinkType.ARRAY_SUBLINK:
-            value = transformed(values)
+            value = self.compute(values)
             return value if single else self.unknown("ARRAY subquery without exactly one column", value)
         if kind in (enums.SubLinkType.ANY_SUBLINK, enums.SubLinkType.ALL_SUBLINK, enums.SubLinkType.ROWCOMPARE_SUBLINK):
-            return transformed([self.expr(node.testexpr, scope), *values])
+            return self.compute([self.expr(node.testexpr, scope), *values])
         tested = self.expr(node.testexpr, scope)
-        return self.unknown(f"unsupported subquery kind {kind}", transformed([tested, *values]))
+        return self.unknown(f"unsupported subquery kind {kind}", self.compute([tested, *values]))
 
     def case(self, node: ast.CaseExpr, scope: Scope) -> Value:
         """CASE: the value is one of the results; the conditions leak by inference."""
@@ -1055,7 +1179,7 @@ class _Analyzer:
         for item in items:
             if isinstance(item, ast.A_Indices):
                 parts.extend((self.expr(item.lidx, scope), self.expr(item.uidx, scope)))
-        return transformed(parts)
+        return self.compute(parts)
 
     def grouping(self, node: ast.GroupingFunc, scope: Scope) -> Value:
         """GROUPING(x) says whether x is grouped in this row, not what x is."""
@@ -1156,7 +1280,9 @@ def _is_computed(node: object) -> bool:
         return False
     if not isinstance(node, ast.FuncCall):
         return True
-    special = _aggregate_syntax(node) or _is_known_aggregate(node) or function_name(node)[1] in OUT_OF_SIGHT_FUNCTIONS
+    schema, name = function_name(node)
+    set_returning = is_builtin(schema) and name in SET_RETURNING_FUNCTIONS
+    special = _aggregate_syntax(node) or _is_known_aggregate(node) or name in OUT_OF_SIGHT_FUNCTIONS or set_returning
     return node.over is None and not special
 
 
@@ -1184,12 +1310,24 @@ def _descendants(node: object) -> Iterator[object]:
             stack.extend(getattr(current, attribute) for attribute in current)
 
 
-def _output(column: Column) -> OutputColumn:
-    """Public form of a result column."""
+def _output(column: Column, use: _TargetUse | None) -> OutputColumn:
+    """Public form of a result column, with its target-list item and effects when it has one of its own."""
     value = column.value
     unknown = value.unknown or column.placeholder
     derivation = Derivation.TRANSFORMED if unknown else value.derivation
-    return OutputColumn(column.name, value.sources, derivation, unknown)
+    if use is None:
+        return OutputColumn(column.name, value.sources, derivation, unknown)
+    effects = use.effects
+    return OutputColumn(
+        column.name,
+        value.sources,
+        derivation,
+        unknown,
+        target=use.index,
+        inner_filters=effects.filters,
+        computed_on=effects.computed_on,
+        calls=effects.calls,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -1204,13 +1342,23 @@ def analyze(sql: str, catalog: RelationCatalog) -> Lineage:
     for anything else (DML, DDL, EXPLAIN, SELECT INTO, writable CTEs,
     several statements, trees too deep to analyze).
     """
-    statement = _parse_select(sql)
+    return analyze_select(_parse_select(sql), catalog)
+
+
+def analyze_select(statement: ast.SelectStmt, catalog: RelationCatalog) -> Lineage:
+    """``analyze`` for an already parsed SELECT (the query of DECLARE CURSOR or EXPLAIN, say)."""
+    if statement.intoClause is not None:
+        raise UnsupportedStatement("SELECT INTO creates a table")
     analyzer = _Analyzer(catalog)
     try:
-        columns = analyzer.query(statement, Scope.root())
+        columns = analyzer.query(statement, Scope.root(), top=True)
     except RecursionError as error:  # a last resort: the depth budget should always trigger first
         raise UnsupportedStatement("statement is nested too deeply to analyze") from error
-    outputs = tuple(_output(column) for column in columns)
+    uses: Sequence[_TargetUse | None] = analyzer.top_targets
+    if len(uses) != len(columns):
+        # Not a plain SELECT (set operation, VALUES): its effects were counted where they happened.
+        uses = [None] * len(columns)
+    outputs = tuple(_output(column, use) for column, use in zip(columns, uses, strict=True))
     if any(output.unknown for output in outputs) and not analyzer.reasons:
         analyzer.note("lineage of some output columns is unknown")
     return Lineage(
@@ -1218,4 +1366,6 @@ def analyze(sql: str, catalog: RelationCatalog) -> Lineage:
         filters=frozenset(analyzer.filters),
         relations=frozenset(analyzer.relations),
         unknown_reasons=tuple(analyzer.reasons),
+        computed_on=frozenset(analyzer.computed_on),
+        calls=frozenset(analyzer.calls),
     )

@@ -1,15 +1,23 @@
-"""From column lineage to masks and to the inference guard, for one kind of viewer.
+"""From column lineage to masks, and to the read guard, for one kind of viewer.
+
+The rule (docs/invariants.md, 4): a PHI value may influence only its own output column, and only through that
+column's mask. Everything else it influences is inference, held for review by default for agents.
 
 * An output that *is* a source value (DIRECT) gets that column's mask: last four, year, pseudonym all fit.
-* A transformed or aggregated value can have any shape, so a format-based mask (last four, year) could leak
-  (``reverse(ssn)`` "last four" shows the first four digits): it is pseudonymised if every source's mask is a
-  pseudonym, nulled if any is null, and otherwise redacted.
-* A count reveals only cardinality and passes.
-* An output whose lineage is unknown is redacted.
+* A computed value (transformed, or lineage unknown) never carries a column's mask or pseudonym: a format mask
+  could leak (``reverse(ssn)`` "last four" shows the first four digits) and a pseudonym of a computed value is
+  an oracle (``CASE WHEN false THEN full_name ELSE 'guess' END`` hashed with the name key checks guesses). It is
+  redacted (or nulled when a source's mask is null). Redacted is not enough on its own: whether the computation
+  fails, how long it takes and whether it is NULL would still depend on the value. So the guard *withholds* it:
+  the statement is rewritten so that the expression is a constant and never runs (policy.withholding).
+* An aggregate other than a count of rows over PHI (``max(ssn)``, ``count(ssn)``, ``count(DISTINCT name)``) is
+  inference: which value is the maximum, or how many are not NULL, is not what the mask reveals.
+* A count of rows passes.
 
-Inference: a statement that filters, sorts, groups or joins on a PHI column can reveal values without returning
-them (``WHERE ssn LIKE '123%'``). The policy says per type and kind of identity: allow, hold or deny; incomplete
-lineage counts as touching PHI under the kind's default.
+Inference channels the guard holds, whatever syntax carries them: filters, joins, grouping, ordering, DISTINCT
+and set operations that compare rows, arguments of set-returning functions, LIMIT/OFFSET, CASE conditions,
+computations on PHI that run (outside a withheld output), functions whose bodies lineage cannot see, and
+incomplete lineage over a PHI table. The policy says per type and kind of identity: allow, hold or deny.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from policy.models import IdentityKind, InferenceAction, Mask
 from policy.target_catalog import Tag, TargetCatalog, plan_masks
 
 _STRICTNESS = [Mask.PASS, Mask.GENERALIZE, Mask.PARTIAL, Mask.HASH, Mask.REDACT, Mask.NULL]
+_AGGREGATED = frozenset({Derivation.AGGREGATE, Derivation.COUNT})
 
 
 def _phi_tags(sources: Iterable[SourceColumn], catalog: TargetCatalog) -> list[Tag]:
@@ -33,6 +42,7 @@ def _phi_tags(sources: Iterable[SourceColumn], catalog: TargetCatalog) -> list[T
 
 
 def mask_for_output(output: OutputColumn, catalog: TargetCatalog, identity_kind: str) -> ColumnMask | None:
+    """The mask lineage gives one output column (None: the value passes as it is)."""
     if output.unknown:
         return ColumnMask(Mask.REDACT, "unknown", "lineage unknown")
     if output.derivation == Derivation.COUNT:
@@ -51,8 +61,8 @@ def mask_for_output(output: OutputColumn, catalog: TargetCatalog, identity_kind:
         return ColumnMask(Mask.REDACT, tag.phi_type, f"one of several PHI columns ({origin})")
     if strictest == Mask.NULL:
         return ColumnMask(Mask.NULL, tag.phi_type, f"derived from {origin}")
-    if all(mask == Mask.HASH for mask, _ in masks):
-        return ColumnMask(Mask.HASH, tag.phi_type, f"derived from {origin}")
+    # Never a pseudonym: pseudonyms are for direct references only (a computed value hashed with a column's
+    # key lets guesses be checked against real pseudonyms).
     return ColumnMask(Mask.REDACT, tag.phi_type, f"derived from {origin}")
 
 
@@ -61,48 +71,119 @@ def plan_from_lineage(lineage: Lineage, catalog: TargetCatalog, identity_kind: s
 
 
 @dataclass(frozen=True)
+class WithheldColumn:
+    """A result column whose expression is replaced by a constant before the statement runs."""
+
+    target: int  # index in the statement's own target list
+    name: str  # the column name PostgreSQL would have given it
+
+
+@dataclass(frozen=True)
 class InferenceVerdict:
     action: str  # allow | hold | deny
     reasons: tuple[str, ...]
+    withheld: tuple[WithheldColumn, ...] = ()
+
+
+class _Judgement:
+    """Actions and reasons collected while judging one statement, folded into a verdict at the end."""
+
+    def __init__(self, catalog: TargetCatalog, identity_kind: str) -> None:
+        self.catalog = catalog
+        self.identity_kind = identity_kind
+        self.actions: list[str] = []
+        self.reasons: list[str] = []
+
+    def columns(self, sources: Iterable[SourceColumn], how: str) -> None:
+        """PHI columns used in a way that reveals more than their masks: the rule per type and kind."""
+        for tag in sorted(_phi_tags(sources, self.catalog), key=lambda t: (t.table_name, t.column_name)):
+            action = self.catalog.inference_for(tag.phi_type, self.identity_kind)
+            if action != InferenceAction.ALLOW:
+                self.actions.append(action)
+                self.reasons.append(
+                    f"{how} PHI column {tag.table_name}.{tag.column_name} ({tag.phi_type}), which can reveal its values"
+                )
+
+    def unknown(self, reasons: Iterable[str]) -> None:
+        """Something lineage cannot see over PHI: the kind's default (fail closed)."""
+        default = DEFAULT_INFERENCE.get(IdentityKind(self.identity_kind), InferenceAction.HOLD)
+        if default != InferenceAction.ALLOW:
+            self.actions.append(default)
+            self.reasons.extend(reasons)
+
+    def verdict(self, withheld: Sequence[WithheldColumn]) -> InferenceVerdict:
+        reasons = tuple(dict.fromkeys(self.reasons))
+        if InferenceAction.DENY in self.actions:
+            return InferenceVerdict(InferenceAction.DENY, reasons)
+        if self.actions:
+            return InferenceVerdict(InferenceAction.HOLD, reasons)
+        return InferenceVerdict(InferenceAction.ALLOW, (), tuple(withheld))
+
+
+_FILTERS = "filters, sorts, groups, joins or counts rows by"
+_COMPUTES = "computes on (where errors or timing depend on it)"
+_AGGREGATES = "aggregates (beyond a count of rows)"
 
 
 def inference_verdict(lineage: Lineage, catalog: TargetCatalog, identity_kind: str) -> InferenceVerdict:
-    reasons: list[str] = []
-    actions: list[str] = []
-    for tag in sorted(_phi_tags(lineage.filters, catalog), key=lambda t: (t.table_name, t.column_name)):
-        action = catalog.inference_for(tag.phi_type, identity_kind)
-        if action != InferenceAction.ALLOW:
-            actions.append(action)
-            reasons.append(
-                f"filters, sorts, groups or joins on PHI column {tag.table_name}.{tag.column_name} ({tag.phi_type}), "
-                "which can reveal its values"
-            )
-    touches_phi = any(
-        (schema, table) in {(t.schema_name, t.table_name) for t in catalog.tags_by_column.values()}
-        for schema, table in lineage.relations
-    )
-    if lineage.unknown_reasons and touches_phi:
-        default = DEFAULT_INFERENCE.get(IdentityKind(identity_kind), InferenceAction.HOLD)
-        if default != InferenceAction.ALLOW:
-            actions.append(default)
-            reasons.extend(f"lineage incomplete over a PHI table: {reason}" for reason in lineage.unknown_reasons)
-    if InferenceAction.DENY in actions:
-        return InferenceVerdict(InferenceAction.DENY, tuple(reasons))
-    if actions:
-        return InferenceVerdict(InferenceAction.HOLD, tuple(reasons))
-    return InferenceVerdict(InferenceAction.ALLOW, ())
+    """Allow, hold or deny a read by its lineage; when allowed, which outputs are withheld."""
+    judged = _Judgement(catalog, identity_kind)
+    judged.columns(lineage.filters, _FILTERS)
+    judged.columns(lineage.computed_on, _COMPUTES)
+    calls = set(lineage.calls)
+    withheld: list[WithheldColumn] = []
+    for output in lineage.outputs:
+        mask = _output_mask(output, catalog, identity_kind)
+        computed = mask is not None and (output.unknown or output.derivation not in (Derivation.DIRECT, *_AGGREGATED))
+        if computed and output.target is not None:
+            withheld.append(WithheldColumn(output.target, output.name))
+            continue  # replaced by a constant: nothing in it runs
+        judged.columns(output.inner_filters, _FILTERS)
+        judged.columns(output.computed_on, _COMPUTES)
+        calls |= output.calls
+        if computed:
+            judged.columns(output.sources, _COMPUTES)
+        elif mask is not None and output.derivation in _AGGREGATED:
+            judged.columns(output.sources, _AGGREGATES)
+    has_phi = bool(catalog.tagged_columns)
+    untrusted = sorted(_display(call) for call in calls if not _trusted(call, catalog))
+    if untrusted and has_phi:
+        judged.unknown(f"calls {name}(), whose body lineage cannot see (it may read PHI)" for name in untrusted)
+    tagged_tables = {(t.schema_name, t.table_name) for t in catalog.tags_by_column.values()}
+    if lineage.unknown_reasons and any(relation in tagged_tables for relation in lineage.relations):
+        judged.unknown(f"lineage incomplete over a PHI table: {reason}" for reason in lineage.unknown_reasons)
+    return judged.verdict(withheld)
+
+
+def _output_mask(output: OutputColumn, catalog: TargetCatalog, identity_kind: str) -> ColumnMask | None:
+    """The lineage mask, redacting any value computed by a function lineage cannot see into."""
+    mask = mask_for_output(output, catalog, identity_kind)
+    if output.derivation != Derivation.DIRECT and any(not _trusted(call, catalog) for call in output.calls):
+        mask = _stricter(mask, ColumnMask(Mask.REDACT, "unknown", "computed by a function lineage cannot see"))
+    return mask
+
+
+def _trusted(call: tuple[str | None, str], catalog: TargetCatalog) -> bool:
+    """A pg_catalog function that no other schema also defines (else PostgreSQL could pick a user's one)."""
+    schema, name = call
+    if schema not in (None, "pg_catalog"):
+        return False
+    known = catalog.functions.by_qualified_name
+    return ("pg_catalog", name) in known and name not in catalog.names_outside_pg_catalog
+
+
+def _display(call: tuple[str | None, str]) -> str:
+    schema, name = call
+    return f"{schema}.{name}" if schema else name
 
 
 def _untrusted_functions(classification: Classification, catalog: TargetCatalog) -> list[str]:
     """Functions whose body lineage cannot see: anything outside pg_catalog, or a name that another schema
     also defines (PostgreSQL could pick a user ``count(text)`` over the built-in one)."""
-    known = catalog.functions.by_qualified_name
     untrusted = []
     for written in classification.functions:
         schema, _, name = written.rpartition(".")
-        name = name.lower()
-        outside_catalog = bool(schema) and schema != "pg_catalog"
-        if outside_catalog or ("pg_catalog", name) not in known or name in catalog.names_outside_pg_catalog:
+        if not _trusted((schema or None, name.lower()), catalog):
             untrusted.append(written)
     return untrusted
 

@@ -57,12 +57,30 @@ class OutputColumn:
     ``unknown`` means lineage could not be established: ``sources`` then lists
     only what is known for sure, and the caller must mask the column whatever
     it lists.
+
+    The other fields describe what evaluating the column's expression does
+    besides producing its value, so the caller can judge it as a whole:
+
+    * ``target`` is the index of the statement's own top-level target-list
+      item the column comes from, when the column can be withheld by
+      replacing that item with a constant (policy.withholding); None when it
+      cannot (set operations, VALUES, ``*`` expansions, nested queries).
+    * ``inner_filters`` and ``computed_on`` are base columns the expression
+      uses to decide (CASE conditions, a subquery's WHERE...) or computes on
+      (operators, casts, functions, aggregates: anything that can fail or
+      take data-dependent time).  They matter only if the expression runs.
+    * ``calls`` are the functions the expression calls, as written
+      (schema or None, lower-case name), for the caller's trust check.
     """
 
     name: str
     sources: frozenset[SourceColumn]
     derivation: Derivation
     unknown: bool = False
+    target: int | None = None
+    inner_filters: frozenset[SourceColumn] = frozenset()
+    computed_on: frozenset[SourceColumn] = frozenset()
+    calls: frozenset[tuple[str | None, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -70,14 +88,25 @@ class Lineage:
     """Lineage of a whole read statement.
 
     ``filters`` are base columns whose values can leak by inference (the
-    agent learns something about them from which rows come back, or in which
-    order) without them appearing in any output.
+    agent learns something about them from which rows come back, how many,
+    or in which order) without them appearing in any output: WHERE, JOIN,
+    GROUP BY, ORDER BY, DISTINCT, set operations that remove duplicates,
+    arguments of set-returning functions, LIMIT...
+
+    ``computed_on`` are base columns some expression outside the result's
+    own columns computes on (a subquery's output, a view's column, a CTE):
+    the computation runs whatever the masks say, so whether it fails, and
+    how long it takes, depends on the value.  ``calls`` are the functions
+    called there, for the caller's trust check (a function body can read
+    anything).
     """
 
     outputs: tuple[OutputColumn, ...]
     filters: frozenset[SourceColumn]
     relations: frozenset[tuple[str, str]]
     unknown_reasons: tuple[str, ...]
+    computed_on: frozenset[SourceColumn] = frozenset()
+    calls: frozenset[tuple[str | None, str]] = frozenset()
 
     @property
     def complete(self) -> bool:

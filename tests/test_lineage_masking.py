@@ -51,7 +51,8 @@ def out(*sources: SourceColumn, derivation: Derivation = Derivation.DIRECT, unkn
         (out(SSN), "reviewer", "partial"),
         (out(CODE), "agent", None),
         (out(SSN, derivation=Derivation.TRANSFORMED), "agent", "redact"),  # reverse(ssn) must not show "last four"
-        (out(NAME, derivation=Derivation.TRANSFORMED), "agent", "hash"),  # upper(name): still a stable pseudonym
+        # upper(name) is never a pseudonym: a computed value hashed with the name key is a guess oracle
+        (out(NAME, derivation=Derivation.TRANSFORMED), "agent", "redact"),
         (out(NAME, SSN, derivation=Derivation.TRANSFORMED), "agent", "redact"),
         (out(NAME, SSN), "agent", "redact"),  # UNION of two PHI columns with different masks
         (out(SSN, derivation=Derivation.AGGREGATE), "agent", "redact"),

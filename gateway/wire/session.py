@@ -570,13 +570,14 @@ class WireSession:
             return
         gate, statement_id = self._start_audit(decision, sql)
         item = Expected("query", decision=decision, gate=gate, sql=sql, statement_id=statement_id)
+        query = Query(decision.run_sql or sql)  # the text that runs: computed PHI withheld (policy.withholding)
         if not (self.relay_idle and self.queue.empty() and not self.parser.buffered):
-            self._forward(Query(sql), item)
+            self._forward(query, item)
             return
         # Nothing else is in flight or waiting: relay this result right here. The common case (one statement
         # at a time) then skips the hand-over to the relay task, which costs more than the relaying itself.
         assert self.upstream is not None
-        self.upstream.send(Query(sql).encode())
+        self.upstream.send(query.encode())
         await self._flush_upstream()
         await self._relay_responses(item)
         self._flush_client()
@@ -608,7 +609,10 @@ class WireSession:
             return
         self.statements[message.statement] = statement
         # Parsing a held statement upstream is harmless (nothing runs before Execute) and gives the client the
-        # real parameter and row descriptions; its Execute is what becomes a ticket.
+        # real parameter and row descriptions; its Execute is what becomes a ticket. An allowed statement is
+        # parsed as the text that runs (computed PHI withheld); the ticket of a held one keeps the agent's text.
+        if decision.verdict == "allowed" and decision.run_sql is not None:
+            message = dataclasses.replace(message, query=decision.run_sql)
         self._forward(message, Expected("parse", statement=statement))
 
     async def _decide_at_parse(self, sql: str) -> Decision:
@@ -754,8 +758,8 @@ class WireSession:
         if not sql.strip():
             return False
         decision, _ = self._cached(sql)
-        if decision is None or decision.verdict != "allowed":
-            return False
+        if decision is None or decision.verdict != "allowed" or decision.run_sql is not None:
+            return False  # the fast path relays the client's own frame
         # The statement leaves first and its audit record is built while it runs: nothing it returns can be
         # read before this callback ends, and the rows then wait for the record's fsync (the gate).
         upstream.writer.write(data)  # the client's own frame
