@@ -9,19 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pglast import ast, parse_sql
 
 from policy.classifier import (
     CATALOG_INTROSPECTION_FUNCTIONS,
+    MAX_VIEW_NESTING,
     Classification,
+    ExplainOptions,
     Risk,
     UnparsableStatement,
     Verdict,
     classify,
+    explain_options,
 )
+from policy.exposure import ANY_SCHEMA, EXPOSING_OBJECTS, ExposingObject, ObjectKind
+from policy.lineage import DictCatalog
 
 ALLOWED, HELD, DENIED = Verdict.ALLOWED, Verdict.HELD, Verdict.DENIED
 
@@ -834,3 +841,429 @@ def test_introspection_exception_is_narrow() -> None:
     assert (
         classify("SELECT pg_stat_reset()", FakeCatalog({("pg_catalog", "pg_stat_reset"): "v"})).verdict == Verdict.HELD
     )
+
+
+# --------------------------------------------------------------------------
+# Transaction access modes: the gateway's sessions stay read-only
+# --------------------------------------------------------------------------
+
+READ_WRITE_SPELLINGS = [
+    "BEGIN READ WRITE",
+    "begin transaction read write",
+    "begin work read write",
+    "START TRANSACTION READ WRITE",
+    "SET TRANSACTION READ WRITE",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+    "BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE",
+    "begin isolation level repeatable read read write deferrable",
+    "START TRANSACTION READ ONLY, READ WRITE",  # PostgreSQL applies the last mode: this one writes
+    "BEGIN READ WRITE, READ ONLY",  # PostgreSQL would end up read-only, but nobody needs to write READ WRITE
+    "set transaction isolation level read committed, read write",
+    "set session characteristics as transaction not deferrable read write",
+]
+
+
+@pytest.mark.parametrize("sql", READ_WRITE_SPELLINGS)
+def test_read_write_is_denied_in_every_spelling(sql: str) -> None:
+    """Every spelling of READ WRITE would lift the read role's read-only default: denied."""
+    result = run(sql)
+    assert result.verdict is DENIED, result.reasons
+    assert any("READ WRITE is not allowed: the gateway's sessions are read-only" in r for r in result.reasons)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "BEGIN READ ONLY",
+        "START TRANSACTION READ ONLY",
+        "begin isolation level serializable, read only, deferrable",
+        "begin isolation level read committed",
+        "begin not deferrable",
+        "START TRANSACTION READ ONLY, READ ONLY",
+        "SET TRANSACTION READ ONLY",
+        "set transaction isolation level repeatable read",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+        "set session characteristics as transaction isolation level serializable deferrable",
+        "SET TRANSACTION SNAPSHOT '00000003-0000001B-1'",
+        "commit and chain",
+    ],
+)
+def test_read_only_modes_isolation_levels_and_deferrable_stay_allowed(sql: str) -> None:
+    """Only the access mode READ WRITE is refused; the other transaction modes change nothing the role can do."""
+    assert run(sql).verdict is ALLOWED, run(sql).reasons
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SET transaction_read_only = off",
+        "SET LOCAL transaction_read_only TO false",
+        "set transaction_read_only to default",
+        "RESET transaction_read_only",
+        "SET default_transaction_read_only = off",
+        "set session default_transaction_read_only = 'off'",
+        "reset default_transaction_read_only",
+        "select set_config('default_transaction_read_only', 'off', false)",
+    ],
+)
+def test_read_only_settings_cannot_be_changed(sql: str) -> None:
+    """The settings behind the access mode are not on the SET allowlist (and set_config is denied)."""
+    assert run(sql).verdict is DENIED
+
+
+def test_transaction_modes_pglast_does_not_produce_are_denied() -> None:
+    """A mode the grammar never emits cannot be judged: fail closed (built by hand, as a future parser might)."""
+    from policy.classifier import _transaction_mode_findings
+
+    odd = ast.DefElem(defname="transaction_write_mode", arg=ast.A_Const(val=ast.Integer(ival=1)))
+    assert [f.verdict for f in _transaction_mode_findings("BEGIN", [odd])] == [DENIED]
+    text_mode = ast.DefElem(defname="transaction_read_only", arg=ast.A_Const(val=ast.String(sval="on")))
+    assert [f.verdict for f in _transaction_mode_findings("BEGIN", [text_mode])] == [DENIED]
+
+
+# --------------------------------------------------------------------------
+# EXPLAIN options with PostgreSQL's semantics
+# --------------------------------------------------------------------------
+
+
+def options_of(sql: str) -> ExplainOptions:
+    """explain_options of the one EXPLAIN statement in sql."""
+    node = parse_sql(sql)[0].stmt
+    assert isinstance(node, ast.ExplainStmt)
+    return explain_options(node)
+
+
+@pytest.mark.parametrize(
+    ("options", "analyzes"),
+    [
+        ("ANALYZE false, ANALYZE true", True),  # PostgreSQL applies the last spelling
+        ("ANALYZE off, ANALYZE", True),
+        ("analyze 0, analyze 1", True),
+        ("ANALYZE true, ANALYZE false", False),
+        ("ANALYZE, ANALYZE off", False),
+        ("ANALYZE on", True),
+        ("ANALYZE ON", True),
+        ("ANALYZE 'on'", True),
+        ('ANALYZE "true"', True),
+        ("ANALYZE TRUE", True),
+        ("ANALYZE 1", True),
+        ("ANALYZE", True),
+        ("ANALYZE 'off'", False),
+        ("ANALYZE FALSE", False),
+        ("ANALYZE 0", False),
+        ("analyse false", False),  # the grammar spells the British keyword "analyze"
+        ("analyse", True),
+        ("costs off, format json", False),
+        # Values and names PostgreSQL rejects: judged as analyzing (fail closed).
+        ("ANALYZE yes", True),
+        ("ANALYZE no", True),
+        ("ANALYZE 2", True),
+        ("ANALYZE -1", True),
+        ("ANALYZE 0.0", True),
+        ("ANALYZE 'maybe'", True),
+        ('"ANALYZE" false', True),
+        ("costs maybe", True),
+        ("format 'JSON'", True),
+        ("format html", True),
+        ("bogus", True),
+        ("ANALYZE false, bogus off", True),
+    ],
+)
+def test_explain_options_follow_postgresql(options: str, analyzes: bool) -> None:
+    """The last spelling wins; unknown options and invalid values mean "analyzes"."""
+    assert options_of(f"EXPLAIN ({options}) SELECT 1").analyze is analyzes
+
+
+def test_explain_options_reports_every_option() -> None:
+    """The helper gateway code can use to know what an EXPLAIN asks for."""
+    parsed = options_of(
+        "EXPLAIN (ANALYZE, VERBOSE on, COSTS off, SETTINGS, BUFFERS false, WAL, TIMING off, SUMMARY on, FORMAT yaml) "
+        "SELECT 1"
+    )
+    assert parsed == ExplainOptions(
+        analyze=True,
+        verbose=True,
+        costs=False,
+        settings=True,
+        buffers=False,
+        wal=True,
+        timing=False,
+        summary=True,
+        format="yaml",
+    )
+    assert options_of("EXPLAIN SELECT 1") == ExplainOptions()
+    assert options_of("EXPLAIN (GENERIC_PLAN, MEMORY, SERIALIZE) SELECT 1") == ExplainOptions(
+        generic_plan=True, memory=True, serialize="text"
+    )
+    bad = options_of("EXPLAIN (analyze off, format 'JSON', whatever) SELECT 1")
+    assert bad.analyze is True
+    assert bad.problems == ("format has an invalid value", "unrecognized option 'whatever'")
+
+
+@pytest.mark.parametrize(
+    ("sql", "analyze", "verbose"),
+    [
+        ("EXPLAIN ANALYZE VERBOSE SELECT 1", True, True),
+        ("EXPLAIN ANALYSE SELECT 1", True, False),
+        ("EXPLAIN VERBOSE SELECT 1", False, True),
+        ("EXPLAIN SELECT 1", False, False),
+    ],
+)
+def test_legacy_explain_syntax(sql: str, analyze: bool, verbose: bool) -> None:
+    """EXPLAIN ANALYZE VERBOSE without parentheses reads like the parenthesised options."""
+    parsed = options_of(sql)
+    assert (parsed.analyze, parsed.verbose, parsed.problems) == (analyze, verbose, ())
+
+
+@pytest.mark.parametrize(
+    ("sql", "verdict"),
+    [
+        ("EXPLAIN (ANALYZE false, ANALYZE true) SELECT random()", HELD),
+        ("EXPLAIN (ANALYZE false, ANALYZE true) SELECT nextval('s')", HELD),
+        ("explain (analyze off, analyze) delete from t where id = 1", HELD),
+        ("explain (analyze 0, analyze on) select * from t for update", HELD),
+        ("EXPLAIN (ANALYZE yes) SELECT random()", HELD),
+        ('EXPLAIN ("ANALYZE" off) SELECT random()', HELD),
+        ("EXPLAIN (ANALYZE false, bogus) SELECT random()", HELD),
+        ("EXPLAIN ANALYZE VERBOSE SELECT random()", HELD),
+        ("EXPLAIN (ANALYZE true, ANALYZE false) SELECT random()", ALLOWED),
+        ("EXPLAIN (ANALYZE on, ANALYZE 0) delete from t", ALLOWED),
+        ("EXPLAIN (VERBOSE, COSTS off) SELECT random()", ALLOWED),
+        ("EXPLAIN (ANALYZE false, ANALYZE true) SELECT 1", ALLOWED),
+    ],
+)
+def test_explain_judges_the_statement_when_the_last_analyze_wins(sql: str, verdict: Verdict) -> None:
+    """EXPLAIN (ANALYZE false, ANALYZE true) runs the statement: its volatile functions are held."""
+    assert run(sql).verdict is verdict, run(sql).reasons
+
+
+# --------------------------------------------------------------------------
+# Catalogs and functions that expose stored values, statements or secrets
+# --------------------------------------------------------------------------
+
+
+def reference(entry: ExposingObject, schema: str | None) -> str:
+    """A statement that reads the entry, qualified with schema when given."""
+    name = f"{schema}.{entry.name}" if schema else entry.name
+    if entry.kind is ObjectKind.RELATION:
+        return f"SELECT * FROM {name}"
+    return f"SELECT * FROM {name}(NULL)"
+
+
+@pytest.mark.parametrize("entry", EXPOSING_OBJECTS, ids=lambda entry: f"{entry.kind}:{entry.name}")
+def test_every_exposing_object_is_denied_unqualified_and_in_its_schema(entry: ExposingObject) -> None:
+    """Each listed relation and function is denied, whatever the function catalog says of its volatility."""
+    home = "public" if entry.schema == ANY_SCHEMA else entry.schema
+    for sql in (reference(entry, None), reference(entry, home)):
+        result = run(sql)
+        assert result.verdict is DENIED, (sql, result.reasons)
+        assert any(f"exposes {entry.exposes}" in reason for reason in result.reasons), result.reasons
+
+
+EXPOSING_STATEMENTS = [
+    "SELECT * FROM pg_stat_get_activity(NULL)",
+    "select query from pg_catalog.pg_stat_get_activity(null) a where a.pid <> 0",
+    "SELECT pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s",
+    "select (select max(query) from pg_stat_activity)",
+    "select 1 where exists (select 1 from pg_catalog.pg_stats)",
+    "with s as (select * from pg_stats) select count(*) from s",
+    "select * from patients p, lateral (select * from pg_stat_get_activity(p.id)) a",
+    "select * from pg_mcv_list_items((select stxdmcv from pg_statistic_ext_data limit 1))",
+    "select * from rows from (generate_series(1, 2), pg_stat_get_activity(null))",
+    "select * from public.pg_stat_statements",
+    "select * from monitoring.pg_stat_statements(true)",
+    "select subconninfo from pg_subscription",
+    "select umoptions from pg_user_mappings",
+    "select * from information_schema.user_mapping_options",
+    "select rolpassword from pg_authid",
+    "select * from pg_file_settings",
+    "select * from pg_hba_file_rules",
+    "select statement from pg_prepared_statements",
+    "select lo_get(16400)",
+    "TABLE pg_stats",
+    "select s from pg_stats s",
+    "copy (select * from pg_stats) to stdout",
+    "copy pg_statistic to stdout",
+    "declare c cursor for select * from pg_stat_activity",
+    "explain select * from pg_stat_get_activity(null)",
+    "explain select * from pg_stats",
+    "select 1; select * from pg_stat_activity",
+]
+
+
+@pytest.mark.parametrize("sql", EXPOSING_STATEMENTS)
+def test_exposing_objects_are_denied_wherever_they_appear(sql: str) -> None:
+    """FROM, target list, subqueries, CTEs, LATERAL, ROWS FROM, COPY, cursors, plain EXPLAIN, batches."""
+    result = run(sql)
+    assert result.verdict is DENIED, result.reasons
+    assert any("is denied: it exposes" in reason for reason in result.reasons), result.reasons
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select relname from pg_class",
+        "select * from pg_catalog.pg_roles",
+        "select name, setting from pg_settings",
+        "select * from pg_namespace n join pg_class c on c.relnamespace = n.oid",
+        "select * from pg_stat_user_tables",
+        "select * from pg_locks",
+        "select * from information_schema.tables",
+        "select column_name from information_schema.columns where table_name = 'patients'",
+        "select * from information_schema.user_mappings",
+        "select * from pg_views",
+        "select * from public.pg_stats",  # a user table of the same name, qualified
+        "select * from reports.pg_stat_activity",
+        "with pg_stats as (select 1 as a) select * from pg_stats",  # a CTE, not the catalog view
+    ],
+)
+def test_ordinary_catalogs_stay_allowed(sql: str) -> None:
+    """Introspection that psql, SQLAlchemy and JDBC need is not caught by the exposure list."""
+    assert run(sql).verdict is ALLOWED, run(sql).reasons
+
+
+def test_exposure_reason_names_what_was_written_and_what_it_exposes() -> None:
+    """The reason tells the agent why, in its own spelling."""
+    result = run("SELECT * FROM pg_catalog.pg_stat_get_activity(NULL)")
+    assert result.reasons == (
+        "function pg_catalog.pg_stat_get_activity() is denied: it exposes statement text of other sessions or "
+        "earlier requests, with its literals (query: the function behind pg_stat_activity)",
+    )
+
+
+# --------------------------------------------------------------------------
+# Views are classified through their definitions
+# --------------------------------------------------------------------------
+
+VIEWS: Mapping[tuple[str, str], str] = {
+    ("public", "calm"): "SELECT id, lower(name) AS name FROM public.patients",
+    ("public", "noisy"): "SELECT id, random() AS r FROM public.patients",
+    ("public", "noisier"): "SELECT * FROM public.noisy",
+    ("public", "noisiest"): "SELECT n.* FROM public.calm c JOIN public.noisier n ON n.id = c.id",
+    ("public", "snooping"): "SELECT query FROM pg_stat_activity",
+    ("public", "counting"): "SELECT nextval('s') AS n",
+    ("public", "locking"): "SELECT * FROM public.patients FOR UPDATE",
+    ("public", "broken"): "SELECT FROM WHERE",
+    ("public", "two"): "SELECT 1; SELECT 2",
+    ("public", "ouroboros"): "SELECT * FROM public.tail",
+    ("public", "tail"): "SELECT * FROM public.ouroboros",
+    ("public", "shadowed"): "WITH noisy AS (SELECT 1 AS id) SELECT * FROM noisy",
+    ("public", "frozen"): "SELECT random() AS r",
+    ("reports", "monthly_view"): "SELECT reports.monthly() AS m",
+    ("pg_catalog", "pg_fake"): "SELECT random()",
+    ("information_schema", "fake_info"): "SELECT random()",
+}
+RELATIONS = DictCatalog(
+    tables={
+        ("public", "patients"): ("id", "name"),
+        ("public", "nodef"): ("a",),
+        ("pg_catalog", "pg_class"): ("oid", "relname"),
+    },
+    views=VIEWS,
+    kinds={("public", "frozen"): "m", ("public", "nodef"): "v"},
+)
+
+
+def run_with_views(sql: str) -> Classification:
+    """Classify with the fake function catalog and the view catalog above."""
+    return classify(sql, CATALOG, relations=RELATIONS)
+
+
+@pytest.mark.parametrize(
+    ("sql", "verdict", "reason"),
+    [
+        ("select * from calm", ALLOWED, None),
+        ("select * from public.calm c where c.id = 1", ALLOWED, None),
+        ("select * from noisy", HELD, "view public.noisy: volatile function random() may have side effects"),
+        ("select r from public.noisy", HELD, "view public.noisy: volatile function random()"),
+        ("select (select count(*) from noisy)", HELD, "view public.noisy"),
+        ("select * from patients where id in (select id from noisy)", HELD, "view public.noisy"),
+        ("with x as (select * from noisy) select * from x", HELD, "view public.noisy"),
+        ("select * from noisier", HELD, "view public.noisier: view public.noisy: volatile function random()"),
+        ("select * from noisiest", HELD, "view public.noisiest: view public.noisier: view public.noisy:"),
+        ("select * from counting", HELD, "view public.counting: volatile function nextval()"),
+        ("select * from locking", HELD, "view public.locking: SELECT ... FOR UPDATE takes row locks"),
+        ("select * from snooping", DENIED, "view public.snooping: relation pg_stat_activity is denied"),
+        ("select * from broken", HELD, "the definition of view public.broken cannot be inspected"),
+        ("select * from two", HELD, "the definition of view public.two cannot be inspected"),
+        ("select * from nodef", HELD, "the definition of view public.nodef cannot be inspected"),
+        ("select * from ouroboros", HELD, "refers to itself"),
+        ("select * from shadowed", ALLOWED, None),  # the CTE named noisy is not the view noisy
+        ("with noisy as (select 1 as id) select * from noisy", ALLOWED, None),
+        ("select * from frozen", ALLOWED, None),  # a materialized view does not run its query when read
+        ("select * from reports.monthly_view", ALLOWED, None),  # stable function
+        ("select * from pg_catalog.pg_fake", ALLOWED, None),  # PostgreSQL's own views are not expanded
+        ("select * from information_schema.fake_info", ALLOWED, None),
+        ("select * from no_such_relation", ALLOWED, None),
+        ("explain select * from noisy", ALLOWED, None),  # planning runs nothing
+        ("explain analyze select * from noisy", HELD, "view public.noisy"),
+        ("explain (analyze false, analyze true) select * from noisy", HELD, "view public.noisy"),
+        ("explain select * from snooping", DENIED, "view public.snooping"),
+        ("explain select * from broken", HELD, "view public.broken"),
+        ("declare c cursor for select * from noisy", HELD, "view public.noisy"),
+        ("copy (select * from noisy) to stdout", HELD, None),
+    ],
+)
+def test_views_are_classified_through_their_definitions(sql: str, verdict: Verdict, reason: str | None) -> None:
+    """A view runs its query when selected: its findings count, named after the view."""
+    result = run_with_views(sql)
+    assert result.verdict is verdict, result.reasons
+    if reason is not None:
+        assert any(reason in text for text in result.reasons), result.reasons
+
+
+def test_without_a_relation_catalog_views_are_judged_by_name() -> None:
+    """The relations argument is optional: callers without a catalog keep the old behaviour."""
+    assert run("select * from noisy").verdict is ALLOWED
+    assert run_with_views("select * from noisy").verdict is HELD
+
+
+def test_view_bodies_do_not_add_to_relations_or_functions() -> None:
+    """relations and functions list what the statement names, not what its views read."""
+    result = run_with_views("select * from noisier n join calm c using (id)")
+    assert result.relations == ("calm", "noisier")
+    assert result.functions == ()
+
+
+def test_a_view_is_expanded_once_per_classification() -> None:
+    """Each view's definition is looked up once, however often the statement names it."""
+
+    class CountingViews(DictCatalog):
+        """Remembers every definition asked for."""
+
+        def __init__(self, **catalog: Any) -> None:
+            super().__init__(**catalog)
+            self.lookups: list[tuple[str, str]] = []
+
+        def view_definition(self, schema: str, name: str) -> str | None:
+            self.lookups.append((schema, name))
+            return super().view_definition(schema, name)
+
+    relations = CountingViews(tables={("public", "patients"): ("id", "name")}, views=VIEWS)
+    result = classify("select * from noisy a, noisy b, noisier c", CATALOG, relations=relations)
+    assert result.verdict is HELD
+    assert sorted(relations.lookups) == [("public", "noisier"), ("public", "noisy")]
+
+
+def test_views_nested_too_deeply_are_held() -> None:
+    """Past MAX_VIEW_NESTING the chain is not followed: held (fail closed), never allowed."""
+    depth = MAX_VIEW_NESTING + 2
+    chain = {("public", f"v{i}"): f"SELECT * FROM public.v{i + 1}" for i in range(depth)}
+    chain[("public", f"v{depth}")] = "SELECT 1 AS one"
+    relations = DictCatalog(tables={}, views=chain)
+    result = classify("select * from v0", CATALOG, relations=relations)
+    assert result.verdict is HELD
+    assert any(f"nested in more than {MAX_VIEW_NESTING} views" in reason for reason in result.reasons)
+    shallow = DictCatalog(tables={}, views={**chain, ("public", "v3"): "SELECT 1 AS one"})
+    assert classify("select * from v0", CATALOG, relations=shallow).verdict is ALLOWED
+
+
+def test_view_resolution_follows_the_catalog_search_path() -> None:
+    """An unqualified name is the relation PostgreSQL would find; a table shadowing a view is not expanded."""
+    relations = DictCatalog(
+        tables={("public", "noisy"): ("id",)},
+        views={("reports", "noisy"): "SELECT random() AS r"},
+        search_path=("pg_catalog", "public", "reports"),
+    )
+    assert classify("select * from noisy", CATALOG, relations=relations).verdict is ALLOWED
+    assert classify("select * from reports.noisy", CATALOG, relations=relations).verdict is HELD
