@@ -119,7 +119,7 @@ def _masked_result_maker(ticket: Ticket, url: str):  # type: ignore[no-untyped-d
     key = require_pseudonym_key()
     requester = _principal(ticket)  # results are masked for whoever asked, not for the executor
     catalog = _catalogs.get(ticket.datasource.name, url)
-    classification = classify(ticket.sql, catalog.functions)
+    classification = classify(ticket.sql, catalog.functions, relations=catalog)
     try:
         lineage = analyze(ticket.sql, catalog)
     except (ParseError, UnsupportedStatement):

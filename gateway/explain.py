@@ -64,7 +64,7 @@ def explain_statement(
         _refuse(principal, context, datasource_name[:63], sql, f"unknown data source {datasource_name!r}")
     catalog = runtime.catalog(datasource.name)
     try:
-        classification = classify(sql, catalog.functions)
+        classification = classify(sql, catalog.functions, relations=catalog)
     except UnparsableStatement as exc:
         _refuse(principal, context, datasource.name, sql, f"syntax error: {exc}")
     try:
@@ -194,7 +194,7 @@ def _check_policy(principal: Principal, classification: Classification, explaine
     answer a question about PHI values the policy would hold or deny for this kind of identity."""
     for form in FORMATS:  # exactly the texts that will be sent
         try:
-            composed = classify(_composed(explained, form), catalog.functions)
+            composed = classify(_composed(explained, form), catalog.functions, relations=catalog)
         except UnparsableStatement as exc:
             raise ExplainRefused(f"cannot be explained: {exc}") from exc
         explain = parse_statements(_composed(explained, form))[0].stmt

@@ -167,7 +167,7 @@ def decide(
 
     catalog = runtime.catalog(datasource.name)
     try:
-        classification = classify(sql, catalog.functions)
+        classification = classify(sql, catalog.functions, relations=catalog)
     except UnparsableStatement as exc:
         denial(datasource.name, "statement could not be parsed", {"verdict": "invalid", "error": str(exc)})
         return Decision(verdict="invalid", error=f"syntax error: {exc}", datasource=datasource)
