@@ -113,6 +113,9 @@ EXPOSING_OBJECTS: tuple[ExposingObject, ...] = (
     ExposingObject(_F, ANY_SCHEMA, "gist_page_items", _VALUES, "keys: GiST index keys as text", "pageinspect"),
     ExposingObject(_F, ANY_SCHEMA, "gist_page_items_bytea", _VALUES, "key_data: raw GiST index keys", "pageinspect"),
     ExposingObject(
+        _F, ANY_SCHEMA, "hash_page_items", _VALUES, "data: hash codes of keys (small value sets reverse)", "pageinspect"
+    ),
+    ExposingObject(
         _F, ANY_SCHEMA, "pg_get_wal_block_info", _VALUES, "block_data: raw tuple data in WAL", "pg_walinspect", 160000
     ),
     # Statement text: other sessions' statements (pg_stat_activity, pg_stat_statements), and this connection's
