@@ -10,6 +10,15 @@ extensions, configuration) is DENIED outright.
 The whole parse tree is walked, so nothing nested (subqueries, CTEs, FROM
 functions, defaults, RETURNING, ...) escapes inspection.  SQL text is never
 inspected with regular expressions.
+
+Three rules keep what an agent sees within what its masks reveal:
+
+* Catalog relations and functions that expose stored values, other sessions'
+  statements or secrets (policy.exposure) are DENIED wherever they appear.
+* Given a relation catalog, every view a statement reads is inspected through
+  its definition (selecting a view runs its query), recursively.
+* The sessions stay read-only: READ WRITE is DENIED in every spelling, and
+  EXPLAIN's options are read as PostgreSQL reads them (the last ANALYZE wins).
 """
 
 from __future__ import annotations
@@ -969,6 +978,9 @@ _WalkItem = tuple[object, frozenset[str], bool]
 
 class _Inspector:
     """Walks statement trees, collecting findings, relations and functions.
+
+    With a relation catalog, a reference to a view walks the view's definition
+    too (once per view per classification); its findings carry the view's name.
 
     The walk is iterative (an explicit stack), so deeply nested but valid SQL
     cannot exhaust Python's recursion limit.  One inspector serves one
