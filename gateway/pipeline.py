@@ -115,6 +115,7 @@ class Decision:
     verdict: str  # allowed | held | denied | invalid
     reasons: list[str] = field(default_factory=list)
     error: str = ""
+    sqlstate: str = "42601"  # of an invalid statement: a syntax error, or what PostgreSQL's analysis reported
     datasource: DataSource | None = None
     classification: Classification | None = None
     catalog: TargetCatalog | None = None
@@ -181,6 +182,14 @@ def decide(
     read_shaped = len(classification.statement_types) == 1 and classification.statement_types[0] in READ_SHAPED_TYPES
     if verdict == Verdict.ALLOWED and read_shaped:
         verdict, reasons, lineage, run_sql = _read_policy(classification, sql, catalog, principal, verdict, reasons)
+        if verdict == Verdict.HELD and lineage is not None and _only_unknown_names(lineage):
+            # A misspelt column is not inference: PostgreSQL refuses it before reading any row, so its own
+            # answer (42703, 42P01) is what the agent gets, rather than a ticket no reviewer should see.
+            rejected = runtime.executor(datasource.name).analysis_error(sql)
+            if rejected is not None:
+                sqlstate, message = rejected
+                denial(datasource.name, "statement rejected by PostgreSQL", {"verdict": "invalid", "error": message})
+                return Decision(verdict="invalid", error=message, sqlstate=sqlstate, datasource=datasource)
     session_only = sorted(set(classification.statement_types) - ONE_SHOT_TYPES)
     if verdict == Verdict.ALLOWED and session_only and not session_statements:
         verdict = Verdict.DENIED
@@ -296,6 +305,16 @@ def _read_policy(
     except (CannotWithhold, UnsupportedStatement) as error:
         return Verdict.HELD, [f"computed PHI cannot be withheld: {error}"], lineage, None
     return verdict, reasons, lineage, run_sql
+
+
+def _only_unknown_names(lineage: Lineage) -> bool:
+    """Whether lineage is incomplete only because names do not resolve (a column or relation that, as far as the
+    snapshot knows, does not exist)."""
+    return bool(lineage.unknown_reasons) and all(
+        (reason.startswith("column ") and reason.endswith(" cannot be resolved"))
+        or (reason.startswith("relation ") and reason.endswith(" is not in the catalog"))
+        for reason in lineage.unknown_reasons
+    )
 
 
 def _single_statement(sql: str) -> ast.Node:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from psycopg import Connection
+from psycopg import Connection, pq
 from psycopg_pool import ConnectionPool
 
 from policy.target_catalog import text_only_adapters
@@ -61,6 +61,18 @@ class ReadExecutor:
             if cursor_capable:
                 return _run_with_cursor(conn, sql, row_cap)
             return _run_plain(conn, sql, row_cap)
+
+    def analysis_error(self, sql: str) -> tuple[str, str] | None:
+        """PostgreSQL's own verdict on a statement it is only asked to parse and analyse (PQprepare, never run):
+        (SQLSTATE, message) when it refuses it, such as a column or relation that does not exist; None when
+        it accepts it. Analysis reads the catalog, never table data, so the answer depends on no stored value."""
+        with self.pool.connection() as conn:
+            result = conn.pgconn.prepare(b"", sql.encode())
+            if result.status == pq.ExecStatus.COMMAND_OK:
+                return None
+            sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"XX000").decode()
+            message = (result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"statement rejected").decode()
+            return sqlstate, message
 
 
 def _describe(result: ReadResult, pgresult: object) -> None:

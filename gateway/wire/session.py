@@ -586,7 +586,8 @@ class WireSession:
     async def _refuse(self, decision: Decision, *, in_batch: bool) -> None:
         """Answer a statement that will not run now: invalid, denied, or held for approval."""
         if decision.verdict == "invalid":
-            self._reply(error_response("ERROR", "42601", decision.error), ready=not in_batch, in_batch=in_batch)
+            error = error_response("ERROR", decision.sqlstate, decision.error)
+            self._reply(error, ready=not in_batch, in_batch=in_batch)
         elif decision.verdict == "denied":
             message = "denied by policy: " + "; ".join(decision.reasons)
             self._reply(error_response("ERROR", "42501", message), ready=not in_batch, in_batch=in_batch)
