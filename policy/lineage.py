@@ -740,6 +740,8 @@ class _Analyzer:
             for argument in node.args or ():
                 self.filter(argument, lateral)
             self.filter(node.repeatable, lateral)
+            # The sample follows the table's pages, and how rows fill pages follows the widths of their values.
+            self.leak(merge(column.value for column in item.columns))
             return item
         if isinstance(node, ast.RangeTableFunc):
             return self.xml_table(node, lateral)

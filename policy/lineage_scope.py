@@ -22,6 +22,7 @@ from policy.lineage_types import Derivation, SourceColumn
 
 # System columns every table has; they describe row storage, never row content.
 SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
+PHYSICAL_LOCATION = "ctid"
 
 PLACEHOLDER_NAME = "*"
 
@@ -148,11 +149,15 @@ def lookup(columns: Sequence[Column], name: str, base: bool) -> Value | None:
     """A column by name in one column list; None when PostgreSQL would not find it there.
 
     A placeholder may hide any name, so it answers (unknown) for names not
-    listed; a table's system columns carry no row content.
+    listed; a table's system columns carry no row content, except ``ctid``: a
+    row's place on disk follows the widths of the rows stored before it, so
+    it is computed from every column of the table.
     """
     matches = named(columns, name)
     if matches:
         return merge(matches)
+    if base and name == PHYSICAL_LOCATION:
+        return whole_row(columns)
     if base and name in SYSTEM_COLUMNS:
         return CONSTANT
     unknowns = [column.value for column in columns if column.placeholder]

@@ -161,9 +161,13 @@ def test_table_column_aliases_rename_by_position() -> None:
     check(result.outputs[2], pat("ssn"), DIRECT, "ssn")
 
 
-def test_system_columns_carry_no_row_content() -> None:
+def test_system_columns_carry_no_row_content_but_ctid_follows_widths() -> None:
     result = run("SELECT ctid, xmin FROM patients")
-    assert [(o.name, o.sources, o.unknown) for o in result.outputs] == [("ctid", NONE, False), ("xmin", NONE, False)]
+    assert [(o.name, o.unknown) for o in result.outputs] == [("ctid", False), ("xmin", False)]
+    assert result.outputs[1].sources == NONE
+    # A row's place on disk follows the widths of the rows stored before it.
+    assert pat("ssn", "full_name") <= result.outputs[0].sources
+    assert result.outputs[0].derivation is TRANSFORMED
 
 
 def test_unresolvable_column_is_unknown() -> None:
@@ -888,7 +892,8 @@ def test_parse_trees_too_deep_for_pglast_are_refused() -> None:
         ("SELECT DISTINCT zip FROM patients", pat("zip")),  # which values are equal decides the row count
         ("SELECT id FROM patients LIMIT (SELECT count(*) FROM encounters WHERE notes = 'x')", enc("notes")),
         ("SELECT id FROM patients OFFSET (SELECT max(id) FROM patients WHERE ssn = '1')", pat("ssn", "id")),
-        ("SELECT id FROM patients TABLESAMPLE BERNOULLI (10)", NONE),
+        # Sampling follows pages and tuple positions, which follow the widths of the values.
+        ("SELECT id FROM patients TABLESAMPLE BERNOULLI (10)", pat(*PATIENT_COLUMNS)),
         ("SELECT p.id FROM patients p JOIN encounters e USING (id)", pat("id") | enc("id")),
         ("SELECT id FROM patients WHERE id = ANY (SELECT patient_id FROM encounters)", pat("id") | enc("patient_id")),
     ],

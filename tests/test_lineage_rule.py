@@ -156,3 +156,15 @@ def test_set_returning_call_inside_an_expression_counts_rows(catalog: TargetCata
     """``1 + generate_series(1, ascii(ssn))`` multiplies rows by the value, however deep the call sits."""
     lineage = analyze("SELECT 1 + generate_series(1, ascii(ssn)) FROM patients", catalog)
     assert any(source.column == "ssn" for source in lineage.outputs[0].inner_filters)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT id FROM patients TABLESAMPLE SYSTEM (50) REPEATABLE (1)",
+        "SELECT id FROM patients WHERE ctid > '(1,0)'",
+    ],
+)
+def test_physical_layout_follows_the_widths_of_phi(catalog: TargetCatalog, sql: str) -> None:
+    """Which rows share a page depends on how long their values are: sampling pages or reading ctid infers it."""
+    assert verdict(sql, catalog).action == "hold"
