@@ -174,22 +174,30 @@ def decide(
         return Decision(verdict="invalid", error=f"syntax error: {exc}", datasource=datasource)
 
     if any(catalog.relation_oid(name) is None for name in classification.relations):
-        # A relation the snapshot has not seen (created since): refresh so masking knows what it is.
+        # A relation the snapshot has not seen (created since): refresh so masking knows what it is, and classify
+        # again, since a new view's definition is only in the new snapshot.
         catalog = runtime.catalog(datasource.name, must_know=classification.relations)
+        classification = classify(sql, catalog.functions, relations=catalog)
     verdict, reasons = classification.verdict, list(classification.reasons)
     lineage: Lineage | None = None
     run_sql: str | None = None
     read_shaped = len(classification.statement_types) == 1 and classification.statement_types[0] in READ_SHAPED_TYPES
     if verdict == Verdict.ALLOWED and read_shaped:
         verdict, reasons, lineage, run_sql = _read_policy(classification, sql, catalog, principal, verdict, reasons)
-        if verdict == Verdict.HELD and lineage is not None and _only_unknown_names(lineage):
+        if lineage is not None and _only_unknown_names(lineage):
             # A misspelt column is not inference: PostgreSQL refuses it before reading any row, so its own
-            # answer (42703, 42P01) is what the agent gets, rather than a ticket no reviewer should see.
+            # answer (42703, 42P01) is what the agent gets, rather than a ticket no reviewer should see. If
+            # PostgreSQL does resolve the name, it means something lineage cannot follow (a function called
+            # with column syntax, ``p.f`` for ``f(p)``, say), which may have effects: held.
             rejected = runtime.executor(datasource.name).analysis_error(sql)
             if rejected is not None:
                 sqlstate, message = rejected
                 denial(datasource.name, "statement rejected by PostgreSQL", {"verdict": "invalid", "error": message})
                 return Decision(verdict="invalid", error=message, sqlstate=sqlstate, datasource=datasource)
+            if verdict == Verdict.ALLOWED:
+                verdict = Verdict.HELD
+                reasons = [f"PostgreSQL resolves a name lineage cannot: {'; '.join(lineage.unknown_reasons)}"]
+
     session_only = sorted(set(classification.statement_types) - ONE_SHOT_TYPES)
     if verdict == Verdict.ALLOWED and session_only and not session_statements:
         verdict = Verdict.DENIED

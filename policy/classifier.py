@@ -235,9 +235,17 @@ _SETTABLE = frozenset(
         "bytea_output",
         "client_min_messages",
         "standard_conforming_strings",
-        "search_path",
     }
 )
+# Settings that may only be reset, or set to the value the policy assumes: names are resolved against the catalog
+# snapshot's search path (a different one would make lineage read another relation than PostgreSQL does), and
+# values are masked as UTF-8 text (another client encoding makes PostgreSQL fail, or not, on a value's characters).
+_RESET_ONLY = MappingProxyType(
+    {
+        "search_path": "names are resolved on the policy's search path; write schema-qualified names instead",
+    }
+)
+_UTF8_NAMES = frozenset({"utf8", "utf-8", "unicode"})
 # SET TRANSACTION / SET SESSION CHARACTERISTICS arrive as these pseudo-names.
 _TRANSACTION_SETTINGS = frozenset({"transaction", "session characteristics", "transaction snapshot"})
 _IDENTITY_SETTINGS: Mapping[str, str] = MappingProxyType(
@@ -830,9 +838,24 @@ def _variable_set_rules(node: ast.VariableSetStmt) -> list[_Finding]:
         written = "SET TRANSACTION" if name == "transaction" else "SET SESSION CHARACTERISTICS AS TRANSACTION"
         refused = _transaction_mode_findings(written, node.args)
         return refused or [_allowed(f"{written} only sets transaction characteristics")]
+    restores_default = node.kind in (enums.VariableSetKind.VAR_RESET, enums.VariableSetKind.VAR_SET_DEFAULT)
+    if name in _RESET_ONLY and not restores_default:
+        return [_denied(f"setting {name} cannot be changed through the gateway: {_RESET_ONLY[name]}")]
+    if name in _RESET_ONLY:
+        return [_allowed(f"{tag} {name} restores the default")]
+    if name == "client_encoding" and not restores_default and not _sets_utf8(node.args):
+        return [
+            _denied("client_encoding other than UTF8 is not allowed: converting a value can fail on its characters")
+        ]
     if name in _SETTABLE:
         return [_allowed(f"setting {name} may be changed")]
     return [_denied(f"setting {name} cannot be changed through the gateway")]
+
+
+def _sets_utf8(arguments: Sequence[object] | None) -> bool:
+    """Whether SET client_encoding's one argument names UTF-8 (any of PostgreSQL's spellings, any case)."""
+    values = [argument.val for argument in arguments or () if isinstance(argument, ast.A_Const)]
+    return len(values) == 1 and isinstance(values[0], ast.String) and (values[0].sval or "").lower() in _UTF8_NAMES
 
 
 def _statement_rules(node: ast.Node, top_level: bool) -> list[_Finding]:

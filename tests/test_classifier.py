@@ -491,7 +491,7 @@ SESSION = [
     case("reset all", ALLOWED),
     case("set time zone 'UTC'", ALLOWED),
     case("set names 'UTF8'", ALLOWED),
-    case("set schema 'public'", ALLOWED),
+    case("set schema 'public'", DENIED),  # SET SCHEMA is SET search_path: names would resolve elsewhere
     case("set transaction isolation level serializable", ALLOWED),
     case("set transaction read only", ALLOWED),
     case("set session characteristics as transaction read only", ALLOWED),
@@ -527,13 +527,33 @@ def test_session_statements(
         "bytea_output",
         "client_min_messages",
         "standard_conforming_strings",
-        "search_path",
     ],
 )
 def test_every_allowlisted_setting_may_be_set(setting: str) -> None:
     """The SET allowlist is case-insensitive, as PostgreSQL setting names are."""
-    assert run(f"set {setting} = 'x'").verdict is ALLOWED
-    assert run(f"set \"{setting.upper()}\" = 'x'").verdict is ALLOWED
+    value = "'UTF8'" if setting == "client_encoding" else "'x'"
+    assert run(f"set {setting} = {value}").verdict is ALLOWED
+    assert run(f'set "{setting.upper()}" = {value}').verdict is ALLOWED
+
+
+@pytest.mark.parametrize(
+    ("sql", "verdict"),
+    [
+        ("set search_path = reports, public", DENIED),
+        ("set local search_path to evil", DENIED),
+        ("set search_path = default", ALLOWED),
+        ("reset search_path", ALLOWED),
+        ("set client_encoding = 'LATIN1'", DENIED),
+        ("set names 'SQL_ASCII'", DENIED),
+        ("set client_encoding to 'utf-8'", ALLOWED),
+        ("set names 'UTF8'", ALLOWED),
+        ("reset client_encoding", ALLOWED),
+    ],
+)
+def test_settings_the_policy_relies_on_only_keep_their_value(sql: str, verdict: Verdict) -> None:
+    """Another search path makes names mean other relations than lineage read; another client encoding makes
+    PostgreSQL fail, or not, on a PHI value's characters (an error oracle)."""
+    assert run(sql).verdict is verdict
 
 
 @pytest.mark.parametrize(
