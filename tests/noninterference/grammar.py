@@ -18,6 +18,8 @@ Nothing here is non-deterministic by design: no random(), now(), clock or backen
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
@@ -105,6 +107,15 @@ class Gen:
         self.features: set[str] = set()
         self.aliases = 0
         self.ctes: list[tuple[str, list[Col]]] = []
+        self.phi_rate = 70  # percent of column references that pick a PHI column when one fits
+
+    @contextmanager
+    def phi(self, rate: int) -> Iterator[None]:
+        saved, self.phi_rate = self.phi_rate, rate
+        try:
+            yield
+        finally:
+            self.phi_rate = saved
 
     # -- choices -----------------------------------------------------------------------------------------------
 
@@ -131,7 +142,15 @@ class Gen:
         if not cols:
             return None
         phi = [c for c in cols if c.phi]
-        chosen = self.pick(phi) if phi and self.chance(70) else self.pick(cols)
+        plain = [c for c in cols if not c.phi]
+        if phi and self.chance(self.phi_rate):
+            chosen = self.pick(phi)
+        elif plain:
+            chosen = self.pick(plain)
+        elif self.phi_rate == 0:
+            return None
+        else:
+            chosen = self.pick(cols)
         if chosen.phi:
             self.feat(f"phi:{chosen.phi}")
         return chosen.sql
@@ -726,7 +745,180 @@ class Gen:
             rows.append(f"({n}, {value if self.chance(60) else self.literal('int')})")
         return "VALUES " + ", ".join(rows)
 
+    # -- probes: one PHI expression in one position, everything else over non-PHI columns ------------------------
+
+    PROBE_POSITIONS = (
+        "select",
+        "select_int",
+        "where",
+        "join_on",
+        "srf_from",
+        "srf_select",
+        "count_expr",
+        "aggregate",
+        "group_by",
+        "having",
+        "order_by",
+        "distinct",
+        "distinct_on",
+        "limit",
+        "window_partition",
+        "window_order",
+        "window_arg",
+        "scalar_subquery",
+        "exists",
+        "setop",
+        "explain",
+        "explain_analyze",
+        "cte",
+        "recursive",
+        "values",
+        "pseudonym_guess",
+    )
+
+    def probe(self) -> str:
+        position = self.pick(self.PROBE_POSITIONS)
+        self.feat(f"probe:{position}")
+        if position == "recursive":
+            return self.recursive()
+        table = self.pick(["patients", "patients", "encounters", "both"])
+        if table == "both":
+            p, e = self.alias("p"), self.alias("e")
+            sp, se = self.table_scope("patients", p), self.table_scope("encounters", e)
+            scope = Scope(cols=sp.cols + se.cols, ids=sp.ids + se.ids, first_id=sp.first_id)
+            from_text = f"patients {p} JOIN encounters {e} ON {e}.patient_id = {p}.id"
+        else:
+            a = self.alias(table[0])
+            scope = self.table_scope(table, a)
+            from_text = f"{table} {a}"
+        first_id = scope.first_id or "1"
+        keys = ", ".join(scope.ids)
+        bound = f"{first_id} <= {self.num(1, 10)}"
+
+        def phi_expr(typ: str, depth: int = 2) -> str:
+            with self.phi(100):
+                return self.expr(scope, typ, depth)
+
+        def phi_any(depth: int = 2) -> str:
+            with self.phi(100):
+                return self.anytype(scope, depth)[0]
+
+        def plain(sql_from: str = from_text, where: str = bound, select: str = keys, tail: str = "") -> str:
+            return f"SELECT {select} FROM {sql_from} WHERE {where}{tail}"
+
+        order = f" ORDER BY {keys}"
+        if position == "select":
+            return plain(select=f"{keys}, {phi_any()}", tail=order)
+        if position == "select_int":
+            return plain(select=f"{keys}, {phi_expr('int')}", tail=order)
+        if position == "where":
+            return plain(where=f"{bound} AND {phi_expr('bool')}", tail=order)
+        if position == "join_on":
+            q = self.alias("q")
+            inner = self.table_scope("patients", q)
+            with self.phi(100):
+                condition = self.boolean(Scope(cols=scope.cols + inner.cols), 2)
+            joined = f"{from_text} LEFT JOIN patients {q} ON {q}.id <= 3 AND {condition}"
+            return plain(sql_from=joined, select=f"{keys}, {q}.id", tail=f"{order}, {q}.id")
+        if position == "srf_from":
+            with self.phi(100):
+                sized = self.small_int(scope)
+            g = self.alias("g")
+            return plain(sql_from=f"{from_text} CROSS JOIN LATERAL generate_series(1, {sized}) {g}(n)", tail=order)
+        if position == "srf_select":
+            with self.phi(100):
+                item = self.pick(
+                    [
+                        f"generate_series(1, {self.small_int(scope)})",
+                        f"unnest(string_to_array({self.expr(scope, 'text', 1)}, {self.literal('text')}))",
+                        f"regexp_matches({self.expr(scope, 'text', 1)}, {_q(self.pick(REGEXES))}, 'g')",
+                        f"regexp_split_to_table({self.expr(scope, 'text', 1)}, {_q(self.pick(REGEXES))})",
+                    ]
+                )
+            return plain(select=f"{keys}, {item}", tail=order)
+        if position == "count_expr":
+            counted = self.pick(
+                [f"count({phi_any()})", f"count(nullif({phi_expr('bool')}, false))", f"count(DISTINCT {phi_any()})"]
+            )
+            return plain(select=f"count(*), {counted}")
+        if position == "aggregate":
+            with self.phi(100):
+                agg = self.aggregate(scope)
+            head = scope.ids[0]
+            return plain(select=f"{head}, {agg}", tail=f" GROUP BY {head} ORDER BY {head}")
+        if position == "group_by":
+            key = phi_any(1)
+            return plain(select="count(*)", tail=f" GROUP BY {key}")
+        if position == "having":
+            head = scope.ids[0]
+            condition = (
+                f"{self.pick(['min', 'max', 'count'])}({phi_any()}) {self.pick(['<', '>', '='])} {self.literal('text')}"
+            )
+            return plain(select=head, tail=f" GROUP BY {head} HAVING {condition} ORDER BY {head}")
+        if position == "order_by":
+            return plain(tail=f" ORDER BY {phi_any()}{self.pick(['', ' DESC'])}, {keys}")
+        if position == "distinct":
+            return plain(select=f"DISTINCT {phi_any()}", tail="")
+        if position == "distinct_on":
+            key = phi_any(1)
+            return plain(select=f"DISTINCT ON ({key}) {keys}", tail=f" ORDER BY {key}, {keys}")
+        if position == "limit":
+            q = self.alias("q")
+            inner = self.table_scope("patients", q)
+            with self.phi(100):
+                value = self.expr(inner, "int", 2)
+            sub = f"(SELECT {value} FROM patients {q} WHERE {q}.id = {self.num(1, 5)})"
+            return plain(where=f"{first_id} <= 40", tail=f"{order} LIMIT least({sub}, 40)")
+        if position in ("window_partition", "window_order", "window_arg"):
+            expr = phi_any(1)
+            fn = self.pick(["row_number()", "rank()", "count(*)", f"lag({scope.ids[0]})"])
+            if position == "window_partition":
+                over = f"PARTITION BY {expr} ORDER BY {keys}"
+            elif position == "window_order":
+                over = f"ORDER BY {expr}, {keys}"
+            else:
+                fn, over = self.pick([f"count({expr})", f"first_value({expr})", f"lag({expr})"]), f"ORDER BY {keys}"
+            self.feat("window")
+            return plain(select=f"{keys}, {fn} OVER ({over})", tail=order)
+        if position == "scalar_subquery":
+            q = self.alias("q")
+            inner = self.table_scope("patients", q)
+            with self.phi(100):
+                condition = self.boolean(Scope(cols=inner.cols + scope.cols), 2)
+            return plain(select=f"{keys}, (SELECT count(*) FROM patients {q} WHERE {condition})", tail=order)
+        if position == "exists":
+            q = self.alias("q")
+            inner = self.table_scope("patients", q)
+            with self.phi(100):
+                condition = self.boolean(Scope(cols=inner.cols + scope.cols), 2)
+            return plain(where=f"{bound} AND EXISTS (SELECT 1 FROM patients {q} WHERE {condition})", tail=order)
+        if position == "setop":
+            op = self.pick(["UNION", "UNION ALL", "INTERSECT", "EXCEPT"])
+            self.feat(f"setop:{op.split()[0].lower()}")
+            typ = self.pick(["text", "int"])
+            other = self.literal(typ) if self.chance(50) else phi_expr(typ)
+            return f"{plain(select=phi_expr(typ))} {op} SELECT {other}"
+        if position in ("explain", "explain_analyze"):
+            options = "ANALYZE, COSTS off, TIMING off, SUMMARY off" if position == "explain_analyze" else "COSTS off"
+            self.feat("explain")
+            return f"EXPLAIN ({options}) " + plain(where=f"{bound} AND {phi_expr('bool')}")
+        if position == "cte":
+            self.feat("cte")
+            value = phi_expr(self.pick(["int", "text"]))
+            return f"WITH w AS ({plain(select=f'{keys}, {value} AS v')}) SELECT * FROM w"
+        if position == "values":
+            return self.values()
+        self.feat("sel:pseudonym_guess")
+        guess = _q(self.pick(BASE_NAMES + BASE_MRNS))
+        direct = self.pick([c for c in scope.cols if c.phi in ("name", "mrn")] or [c for c in scope.cols if c.phi])
+        return plain(
+            select=f"{keys}, {direct.sql}, CASE WHEN {first_id} < 0 THEN {direct.sql} ELSE {guess} END", tail=order
+        )
+
     def statement(self) -> Generated:
+        self.phi_rate = self.pick([15, 40, 70])
+        if self.chance(40):
+            return Generated(sql=self.probe(), features=tuple(sorted(self.features)))
         kind = self.num(0, 19)
         if kind <= 10:
             sql = self.select(top=True)
