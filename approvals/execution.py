@@ -24,6 +24,7 @@ from django.utils import timezone
 from approvals.models import Status, Ticket
 from approvals.notify import publish_change_on_commit
 from approvals.statement_runner import DigestMismatch, LedgerEntry, RawResult, TargetError, ledger_entry, run_once
+from approvals.tags_follow_data import tags_follow_data
 from audit.models import EventKind, Outcome
 from audit.preview import result_preview
 from audit.recorder import Context, masking_details, record
@@ -176,6 +177,7 @@ def execute_ticket(ticket_id: int, *, recovering: bool = False) -> ExecutionRepo
             statement_timeout_ms=settings.EXECUTION_STATEMENT_TIMEOUT_MS,
             row_cap=settings.RESULT_ROW_CAP,
             finish=_masked_result_maker(ticket, url),
+            before_commit=tags_follow_data(ticket),
         )
     except DigestMismatch as exc:
         _finish(ticket, status=Status.FAILED, rowcount=None, result=None, error=str(exc), how="integrity check")

@@ -135,14 +135,20 @@ def run_once(
     statement_timeout_ms: int,
     row_cap: int,
     finish: Callable[[RawResult], dict[str, object]],
+    before_commit: Callable[[psycopg.Connection], None] | None = None,
 ) -> tuple[LedgerEntry, bool]:
     """Run ``sql`` unless the ledger says it already ran. Returns (ledger entry, ran_now).
 
     ``finish`` turns the raw result into the stored (masked) form before commit, so the ledger row written in the
     statement's own transaction already holds what the requester may see.
+
+    ``before_commit`` runs after the statement, inside its transaction, on the same session (it sees what the
+    statement created): the PHI tags of the relations it filled are made durable there, before the COMMIT
+    (approvals.tags_follow_data). If it raises, nothing commits.
     """
     payload = sql.encode("utf-8")
     pgconn = connect(url, "phigate-executor")
+    session: psycopg.Connection | None = None  # kept until pgconn.finish(), so it is never dropped while open
     try:
         # An orphaned backend (executor killed mid-statement) notices the dead socket within a second and rolls back.
         _command(pgconn, b"SET client_connection_check_interval = '1s'")
@@ -162,6 +168,9 @@ def run_once(
             pgconn.exec_(b"ROLLBACK")
             raise
         stored = finish(raw)
+        if before_commit is not None:
+            session = psycopg.Connection(pgconn)
+            before_commit(session)
         _command(
             pgconn, COMPLETE_SQL, [execution_key.encode(), str(raw.rowcount).encode(), json.dumps(stored).encode()]
         )

@@ -60,16 +60,24 @@ def setup_control_plane(env: dict[str, str]) -> tuple[str, str]:
     import django
 
     django.setup()
+    import psycopg
     from django.core.management import call_command
 
     from identity.models import Agent
     from identity.roles import Role, grant_role
-    from policy.models import DataSource
+    from policy.models import ClassificationSource, ClassifiedRelation, DataSource
     from policy.provisioning import provision
 
     call_command("migrate", verbosity=0)
     urls = provision(f"{ADMIN}/{TARGET_DB}", read_role=READ_ROLE, write_role=WRITE_ROLE)
-    DataSource.objects.get_or_create(name="bench")
+    datasource, _ = DataSource.objects.get_or_create(name="bench")
+    # Every table the bench created (pgbench's, and with --phi the clinic's) is classified: agents may read them.
+    with psycopg.connect(f"{ADMIN}/{TARGET_DB}") as conn:
+        tables = [str(name) for (name,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    for table in tables:
+        ClassifiedRelation.objects.get_or_create(
+            datasource=datasource, schema_name="public", table_name=table, defaults={"how": ClassificationSource.SEED}
+        )
     from django.contrib.auth import get_user_model
 
     owner = get_user_model().objects.create_user(username="bench-owner")

@@ -68,6 +68,10 @@ PHI_TAGS: tuple[PhiTag, ...] = (
     PhiTag("encounters", "notes", "clinical_notes"),
 )
 
+CLINIC_TABLES: Final = ("diagnosis_codes", "patients", "encounters", "prescriptions")
+"""Every table ``load_clinic`` creates (in ``public``). All are classified by the demo's policy: their PHI columns
+are in ``PHI_TAGS`` and their other columns hold none, so agents may read them (policy.classification)."""
+
 DEFAULT_SEED: Final = 20261124
 
 CLINIC_SCHEMA_SQL: Final = """

@@ -34,6 +34,7 @@ from audit.recorder import Context, masking_details, record
 from gateway.read_executor import ReadExecutor
 from identity.principal import Principal
 from policy.catalog_cache import CatalogCache
+from policy.classification import held_until_classified
 from policy.classifier import Classification, UnparsableStatement, Verdict, classify, explain_options
 from policy.credentials import Access, target_url
 from policy.defaults import DEFAULT_INFERENCE
@@ -197,6 +198,11 @@ def decide(
             if verdict == Verdict.ALLOWED:
                 verdict = Verdict.HELD
                 reasons = [f"PostgreSQL resolves a name lineage cannot: {'; '.join(lineage.unknown_reasons)}"]
+
+    # Issue 12: an agent reads only relations the PHI policy has classified (policy.classification).
+    verdict, reasons = held_until_classified(
+        verdict, reasons, classification.relations, catalog, principal.identity_kind
+    )
 
     session_only = sorted(set(classification.statement_types) - ONE_SHOT_TYPES)
     if verdict == Verdict.ALLOWED and session_only and not session_statements:

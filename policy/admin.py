@@ -9,7 +9,16 @@ from django.db import transaction
 from django.http import HttpRequest
 
 from policy.document import export_document, record_change
-from policy.models import ApproverRule, DataSource, InferenceRule, MaskRule, PhiColumn, PolicyVersion
+from policy.models import (
+    ApproverRule,
+    ClassificationSource,
+    ClassifiedRelation,
+    DataSource,
+    InferenceRule,
+    MaskRule,
+    PhiColumn,
+    PolicyVersion,
+)
 
 
 class AuditedPolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -46,6 +55,24 @@ class DataSourceAdmin(AuditedPolicyAdmin):
 class PhiColumnAdmin(AuditedPolicyAdmin):
     list_display = ["datasource", "schema_name", "table_name", "column_name", "phi_type"]
     list_filter = ["datasource", "phi_type"]
+
+
+@admin.register(ClassifiedRelation)
+class ClassifiedRelationAdmin(AuditedPolicyAdmin):
+    """Marking a relation classified says its columns were reviewed: tagged ones hold PHI, the others none.
+    Agents may read it from then on (policy.classification)."""
+
+    list_display = ["datasource", "schema_name", "table_name", "how", "classified_by", "classified_at", "ticket_id"]
+    list_filter = ["datasource", "how"]
+    search_fields = ["schema_name", "table_name"]
+    fields = ["datasource", "schema_name", "table_name", "how", "classified_by", "classified_at", "ticket_id"]
+    readonly_fields = ["how", "classified_by", "classified_at", "ticket_id"]
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if not change:
+            obj.how = ClassificationSource.MANUAL
+            obj.classified_by = request.user
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(MaskRule)

@@ -16,7 +16,7 @@ import psycopg
 from phigate import envconfig
 from policy.credentials import Access
 from policy.defaults import DEFAULT_INFERENCE, DEFAULT_MASKS
-from policy.models import DataSource, InferenceRule, MaskRule, PhiColumn, PhiType
+from policy.models import ClassifiedRelation, DataSource, InferenceRule, MaskRule, PhiColumn, PhiType
 from policy.target_catalog import Tag, TargetCatalog, load_target_catalog
 
 CATALOG_TTL_SECONDS = envconfig.get_int("CATALOG_TTL_SECONDS", 30, minimum=0)
@@ -28,6 +28,11 @@ def tags_for(datasource: str) -> list[Tag]:
         Tag(c.schema_name, c.table_name, c.column_name, c.phi_type)
         for c in PhiColumn.objects.filter(datasource__name=datasource)
     ]
+
+
+def classified_for(datasource: str) -> frozenset[tuple[str, str]]:
+    """(schema, table) of the relations the policy has classified (policy.classification)."""
+    return ClassifiedRelation.objects.for_datasource(datasource).names()
 
 
 def inference_for(datasource: str) -> dict[tuple[str, str], str]:
@@ -64,15 +69,26 @@ class CatalogCache:
             entry = self._entries.get(datasource)
             if entry is not None and self._fresh_enough(entry, now, must_know):
                 return entry[1]
+            # Stamped with the time the load *started*, and the control plane read before the target: the executor
+            # commits a statement's inherited tags (and markers) before the statement, then, for a relation that
+            # existed before, waits one TTL before committing (approvals.tags_follow_data). So a snapshot that
+            # shows the new rows either has their tags or has expired by then.
+            started = time.monotonic()
+            classified = classified_for(datasource)
+            tags = tags_for(datasource)
             with psycopg.connect(
                 url, autocommit=True, application_name=f"phigate-catalog-{self.access.lower()}"
             ) as conn:
-                catalog = load_target_catalog(conn, tags_for(datasource))
+                catalog = load_target_catalog(conn, tags)
             active = DataSource.objects.filter(name=datasource, is_active=True).exists()
             catalog = dataclasses.replace(
-                catalog, datasource_active=active, masks=masks_for(datasource), inference=inference_for(datasource)
+                catalog,
+                datasource_active=active,
+                masks=masks_for(datasource),
+                inference=inference_for(datasource),
+                classified_relations=classified,
             )
-            self._entries[datasource] = (time.monotonic(), catalog)
+            self._entries[datasource] = (started, catalog)
             return catalog
 
     def _fresh_enough(self, entry: tuple[float, TargetCatalog], now: float, must_know: Iterable[str]) -> bool:

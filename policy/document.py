@@ -5,6 +5,10 @@ applies. It is complete on export (every mask cell, defaults included) so a diff
 Import is strict: unknown keys, types, kinds, masks or actions are errors, never ignored. A change bumps the
 data source's version, stores the document verbatim (PolicyVersion), and is one audit event with before and
 after, in the same transaction.
+
+``classified`` lists the relations the policy has looked at (policy.classification): agents may read only those.
+A relation's tags do not classify it; list it here once its columns have been reviewed (those without tags then
+hold no PHI).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from policy.defaults import DEFAULT_INFERENCE, DEFAULT_MASKS
 from policy.models import (
     ApproverMode,
     ApproverRule,
+    ClassificationSource,
+    ClassifiedRelation,
     DataSource,
     IdentityKind,
     InferenceAction,
@@ -42,7 +48,17 @@ from policy.models import (
 FORMAT = 1
 _KINDS = [kind.value for kind in IdentityKind]
 _TABLE = re.compile(r"^[a-z_][a-z0-9_$]*\.[a-z_][a-z0-9_$]*$")
-_TOP_KEYS = {"format", "datasource", "version", "approvals", "approvers", "columns", "masks", "inference"}
+_TOP_KEYS = {
+    "format",
+    "datasource",
+    "version",
+    "approvals",
+    "approvers",
+    "columns",
+    "classified",
+    "masks",
+    "inference",
+}
 _APPROVER_KEYS = {"risk", "mode", "count", "groups"}
 
 
@@ -87,6 +103,10 @@ def export_document(datasource: DataSource) -> dict[str, Any]:
             for c in PhiColumn.objects.filter(datasource=datasource).order_by(
                 "schema_name", "table_name", "column_name"
             )
+        ],
+        "classified": [
+            f"{r.schema_name}.{r.table_name}"
+            for r in ClassifiedRelation.objects.filter(datasource=datasource).order_by("schema_name", "table_name")
         ],
         "masks": {str(t): {kind: masks[(str(t), kind)] for kind in _KINDS} for t in PhiType},
         "inference": {
@@ -161,6 +181,11 @@ def validate(document: dict[str, Any]) -> None:
         key = (column["table"], column["column"])
         _require(key not in seen, f"{where} repeats {column['table']}.{column['column']}")
         seen.add(key)
+    classified = document.get("classified", [])
+    _require(isinstance(classified, list), "classified must be a list of schema.table names")
+    for index, name in enumerate(classified):
+        _require(bool(_TABLE.match(str(name))), f"classified[{index}] must be schema.table in lower case")
+    _require(len(set(classified)) == len(classified), "classified repeats a relation")
     masks = document.get("masks", {})
     _require(isinstance(masks, dict), "masks must be a mapping")
     for phi_type, row in masks.items():
@@ -193,7 +218,7 @@ def import_document(datasource_name: str, text: str, actor: User, *, dry_run: bo
         # Lock the data source row: two imports at once must not both become "version N+1".
         datasource = DataSource.objects.select_for_update().get(name=datasource_name)
         before = export_document(datasource)
-        _apply(datasource, document)
+        _apply(datasource, document, actor)
         after = export_document(datasource)
         changed = _comparable(before) != _comparable(after)
         diff = "".join(
@@ -211,10 +236,24 @@ def import_document(datasource_name: str, text: str, actor: User, *, dry_run: bo
     return ImportResult(changed=True, version=version, diff=diff)
 
 
-def record_change(datasource: DataSource, actor: User, before: dict[str, Any], *, front: str) -> int:
+def record_change(
+    datasource: DataSource,
+    actor: User,
+    before: dict[str, Any],
+    *,
+    front: str,
+    principal: Principal | None = None,
+    context: Context | None = None,
+    ticket_id: int | None = None,
+    summary: str = "",
+    details: dict[str, Any] | None = None,
+) -> int:
     """Bump the version, keep the new document, and audit before/after. Call inside the change's transaction
     (with the data source row locked), after the change; returns the new version number, or the old one when
-    nothing that is policy changed."""
+    nothing that is policy changed.
+
+    The executor records tags that followed data with the ticket's principal, context and id, and says what it
+    added in ``details`` (approvals.tags_follow_data); ``actor`` is who the version is attributed to."""
     datasource.refresh_from_db()
     after = export_document(datasource)
     if _comparable(before) == _comparable(after):
@@ -240,16 +279,17 @@ def record_change(datasource: DataSource, actor: User, before: dict[str, Any], *
     )
     record(
         EventKind.POLICY_CHANGED,
-        principal=Principal(human=actor),
-        context=Context(front=front),
+        principal=principal or Principal(human=actor),
+        context=context or Context(front=front),
         datasource=datasource.name,
-        summary=f"policy of {datasource.name} changed to version {datasource.policy_version}",
-        details={"before": before, "after": after, "diff": diff},
+        ticket_id=ticket_id,
+        summary=summary or f"policy of {datasource.name} changed to version {datasource.policy_version}",
+        details={**(details or {}), "before": before, "after": after, "diff": diff},
     )
     return datasource.policy_version
 
 
-def _apply(datasource: DataSource, document: dict[str, Any]) -> None:
+def _apply(datasource: DataSource, document: dict[str, Any], actor: User) -> None:
     approvals = document.get("approvals", {})
     datasource.approvals_default = approvals.get("default", datasource.approvals_default)
     datasource.approvals_ddl = approvals.get("ddl", datasource.approvals_ddl)
@@ -275,6 +315,8 @@ def _apply(datasource: DataSource, document: dict[str, Any]) -> None:
             )
             for column in document["columns"]
         )
+    if "classified" in document:
+        _apply_classified(datasource, [str(name) for name in document["classified"]], actor)
     if "masks" in document:
         MaskRule.objects.filter(datasource=datasource).delete()
         MaskRule.objects.bulk_create(
@@ -291,3 +333,23 @@ def _apply(datasource: DataSource, document: dict[str, Any]) -> None:
             if phi_type != "default"
             for kind, action in row.items()
         )
+
+
+def _apply_classified(datasource: DataSource, names: list[str], actor: User) -> None:
+    """Markers for exactly the listed relations; one that stays keeps who classified it, when and how."""
+    wanted = {tuple(name.split(".", 1)) for name in names}
+    existing = ClassifiedRelation.objects.filter(datasource=datasource)
+    for marker in existing:
+        if (marker.schema_name, marker.table_name) not in wanted:
+            marker.delete()
+    have = existing.names()
+    ClassifiedRelation.objects.bulk_create(
+        ClassifiedRelation(
+            datasource=datasource,
+            schema_name=schema,
+            table_name=table,
+            how=ClassificationSource.POLICY_DOCUMENT,
+            classified_by=actor,
+        )
+        for schema, table in sorted(wanted - have)
+    )

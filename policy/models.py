@@ -108,6 +108,59 @@ class PhiColumn(models.Model):
         return f"{self.schema_name}.{self.table_name}.{self.column_name} ({self.phi_type})"
 
 
+class ClassificationSource(models.TextChoices):
+    """How a relation came to be classified (kept for the audit trail and the admin list)."""
+
+    MANUAL = "manual", "Classified by a person (admin)"
+    POLICY_DOCUMENT = "policy_document", "Listed in an imported policy document"
+    LINEAGE = "lineage", "Created by an approved statement whose column lineage is complete"
+    SEED = "seed", "Created with its tags by a seed or fixture (demo, tests)"
+    EXISTING_TAGS = "existing_tags", "Already had PHI tags when classification markers were introduced"
+
+
+class ClassifiedRelationQuerySet(models.QuerySet["ClassifiedRelation"]):
+    def for_datasource(self, datasource_name: str) -> ClassifiedRelationQuerySet:
+        return self.filter(datasource__name=datasource_name)
+
+    def names(self) -> frozenset[tuple[str, str]]:
+        """(schema, table) pairs, as stored (PostgreSQL's own spelling)."""
+        return frozenset(self.values_list("schema_name", "table_name"))
+
+
+class ClassifiedRelation(models.Model):
+    """A relation the PHI policy has looked at: its columns that hold PHI are tagged, the others hold none.
+
+    Agents may read only classified relations (policy.classification). The marker is positive and explicit
+    because a relation without tags is ambiguous: "holds no PHI" and "nobody has looked yet" look the same, and
+    a table copied or created outside the gateway is the second case. Tags alone never classify a relation:
+    tags that follow data into an existing, unclassified table (INSERT ... SELECT) must not make its other,
+    unexamined columns readable.
+    """
+
+    datasource = models.ForeignKey(DataSource, on_delete=models.CASCADE, related_name="classified_relations")
+    schema_name = models.CharField(max_length=63, default="public")
+    table_name = models.CharField(max_length=63)
+    how = models.CharField(max_length=20, choices=ClassificationSource.choices)
+    classified_by = models.ForeignKey("auth.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    classified_at = models.DateTimeField(auto_now_add=True)
+    ticket_id = models.BigIntegerField(null=True, blank=True)  # the approved statement that created it (lineage)
+
+    objects = ClassifiedRelationQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["datasource", "schema_name", "table_name"], name="classified_relation_unique"
+            ),
+            models.CheckConstraint(
+                condition=Q(how__in=[c.value for c in ClassificationSource]), name="classified_relation_how_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schema_name}.{self.table_name} ({self.how})"
+
+
 class MaskRule(models.Model):
     """An explicit mask for one semantic type and one kind of identity; absent rules fall back to defaults."""
 

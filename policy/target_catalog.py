@@ -41,6 +41,9 @@ class TargetCatalog:
     datasource_active: bool = True
     # (phi_type, identity kind) -> mask: the data source's rules merged over policy.defaults.
     masks: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    # (schema, name) of relations the PHI policy has classified (policy.models.ClassifiedRelation): agents read
+    # only these (policy.classification). Empty by default: a snapshot without the markers classifies nothing.
+    classified_relations: frozenset[tuple[str, str]] = frozenset()
     # What column lineage needs (policy.lineage.RelationCatalog): names, column lists, view definitions.
     relation_columns: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     view_definitions: Mapping[tuple[str, str], str] = field(default_factory=dict)

@@ -53,8 +53,8 @@ class Target:
 
 @pytest.fixture(scope="session")
 def target(control_plane: str) -> Iterator[Target]:
-    from demo.clinic import PHI_TAGS, load_clinic
-    from policy.models import DataSource, PhiColumn
+    from demo.clinic import CLINIC_TABLES, PHI_TAGS, load_clinic
+    from policy.models import ClassificationSource, ClassifiedRelation, DataSource, PhiColumn
     from policy.provisioning import provision
 
     owner_url = environment.db_url(environment.TARGET_DB)
@@ -78,6 +78,10 @@ def target(control_plane: str) -> Iterator[Target]:
             table_name=tag.table,
             column_name=tag.column,
             defaults={"phi_type": tag.phi_type},
+        )
+    for table in (*CLINIC_TABLES, "execution_probe", "scratch"):
+        ClassifiedRelation.objects.get_or_create(
+            datasource=datasource, schema_name="public", table_name=table, defaults={"how": ClassificationSource.SEED}
         )
     yield Target(owner_url=owner_url, read_url=urls.read_url, write_url=urls.write_url)
     with _admin() as conn:

@@ -39,3 +39,15 @@ def user_client(user: Any) -> APIClient:
 def agent_client(owner: Any) -> tuple[Agent, APIClient]:
     agent, token = make_agent(owner)
     return agent, api_client(token)
+
+
+def mark_classified(*tables: str, schema: str = "public") -> None:
+    """Classify relations a test created outside the gateway, as a reviewer would: agents may read them."""
+    from policy.models import ClassificationSource, ClassifiedRelation, DataSource
+    from tests import environment
+
+    datasource = DataSource.objects.get(name=environment.DATASOURCE)
+    for table in tables:
+        ClassifiedRelation.objects.get_or_create(
+            datasource=datasource, schema_name=schema, table_name=table, defaults={"how": ClassificationSource.MANUAL}
+        )

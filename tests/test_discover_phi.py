@@ -8,9 +8,9 @@ import pytest
 import yaml
 from django.core.management import call_command
 
-from demo.clinic import PHI_TAGS
+from demo.clinic import CLINIC_TABLES, PHI_TAGS
 from policy.discovery import ColumnInfo, propose
-from policy.models import DataSource, PhiColumn, PhiType
+from policy.models import ClassifiedRelation, DataSource, PhiColumn, PhiType
 
 
 @pytest.mark.parametrize(
@@ -52,6 +52,10 @@ def test_finds_the_demo_phi_columns_and_applies_nothing(target, monkeypatch, tmp
     false_positives = {(table, column) for table, column, _ in proposed} - {(t, c) for t, c, _ in expected}
     assert len(false_positives) <= 3, false_positives
     assert not PhiColumn.objects.filter(datasource=datasource).exists()  # nothing applied
+    # Importing the proposal would classify every scanned table (agents may read them); nothing is marked yet.
+    classified = set(yaml.safe_load(proposal_file.read_text())["classified"])
+    assert {f"public.{table}" for table in CLINIC_TABLES} <= classified
+    assert not ClassifiedRelation.objects.filter(datasource=datasource).exists()
     report = out.getvalue()
     assert "+- table: public.patients" in report or "+  column: ssn" in report
     import psycopg

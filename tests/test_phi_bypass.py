@@ -15,7 +15,7 @@ import pytest
 
 from identity.roles import Role
 from tests import environment
-from tests.factories import agent_client, make_user, user_client
+from tests.factories import agent_client, make_user, mark_classified, user_client
 
 pytestmark = pytest.mark.usefixtures("services")
 SHINGLE = 8
@@ -88,6 +88,7 @@ def secrets_and_views(target) -> set[str]:  # type: ignore[no-untyped-def]
         conn.execute("CREATE OR REPLACE VIEW bypass_contacts_again AS SELECT * FROM bypass_contacts")
         for role in (environment.READ_ROLE, environment.WRITE_ROLE):
             conn.execute(f'GRANT SELECT ON bypass_contacts, bypass_contacts_again TO "{role}"')
+        mark_classified("bypass_contacts", "bypass_contacts_again")  # agents may read them: a view is not a way out
         phi = conn.execute(
             "SELECT unnest(ARRAY[mrn, full_name, date_of_birth::text, ssn, phone, email, address]) FROM patients"
         ).fetchall()

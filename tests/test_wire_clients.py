@@ -19,7 +19,7 @@ from audit.models import AuditEvent, EventKind
 from identity.roles import Role
 from policy.catalog_cache import REFRESH_FLOOR_SECONDS
 from tests import environment
-from tests.factories import make_agent, make_user, user_client
+from tests.factories import make_agent, make_user, mark_classified, user_client
 from tests.services import wait_until
 
 
@@ -249,6 +249,7 @@ def pgbench_tables(target):  # type: ignore[no-untyped-def]
     with psycopg.connect(target.owner_url) as conn:
         for table in ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"):
             conn.execute(f'GRANT SELECT ON {table} TO "{environment.READ_ROLE}"')
+    mark_classified("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
     time.sleep(REFRESH_FLOOR_SECONDS)  # new tables reach the gateway's catalog snapshot within this window
 
 

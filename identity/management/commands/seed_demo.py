@@ -1,4 +1,5 @@
-"""``manage.py seed_demo --datasource D --agent-name A --agent-owner U``: demo users, tokens, agent and PHI tags.
+"""``manage.py seed_demo --datasource D --agent-name A --agent-owner U``: demo users, tokens, agent, PHI tags and
+the classification of every clinic table.
 
 For ``make demo`` only. Prints one JSON object with fresh passwords and tokens (re-running rotates them all).
 """
@@ -16,17 +17,17 @@ from django.utils import timezone
 
 from audit.models import EventKind
 from audit.recorder import Context, record
-from demo.clinic import PHI_TAGS
+from demo.clinic import CLINIC_TABLES, PHI_TAGS
 from identity.models import Agent, ApiToken
 from identity.principal import Principal
 from identity.roles import Role, grant_role
-from policy.models import DataSource, PhiColumn
+from policy.models import ClassificationSource, ClassifiedRelation, DataSource, PhiColumn
 
 DEMO_USERS = [("alice", Role.REVIEWER), ("dave", Role.REVIEWER), ("bob", Role.ENGINEER), ("carol", Role.COMPLIANCE)]
 
 
 class Command(BaseCommand):
-    help = "Create or refresh the demo users, their API tokens, the demo agent and the clinic PHI tags."
+    help = "Create or refresh the demo users, their API tokens, the demo agent and the clinic PHI policy."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--datasource", required=True)
@@ -80,6 +81,13 @@ class Command(BaseCommand):
                     table_name=tag.table,
                     column_name=tag.column,
                     defaults={"phi_type": tag.phi_type},
+                )
+            for table in CLINIC_TABLES:
+                ClassifiedRelation.objects.get_or_create(
+                    datasource=datasource,
+                    schema_name="public",
+                    table_name=table,
+                    defaults={"how": ClassificationSource.SEED},
                 )
         self.stdout.write(
             json.dumps(

@@ -3,6 +3,10 @@
 Runs where the data source's read-only credential is (the gateway's environment). Prints a unified diff between
 the current policy and the proposed one, and why each column was proposed. Nothing is applied: review the file
 written with --out, then ``manage.py policy import``.
+
+The proposal also lists every scanned table under ``classified``: importing it says a person reviewed each of
+those tables (tagged columns hold PHI, the others none), which is what lets agents read them. Remove a table
+from the list to keep it held for agents until someone has looked at it.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class Command(BaseCommand):
         datasource = DataSource.objects.filter(name=options["datasource"]).first()
         if datasource is None:
             raise CommandError(f"no data source named {options['datasource']!r}")
-        proposals = self._scan(target_url(datasource.name, Access.READ), options["sample"])
+        proposals, scanned = self._scan(target_url(datasource.name, Access.READ), options["sample"])
         current = export_document(datasource)
         known = {(c["table"], c["column"]) for c in current["columns"]}
         proposed = dict(current)
@@ -60,6 +64,7 @@ class Command(BaseCommand):
             ],
             key=lambda c: (c["table"], c["column"]),
         )
+        proposed["classified"] = sorted(set(current["classified"]) | scanned)
         for proposal in proposals:
             state = "new" if proposal in new else "already tagged"
             self.stdout.write(
@@ -79,7 +84,8 @@ class Command(BaseCommand):
             Path(options["out"]).write_text(dump(proposed), encoding="utf-8")
             self.stdout.write(f"proposed policy written to {options['out']}; review it, then: manage.py policy import")
 
-    def _scan(self, url: str, sample: int) -> list[Proposal]:
+    def _scan(self, url: str, sample: int) -> tuple[list[Proposal], set[str]]:
+        """Proposed tags, and every table scanned (as schema.table)."""
         proposals = []
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("SET default_transaction_read_only = on")
@@ -99,4 +105,4 @@ class Command(BaseCommand):
                 proposal = propose(column, samples)
                 if proposal is not None:
                     proposals.append(proposal)
-        return proposals
+        return proposals, {f"{column.schema}.{column.table}" for column in columns}
