@@ -82,5 +82,6 @@ def test_generated_statements_reveal_nothing(fronts: harness.Fronts) -> None:
         fronts, serving.BASE, serving.TWINS, run, examples=EXAMPLES, http_every=HTTP_EVERY, seed_value=SEED
     )
     print("\n" + harness.summary(run))
+    assert not run.tally.harness_errors, harness.summary(run)
     assert run.tally.queries >= min(EXAMPLES, 2000) * 0.95, harness.summary(run)
     assert not run.tally.violations, harness.summary(run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,15 +121,19 @@ def run_generated(
         if index % http_every == 0:
             chosen.append(fronts.http)
             run.http_queries += 1
-        found = oracle.check(
-            generated.sql,
-            ordered=oracle.is_ordered(generated.sql),
-            fronts=chosen,
-            base=base,
-            twins=twins,
-            tally=run.tally,
-            features=generated.features,
-        )
+        try:
+            found = oracle.check(
+                generated.sql,
+                ordered=oracle.is_ordered(generated.sql),
+                fronts=chosen,
+                base=base,
+                twins=twins,
+                tally=run.tally,
+                features=generated.features,
+            )
+        except Exception:  # reported with the statement; never left to hypothesis, which would replay it
+            run.tally.harness_errors.append(f"{generated.sql}\n{traceback.format_exc(limit=4)}")
+            return
         run.record(generated, found)
 
     body()
@@ -145,6 +150,8 @@ def summary(run: Run, limit: int = 40) -> str:
         f"inconclusive (statement timeout): {tally.inconclusive}",
         f"violations: {len(tally.violations)} in {len(tally.violating_queries)} statements",
     ]
+    if tally.harness_errors:
+        lines.append(f"harness errors: {len(tally.harness_errors)}; first: {tally.harness_errors[0]}")
     kinds = Counter(v.difference.kind for v in tally.violations)
     if kinds:
         lines.append("by kind: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))

@@ -88,7 +88,7 @@ class Normalizer:
 
     def value(self, value: Any) -> Any:
         if isinstance(value, dict | list):  # json/jsonb loaded by psycopg (EXPLAIN (FORMAT json), json_agg ...)
-            value = json.dumps(value, sort_keys=True)
+            value = json.dumps(value, sort_keys=True, default=repr)
         if not isinstance(value, str):
             return value
         for pattern, replacement in _PLAN_TIMINGS:
@@ -357,6 +357,7 @@ class Tally:
     inconclusive: int = 0
     violations: list[Violation] = field(default_factory=list)
     violating_queries: set[str] = field(default_factory=set)
+    harness_errors: list[str] = field(default_factory=list)  # the harness itself failed on a statement
 
 
 def check(
