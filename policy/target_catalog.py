@@ -21,6 +21,11 @@ from policy.models import Mask
 
 PLAIN_TABLE_KINDS = frozenset({"r", "p"})  # ordinary and partitioned tables: origins PostgreSQL reports faithfully
 
+# PostgreSQL's own catalogs are the relations initdb creates in pg_catalog and information_schema. initdb gives
+# every object it creates an OID below this (FirstNormalObjectId in PostgreSQL's transam.h); anything created later
+# in those schemas (by a superuser or an extension) is not PostgreSQL's own and gets no trust.
+FIRST_NORMAL_OBJECT_ID = 16384
+
 
 @dataclass(frozen=True)
 class Tag:
@@ -48,6 +53,12 @@ class TargetCatalog:
     relation_columns: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     view_definitions: Mapping[tuple[str, str], str] = field(default_factory=dict)
     search_path: tuple[str, ...] = ("pg_catalog", "public")
+    # PostgreSQL's own catalog relations (see is_system_relation): schema metadata, never PHI. Lineage reads them
+    # as base relations, so their columns are DIRECT from themselves (and pass unless someone tagged them).
+    system_relations: frozenset[int] = frozenset()
+    # Names of pg_catalog relations that a relation in another schema also has. Unqualified, which of them a
+    # session reads depends on its search_path (the DBA may set the read role's), so neither is assumed.
+    shadowed_catalog_names: frozenset[str] = frozenset()
 
     @functools.cached_property
     def names_outside_pg_catalog(self) -> frozenset[str]:
@@ -61,18 +72,41 @@ class TargetCatalog:
 
     # policy.lineage.RelationCatalog -----------------------------------------------------------------------
     def resolve(self, schema: str | None, name: str) -> tuple[str, str] | None:
-        schemas = (schema.lower(),) if schema else self.search_path
+        """The relation PostgreSQL would read (names as the parser leaves them: unquoted ones already folded).
+
+        Resolves to nothing (lineage unknown: redacted or held) when the snapshot cannot be sure which relation
+        PostgreSQL reads:
+
+        * a quoted name with upper-case letters: PostgreSQL reads exactly that relation, say a user view
+          ``"PG_ROLES"``, which folding would mistake for pg_catalog.pg_roles. (Not matched exactly either: the
+          classifier reports relation names folded to lower case, so policy.classification could not check it.)
+        * an unqualified catalog name that another schema shadows: which one a session reads depends on its
+          search_path (the read role's may be set by the DBA), which the snapshot does not know.
+        """
+        if name != name.lower() or (schema is not None and schema != schema.lower()):
+            return None
+        schemas = (schema,) if schema else self.search_path
         for candidate in schemas:
-            if (candidate, name.lower()) in self.relation_columns:
-                return candidate, name.lower()
+            if (candidate, name) in self.relation_columns:
+                if schema is None and name in self.shadowed_catalog_names:
+                    return None
+                return candidate, name
         return None
 
     def columns(self, schema: str, name: str) -> tuple[str, ...] | None:
         return self.relation_columns.get((schema, name))
 
     def kind(self, schema: str, name: str) -> str | None:
+        """pg_class.relkind, except that PostgreSQL's own catalog views answer as tables ('r').
+
+        Their definitions read only other catalogs, so what they return is schema metadata: lineage takes their
+        columns as DIRECT from the view itself instead of expanding a definition the snapshot does not load.
+        User views are still expanded through their definitions.
+        """
         oid = self.relation_oids.get(f"{schema}.{name}")
-        return None if oid is None else self.relkinds.get(oid)
+        if oid is None:
+            return None
+        return "r" if oid in self.system_relations else self.relkinds.get(oid)
 
     def view_definition(self, schema: str, name: str) -> str | None:
         return self.view_definitions.get((schema, name))
@@ -91,6 +125,10 @@ class TargetCatalog:
     def relation_oid(self, written_name: str) -> int | None:
         return self.relation_oids.get(written_name.lower())
 
+    def is_system_relation(self, oid: int) -> bool:
+        """Whether a relation is one of PostgreSQL's own catalogs (pg_catalog or information_schema, from initdb)."""
+        return oid in self.system_relations
+
 
 def text_only_adapters() -> AdaptersMap:
     """Adapters that load every value as PostgreSQL's own text output, for masking and for JSON."""
@@ -101,7 +139,8 @@ def text_only_adapters() -> AdaptersMap:
 
 
 _RELATIONS_SQL = """
-SELECT c.oid::bigint, n.nspname, c.relname, c.relkind
+SELECT c.oid::bigint, n.nspname, c.relname, c.relkind,
+       n.nspname IN ('pg_catalog', 'information_schema') AND c.oid < %(first_normal_oid)s
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
   AND n.nspname NOT IN ('pg_toast') AND n.nspname NOT LIKE 'pg_temp%%'
@@ -112,15 +151,18 @@ SELECT n.nspname, c.relname, array_agg(a.attname::text ORDER BY a.attnum)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
-  AND n.nspname NOT IN ('pg_toast', 'information_schema') AND n.nspname NOT LIKE 'pg_temp%%'
+  AND n.nspname NOT IN ('pg_toast') AND n.nspname NOT LIKE 'pg_temp%%'
 GROUP BY n.nspname, c.relname
 """
 
 _VIEWS_SQL = """
 SELECT n.nspname, c.relname, pg_get_viewdef(c.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+WHERE c.relkind IN ('v', 'm')
+  AND NOT (n.nspname IN ('pg_catalog', 'information_schema') AND c.oid < %(first_normal_oid)s)
 """
+
+_OID_BOUND = {"first_normal_oid": FIRST_NORMAL_OBJECT_ID}
 
 _ATTNUM_SQL = """
 SELECT a.attnum FROM pg_attribute a
@@ -132,10 +174,19 @@ def load_target_catalog(conn: psycopg.Connection, tags: Iterable[Tag]) -> Target
     relkinds: dict[int, str] = {}
     qualified: dict[str, int] = {}
     bare: dict[str, list[int]] = {}
-    for oid, schema, name, relkind in conn.execute(_RELATIONS_SQL).fetchall():
+    system: set[int] = set()
+    catalog_names: set[str] = set()
+    other_names: set[str] = set()
+    for oid, schema, name, relkind, is_system in conn.execute(_RELATIONS_SQL, _OID_BOUND).fetchall():
         relkinds[int(oid)] = str(relkind)
         qualified[f"{schema}.{name}".lower()] = int(oid)
-        if schema not in ("pg_catalog", "information_schema"):
+        if is_system:
+            system.add(int(oid))
+        if schema == "pg_catalog":
+            catalog_names.add(str(name))
+        elif schema != "information_schema":
+            other_names.add(str(name))
+        if schema != "information_schema":  # pg_catalog is always on the search path; information_schema is not
             bare.setdefault(str(name).lower(), []).append(int(oid))
     relation_oids = dict(qualified)
     for name, oids in bare.items():
@@ -149,7 +200,7 @@ def load_target_catalog(conn: psycopg.Connection, tags: Iterable[Tag]) -> Target
         if row is not None:
             tagged_columns[(oid, int(row[0]))] = tag
     relation_columns = {(str(s), str(n)): tuple(cols) for s, n, cols in conn.execute(_COLUMNS_SQL).fetchall()}
-    view_definitions = {(str(s), str(n)): str(d) for s, n, d in conn.execute(_VIEWS_SQL).fetchall() if d}
+    view_definitions = {(str(s), str(n)): str(d) for s, n, d in conn.execute(_VIEWS_SQL, _OID_BOUND).fetchall() if d}
     return TargetCatalog(
         relkinds=relkinds,
         relation_oids=relation_oids,
@@ -158,6 +209,8 @@ def load_target_catalog(conn: psycopg.Connection, tags: Iterable[Tag]) -> Target
         functions=load_function_catalog(conn),
         relation_columns=relation_columns,
         view_definitions=view_definitions,
+        system_relations=frozenset(system),
+        shadowed_catalog_names=frozenset(catalog_names & other_names),
     )
 
 
@@ -192,8 +245,8 @@ def plan_masks(
             if tag is not None:
                 mask = catalog.mask_for(tag.phi_type, identity_kind)
                 plan.append(None if mask == Mask.PASS else ColumnMask(mask, tag.phi_type, "tagged column"))
-            elif catalog.relkinds.get(table_oid) in PLAIN_TABLE_KINDS:
-                plan.append(None)
+            elif catalog.relkinds.get(table_oid) in PLAIN_TABLE_KINDS or catalog.is_system_relation(table_oid):
+                plan.append(None)  # an untagged table, or a catalog view (its columns are schema metadata)
             else:
                 plan.append(ColumnMask(Mask.REDACT, "unknown", "lineage unknown: origin is not a plain table"))
         elif computed_reason is not None:
