@@ -25,11 +25,14 @@ services:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 	@for i in $$(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done; redis-cli -h 127.0.0.1 -p 6379 ping
 
-# Debian packages the tests drive: Chromium for the browser tests (Playwright never downloads a browser).
+# Debian packages the tests drive: Chromium for the browser tests (Playwright never downloads a browser), and
+# pgJDBC with a JDK for the JDBC client tests.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-packages:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@command -v chromium
+	@{ command -v javac >/dev/null && test -e /usr/share/java/postgresql.jar; } || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpostgresql-jdbc-java default-jdk-headless >/dev/null; }
+	@test -e /usr/share/java/postgresql.jar
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -164,11 +164,15 @@ def _output_mask(output: OutputColumn, catalog: TargetCatalog, identity_kind: st
 
 
 def _trusted(call: tuple[str | None, str], catalog: TargetCatalog) -> bool:
-    """A pg_catalog function that no other schema also defines (else PostgreSQL could pick a user's one)."""
+    """A pg_catalog function that no other schema also defines (else PostgreSQL could pick a user's one), or one
+    of initdb's ``information_schema._pg_*`` helpers (pure functions over catalogs, which JDBC's key queries
+    call by their qualified name; only a superuser could add to that schema)."""
     schema, name = call
+    known = catalog.functions.by_qualified_name
+    if schema == "information_schema":
+        return name.startswith("_pg_") and (schema, name) in known
     if schema not in (None, "pg_catalog"):
         return False
-    known = catalog.functions.by_qualified_name
     return ("pg_catalog", name) in known and name not in catalog.names_outside_pg_catalog
 
 

@@ -224,6 +224,7 @@ _JDBC_PROBE = textwrap.dedent(
                       "PKTABLE_NAME", "PKCOLUMN_NAME", "FKTABLE_NAME", "FKCOLUMN_NAME", "FK_NAME");
                 print("COL", meta.getColumns(null, "public", "patients", "%"),
                       "COLUMN_NAME", "TYPE_NAME", "IS_NULLABLE", "ORDINAL_POSITION");
+                print("PK", meta.getPrimaryKeys(null, "public", "patients"), "COLUMN_NAME", "KEY_SEQ");
                 try (Statement statement = conn.createStatement()) {
                     print("PHI", statement.executeQuery("SELECT ssn, full_name FROM patients WHERE id = 1"),
                           "ssn", "full_name");
@@ -265,6 +266,8 @@ def test_jdbc_database_metadata_reports_keys_and_columns(
     assert [line[1:] for line in lines if line[0] == "FK"] == [
         ["patients", "id", "encounters", "patient_id", "encounters_patient_id_fkey"]
     ]
+    # getPrimaryKeys calls initdb's information_schema._pg_expandarray(): trusted like a pg_catalog built-in.
+    assert [line[1:] for line in lines if line[0] == "PK"] == [["id", "1"]]
     columns = [line[1:] for line in lines if line[0] == "COL"]
     assert [column[0] for column in columns] == [
         "id",
