@@ -10,10 +10,12 @@ output in physical order, and written back with the same schema, the same COPY o
   *length* alone, which ``length(notes)`` over a redacted column would be);
 * what the agent's default masks reveal (``policy.defaults``) is equal, checked with the product's own
   ``policy.masking.mask_value`` after the build:
-  - ``partial`` (SSN, phone): the last four letters or digits are kept, every character before them differs;
+  - ``partial`` (SSN, phone): the last four letters or digits are kept, every character before them differs
+    (in the ordered twin each hidden digit d becomes (d + 5) % 10, so it crosses every threshold; in the
+    scrambled twin it is a random other digit);
   - ``generalize`` dates (birth, service): the year is kept; month, day (and hour, minute, second) each differ
     in both digits (days stay in 01-28 and the data is in UTC, so no value crosses into another year);
-  - ``generalize`` ZIP: the first three digits are kept, the other digits differ;
+  - ``generalize`` ZIP: the first three digits are kept, the other digits differ (as for ``partial``);
   - ``hash`` (name, MRN): a bijection on values (equal stay equal, different stay different) that changes
     every character. The *ordered* twin uses ``c -> chr(ord(c) + 1)``, which is strictly increasing on
     characters and therefore keeps the order of values under the databases' C collation (checked); the
@@ -86,18 +88,26 @@ def _two_digit(rng: random.Random, old: str, low: int, high: int) -> str:
     return rng.choice(choices)
 
 
-def partial_twin(rng: random.Random, value: str) -> str:
+def _hidden_char(rng: random.Random, char: str, complement: bool) -> str:
+    """A different character of the same class; with ``complement`` a digit d becomes (d + 5) % 10, so every
+    digit crosses every threshold a decoder might test (``ascii(ssn) >= 53`` flips for sure)."""
+    if complement and char.isdigit():
+        return str((int(char) + 5) % 10)
+    return _same_class_other(rng, char)
+
+
+def partial_twin(rng: random.Random, value: str, complement: bool = False) -> str:
     """Keep the last four letters or digits (what the "partial" mask shows); change every other character."""
     alnum = [i for i, c in enumerate(value) if c.isalnum()]
     kept = set(alnum[-4:])
-    return "".join(c if i in kept else _same_class_other(rng, c) for i, c in enumerate(value))
+    return "".join(c if i in kept else _hidden_char(rng, c, complement) for i, c in enumerate(value))
 
 
-def zip_twin(rng: random.Random, value: str) -> str:
+def zip_twin(rng: random.Random, value: str, complement: bool = False) -> str:
     """Keep the first three digits (what "generalize" shows for a ZIP code); change the rest."""
     digits = [i for i, c in enumerate(value) if c.isdigit()]
     kept = set(digits[:3])
-    return "".join(c if i in kept else _same_class_other(rng, c) for i, c in enumerate(value))
+    return "".join(c if i in kept else _hidden_char(rng, c, complement) for i, c in enumerate(value))
 
 
 def date_twin(rng: random.Random, value: str) -> str:
@@ -179,6 +189,14 @@ def make_twin(base: TwinData, spec: TwinSpec) -> TwinData:
     def keep_none(fn: Callable[[random.Random, str], str]) -> Callable[[str | None], str | None]:
         return lambda v: None if v is None else fn(rng, v)
 
+    complement = spec.order_preserving  # the ordered twin's hidden digits are complements, the other's random
+
+    def partial(r: random.Random, v: str) -> str:
+        return partial_twin(r, v, complement)
+
+    def zip_code_twin(r: random.Random, v: str) -> str:
+        return zip_twin(r, v, complement)
+
     patients: list[tuple[str | None, ...]] = []
     by_id: dict[str, tuple[tuple[str | None, ...], tuple[str | None, ...]]] = {}
     for row in base.rows["patients"]:
@@ -189,11 +207,11 @@ def make_twin(base: TwinData, spec: TwinSpec) -> TwinData:
             mrns(mrn),
             names(name),
             keep_none(date_twin)(dob),
-            keep_none(partial_twin)(ssn),
-            keep_none(partial_twin)(phone),
+            keep_none(partial)(ssn),
+            keep_none(partial)(phone),
             keep_none(free_text_twin)(email),
             keep_none(free_text_twin)(address),
-            keep_none(zip_twin)(zip_code),
+            keep_none(zip_code_twin)(zip_code),
         )
         patients.append(new)
         assert pid is not None
