@@ -41,6 +41,11 @@ def fronts_for(world: serving.World) -> Iterator[Fronts]:
     requests_log.setLevel(logging.ERROR)
     names = list(world.db_of) + list(world.db_of.values())
     norm = oracle.Normalizer(names)
+    from approvals.notify import redis_client
+
+    # The web side's Redis client is made once per process (functools.cache): an earlier test may have made it
+    # for the suite's own Redis, so it is made again for the harness's, and again for the suite's after.
+    redis_client.cache_clear()
     with override_settings(REDIS_URL=world.redis_url):
         fronts = Fronts(
             http=oracle.HttpFront(api_client(token), norm),
@@ -52,6 +57,7 @@ def fronts_for(world: serving.World) -> Iterator[Fronts]:
             for front in fronts.wire.values():
                 front.close()
             requests_log.setLevel(level)
+            redis_client.cache_clear()
 
 
 @dataclass
