@@ -24,33 +24,54 @@ django.setup()
 from gateway.decision_cache import DecisionCache  # noqa: E402
 from gateway.pipeline import Decision  # noqa: E402
 from policy.classifier import classify  # noqa: E402
+from policy.defaults import DEFAULT_INFERENCE, DEFAULT_MASKS  # noqa: E402
 from policy.function_catalog import SnapshotFunctionCatalog  # noqa: E402
-from policy.lineage import DictCatalog, analyze  # noqa: E402
-from policy.target_catalog import TargetCatalog  # noqa: E402
+from policy.lineage import analyze  # noqa: E402
+from policy.lineage_masking import inference_verdict  # noqa: E402
+from policy.target_catalog import Tag, TargetCatalog  # noqa: E402
+from policy.withholding import withheld_statement  # noqa: E402
 
 FUNCTIONS = SnapshotFunctionCatalog(
     by_qualified_name={("pg_catalog", name): "i" for name in ("count", "upper", "lower", "coalesce", "sum", "max")},
     search_path=("pg_catalog", "public"),
 )
+COLUMNS = {
+    ("public", "pgbench_accounts"): ("aid", "bid", "abalance", "filler"),
+    ("public", "patients"): ("id", "mrn", "full_name", "date_of_birth", "ssn", "phone", "email", "address", "zip"),
+    ("public", "encounters"): ("id", "patient_id", "admitted_at", "diagnosis_code", "notes"),
+    ("public", "prescriptions"): ("id", "encounter_id", "drug", "dose"),
+    ("public", "diagnosis_codes"): ("code", "description"),
+}
+OIDS = {f"{schema}.{name}": oid for oid, (schema, name) in enumerate(COLUMNS, start=16384)}
+_PATIENTS = OIDS["public.patients"]
+TAGS = {
+    (_PATIENTS, 2): Tag("public", "patients", "mrn", "mrn"),
+    (_PATIENTS, 3): Tag("public", "patients", "full_name", "name"),
+    (_PATIENTS, 4): Tag("public", "patients", "date_of_birth", "birth_date"),
+    (_PATIENTS, 5): Tag("public", "patients", "ssn", "ssn"),
+    (OIDS["public.encounters"], 5): Tag("public", "encounters", "notes", "clinical_notes"),
+}
+# The clinic's PHI tags with the default masks and inference rules, so a cold decision does all the read guard
+# does (lineage, the guard, and the rewrite that withholds computed PHI).
 CATALOG = TargetCatalog(
-    relkinds={}, relation_oids={}, tagged_columns={}, tagged_relations=frozenset(), functions=FUNCTIONS
-)
-
-RELATIONS = DictCatalog(
-    {
-        ("public", "pgbench_accounts"): ("aid", "bid", "abalance", "filler"),
-        ("public", "patients"): ("id", "mrn", "full_name", "date_of_birth", "ssn", "phone", "email", "address", "zip"),
-        ("public", "encounters"): ("id", "patient_id", "admitted_at", "diagnosis_code", "notes"),
-        ("public", "prescriptions"): ("id", "encounter_id", "drug", "dose"),
-        ("public", "diagnosis_codes"): ("code", "description"),
-    }
+    relkinds={oid: "r" for oid in OIDS.values()},
+    relation_oids=OIDS,
+    tagged_columns=TAGS,
+    tagged_relations=frozenset(oid for oid, _ in TAGS),
+    functions=FUNCTIONS,
+    masks={(str(t), str(k)): str(m) for t, row in DEFAULT_MASKS.items() for k, m in row.items()},
+    inference={(str(t), str(k)): str(DEFAULT_INFERENCE[k]) for t in DEFAULT_MASKS for k in DEFAULT_INFERENCE},
+    relation_columns=COLUMNS,
 )
 
 
 def cold_decision(sql: str) -> None:
-    """What the gateway does on a cache miss for a read: classify, then column lineage (masks, inference)."""
-    classify(sql, FUNCTIONS)
-    analyze(sql, RELATIONS)
+    """What the gateway does on a cache miss for a read: classify (views through the catalog), column lineage,
+    the read guard for an agent, and the rewrite when computed PHI is withheld."""
+    classify(sql, FUNCTIONS, relations=CATALOG)
+    guard = inference_verdict(analyze(sql, CATALOG), CATALOG, "agent")
+    if guard.action == "allow" and guard.withheld:
+        withheld_statement(sql, [(column.target, column.name) for column in guard.withheld])
 
 
 STATEMENTS = {
@@ -63,6 +84,9 @@ STATEMENTS = {
         "LEFT JOIN encounters prior ON prior.patient_id = p.id AND prior.admitted_at < e.admitted_at "
         "WHERE e.admitted_at > '2025-01-01' AND d.code LIKE 'E11%' "
         "GROUP BY p.id, p.full_name, e.admitted_at, d.description, rx.drug ORDER BY n DESC LIMIT 50"
+    ),
+    "masked read, computed PHI withheld": (
+        "SELECT p.id, p.ssn, upper(p.full_name) AS shout, p.date_of_birth FROM patients p WHERE p.id = 48213"
     ),
 }
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pglast
 import psycopg
 from django.conf import settings
 from django.db import transaction
@@ -416,8 +417,11 @@ def _explain_policy(
         )
     if not (over_phi and held_by_default):
         return verdict, reasons, _PLAN_LINEAGE, None
-    statement.options = (*(statement.options or ()), ast.DefElem(defname="costs", arg=ast.String("false")))
-    return verdict, reasons, _PLAN_LINEAGE, str(RawStream()(statement))
+    # A tree of its own to change (parse_statements' trees are memoised and shared).
+    rewritten = pglast.parse_sql(RawStream()(statement))[0].stmt
+    assert isinstance(rewritten, ast.ExplainStmt)
+    rewritten.options = (*(rewritten.options or ()), ast.DefElem(defname="costs", arg=ast.String("false")))
+    return verdict, reasons, _PLAN_LINEAGE, str(RawStream()(rewritten))
 
 
 def preview(

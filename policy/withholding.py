@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import pglast
 from pglast import ast
 from pglast.stream import RawStream
 
@@ -35,7 +36,10 @@ class CannotWithhold(ValueError):
 
 def withheld_statement(sql: str, targets: Sequence[tuple[int, str]]) -> str:
     """The statement with each (target index, column name) replaced by a constant; raises CannotWithhold."""
-    statements = parse_statements(sql)
+    # A tree of its own: parse_statements' trees are memoised and shared, and this one is about to be changed.
+    # (The text was parsed and depth-checked by the classifier already, so pglast's direct parse is safe.)
+    parse_statements(sql)
+    statements = pglast.parse_sql(sql)
     if len(statements) != 1 or statements[0].stmt is None:
         raise UnsupportedStatement("expected exactly one statement")
     statement = statements[0].stmt

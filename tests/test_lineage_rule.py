@@ -168,3 +168,16 @@ def test_set_returning_call_inside_an_expression_counts_rows(catalog: TargetCata
 def test_physical_layout_follows_the_widths_of_phi(catalog: TargetCatalog, sql: str) -> None:
     """Which rows share a page depends on how long their values are: sampling pages or reading ctid infers it."""
     assert verdict(sql, catalog).action == "hold"
+
+
+def test_withholding_leaves_the_shared_parse_tree_alone(catalog: TargetCatalog) -> None:
+    """Parse trees are memoised per text: a rewrite that changed one would change every later decision."""
+    from policy.parse_depth import parse_statements
+    from policy.withholding import withheld_statement
+
+    sql = "SELECT id, upper(full_name) FROM patients"
+    before = str(parse_statements(sql))
+    first = withheld_statement(sql, [(1, "upper")])
+    assert withheld_statement(sql, [(1, "upper")]) == first
+    assert str(parse_statements(sql)) == before
+    assert [column.target for column in verdict(sql, catalog).withheld] == [1]
