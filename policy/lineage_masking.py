@@ -149,8 +149,7 @@ def inference_verdict(lineage: Lineage, catalog: TargetCatalog, identity_kind: s
     untrusted = sorted(_display(call) for call in calls if not _trusted(call, catalog))
     if untrusted and has_phi:
         judged.unknown(f"calls {name}(), whose body lineage cannot see (it may read PHI)" for name in untrusted)
-    tagged_tables = {(t.schema_name, t.table_name) for t in catalog.tags_by_column.values()}
-    if lineage.unknown_reasons and any(relation in tagged_tables for relation in lineage.relations):
+    if lineage.unknown_reasons and not lineage.relations.isdisjoint(catalog.tagged_tables):
         judged.unknown(f"lineage incomplete over a PHI table: {reason}" for reason in lineage.unknown_reasons)
     return judged.verdict(withheld)
 

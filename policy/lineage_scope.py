@@ -68,6 +68,8 @@ def merge(values: Iterable[Value]) -> Value:
     UNION does not turn a DIRECT column into a computed one.
     """
     collected = tuple(values)
+    if len(collected) == 1:
+        return collected[0]  # one value is itself (the common case: a name that matches one column)
     carrying = [value for value in collected if value.sources or value.unknown] or list(collected)
     return Value(
         frozenset().union(*(value.sources for value in collected)),

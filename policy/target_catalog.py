@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import psycopg
 from psycopg.adapt import AdaptersMap
@@ -65,10 +66,16 @@ class TargetCatalog:
         """Function names some other schema also defines (overload resolution could pick those)."""
         return frozenset(name for schema, name in self.functions.by_qualified_name if schema != "pg_catalog")
 
-    @property
-    def tags_by_column(self) -> dict[tuple[str, str, str], Tag]:
-        """(schema, table, column) -> tag, for lineage sources (which are named, not numbered)."""
-        return {(t.schema_name, t.table_name, t.column_name): t for t in self.tagged_columns.values()}
+    @functools.cached_property
+    def tags_by_column(self) -> Mapping[tuple[str, str, str], Tag]:
+        """(schema, table, column) -> tag, for lineage sources (which are named, not numbered); built once per
+        snapshot, since the read guard asks for it several times per decision."""
+        return MappingProxyType({(t.schema_name, t.table_name, t.column_name): t for t in self.tagged_columns.values()})
+
+    @functools.cached_property
+    def tagged_tables(self) -> frozenset[tuple[str, str]]:
+        """(schema, table) of every relation with a PHI tag."""
+        return frozenset((t.schema_name, t.table_name) for t in self.tagged_columns.values())
 
     # policy.lineage.RelationCatalog -----------------------------------------------------------------------
     def resolve(self, schema: str | None, name: str) -> tuple[str, str] | None:

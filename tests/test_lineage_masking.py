@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from policy.catalog_cache import inference_for, masks_for
@@ -77,5 +79,5 @@ def test_inference_guard(catalog) -> None:  # type: ignore[no-untyped-def]
     assert inference_verdict(lineage(frozenset({SSN})), catalog, "engineer").action == "allow"
     assert inference_verdict(lineage(frozenset({CODE})), catalog, "agent").action == "allow"
     assert inference_verdict(lineage(frozenset(), ("unknown function in FROM",)), catalog, "agent").action == "hold"
-    denying = TargetCatalog(**{**catalog.__dict__, "inference": {**catalog.inference, ("ssn", "agent"): "deny"}})
+    denying = dataclasses.replace(catalog, inference={**catalog.inference, ("ssn", "agent"): "deny"})
     assert inference_verdict(lineage(frozenset({SSN, DOB})), denying, "agent").action == "deny"
