@@ -148,3 +148,31 @@ def test_a_missing_column_on_a_phi_table_is_postgresqls_own_error(services, tmp_
         conn.execute(sql)
     [(status, _)] = over_mcp(tmp_path, token, [sql])
     assert status not in ("pending", "executed")
+
+
+ORDINARY = {
+    "masked read": "SELECT id, full_name, ssn, date_of_birth FROM patients WHERE id <= 3 ORDER BY id",
+    "join on keys": (
+        "SELECT p.full_name, e.admitted_at FROM patients p JOIN encounters e ON e.patient_id = p.id "
+        "ORDER BY e.id LIMIT 5"
+    ),
+    "count of rows": "SELECT count(*) FROM patients",
+    "aggregate on a non-PHI column": (
+        "SELECT diagnosis_code, count(*) AS n FROM encounters GROUP BY diagnosis_code ORDER BY n DESC LIMIT 3"
+    ),
+    "grouped join": (
+        "SELECT e.id, count(r.id) FROM encounters e LEFT JOIN prescriptions r ON r.encounter_id = e.id "
+        "GROUP BY e.id ORDER BY e.id LIMIT 3"
+    ),
+}
+
+
+@pytest.mark.parametrize("sql", ORDINARY.values(), ids=ORDINARY.keys())
+def test_ordinary_work_runs_at_once(services, sql: str) -> None:  # type: ignore[no-untyped-def]
+    name, token = new_agent()
+    http_status, http_rows = over_http(token, sql)
+    assert http_status == "executed", http_rows
+    assert http_rows
+    wire_status, wire_rows = over_wire(services.gateway_port, token, name, sql)
+    assert wire_status == "executed"
+    assert len(wire_rows) == len(http_rows)
