@@ -8,10 +8,13 @@ which type a filled column gets, which relations are unclassified) without a dat
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -225,7 +228,9 @@ COPIES = {
 
 
 @pytest.mark.parametrize("kind", list(COPIES))
-def test_an_approved_copy_is_tagged_classified_and_masked_for_agents(services, relation_name, kind: str) -> None:  # type: ignore[no-untyped-def]
+def test_an_approved_copy_is_tagged_classified_and_masked_for_agents(  # type: ignore[no-untyped-def]
+    services, relation_name, kind: str, tmp_path: Path
+) -> None:
     _, agent_api = agent_client(make_user(Role.ENGINEER))
     version = DataSource.objects.get(name=environment.DATASOURCE).policy_version
     ticket = _run_approved(agent_api, COPIES[kind].format(t=relation_name))
@@ -249,6 +254,22 @@ def test_an_approved_copy_is_tagged_classified_and_masked_for_agents(services, r
     with psycopg.connect(dsn, autocommit=True) as conn:
         wire_rows = conn.execute(f"SELECT * FROM {relation_name} ORDER BY id LIMIT 5").fetchall()
     _assert_masked(wire_rows, truth)
+    _assert_masked(_mcp_rows(tmp_path, f"SELECT * FROM {relation_name} ORDER BY id LIMIT 5"), truth)
+
+
+def _mcp_rows(tmp_path: Path, sql: str) -> list[list[str]]:
+    """The rows an agent's MCP ``query`` tool returns (the stdio server, as an agent's MCP client runs it)."""
+    from tests.test_mcp import call, stdio_session, token_file
+
+    _, token = make_agent(make_user(Role.ENGINEER))
+
+    async def run() -> dict[str, Any]:
+        async with stdio_session(token_file(tmp_path, token)) as session:
+            return await call(session, "query", datasource="clinic", sql=sql)
+
+    body = asyncio.run(run())
+    assert body["status"] == "executed", body
+    return list(body["rows"])
 
 
 def test_insert_select_into_a_classified_table_tags_the_filled_columns(services, relation_name) -> None:  # type: ignore[no-untyped-def]
