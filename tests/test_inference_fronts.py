@@ -8,6 +8,7 @@ depends on the value, and a computed value never carries a pseudonym a guess cou
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 
 from identity.roles import Role
+from tests import environment
 from tests.factories import api_client, make_agent, make_user
 from tests.test_mcp import call, stdio_session, token_file
 
@@ -176,3 +178,36 @@ def test_ordinary_work_runs_at_once(services, sql: str) -> None:  # type: ignore
     wire_status, wire_rows = over_wire(services.gateway_port, token, name, sql)
     assert wire_status == "executed"
     assert len(wire_rows) == len(http_rows)
+
+
+def test_a_prepared_statement_follows_a_policy_change(services) -> None:  # type: ignore[no-untyped-def]
+    """A prepared statement lives as long as the session: it is judged again once the snapshot it was decided
+    under is replaced, so a column tagged since is masked on the next Execute."""
+    from policy.models import DataSource, PhiColumn
+    from tests.factories import mark_classified
+
+    table = "prepared_then_tagged"
+    with psycopg.connect(services.target.owner_url, autocommit=True) as owner:
+        owner.execute(f"CREATE TABLE {table} AS SELECT id, ssn FROM patients ORDER BY id LIMIT 2")
+        owner.execute(f'GRANT SELECT ON {table} TO "{environment.READ_ROLE}"')
+        (real,) = owner.execute(f"SELECT ssn FROM {table} WHERE id = 1").fetchone()  # type: ignore[misc]
+    mark_classified(table)
+    name, token = new_agent()
+    dsn = f"postgresql://{name}:{quote(token, safe='')}@127.0.0.1:{services.gateway_port}/clinic"
+    sql = f"SELECT ssn FROM {table} WHERE id = %s"
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.execute(sql, (1,), prepare=True).fetchone() == (real,)  # not tagged yet: as stored
+            PhiColumn.objects.create(
+                datasource=DataSource.objects.get(name="clinic"),
+                schema_name="public",
+                table_name=table,
+                column_name="ssn",
+                phi_type="ssn",
+            )
+            time.sleep(2.5)  # the gateway's snapshot (CATALOG_TTL_SECONDS=1 in tests) is replaced
+            assert conn.execute(sql, (1,), prepare=True).fetchone() == ("***" + real.replace("-", "")[-4:],)
+    finally:
+        PhiColumn.objects.filter(table_name=table).delete()
+        with psycopg.connect(services.target.owner_url, autocommit=True) as owner:
+            owner.execute(f"DROP TABLE {table}")

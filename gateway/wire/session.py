@@ -658,6 +658,20 @@ class WireSession:
             # Unknown to us means unknown upstream too: let PostgreSQL report it.
             self._forward(message, Expected("execute", portal=portal))
             return
+        if decision.catalog is not self.runtime.catalogs.peek(self.datasource):
+            # Decided under an older snapshot: tags, classification or rules may have changed since Parse (a
+            # prepared statement lives as long as the session), so the statement is judged again.
+            current = await self._decide_at_parse(portal.statement.sql)
+            if current.verdict in ("invalid", "denied"):
+                await self._refuse(current, in_batch=True)
+                return
+            if current.verdict == "allowed" and current.run_sql != decision.run_sql:
+                # What PostgreSQL prepared is no longer the text the policy would run.
+                changed = "the PHI policy changed since this statement was prepared; prepare it again"
+                self._reply(error_response("ERROR", "0A000", changed), in_batch=True)
+                self.discarding = True
+                return
+            portal.statement.decision = decision = current
         if decision.verdict == "held":
             held = await self._decide(portal.statement.sql, portal.params)
             await self._refuse(held, in_batch=True)
