@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 
@@ -47,3 +48,23 @@ def swap_links(conn: psycopg.Connection, first: int, second: int) -> None:
         "UPDATE audit_chainlink SET seq = CASE seq WHEN %s THEN %s ELSE %s END WHERE seq IN (%s, %s)",
         [first + offset, second, first, first + offset, second + offset],
     )
+
+
+def chain_until_linked(events: Sequence[Any], timeout: float = 30.0) -> None:
+    """Extend the chain until every one of ``events`` is linked.
+
+    The sequencer links an event only once no older transaction is still open anywhere on the cluster (the
+    xmin horizon), so a busy machine can leave fresh events unlinked for a moment; tampering with an unlinked
+    event would test nothing.
+    """
+    from audit.chain import extend_chain
+    from audit.models import ChainLink
+    from tests.services import wait_until
+
+    ids = {event.pk for event in events}
+
+    def linked() -> bool:
+        extend_chain()
+        return ChainLink.objects.filter(event_id__in=ids).count() == len(ids)
+
+    wait_until(linked, timeout, interval=0.2, what="fresh audit events to be chained")

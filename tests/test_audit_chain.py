@@ -28,7 +28,7 @@ from identity.principal import Principal
 from identity.roles import Role
 from tests import environment
 from tests.factories import make_user
-from tests.tampering import put_back, saved, superuser, swap_links
+from tests.tampering import chain_until_linked, put_back, saved, superuser, swap_links
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def events(count: int, summary: str = "chain test") -> list[AuditEvent]:
 def chained() -> list[AuditEvent]:
     """Three fresh events, chained and checkpointed, with the chain verified before any tampering."""
     made = events(3)
-    extend_chain()
+    chain_until_linked(made)
     verdict = verify_chain()
     assert verdict.ok, verdict.problem
     return made

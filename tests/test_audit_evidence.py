@@ -27,7 +27,7 @@ from audit.signing import public_pem, signing_key, signing_key_id
 from identity.principal import Principal
 from identity.roles import Role
 from tests.factories import make_agent, make_user
-from tests.tampering import put_back, saved, superuser, swap_links
+from tests.tampering import chain_until_linked, put_back, saved, superuser, swap_links
 
 PROJECT = Path(__file__).resolve().parent.parent
 BUNDLE_FILES = {
@@ -199,7 +199,7 @@ def export_after(tmp_path: Path, tamper: Callable[[object], None], expected: str
         record(EventKind.TOKEN_ISSUED, principal=Principal(human=make_user(Role.ENGINEER)), summary=f"evidence {n}")
         for n in range(3)
     ]
-    extend_chain()
+    chain_until_linked(made)
     with superuser() as admin:
         restore = tamper((admin, made))
         try:
