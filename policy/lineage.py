@@ -45,6 +45,7 @@ from policy.lineage_names import (
 from policy.lineage_scope import (
     COMPUTED,
     CONSTANT,
+    LITERAL,
     Column,
     CteBinding,
     CteState,
@@ -943,7 +944,7 @@ class _Analyzer:
     def expr(self, node: object, scope: Scope) -> Value:
         """Lineage of one expression evaluated in ``scope``."""
         if node is None or isinstance(node, _INERT):
-            return CONSTANT
+            return LITERAL if _is_literal(node) else CONSTANT
         self.depth += 1
         try:
             if self.depth > _MAX_DEPTH:
@@ -1195,6 +1196,13 @@ class _Analyzer:
 # --------------------------------------------------------------------------
 
 
+def _is_literal(node: object) -> bool:
+    """A value written in (or bound to) the statement: anything inert but a NULL or a type name."""
+    if isinstance(node, ast.A_Const):
+        return not node.isnull
+    return isinstance(node, ast.ParamRef | ast.SQLValueFunction | ast.String | ast.Integer | ast.Float | ast.BitString)
+
+
 def _ends_with_star(items: Sequence[object] | None) -> bool:
     """Whether a field list ends with ``*``."""
     if not items:
@@ -1318,13 +1326,14 @@ def _output(column: Column, use: _TargetUse | None) -> OutputColumn:
     unknown = value.unknown or column.placeholder
     derivation = Derivation.TRANSFORMED if unknown else value.derivation
     if use is None:
-        return OutputColumn(column.name, value.sources, derivation, unknown)
+        return OutputColumn(column.name, value.sources, derivation, unknown, foreign=value.foreign)
     effects = use.effects
     return OutputColumn(
         column.name,
         value.sources,
         derivation,
         unknown,
+        foreign=value.foreign,
         target=use.index,
         inner_filters=effects.filters,
         computed_on=effects.computed_on,

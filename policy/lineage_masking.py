@@ -56,6 +56,9 @@ def mask_for_output(output: OutputColumn, catalog: TargetCatalog, identity_kind:
     strictest, tag = max(masks, key=lambda pair: _STRICTNESS.index(Mask(pair[0])))
     if output.derivation == Derivation.DIRECT:
         kinds = {(mask, t.phi_type) for mask, t in masks}
+        if len(kinds) == 1 and strictest == Mask.HASH and output.foreign:
+            # Beside a literal (another UNION arm, a VALUES row), equal pseudonyms would check a guess.
+            return ColumnMask(Mask.REDACT, tag.phi_type, f"value of {origin} beside values written in the statement")
         if len(kinds) == 1:
             return ColumnMask(strictest, tag.phi_type, f"value of {origin}")
         return ColumnMask(Mask.REDACT, tag.phi_type, f"one of several PHI columns ({origin})")

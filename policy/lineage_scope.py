@@ -33,15 +33,21 @@ class Value:
 
     A constant is DIRECT with no sources.  ``unknown`` marks a value whose
     sources may be incomplete; it is sticky through every combination.
+    ``foreign`` marks a value that may be something other than a source's
+    stored value or NULL: a literal, a parameter, a computation.  A DIRECT
+    column mixed with one (``SELECT mrn ... UNION ALL SELECT '<guess>'``)
+    must not be pseudonymised: equal pseudonyms would check the guess.
     """
 
     sources: frozenset[SourceColumn] = frozenset()
     derivation: Derivation = Derivation.DIRECT
     unknown: bool = False
+    foreign: bool = False
 
 
 CONSTANT = Value()
-COMPUTED = Value(derivation=Derivation.TRANSFORMED)
+LITERAL = Value(foreign=True)
+COMPUTED = Value(derivation=Derivation.TRANSFORMED, foreign=True)
 
 
 def join_derivations(derivations: Iterable[Derivation]) -> Derivation:
@@ -75,6 +81,7 @@ def merge(values: Iterable[Value]) -> Value:
         frozenset().union(*(value.sources for value in collected)),
         join_derivations(value.derivation for value in carrying),
         any(value.unknown for value in collected),
+        any(value.foreign for value in collected),
     )
 
 
@@ -85,12 +92,13 @@ def transformed(values: Iterable[Value]) -> Value:
         frozenset().union(*(value.sources for value in collected)),
         Derivation.TRANSFORMED,
         any(value.unknown for value in collected),
+        foreign=True,
     )
 
 
 def as_unknown(value: Value) -> Value:
     """The same sources, but flagged: lineage beyond them could not be established."""
-    return Value(value.sources, Derivation.TRANSFORMED, True)
+    return Value(value.sources, Derivation.TRANSFORMED, True, foreign=True)
 
 
 def base_value(schema: str, table: str, column: str) -> Value:

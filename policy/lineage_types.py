@@ -78,6 +78,8 @@ class OutputColumn:
     derivation: Derivation
     unknown: bool = False
     target: int | None = None
+    # May hold a value that is not a stored source value or NULL (a literal of another set-operation arm...).
+    foreign: bool = False
     inner_filters: frozenset[SourceColumn] = frozenset()
     computed_on: frozenset[SourceColumn] = frozenset()
     calls: frozenset[tuple[str | None, str]] = frozenset()

@@ -181,3 +181,24 @@ def test_withholding_leaves_the_shared_parse_tree_alone(catalog: TargetCatalog) 
     assert withheld_statement(sql, [(1, "upper")]) == first
     assert str(parse_statements(sql)) == before
     assert [column.target for column in verdict(sql, catalog).withheld] == [1]
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        # Found by the long noninterference run: a literal beside real values in one column shares their key.
+        ("SELECT v.t FROM (VALUES ('MRN10459241')) v(t) UNION ALL SELECT mrn FROM patients", "redact"),
+        ("SELECT mrn FROM patients UNION ALL SELECT $1", "redact"),
+        ("SELECT full_name FROM patients UNION ALL SELECT upper('jane')", "redact"),
+        ("SELECT mrn FROM patients UNION ALL SELECT NULL", "hash"),  # NULL is NULL under any key
+        ("SELECT mrn FROM patients WHERE id = 1", "hash"),
+    ],
+)
+def test_a_pseudonym_never_shares_a_column_with_a_written_value(
+    catalog: TargetCatalog, sql: str, expected: str
+) -> None:
+    from policy.lineage_masking import mask_for_output
+
+    [output] = analyze(sql, catalog).outputs
+    spec = mask_for_output(output, catalog, "agent")
+    assert spec is not None and spec.mask == expected
