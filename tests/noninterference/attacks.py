@@ -67,6 +67,9 @@ DECODERS = [
     "SELECT no_such_column FROM patients",
     # Catalog introspection.
     "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2",
+    # Found by the 50,000-statement run: a guess beside real values in one column shared their pseudonym key.
+    f"SELECT v1.t FROM (VALUES (1, {_q(NAME_1)}), (2, 'x')) v1(n, t) UNION ALL SELECT p2.full_name FROM patients p2",
+    f"SELECT p1.id, p1.full_name FROM patients p1 UNION ALL SELECT v3.n, v3.t FROM (VALUES (1, {_q(NAME_1)})) v3(n, t)",
 ]
 
 # Statements that change the session: each runs on a connection of its own.
