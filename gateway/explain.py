@@ -28,7 +28,7 @@ from pglast.stream import RawStream
 
 from audit.models import EventKind, Outcome
 from audit.recorder import Context, record
-from gateway.pipeline import VALUE_EXPOSING_CATALOGS, DatasourceRuntime, touches_phi
+from gateway.pipeline import DatasourceRuntime, exposing_relations, touches_phi
 from identity.principal import Principal
 from policy.classifier import Classification, UnparsableStatement, Verdict, classify
 from policy.errors import scrub_error
@@ -202,7 +202,7 @@ def _check_policy(principal: Principal, classification: Classification, explaine
             raise ExplainRefused("cannot be explained on its own")
         if composed.verdict != Verdict.ALLOWED:
             raise ExplainRefused("planning it is not allowed: " + "; ".join(composed.reasons))
-    exposing = sorted(r for r in composed.relations if r.rpartition(".")[2] in VALUE_EXPOSING_CATALOGS)
+    exposing = exposing_relations(composed.relations)
     if exposing:
         raise ExplainRefused(f"{', '.join(exposing)} exposes stored values or other sessions' statements")
     try:

@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pglast
 import psycopg
 from django.conf import settings
 from django.db import transaction
@@ -38,13 +37,13 @@ from policy.catalog_cache import CatalogCache
 from policy.classification import held_until_classified
 from policy.classifier import Classification, UnparsableStatement, Verdict, classify, explain_options
 from policy.credentials import Access, target_url
-from policy.defaults import DEFAULT_INFERENCE
 from policy.errors import scrub_error
+from policy.exposure import exposing_relation
 from policy.lineage import ParseError, UnsupportedStatement, analyze_select
-from policy.lineage_masking import inference_verdict, plan_for_result
+from policy.lineage_masking import default_inference, inference_verdict, plan_for_result
 from policy.lineage_types import Derivation, Lineage, OutputColumn
 from policy.masking import require_pseudonym_key
-from policy.models import DataSource, IdentityKind, InferenceAction
+from policy.models import DataSource, InferenceAction
 from policy.parse_depth import TooDeep, parse_statements
 from policy.target_catalog import TargetCatalog
 from policy.withholding import CannotWithhold, withheld_statement
@@ -257,20 +256,14 @@ def decide(
     return decision
 
 
-# Catalog relations that hold *values* of user tables (statistics: most common values, histogram bounds) or
-# other sessions' statement text (with its literals): reading them is reading PHI sideways.
-VALUE_EXPOSING_CATALOGS = frozenset(
-    {
-        "pg_stats",
-        "pg_stats_ext",
-        "pg_stats_ext_exprs",
-        "pg_statistic",
-        "pg_statistic_ext_data",
-        "pg_stat_activity",
-        "pg_stat_statements",
-        "pg_stat_get_activity",
-    }
-)
+def exposing_relations(relations: Iterable[str]) -> list[str]:
+    """Relations (as written) on policy.exposure's list: a second look behind the classifier, which denies them."""
+    exposing = []
+    for written in relations:
+        schema, _, name = written.rpartition(".")
+        if exposing_relation(schema.rpartition(".")[2] or None, name) is not None:
+            exposing.append(written)
+    return sorted(exposing)
 
 
 _ReadPolicy = tuple[Verdict, list[str], Lineage | None, str | None]
@@ -287,7 +280,7 @@ def _read_policy(
     """PHI rules for an allowed read: catalogs that expose values, then lineage, the inference guard and the
     columns to withhold. Returns the verdict, its reasons, the lineage the result is masked by, and the text to
     run when it is not ``sql``."""
-    exposing = sorted(r for r in classification.relations if r.rpartition(".")[2] in VALUE_EXPOSING_CATALOGS)
+    exposing = exposing_relations(classification.relations)
     if exposing:
         return (
             Verdict.DENIED,
@@ -360,8 +353,7 @@ def _unfollowable(
 
 def _infers_by_default(principal: Principal) -> bool:
     """Whether this kind of identity has inference held (or denied) unless the policy says otherwise."""
-    kind = IdentityKind(principal.identity_kind)
-    return DEFAULT_INFERENCE.get(kind, InferenceAction.HOLD) != InferenceAction.ALLOW
+    return default_inference(principal.identity_kind) != InferenceAction.ALLOW
 
 
 # EXPLAIN returns one text column of plan lines; what it reveals is judged from the explained statement.
@@ -417,10 +409,9 @@ def _explain_policy(
         )
     if not (over_phi and held_by_default):
         return verdict, reasons, _PLAN_LINEAGE, None
-    # A tree of its own to change (parse_statements' trees are memoised and shared).
-    rewritten = pglast.parse_sql(RawStream()(statement))[0].stmt
-    assert isinstance(rewritten, ast.ExplainStmt)
-    rewritten.options = (*(rewritten.options or ()), ast.DefElem(defname="costs", arg=ast.String("false")))
+    # A node of its own (parse_statements' trees are memoised and shared); the query under it is only read.
+    costs_off = ast.DefElem(defname="costs", arg=ast.String("false"))
+    rewritten = ast.ExplainStmt(query=statement.query, options=(*(statement.options or ()), costs_off))
     return verdict, reasons, _PLAN_LINEAGE, str(RawStream()(rewritten))
 
 

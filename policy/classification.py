@@ -16,7 +16,7 @@ from policy.models import IdentityKind
 from policy.target_catalog import TargetCatalog
 
 # PostgreSQL's own schemas: schema metadata, never user data; what in them exposes values is the read policy's
-# business (VALUE_EXPOSING_CATALOGS), not classification's.
+# business (policy.exposure), not classification's.
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 
 

@@ -109,7 +109,7 @@ class _Judgement:
 
     def unknown(self, reasons: Iterable[str]) -> None:
         """Something lineage cannot see over PHI: the kind's default (fail closed)."""
-        default = DEFAULT_INFERENCE.get(IdentityKind(self.identity_kind), InferenceAction.HOLD)
+        default = default_inference(self.identity_kind)
         if default != InferenceAction.ALLOW:
             self.actions.append(default)
             self.reasons.extend(reasons)
@@ -121,6 +121,11 @@ class _Judgement:
         if self.actions:
             return InferenceVerdict(InferenceAction.HOLD, reasons)
         return InferenceVerdict(InferenceAction.ALLOW, (), tuple(withheld))
+
+
+def default_inference(identity_kind: str) -> InferenceAction:
+    """What a kind of identity gets for inference the policy has no rule for (lineage unknown): hold by default."""
+    return DEFAULT_INFERENCE.get(IdentityKind(identity_kind), InferenceAction.HOLD)
 
 
 _FILTERS = "filters, sorts, groups, joins or counts rows by"
