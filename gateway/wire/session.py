@@ -448,6 +448,17 @@ class WireSession:
             raise ProtocolError("08P01", f"expected a SASL response, got {type(message).__name__}")
         return message.payload
 
+    def terminate(self, sqlstate: str, message: str) -> None:
+        """End the session now, from the event loop (revocation, shutdown, a lost upstream): what was relayed
+        goes out, then a FATAL ErrorResponse with ``sqlstate`` (57P01 like PostgreSQL's administrator
+        command, 08006...), then both sockets close. The client loop then sees the connection end."""
+        self._flush_client()
+        if not self.writer.is_closing():
+            self.writer.write(error_response("FATAL", sqlstate, message).encode())
+            self.writer.close()
+        if self.upstream is not None:
+            self.upstream.close()
+
     async def cancel(self) -> None:
         """A CancelRequest for this session arrived: stop the upstream statement, or the wait for approval."""
         if self.waiting_ticket is not None:
