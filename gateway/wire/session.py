@@ -39,18 +39,12 @@ from audit.sinks import WireAuditSink, open_wire_audit_sink
 from audit.wire_lines import SessionLines, json_text
 from gateway.decision_cache import DecisionCache
 from gateway.pgwire.backend import (
-    AuthenticationOk,
-    AuthenticationSASL,
-    AuthenticationSASLContinue,
-    AuthenticationSASLFinal,
-    BackendKeyData,
     BackendMessage,
     CommandComplete,
     DataRow,
     EmptyQueryResponse,
     ErrorResponse,
     FieldDescription,
-    NegotiateProtocolVersion,
     NoticeResponse,
     NotificationResponse,
     ParameterStatus,
@@ -61,24 +55,18 @@ from gateway.pgwire.backend import (
 from gateway.pgwire.errors import ProtocolError
 from gateway.pgwire.frontend import (
     Bind,
-    CancelRequest,
     Close,
     Describe,
     Execute,
     Flush,
     FunctionCall,
-    GSSENCRequest,
     Parse,
-    PasswordMessage,
     Query,
-    SSLRequest,
-    StartupMessage,
     Sync,
     Terminate,
 )
 from gateway.pgwire.notices import error_response, notice_response, protocol_error_response
 from gateway.pgwire.parser import FrontendParser
-from gateway.pgwire.sasl import parse_sasl_initial_response
 from gateway.pgwire.transaction import TransactionTracker
 from gateway.pipeline import (
     DatasourceRuntime,
@@ -87,12 +75,11 @@ from gateway.pipeline import (
     preview,
     touches_phi,
 )
-from gateway.wire import bridge
-from gateway.wire.scram_server import MECHANISM, ScramFailure, ScramServer
-from gateway.wire.upstream import Upstream, UpstreamError, UpstreamTarget
+from gateway.wire import bridge, sign_in
+from gateway.wire.sign_in import FORWARDED_PARAMETERS
+from gateway.wire.upstream import Upstream, UpstreamError
 from identity.principal import Principal
 from policy.binary_text import binary_to_text
-from policy.credentials import Access, target_url
 from policy.errors import scrub_error
 from policy.lineage_masking import plan_for_result
 from policy.masking import ColumnMask, MaskingPlan, mask_value
@@ -103,21 +90,6 @@ READ_SIZE = 64 * 1024
 WAIT_HEARTBEAT_SECONDS = 10.0
 AUTHENTICATION_TIMEOUT_SECONDS = 30.0  # like PostgreSQL's authentication_timeout: no half-open sessions
 TEXT_OID = 25
-# Parameters a client may see from the upstream's start-up; others (e.g. session_authorization naming the
-# read-only role) are not the agent's business.
-FORWARDED_PARAMETERS = frozenset(
-    {
-        "server_version",
-        "server_encoding",
-        "client_encoding",
-        "DateStyle",
-        "IntervalStyle",
-        "TimeZone",
-        "integer_datetimes",
-        "standard_conforming_strings",
-        "in_hot_standby",
-    }
-)
 CLIENT_BACKLOG_BYTES = 1 << 20  # past this much unsent output, stop reading the upstream until the client drains
 FAST_QUERY_MAX_BYTES = 64 * 1024  # a larger statement takes the client loop (it is rare, and parsed there anyway)
 _QUERY = ord("Q")
@@ -369,84 +341,22 @@ class WireSession:
     # ---------------------------------------------------------------------------------------------- start-up
 
     async def _start_up(self) -> bool:
-        while True:
-            message = await self._read_client()
-            if isinstance(message, SSLRequest):
-                if self.tls is None:
-                    self.writer.write(b"N")
-                    await self.writer.drain()
-                    continue
-                self.parser.begin_encryption()
-                self.writer.write(b"S")
-                await self.writer.drain()
-                await self.writer.start_tls(self.tls)
-                continue
-            if isinstance(message, GSSENCRequest):
-                self.writer.write(b"N")
-                await self.writer.drain()
-                continue
-            if isinstance(message, CancelRequest):
-                target = self.registry.get(CancelKey(message.process_id, message.secret_key))
-                if target is not None:
-                    await target.cancel()
-                return False
-            if isinstance(message, StartupMessage):
-                return await self._sign_in(message)
-            raise ProtocolError("08P01", f"unexpected {type(message).__name__} during start-up")
-
-    async def _sign_in(self, startup: StartupMessage) -> bool:
-        params = startup.parameters
-        agent_name, self.datasource = params.get("user", ""), params.get("database", "") or params.get("user", "")
-        unsupported = [name for name in params if name.startswith("_pq_.")]
-        if startup.protocol_version & 0xFFFF or unsupported:
-            self._send_now(NegotiateProtocolVersion(0, tuple(unsupported)))
-        self.wait_for_approval = _approval_mode(params.get("options", "")) == "wait"
-        login = await asyncio.to_thread(bridge.look_up_login, agent_name, self.datasource)
-        self._send_now(AuthenticationSASL((MECHANISM,)))
-        await self.writer.drain()
-        scram = ScramServer(login.verifier)
-        failure = login.refusal
-        try:
-            mechanism, first = parse_sasl_initial_response(self._expect_password(await self._read_client()))
-            if mechanism != MECHANISM or first is None:
-                raise ScramFailure(f"unsupported SASL mechanism {mechanism!r}")
-            self._send_now(AuthenticationSASLContinue(scram.server_first(first.decode("utf-8")).encode()))
-            await self.writer.drain()
-            final = scram.server_final(self._expect_password(await self._read_client()).decode("utf-8"))
-        except (ScramFailure, UnicodeDecodeError) as exc:
-            failure = failure or str(exc)
-        if failure or login.principal is None:
-            await asyncio.to_thread(
-                bridge.record_sign_in, login, agent_name, self.datasource, self.context, failure or "refused"
-            )
-            delay = self.throttle(agent_name, self.context.source_address or "") if self.throttle else 0.0
-            if delay:
-                await asyncio.sleep(delay)
-            self._send_now(error_response("FATAL", "28P01", f'password authentication failed for user "{agent_name}"'))
+        """Encryption negotiation, cancel requests and sign-in (gateway.wire.sign_in); True once serving."""
+        signed_in = await sign_in.start_up(self)
+        if signed_in is None:
             return False
-        self.principal = login.principal
-        await asyncio.to_thread(bridge.record_sign_in, login, agent_name, self.datasource, self.context)
-        self._send_now(AuthenticationSASLFinal(final.encode()), AuthenticationOk())
-        self.upstream = await Upstream.connect(
-            UpstreamTarget.from_url(target_url(self.datasource, Access.READ)), f"phigate-wire/{agent_name}"
-        )
-        for name, value in self.upstream.parameters.items():
-            if name in FORWARDED_PARAMETERS:
-                self._send_now(ParameterStatus(name, value))
-        self._send_now(
-            ParameterStatus("session_authorization", agent_name),
-            ParameterStatus("application_name", params.get("application_name", "")),
-            BackendKeyData(self.cancel_key.process_id, self.cancel_key.secret),
-            ReadyForQuery("I"),
-        )
-        await self.writer.drain()
+        self.principal = signed_in.principal
+        self.datasource = signed_in.datasource
+        self.wait_for_approval = signed_in.wait_for_approval
+        self.upstream = signed_in.upstream
         return True
 
-    @staticmethod
-    def _expect_password(message: object) -> bytes:
-        if not isinstance(message, PasswordMessage):
-            raise ProtocolError("08P01", f"expected a SASL response, got {type(message).__name__}")
-        return message.payload
+    def cancel_target(self, process_id: int, secret: bytes) -> WireSession | None:
+        """The session a CancelRequest with this key is for, if it is open."""
+        return self.registry.get(CancelKey(process_id, secret))
+
+    def backend_key(self) -> tuple[int, bytes]:
+        return self.cancel_key.process_id, self.cancel_key.secret
 
     def terminate(self, sqlstate: str, message: str) -> None:
         """End the session now, from the event loop (revocation, shutdown, a lost upstream): what was relayed
@@ -1124,21 +1034,6 @@ def _peer_address(writer: asyncio.StreamWriter) -> str | None:
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
     return None
-
-
-def _approval_mode(options: str) -> str:
-    """Read ``-c gateway.approval=wait`` (or ``--gateway.approval=wait``) from the startup options."""
-    words = options.replace("\\ ", "\x00").split()
-    for index, word in enumerate(words):
-        setting = ""
-        if word == "-c" and index + 1 < len(words):
-            setting = words[index + 1]
-        elif word.startswith("-c") or word.startswith("--"):
-            setting = word[2:]
-        name, _, value = setting.partition("=")
-        if name.replace("-", "_") == "gateway.approval":
-            return value
-    return "error"
 
 
 def _held_error(decision: Decision) -> ErrorResponse:

@@ -1,0 +1,183 @@
+"""Start-up of a wire session: encryption negotiation, cancel requests, SCRAM sign-in, the upstream connection.
+
+Kept apart from the session's statement handling: nothing here sees a statement, and nothing after sign-in
+needs the agent's secret. The session hands itself in as ``ClientSide`` (its socket and frame parser).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from audit.recorder import Context
+from gateway.pgwire.backend import (
+    AuthenticationOk,
+    AuthenticationSASL,
+    AuthenticationSASLContinue,
+    AuthenticationSASLFinal,
+    BackendKeyData,
+    BackendMessage,
+    NegotiateProtocolVersion,
+    ParameterStatus,
+    ReadyForQuery,
+)
+from gateway.pgwire.errors import ProtocolError
+from gateway.pgwire.frontend import (
+    CancelRequest,
+    GSSENCRequest,
+    PasswordMessage,
+    SSLRequest,
+    StartupMessage,
+)
+from gateway.pgwire.notices import error_response
+from gateway.pgwire.parser import FrontendParser
+from gateway.pgwire.sasl import parse_sasl_initial_response
+from gateway.wire import bridge
+from gateway.wire.scram_server import MECHANISM, ScramFailure, ScramServer
+from gateway.wire.upstream import Upstream, UpstreamTarget
+from identity.principal import Principal
+from policy.credentials import Access, target_url
+
+# Parameters a client may see from the upstream's start-up; others (e.g. session_authorization naming the
+# read-only role) are not the agent's business.
+FORWARDED_PARAMETERS = frozenset(
+    {
+        "server_version",
+        "server_encoding",
+        "client_encoding",
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "integer_datetimes",
+        "standard_conforming_strings",
+        "in_hot_standby",
+    }
+)
+
+
+class ClientSide(Protocol):
+    """What start-up needs of the session: the client's socket, its frame parser and the session's identity."""
+
+    writer: asyncio.StreamWriter
+    parser: FrontendParser
+    tls: Any
+    context: Context
+    throttle: Callable[[str, str], float] | None
+
+    async def _read_client(self) -> Any: ...
+
+    def _send_now(self, *messages: BackendMessage) -> None: ...
+
+    def cancel_target(self, process_id: int, secret: bytes) -> Any: ...
+
+    def backend_key(self) -> tuple[int, bytes]: ...
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    principal: Principal
+    datasource: str
+    wait_for_approval: bool
+    upstream: Upstream
+    startup_parameters: Mapping[str, str]
+
+
+async def start_up(client: ClientSide) -> SignedIn | None:
+    """Run the start-up exchange; None when the connection ends without a session (a cancel request, a refusal)."""
+    writer = client.writer
+    while True:
+        message = await client._read_client()
+        if isinstance(message, SSLRequest):
+            if client.tls is None:
+                writer.write(b"N")
+                await writer.drain()
+                continue
+            client.parser.begin_encryption()
+            writer.write(b"S")
+            await writer.drain()
+            await writer.start_tls(client.tls)
+            continue
+        if isinstance(message, GSSENCRequest):
+            writer.write(b"N")
+            await writer.drain()
+            continue
+        if isinstance(message, CancelRequest):
+            target = client.cancel_target(message.process_id, message.secret_key)
+            if target is not None:
+                await target.cancel()
+            return None
+        if isinstance(message, StartupMessage):
+            return await _sign_in(client, message)
+        raise ProtocolError("08P01", f"unexpected {type(message).__name__} during start-up")
+
+
+async def _sign_in(client: ClientSide, startup: StartupMessage) -> SignedIn | None:
+    params = startup.parameters
+    agent_name, datasource = params.get("user", ""), params.get("database", "") or params.get("user", "")
+    unsupported = [name for name in params if name.startswith("_pq_.")]
+    if startup.protocol_version & 0xFFFF or unsupported:
+        client._send_now(NegotiateProtocolVersion(0, tuple(unsupported)))
+    wait_for_approval = approval_mode(params.get("options", "")) == "wait"
+    login = await asyncio.to_thread(bridge.look_up_login, agent_name, datasource)
+    client._send_now(AuthenticationSASL((MECHANISM,)))
+    await client.writer.drain()
+    scram = ScramServer(login.verifier)
+    failure = login.refusal
+    try:
+        mechanism, first = parse_sasl_initial_response(_expect_password(await client._read_client()))
+        if mechanism != MECHANISM or first is None:
+            raise ScramFailure(f"unsupported SASL mechanism {mechanism!r}")
+        client._send_now(AuthenticationSASLContinue(scram.server_first(first.decode("utf-8")).encode()))
+        await client.writer.drain()
+        final = scram.server_final(_expect_password(await client._read_client()).decode("utf-8"))
+    except (ScramFailure, UnicodeDecodeError) as exc:
+        failure = failure or str(exc)
+    if failure or login.principal is None:
+        await asyncio.to_thread(
+            bridge.record_sign_in, login, agent_name, datasource, client.context, failure or "refused"
+        )
+        delay = client.throttle(agent_name, client.context.source_address or "") if client.throttle else 0.0
+        if delay:
+            await asyncio.sleep(delay)
+        client._send_now(error_response("FATAL", "28P01", f'password authentication failed for user "{agent_name}"'))
+        return None
+    await asyncio.to_thread(bridge.record_sign_in, login, agent_name, datasource, client.context)
+    client._send_now(AuthenticationSASLFinal(final.encode()), AuthenticationOk())
+    upstream = await Upstream.connect(
+        UpstreamTarget.from_url(target_url(datasource, Access.READ)), f"phigate-wire/{agent_name}"
+    )
+    for name, value in upstream.parameters.items():
+        if name in FORWARDED_PARAMETERS:
+            client._send_now(ParameterStatus(name, value))
+    process_id, secret = client.backend_key()
+    client._send_now(
+        ParameterStatus("session_authorization", agent_name),
+        ParameterStatus("application_name", params.get("application_name", "")),
+        BackendKeyData(process_id, secret),
+        ReadyForQuery("I"),
+    )
+    await client.writer.drain()
+    return SignedIn(login.principal, datasource, wait_for_approval, upstream, dict(params))
+
+
+def _expect_password(message: object) -> bytes:
+    if not isinstance(message, PasswordMessage):
+        raise ProtocolError("08P01", f"expected a SASL response, got {type(message).__name__}")
+    return message.payload
+
+
+def approval_mode(options: str) -> str:
+    """Read ``-c gateway.approval=wait`` (or ``--gateway.approval=wait``) from the startup options."""
+    words = options.replace("\\ ", "\x00").split()
+    for index, word in enumerate(words):
+        setting = ""
+        if word == "-c" and index + 1 < len(words):
+            setting = words[index + 1]
+        elif word.startswith("-c") or word.startswith("--"):
+            setting = word[2:]
+        name, _, value = setting.partition("=")
+        if name.replace("-", "_") == "gateway.approval":
+            return value
+    return "error"
