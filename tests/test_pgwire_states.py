@@ -264,10 +264,17 @@ def test_batch_after_sync_waits_for_ready_for_query() -> None:
     refused(conn, pg.Parse("", "SELECT 2"))
 
 
-def test_query_inside_extended_batch_is_refused() -> None:
+def test_query_inside_extended_batch_is_taken_like_postgresql() -> None:
+    """PostgreSQL answers what came before the Query, then runs it; a Flush between batches starts none."""
     conn = ready()
     receive(conn, pg.Parse("", "SELECT 1"))
-    refused(conn, pg.Query("SELECT 2"))
+    send(conn, pg.ParseComplete())
+    assert conn.receive(pg.Query("SELECT 2")) is State.SIMPLE_QUERY
+    with pytest.raises(pg.ProtocolError):
+        conn.send(pg.ParseComplete())  # answers to the batch must all have gone before the Query's
+    conn = ready()
+    assert conn.receive(pg.Flush()) is State.READY
+    assert conn.receive(pg.Query("SELECT 1")) is State.SIMPLE_QUERY
 
 
 def test_portal_suspended_and_parameter_description() -> None:

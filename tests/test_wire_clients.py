@@ -170,7 +170,11 @@ def test_denied_statement_gets_42501(agent) -> None:  # type: ignore[no-untyped-
     with psycopg.connect(agent["dsn"]) as conn:
         with pytest.raises(errors.InsufficientPrivilege, match="denied by policy"):
             conn.execute("COPY scratch TO PROGRAM 'true'")
-        assert conn.execute("SELECT 1").fetchone() == (1,)  # the session goes on
+        # Like any error inside a transaction block (psycopg opened one), the refusal aborts it...
+        with pytest.raises(errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        conn.rollback()
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # ...and the session goes on
 
 
 def test_transactions_pass_through(agent) -> None:  # type: ignore[no-untyped-def]

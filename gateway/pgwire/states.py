@@ -142,6 +142,7 @@ ON_RECEIVE: Final[dict[State, dict[type, State]]] = {
         Query: S.SIMPLE_QUERY,
         FunctionCall: S.SIMPLE_QUERY,
         **_to(S.EXTENDED, *_EXTENDED_MESSAGES),
+        Flush: S.READY,  # nothing to flush, and no batch begins (psycopg sends one after a pipeline's Sync)
         Sync: S.SYNCING,
         **_to(S.READY, *_COPY_MESSAGES),
         Terminate: S.CLOSED,
@@ -157,6 +158,10 @@ ON_RECEIVE: Final[dict[State, dict[type, State]]] = {
     S.COPY_OUT: {Terminate: S.CLOSED},
     S.EXTENDED: {
         **_to(S.EXTENDED, *_EXTENDED_MESSAGES),
+        # PostgreSQL takes a simple Query in the middle of a batch once it has answered what came before it; a
+        # relay that reads ahead must let those answers out first (gateway.wire.session does).
+        Query: S.SIMPLE_QUERY,
+        FunctionCall: S.SIMPLE_QUERY,
         Sync: S.SYNCING,
         **_to(S.EXTENDED, *_COPY_MESSAGES),
         Terminate: S.CLOSED,
@@ -265,6 +270,37 @@ for _state in State:
 del _state
 
 
+# Message type code -> class, for relays that pass frames on undecoded (authentication requests excluded: 'R'
+# covers several classes, and the table is used after sign-in).
+BACKEND_TYPE_BY_CODE: Final[dict[int, type]] = {
+    cls.type_code[0]: cls
+    for cls in (
+        BackendKeyData,
+        BindComplete,
+        CloseComplete,
+        CommandComplete,
+        CopyData,
+        CopyDone,
+        CopyInResponse,
+        CopyOutResponse,
+        DataRow,
+        EmptyQueryResponse,
+        ErrorResponse,
+        FunctionCallResponse,
+        NegotiateProtocolVersion,
+        NoData,
+        NoticeResponse,
+        NotificationResponse,
+        ParameterDescription,
+        ParameterStatus,
+        ParseComplete,
+        PortalSuspended,
+        ReadyForQuery,
+        RowDescription,
+    )
+}
+
+
 class ServerConnection:
     """Applies the tables to one client connection.
 
@@ -299,6 +335,16 @@ class ServerConnection:
             raise ProtocolError(
                 PROTOCOL_VIOLATION, f"cannot send {type(message).__name__} to the client ({self.state.value})"
             )
+        self.state = next_state
+        return next_state
+
+    def send_frame(self, code: int, *, fatal: bool = False) -> State:
+        """``send`` for a frame relayed undecoded: its type code (and, for an ErrorResponse, its severity)."""
+        kind = FatalError if fatal else BACKEND_TYPE_BY_CODE.get(code)
+        next_state = ON_SEND[self.state].get(kind) if kind is not None else None
+        if next_state is None:
+            name = kind.__name__ if kind is not None else repr(bytes((code,)))
+            raise ProtocolError(PROTOCOL_VIOLATION, f"cannot send {name} to the client ({self.state.value})")
         self.state = next_state
         return next_state
 

@@ -67,6 +67,7 @@ from gateway.pgwire.frontend import (
 )
 from gateway.pgwire.notices import error_response, notice_response, protocol_error_response
 from gateway.pgwire.parser import FrontendParser
+from gateway.pgwire.states import ServerConnection, State
 from gateway.pgwire.transaction import TransactionTracker
 from gateway.pipeline import (
     DatasourceRuntime,
@@ -76,6 +77,7 @@ from gateway.pipeline import (
     touches_phi,
 )
 from gateway.wire import bridge, sign_in
+from gateway.wire.book import UNNAMED, Book, Declare, Fetch, NoEffect, Op, Portal, Prepared, statement_effects
 from gateway.wire.sign_in import FORWARDED_PARAMETERS
 from gateway.wire.upstream import Upstream, UpstreamError
 from identity.principal import Principal
@@ -101,6 +103,11 @@ _READY_FOR_QUERY = ord("Z")
 _NO_DATA = ord("n")
 _RESULT_ENDS = frozenset({_COMMAND_COMPLETE, ord("I"), ord("s")})  # CommandComplete, EmptyQuery, PortalSuspended
 _ACKNOWLEDGEMENTS = frozenset({ord("1"), ord("2"), ord("3"), _NO_DATA, ord("t")})  # Parse/Bind/Close, NoData, params
+_CONFIRMATIONS = frozenset({ord("1"), ord("2")})  # ParseComplete, BindComplete: a name the server now holds
+_EMPTY_QUERY = ord("I")
+_NO_EFFECTS = (NoEffect(),)
+_FAST_QUERY = Query("")  # stands for the fast path's Query in the state table, which looks at types only
+FLUSH_BYTES = 64 * 1024  # relayed output past this goes to the socket (and the client's backpressure is checked)
 # SQLSTATEs of the approval flow (class HA is ours: "held for approval").
 APPROVAL_REQUIRED = "HA001"
 APPROVAL_REJECTED = "HA002"
@@ -114,50 +121,42 @@ class SessionClosed(Exception):
 
 
 @dataclass
-class StatementState:
-    sql: str
-    decision: Decision | None
-    param_types: tuple[int, ...] = ()
-    row_description: RowDescription | None = None
-
-
-@dataclass
-class PortalState:
-    statement: StatementState
-    params: StatementParams
-    row_description: RowDescription | None = None
-
-
-@dataclass
 class Outgoing:
     """A reply made by the gateway itself, written when the relay reaches it."""
 
     messages: list[BackendMessage]
     ready_for_query: bool = False  # append ReadyForQuery with the upstream's current transaction status
     in_batch: bool = False  # part of an extended-protocol batch: dropped if upstream already failed the batch
+    done: asyncio.Future[None] | None = None  # resolved once written (or dropped)
 
 
 @dataclass
 class Expected:
     """The upstream's responses to one forwarded message (``kind`` says which)."""
 
-    kind: str  # parse | bind | describe_statement | describe_portal | execute | close | sync | query
-    statement: StatementState | None = None
-    portal: PortalState | None = None
+    kind: str  # parse | bind | describe_statement | describe_portal | execute | close | sync | query | refusal
+    statement: Prepared | None = None
+    portal: Portal | None = None
     decision: Decision | None = None
     gate: asyncio.Future[None] | None = None  # resolves once the statement's audit record is durable
     swallow: bool = False  # the gateway asked for it for itself: do not show it to the client
     sql: str = ""
     statement_id: str = ""  # links the submitted and executed audit records
+    op: Op | None = None  # what the upstream's answer confirms in the session's book of names
+    rows_decision: Decision | None = None  # governs rows, notices and errors when not the statement's own (FETCH)
+    replacement: BackendMessage | None = None  # "refusal": written instead of the upstream's ErrorResponse
+    done: asyncio.Future[None] | None = None  # resolved once the relay has handled these responses
 
     @property
     def statement_decision(self) -> Decision | None:
-        """The decision behind these responses: the item's own, or its statement's (via the portal)."""
+        """The decision that governs these responses: a cursor's for its fetches, else the statement's own."""
+        if self.rows_decision is not None:
+            return self.rows_decision
         if self.decision is not None:
             return self.decision
         if self.statement is not None:
-            return self.statement.decision
-        return self.portal.statement.decision if self.portal is not None else None
+            return self.statement.decision  # type: ignore[no-any-return]
+        return self.portal.statement.decision if self.portal is not None else None  # type: ignore[no-any-return]
 
 
 QueueItem = Outgoing | Expected | None
@@ -270,9 +269,8 @@ class WireSession:
         self.datasource = ""
         self.wait_for_approval = False
         self.context = Context(front="wire", source_address=_peer_address(writer), session_id=uuid.uuid4().hex)
-        self.statements: dict[str, StatementState] = {}
-        self.portals: dict[str, PortalState] = {}
-        self.discarding = False  # after a refusal inside an extended batch: ignore until Sync, like PostgreSQL
+        self.book = Book()  # the server's prepared statements and portals, as far as it has confirmed them
+        self.connection = ServerConnection(State.READY)  # the protocol's state table, driven by both loops
         self.upstream_failed_batch = False
         self.transaction = TransactionTracker()
         self.cancel_key = CancelKey(secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4))
@@ -286,6 +284,8 @@ class WireSession:
         self.serving = False  # signed in, statements accepted
         self.client_parked = False  # the client loop waits for bytes and has none buffered: the fast path may run
         self.fast: FastQuery | None = None
+        self.relay_task: asyncio.Task[None] | None = None
+        self.out_size = 0  # bytes in ``out``: past FLUSH_BYTES they go to the socket, and backpressure is checked
         self.results_sent: list[tuple[Expected, ResultMeter]] = []  # complete results whose record is not queued
 
     # ----------------------------------------------------------------------------------------------- lifecycle
@@ -295,7 +295,7 @@ class WireSession:
             if not await asyncio.wait_for(self._start_up(), timeout=AUTHENTICATION_TIMEOUT_SECONDS):
                 return
             self.registry[self.cancel_key] = self
-            relay = asyncio.create_task(self._relay(), name=f"relay-{self.context.session_id}")
+            relay = self.relay_task = asyncio.create_task(self._relay(), name=f"relay-{self.context.session_id}")
             try:
                 await self._client_loop()
             finally:
@@ -364,7 +364,9 @@ class WireSession:
         command, 08006...), then both sockets close. The client loop then sees the connection end."""
         self._flush_client()
         if not self.writer.is_closing():
-            self.writer.write(error_response("FATAL", sqlstate, message).encode())
+            if self.connection.state is not State.CLOSED:  # a FATAL already sent says why
+                self.connection.state = State.CLOSED
+                self.writer.write(error_response("FATAL", sqlstate, message).encode())
             self.writer.close()
         if self.upstream is not None:
             self.upstream.close()
@@ -379,42 +381,84 @@ class WireSession:
     # ----------------------------------------------------------------------------------------------- client
 
     async def _client_loop(self) -> None:
+        """Reads the client's messages in protocol order, through the state table (``self.connection``).
+
+        Like PostgreSQL, nothing after a Sync or a simple Query is read before its ReadyForQuery has been sent:
+        each batch is judged against the names the server has confirmed, never against a guess about how an
+        earlier batch ended. Within a batch, messages are forwarded before the answers to earlier ones arrive.
+        """
         assert self.upstream is not None
         self.serving = True
         while True:
             message = await self._read_client()
             if self.fast is not None:
                 await self.fast.done  # the fast path's answer goes out before anything that came after it
+            if isinstance(message, Query | FunctionCall) and self.connection.state is State.EXTENDED:
+                await self._caught_up()  # PostgreSQL answers the batch so far before it takes the Query
+            self.connection.receive(message)  # ProtocolError: the protocol does not allow this message now
             if isinstance(message, Terminate):
                 return
-            if self.discarding:
-                if isinstance(message, Sync):
-                    self.discarding = False
-                    self._forward(message, Expected("sync"))
-                    await self._flush_upstream()
-                continue
+            if self.connection.ignored:
+                continue  # after an error until Sync, or COPY data nobody asked for: discarded, like PostgreSQL
             if isinstance(message, Query):
                 await self._simple_query(message.sql)
             elif isinstance(message, Parse):
                 await self._parse(message)
             elif isinstance(message, Bind):
-                self._bind(message)
+                await self._bind(message)
             elif isinstance(message, Describe):
-                self._describe(message)
+                await self._describe(message)
             elif isinstance(message, Execute):
                 await self._execute(message)
             elif isinstance(message, Close):
                 self._close(message)
             elif isinstance(message, Sync):
-                self._forward(message, Expected("sync"))
+                await self._sync()
             elif isinstance(message, Flush):
                 self.upstream.send(message.encode())
             elif isinstance(message, FunctionCall):
-                self._reply(error_response("ERROR", "0A000", "the function call protocol is not supported"), ready=True)
+                refusal = error_response("ERROR", "0A000", "the function call protocol is not supported")
+                await self._refuse(refusal, simple=True)
             else:
                 raise ProtocolError("08P01", f"unexpected {type(message).__name__} message")
             if not self.parser.buffered:
                 await self._flush_upstream()
+
+    async def _sync(self) -> None:
+        item = Expected("sync", done=self._future())
+        self._forward(Sync(), item)
+        self.book.sync()
+        await self._flush_upstream()
+        await self._relayed(item)
+
+    async def _caught_up(self) -> None:
+        """Wait until the relay has handled everything forwarded so far."""
+        marker = Outgoing([], done=self._future())
+        self.queue.put_nowait(marker)
+        await self._flush_upstream()
+        await self._relayed(marker)
+
+    def _future(self) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _relayed(self, item: Expected | Outgoing) -> None:
+        """Wait until the relay has handled ``item``; if the relay ends first, so does the session."""
+        done = item.done
+        assert done is not None
+        if done.done():
+            return
+        if self.connection.state is State.EXTENDED and self.upstream is not None:
+            # Mid-batch, PostgreSQL holds its answers until Sync or Flush: ask for them, or the relay would
+            # wait for answers the client will only unlock with a message we have not read yet.
+            self.upstream.send(Flush().encode())
+            await self._flush_upstream()
+        relay = self.relay_task
+        if relay is None:
+            await done
+            return
+        await asyncio.wait({done, relay}, return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            raise SessionClosed()
 
     async def _flush_upstream(self) -> None:
         assert self.upstream is not None
@@ -482,18 +526,48 @@ class WireSession:
         return gate, statement_id
 
     async def _simple_query(self, sql: str) -> None:
-        if not sql.strip():
-            self._reply(EmptyQueryResponse(), ready=True)
+        effects = statement_effects(sql)
+        if effects == ():
+            # Nothing but blanks and comments: PostgreSQL answers EmptyQueryResponse (JDBC's isValid() sends "").
+            self.book.close_statement(UNNAMED)
+            self.book.close_portal(UNNAMED)
+            reply = Outgoing([EmptyQueryResponse()], ready_for_query=True, done=self._future())
+            self.queue.put_nowait(reply)
+            await self._relayed(reply)
             return
         decision = await self._decide(sql)
         if decision.verdict != "allowed":
-            await self._refuse(decision, in_batch=False)
+            await self._refuse_decision(decision, simple=True)
             return
+        if effects and len(effects) > 1 and any(isinstance(effect, Declare | Fetch) for effect in effects):
+            await self._refuse(CURSOR_ALONE, simple=True)
+            return
+        rows_decision: Decision | None = None
+        if effects and isinstance(effects[0], Fetch):
+            cursor = self.book.portal(effects[0].name)
+            if cursor is None:
+                await self._refuse(_no_cursor(effects[0].name), simple=True)
+                return
+            rows_decision = cursor.statement.decision
+            decision = _fetching(decision, cursor)
         gate, statement_id = self._start_audit(decision, sql)
-        item = Expected("query", decision=decision, gate=gate, sql=sql, statement_id=statement_id)
+        op = self.book.sql(sql, decision, simple_query=True, statement_id=statement_id)
+        self.book.sync()
+        item = Expected(
+            "query",
+            decision=decision,
+            gate=gate,
+            sql=sql,
+            statement_id=statement_id,
+            op=op,
+            rows_decision=rows_decision,
+            done=self._future(),
+        )
         query = Query(decision.run_sql or sql)  # the text that runs: computed PHI withheld (policy.withholding)
         if not (self.relay_idle and self.queue.empty() and not self.parser.buffered):
             self._forward(query, item)
+            await self._flush_upstream()
+            await self._relayed(item)
             return
         # Nothing else is in flight or waiting: relay this result right here. The common case (one statement
         # at a time) then skips the hand-over to the relay task, which costs more than the relaying itself.
@@ -504,38 +578,77 @@ class WireSession:
         self._flush_client()
         await self.writer.drain()
 
-    async def _refuse(self, decision: Decision, *, in_batch: bool) -> None:
+    async def _refuse_decision(self, decision: Decision, *, simple: bool) -> None:
         """Answer a statement that will not run now: invalid, denied, or held for approval."""
         if decision.verdict == "invalid":
-            error = error_response("ERROR", decision.sqlstate, decision.error)
-            self._reply(error, ready=not in_batch, in_batch=in_batch)
+            await self._refuse(error_response("ERROR", decision.sqlstate, decision.error), simple=simple)
         elif decision.verdict == "denied":
             message = "denied by policy: " + "; ".join(decision.reasons)
-            self._reply(error_response("ERROR", "42501", message), ready=not in_batch, in_batch=in_batch)
+            await self._refuse(error_response("ERROR", "42501", message), simple=simple)
         else:
             assert decision.ticket is not None
-            if self.wait_for_approval:
-                await self._wait_for_ticket(decision.ticket.pk, decision.ticket.url, in_batch=in_batch)
-            else:
-                self._reply(_held_error(decision), ready=not in_batch, in_batch=in_batch)
-        if in_batch:
-            self.discarding = True
+            if not self.wait_for_approval:
+                await self._refuse(_held_error(decision), simple=simple)
+                return
+            ticket_id = decision.ticket.pk
+            state = await self._wait_for_ticket(ticket_id, decision.ticket.url)
+            if self.cancelled_wait.is_set() and state.status == "cancelled":
+                cancelled = f"canceling statement due to user request (ticket {ticket_id} cancelled)"
+                await self._refuse(error_response("ERROR", "57014", cancelled), simple=simple)
+                return
+            outcome = _ticket_outcome(ticket_id, state, in_batch=not simple)
+            if len(outcome) == 1 and isinstance(outcome[0], ErrorResponse):
+                await self._refuse(outcome[0], simple=simple)
+                return
+            reply = Outgoing(outcome, ready_for_query=simple, in_batch=not simple, done=self._future())
+            self.queue.put_nowait(reply)
+            await self._relayed(reply)
+
+    async def _refuse(self, error: ErrorResponse, *, simple: bool) -> None:
+        """Fail the statement the way PostgreSQL fails one, upstream included.
+
+        The upstream is sent a Bind to a statement no client can have (``REFUSAL_STATEMENT``): it fails at once
+        and changes nothing, but it fails the upstream's batch and transaction exactly as the client now sees
+        theirs failed. A transaction block is aborted (25P02 until ROLLBACK), an implicit transaction rolls back,
+        and the rest of an extended batch is skipped until Sync. The relay writes ``error`` in place of the
+        upstream's answer, so the order of replies stays the protocol's.
+        """
+        assert self.upstream is not None
+        item = Expected("refusal", replacement=error, swallow=True, done=self._future())
+        self._forward(Bind("", REFUSAL_STATEMENT, (), (), ()), item)
+        if simple:
+            sync = Expected("sync", done=self._future())
+            self._forward(Sync(), sync)
+            self.book.sync()
+            await self._flush_upstream()
+            await self._relayed(sync)
+        else:
+            await self._relayed(item)  # with a Flush upstream: the client may wait for the error without a Sync
 
     # ------------------------------------------------------------------------------------ extended protocol
 
     async def _parse(self, message: Parse) -> None:
-        decision = await self._decide_at_parse(message.query)
-        statement = StatementState(sql=message.query, decision=decision, param_types=message.param_types)
-        if decision.verdict in ("invalid", "denied"):
-            await self._refuse(decision, in_batch=True)
+        if message.statement == REFUSAL_STATEMENT:
+            await self._refuse(error_response("ERROR", "42602", "this statement name is reserved"), simple=False)
             return
-        self.statements[message.statement] = statement
+        if statement_effects(message.query) == ():
+            decision = EMPTY_STATEMENT  # PostgreSQL prepares it; its Execute answers EmptyQueryResponse
+        else:
+            decision = await self._decide_at_parse(message.query)
+        if decision.verdict in ("invalid", "denied"):
+            await self._refuse_decision(decision, simple=False)
+            return
+        existing = self.book.statement(message.statement)
+        prepared = Prepared(message.query, decision, message.param_types)
+        op = self.book.parse(message.statement, prepared)
+        if message.statement != UNNAMED and existing is not None:
+            op.voided = True  # PostgreSQL answers 42P05 and keeps the statement it has
         # Parsing a held statement upstream is harmless (nothing runs before Execute) and gives the client the
         # real parameter and row descriptions; its Execute is what becomes a ticket. An allowed statement is
         # parsed as the text that runs (computed PHI withheld); the ticket of a held one keeps the agent's text.
         if decision.verdict == "allowed" and decision.run_sql is not None:
             message = dataclasses.replace(message, query=decision.run_sql)
-        self._forward(message, Expected("parse", statement=statement))
+        self._forward(message, Expected("parse", statement=prepared, op=op))
 
     async def _decide_at_parse(self, sql: str) -> Decision:
         """Classify without opening a ticket: a held statement's ticket needs its Bind parameters."""
@@ -555,55 +668,94 @@ class WireSession:
         self.decisions.store(self._cache_scope, shape, decision)
         return decision
 
-    def _bind(self, message: Bind) -> None:
-        statement = self.statements.get(message.statement) or StatementState(sql="", decision=None)
-        portal = PortalState(
-            statement=statement,
+    async def _bind(self, message: Bind) -> None:
+        statement = self.book.statement(message.statement)
+        if statement is None:
+            await self._refuse(_no_statement(message.statement), simple=False)
+            return
+        existing = self.book.portal(message.portal)
+        portal = Portal(
+            message.portal,
+            statement,
             params=StatementParams.from_bind(message.params, message.param_formats, statement.param_types),
         )
-        self.portals[message.portal] = portal
-        self._forward(message, Expected("bind", portal=portal))
+        op = self.book.bind(portal)
+        if message.portal != UNNAMED and existing is not None:
+            op.voided = True  # PostgreSQL answers 42P03 and keeps the portal it has
+        self._forward(message, Expected("bind", portal=portal, op=op))
 
-    def _describe(self, message: Describe) -> None:
+    async def _describe(self, message: Describe) -> None:
         if message.kind == "S":
-            statement = self.statements.get(message.name)
+            statement = self.book.statement(message.name)
+            if statement is None:
+                await self._refuse(_no_statement(message.name), simple=False)
+                return
             self._forward(message, Expected("describe_statement", statement=statement))
-        else:
-            portal = self.portals.get(message.name)
-            self._forward(message, Expected("describe_portal", portal=portal))
+            return
+        portal = self.book.portal(message.name)
+        if portal is None:
+            await self._refuse(_no_portal(message.name), simple=False)
+            return
+        self._forward(message, Expected("describe_portal", portal=portal, rows_decision=self._fetched_from(portal)))
+
+    def _fetched_from(self, portal: Portal) -> Decision | None:
+        """For a portal that runs FETCH or MOVE: the decision of the cursor it reads, which governs its rows
+        (None when that cursor is unknown: then every column is redacted, see ``_plan_for``)."""
+        effects = statement_effects(portal.statement.sql) if not portal.cursor else None
+        if effects and isinstance(effects[0], Fetch):
+            cursor = self.book.portal(effects[0].name)
+            return cursor.statement.decision if cursor is not None else NO_DECISION
+        return None
 
     async def _execute(self, message: Execute) -> None:
-        portal = self.portals.get(message.portal)
-        decision = portal.statement.decision if portal else None
-        if portal is None or decision is None:
-            # Unknown to us means unknown upstream too: let PostgreSQL report it.
-            self._forward(message, Expected("execute", portal=portal))
+        portal = self.book.portal(message.portal)
+        if portal is None:
+            await self._refuse(_no_portal(message.portal), simple=False)
+            return
+        if portal.cursor:
+            await self._execute_cursor(message, portal)
+            return
+        decision = portal.statement.decision
+        if decision is EMPTY_STATEMENT:
+            self._forward(message, Expected("execute", portal=portal))  # EmptyQueryResponse: nothing is read
             return
         if decision.catalog is not self.runtime.catalogs.peek(self.datasource):
             # Decided under an older snapshot: tags, classification or rules may have changed since Parse (a
             # prepared statement lives as long as the session), so the statement is judged again.
             current = await self._decide_at_parse(portal.statement.sql)
             if current.verdict in ("invalid", "denied"):
-                await self._refuse(current, in_batch=True)
+                await self._refuse_decision(current, simple=False)
                 return
             if current.verdict == "allowed" and current.run_sql != decision.run_sql:
                 # What PostgreSQL prepared is no longer the text the policy would run.
                 changed = "the PHI policy changed since this statement was prepared; prepare it again"
-                self._reply(error_response("ERROR", "0A000", changed), in_batch=True)
-                self.discarding = True
+                await self._refuse(error_response("ERROR", "0A000", changed), simple=False)
                 return
             portal.statement.decision = decision = current
         if decision.verdict == "held":
             held = await self._decide(portal.statement.sql, portal.params)
-            await self._refuse(held, in_batch=True)
+            await self._refuse_decision(held, simple=False)
             return
+        effects = statement_effects(portal.statement.sql) or ()
+        rows_decision: Decision | None = None
         executing = dataclasses.replace(
             decision, submitted={**decision.submitted, "params": portal.params.for_audit()}, wire_memo={}
         )
+        if effects and isinstance(effects[0], Fetch):
+            cursor = self.book.portal(effects[0].name)
+            if cursor is None:
+                await self._refuse(_no_cursor(effects[0].name), simple=False)
+                return
+            rows_decision = cursor.statement.decision
+            executing = _fetching(executing, cursor)
         gate, statement_id = self._start_audit(executing, portal.statement.sql)
+        op = self.book.sql(portal.statement.sql, decision, simple_query=False, statement_id=statement_id)
         if portal.row_description is None:
             # Masking needs the column origins and formats of this portal: ask for them, for ourselves.
-            self._forward(Describe("P", message.portal), Expected("describe_portal", portal=portal, swallow=True))
+            self._forward(
+                Describe("P", message.portal),
+                Expected("describe_portal", portal=portal, swallow=True, rows_decision=rows_decision),
+            )
         self._forward(
             message,
             Expected(
@@ -613,20 +765,43 @@ class WireSession:
                 gate=gate,
                 sql=portal.statement.sql,
                 statement_id=statement_id,
+                op=op,
+                rows_decision=rows_decision,
+            ),
+        )
+
+    async def _execute_cursor(self, message: Execute, portal: Portal) -> None:
+        """The protocol's Execute on a cursor opened by DECLARE fetches from it: its rows, notices and errors are
+        governed by the DECLARE's decision, and its record names that statement and the cursor."""
+        decision = _fetching(portal.statement.decision, portal)
+        gate, statement_id = self._start_audit(decision, portal.statement.sql)
+        if portal.row_description is None:
+            self._forward(Describe("P", message.portal), Expected("describe_portal", portal=portal, swallow=True))
+        self._forward(
+            message,
+            Expected(
+                "execute",
+                portal=portal,
+                decision=decision,
+                gate=gate,
+                sql=portal.statement.sql,
+                statement_id=statement_id,
+                rows_decision=portal.statement.decision,
             ),
         )
 
     def _close(self, message: Close) -> None:
         if message.kind == "S":
-            self.statements.pop(message.name, None)
+            self.book.close_statement(message.name)
         else:
-            self.portals.pop(message.name, None)
+            self.book.close_portal(message.name)
         self._forward(message, Expected("close"))
 
     # --------------------------------------------------------------------------------------- waiting mode
 
-    async def _wait_for_ticket(self, ticket_id: int, url: str, *, in_batch: bool) -> None:
-        """``-c gateway.approval=wait``: hold the statement open, with a NOTICE every ~10 s, until it is decided."""
+    async def _wait_for_ticket(self, ticket_id: int, url: str) -> bridge.TicketState:
+        """``-c gateway.approval=wait``: hold the statement open, with a NOTICE every ~10 s, until it is decided.
+        A cancel request cancels the ticket; the returned state then says so."""
         assert self.principal is not None and self.upstream is not None
         self.upstream.flush()
         self.waiting_ticket = ticket_id
@@ -637,17 +812,10 @@ class WireSession:
             while True:
                 state = await asyncio.to_thread(bridge.ticket_state, ticket_id)
                 if state.final:
-                    break
+                    return state
                 if self.cancelled_wait.is_set():
                     await asyncio.to_thread(bridge.cancel_waiting_ticket, ticket_id, self.principal, self.context)
-                    self._reply(
-                        error_response(
-                            "ERROR", "57014", f"canceling statement due to user request (ticket {ticket_id} cancelled)"
-                        ),
-                        ready=not in_batch,
-                        in_batch=in_batch,
-                    )
-                    return
+                    return await asyncio.to_thread(bridge.ticket_state, ticket_id)
                 if time.monotonic() - last_notice >= WAIT_HEARTBEAT_SECONDS:
                     last_notice = time.monotonic()
                     self._reply(
@@ -662,7 +830,6 @@ class WireSession:
                     await asyncio.wait_for(self.cancelled_wait.wait(), timeout=1.0)
         finally:
             self.waiting_ticket = None
-        self._reply(*_ticket_outcome(ticket_id, state, in_batch=in_batch), ready=not in_batch, in_batch=in_batch)
 
     # -------------------------------------------------------------------------------------------- fast path
 
@@ -679,7 +846,7 @@ class WireSession:
             and self.relay_idle
             and upstream is not None
             and not upstream.pending
-            and not self.discarding
+            and self.connection.state is State.READY
             and not self.parser.buffered
             and self.queue.empty()
             and 5 < len(data) <= FAST_QUERY_MAX_BYTES
@@ -696,12 +863,17 @@ class WireSession:
         decision, _ = self._cached(sql)
         if decision is None or decision.verdict != "allowed" or decision.run_sql is not None:
             return False  # the fast path relays the client's own frame
+        if statement_effects(sql) != _NO_EFFECTS:
+            return False  # cursors, transaction ends, several statements: the client loop keeps the book
         # The statement leaves first and its audit record is built while it runs: nothing it returns can be
         # read before this callback ends, and the rows then wait for the record's fsync (the gate).
         upstream.writer.write(data)  # the client's own frame
         upstream.protocol.divert = self._fast_received
+        self.connection.receive(_FAST_QUERY)
         gate, statement_id = self._start_audit(decision, sql)
-        item = Expected("query", decision=decision, gate=gate, sql=sql, statement_id=statement_id)
+        op = self.book.sql(sql, decision, simple_query=True, statement_id=statement_id)
+        self.book.sync()
+        item = Expected("query", decision=decision, gate=gate, sql=sql, statement_id=statement_id, op=op)
         self.fast = FastQuery(RelayState(item), asyncio.get_running_loop().create_future())
         return True
 
@@ -749,6 +921,9 @@ class WireSession:
                     return
         except ProtocolError as error:
             self._fast_abort(protocol_error_response(error), error)
+            return
+        except UpstreamError as error:
+            self._fast_abort(error_response("FATAL", "08006", f"the target database ended the session: {error}"), error)
             return
         self._flush_client()
         if self._client_backlogged():
@@ -799,7 +974,9 @@ class WireSession:
             log.warning("wire session %s: %s", self.context.session_id, error)
         self._flush_client()
         if not self.writer.is_closing():
-            self.writer.write(reply.encode())
+            if self.connection.state is not State.CLOSED:
+                self.connection.state = State.CLOSED
+                self.writer.write(reply.encode())
             self.writer.close()
         if self.upstream is not None:
             self.upstream.protocol.divert = None
@@ -811,6 +988,25 @@ class WireSession:
     # ------------------------------------------------------------------------------------------------ relay
 
     async def _relay(self) -> None:
+        """The only writer to the client after sign-in. A failure here ends the session with the error the
+        client would get from PostgreSQL (never silence): the upstream lost (08006, or the FATAL it sent), a
+        message the protocol does not allow (08P01), an audit record that cannot be written (58000)."""
+        try:
+            await self._relay_items()
+        except SessionClosed:
+            self.terminate("58000", "the audit record could not be written; the result is withheld")
+        except UpstreamError as error:
+            self.terminate("08006", f"the connection to the target database was lost: {error}")
+        except ProtocolError as error:
+            log.warning("wire session %s: %s", self.context.session_id, error)
+            self.terminate(error.sqlstate, str(error))
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("wire session %s relay failed", self.context.session_id)
+            self.terminate("XX000", "internal error in the gateway; the session is closed")
+
+    async def _relay_items(self) -> None:
         while True:
             self.relay_idle = self.queue.empty()
             item = await self.queue.get()
@@ -819,19 +1015,27 @@ class WireSession:
                 self._flush_client()
                 return
             if isinstance(item, Outgoing):
-                if item.in_batch and self.upstream_failed_batch:
-                    continue
-                messages = list(item.messages)
-                if item.ready_for_query:
-                    messages.append(ReadyForQuery(self.transaction.status))
-                self.out.extend(message.encode() for message in messages)
+                if not (item.in_batch and self.upstream_failed_batch):
+                    messages = list(item.messages)
+                    if item.ready_for_query:
+                        messages.append(ReadyForQuery(self.transaction.status))
+                    for message in messages:
+                        self._send_own(message)
             elif self.upstream_failed_batch and item.kind not in ("sync", "query"):
-                continue  # upstream skips everything until Sync after an error, so these get no response
+                if item.op is not None:  # upstream skips everything until Sync after an error: no response
+                    self.book.skipped(item.op)
             else:
                 await self._relay_responses(item)
+            if item.done is not None and not item.done.done():
+                item.done.set_result(None)
             if self.queue.empty():
                 self._flush_client()
                 await self.writer.drain()
+
+    def _send_own(self, message: BackendMessage) -> None:
+        """A message the gateway writes itself, through the state table like every relayed one."""
+        self.connection.send(message)
+        self.out.append(message.encode())
 
     def _flush_client(self) -> None:
         """Everything relayed so far leaves in one write: one syscall per round trip, not per message. Then the
@@ -840,6 +1044,7 @@ class WireSession:
         if self.out:
             self.writer.write(b"".join(self.out))
             self.out.clear()
+            self.out_size = 0
         if self.results_sent:
             self._record_results()
 
@@ -870,18 +1075,20 @@ class WireSession:
         (``FastQuery``) share it.
 
         Frames go to the client byte for byte unless they must change (a masked row, a rewritten description,
-        a scrubbed error) or be dropped; only those, and the few that carry state, are decoded. Returns
-        NEEDS_GATE, without consuming the frame, when it would release a result before its audit record is
-        durable: the caller waits for the record and offers the same frame again.
+        a scrubbed error or notice) or be dropped; only those, and the few that carry state, are decoded. Every
+        frame the client sees passes the state table (``self.connection``); answers that confirm a name update
+        the book (``self.book``). Returns NEEDS_GATE, without consuming the frame, when it would release a
+        result before its audit record is durable: the caller waits for the record and offers it again.
         """
         item, out = relay.item, self.out
+        show = not item.swallow
         if code == _DATA_ROW:
             if not relay.released:
                 return Step.NEEDS_GATE
             meter = relay.meter
             if meter is None:
                 if relay.plan is None and item.portal is not None:
-                    relay.plan, relay.fields = self._portal_plan(item.portal)
+                    relay.plan, relay.fields = self._portal_plan(item.portal, item.statement_decision)
                     relay.masked = relay.plan is not None and not relay.plan.is_identity
                 plan, fields = relay.plan, relay.fields
                 meter = relay.meter = ResultMeter(
@@ -897,12 +1104,13 @@ class WireSession:
                 meter.keep_preview(DataRow.decode_body(frame[5:]), relay.fields)
             meter.rows += 1
             meter.digest.update(frame)
+            self.connection.send_frame(code)
             out.append(frame)
-            if len(out) >= 512:
+            self.out_size += len(frame)
+            if self.out_size >= FLUSH_BYTES:
                 self._flush_client()
                 return Step.FLUSHED
             return Step.MORE
-        show = not item.swallow
         if code == _ROW_DESCRIPTION:
             shape = self._describe_result(frame, item)
             relay.plan, relay.fields = shape.plan, shape.fields
@@ -910,14 +1118,21 @@ class WireSession:
             if item.kind == "query":
                 relay.meter = ResultMeter(masking=shape.masking, columns=shape.columns, masking_json=shape.masking_json)
             if show:
+                self.connection.send_frame(code)
                 out.append(shape.description)
             return Step.DONE if item.kind in ("describe_statement", "describe_portal") else Step.MORE
         if code in _RESULT_ENDS:
             if not relay.released:
                 return Step.NEEDS_GATE
             if code == _COMMAND_COMPLETE:
-                self.transaction.observe(CommandComplete.decode_body(frame[5:]))
+                complete = CommandComplete.decode_body(frame[5:])
+                self.transaction.observe(complete)
+                if item.op is not None:
+                    self.book.statement_completed(item.op, complete.tag)
+            elif code == _EMPTY_QUERY and item.op is not None:
+                self.book.statement_completed(item.op)
             if show:
+                self.connection.send_frame(code)
                 out.append(frame)
             if item.decision is not None and item.gate is not None:
                 meter = relay.meter or ResultMeter()
@@ -926,14 +1141,22 @@ class WireSession:
                 relay.meter = None
             return Step.DONE if item.kind == "execute" else Step.MORE
         if code == _READY_FOR_QUERY:
-            self.transaction.observe(ReadyForQuery.decode_body(frame[5:]))
+            ready = ReadyForQuery.decode_body(frame[5:])
+            self.transaction.observe(ready)
+            self.book.ready_for_query(ready.status)
             self.upstream_failed_batch = False
             if show:
+                self.connection.send_frame(code)
                 out.append(frame)
             return Step.DONE
         if code in _ACKNOWLEDGEMENTS:
+            if item.kind == "refusal":
+                raise ProtocolError("08P01", "the target database accepted a statement name that cannot exist")
             if show:
+                self.connection.send_frame(code)
                 out.append(frame)
+            if item.op is not None and code in _CONFIRMATIONS:
+                self.book.confirmed(item.op)
             if code == _NO_DATA and item.kind == "describe_portal" and item.portal is not None:
                 item.portal.row_description = RowDescription(())
             if item.kind in ("parse", "bind", "close") or (
@@ -944,19 +1167,33 @@ class WireSession:
         message = decode_backend_body(code, frame[5:])
         self.transaction.observe(message)
         if isinstance(message, NoticeResponse | ParameterStatus | NotificationResponse):
-            if not (isinstance(message, ParameterStatus) and message.name not in FORWARDED_PARAMETERS):
+            if isinstance(message, NoticeResponse):
+                self._write(self._scrub(message, item), item)
+            elif not (isinstance(message, ParameterStatus) and message.name not in FORWARDED_PARAMETERS):
                 self._write(message, item)
             return Step.MORE
         if isinstance(message, ErrorResponse):
-            self._write(self._scrub(message, item), item)
+            if item.op is not None:
+                self.book.failed(item.op)
+            else:
+                self.book.error()
+            if message.is_fatal:
+                self._write(self._scrub(message, item), item, always=True)
+                raise UpstreamError(message.fields.get("M", "the target database ended the session"))
+            if item.kind == "refusal":
+                assert item.replacement is not None
+                self._send_own(item.replacement)  # the gateway's refusal, in place of the upstream's error
+            else:
+                self._write(self._scrub(message, item), item)
             if item.kind in ("sync", "query"):
                 return Step.MORE
             self.upstream_failed_batch = True
             return Step.DONE
         raise ProtocolError("08P01", f"unexpected {type(message).__name__} from the target database")
 
-    def _write(self, message: BackendMessage, item: Expected) -> None:
-        if not item.swallow:
+    def _write(self, message: BackendMessage, item: Expected, *, always: bool = False) -> None:
+        if always or not item.swallow:
+            self.connection.send(message)
             self.out.append(message.encode())
 
     async def _await_gate(self, item: Expected) -> None:
@@ -966,15 +1203,9 @@ class WireSession:
         try:
             await item.gate
         except Exception:
-            # No audit record, no result: end the session rather than release anything.
+            # No audit record, no result: end the session rather than release anything (``_relay`` says why).
             log.exception("audit write failed in wire session %s; closing it", self.context.session_id)
-            self._flush_client()
-            self.writer.write(
-                error_response(
-                    "FATAL", "58000", "the audit record could not be written; the result is withheld"
-                ).encode()
-            )
-            await self.writer.drain()
+            self.terminate("58000", "the audit record could not be written; the result is withheld")
             raise SessionClosed() from None
 
     def _describe_result(self, frame: bytes, item: Expected) -> ResultShape:
@@ -994,14 +1225,18 @@ class WireSession:
     def _identity_kind(self) -> str:
         return self.principal.identity_kind if self.principal is not None else "agent"
 
-    def _portal_plan(self, portal: PortalState) -> tuple[MaskingPlan | None, tuple[FieldDescription, ...]]:
+    def _portal_plan(
+        self, portal: Portal, decision: Decision | None
+    ) -> tuple[MaskingPlan | None, tuple[FieldDescription, ...]]:
         description = portal.row_description or portal.statement.row_description
         if description is None:
             return None, ()
-        shape = _result_shape(description.encode(), portal.statement.decision, self._identity_kind)
+        shape = _result_shape(description.encode(), decision, self._identity_kind)
         return shape.plan, description.fields
 
-    def _scrub(self, message: ErrorResponse, item: Expected) -> ErrorResponse:
+    def _scrub(self, message: ErrorResponse | NoticeResponse, item: Expected) -> ErrorResponse | NoticeResponse:
+        """An error or notice keeps its text only when the statement behind it touches no PHI: a value in a
+        message ("invalid input syntax for type integer: ...") is a result value that no mask covered."""
         decision = item.statement_decision
         known = decision is not None and decision.classification is not None and decision.catalog is not None
         if known and not touches_phi(decision.classification, decision.catalog):  # type: ignore[union-attr,arg-type]
@@ -1010,7 +1245,7 @@ class WireSession:
         sqlstate = fields.get("C", "XX000")
         scrubbed = {key: value for key, value in fields.items() if key in {"S", "V", "C", "P", "s", "t", "c", "d", "n"}}
         scrubbed["M"] = scrub_error(sqlstate, fields.get("M", ""), touches_phi=True)
-        return ErrorResponse(scrubbed)
+        return type(message)(scrubbed)
 
     def _finish_audit(self, item: Expected, meter: ResultMeter) -> None:
         """The result's record (rows, masks, digest of the bytes sent): queued, not waited for."""
@@ -1034,6 +1269,32 @@ def _peer_address(writer: asyncio.StreamWriter) -> str | None:
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
     return None
+
+
+REFUSAL_STATEMENT = "phigate: refused"  # a statement name no client may create (see WireSession._refuse)
+EMPTY_STATEMENT = Decision(verdict="allowed", reasons=["an empty statement reads nothing"])
+NO_DECISION = Decision(verdict="allowed", reasons=["no statement the gateway knows: every column redacted"])
+CURSOR_ALONE = error_response(
+    "ERROR", "0A000", "DECLARE and FETCH must be sent as statements of their own, not in a multi-statement query"
+)
+
+
+def _no_statement(name: str) -> ErrorResponse:
+    return error_response("ERROR", "26000", f'prepared statement "{name}" does not exist')
+
+
+def _no_portal(name: str) -> ErrorResponse:
+    return error_response("ERROR", "34000", f'portal "{name}" does not exist')
+
+
+def _no_cursor(name: str) -> ErrorResponse:
+    return error_response("ERROR", "34000", f'cursor "{name}" does not exist')
+
+
+def _fetching(decision: Decision, cursor: Portal) -> Decision:
+    """The decision to record for a fetch from ``cursor``: it names the cursor and the record of its DECLARE."""
+    details = {**decision.submitted, "cursor": cursor.name, "declared_by": cursor.declared_by}
+    return dataclasses.replace(decision, submitted=details, wire_memo={})
 
 
 def _held_error(decision: Decision) -> ErrorResponse:
