@@ -33,6 +33,9 @@ system-packages:
 	@command -v chromium
 	@{ command -v javac >/dev/null && test -e /usr/share/java/postgresql.jar; } || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpostgresql-jdbc-java default-jdk-headless >/dev/null; }
 	@test -e /usr/share/java/postgresql.jar
+	@{ test -e /usr/share/java/HikariCP.jar && test -e /usr/share/java/slf4j-api.jar && test -e /usr/share/java/slf4j-nop.jar; } || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libhikaricp-java libslf4j-java >/dev/null; }
+	@test -e /usr/share/java/HikariCP.jar
+	@{ command -v node >/dev/null && command -v npm >/dev/null; } || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -8,9 +8,13 @@ import ssl
 import time
 from collections import defaultdict, deque
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from audit.sinks import open_wire_audit_sink
 from gateway.decision_cache import DecisionCache
 from gateway.pipeline import DatasourceRuntime
+from gateway.wire.scram_server import tls_server_end_point
 from gateway.wire.session import CancelKey, WireClientProtocol, WireSession
 from phigate import envconfig
 
@@ -37,17 +41,40 @@ class FailureThrottle:
         return 0.0 if excess <= 0 else min(float(2 ** (excess - 1)), MAX_DELAY_SECONDS)
 
 
-def tls_context() -> ssl.SSLContext | None:
-    """TLS when GATEWAY_TLS_CERT(_FILE) and GATEWAY_TLS_KEY(_FILE) name a certificate and key (PEM paths)."""
+class WireTLSContext(ssl.SSLContext):
+    """The wire's TLS context, with what sign-in needs to know about it.
+
+    ``channel_binding``: the ``tls-server-end-point`` data of the certificate (SCRAM-SHA-256-PLUS is offered
+    over TLS when it is set). ``required``: a client that does not ask for TLS is refused (GATEWAY_REQUIRE_TLS).
+    """
+
+    channel_binding: bytes | None = None
+    required: bool = False
+
+
+def tls_context() -> WireTLSContext | None:
+    """TLS when GATEWAY_TLS_CERT(_FILE) and GATEWAY_TLS_KEY(_FILE) name a certificate and key (PEM paths).
+
+    GATEWAY_REQUIRE_TLS=true refuses clear-text clients, and refuses to start without a certificate.
+    """
     cert = envconfig.get_str("GATEWAY_TLS_CERT_FILE")
     key = envconfig.get_str("GATEWAY_TLS_KEY_FILE")
+    required = envconfig.get_bool("GATEWAY_REQUIRE_TLS", False)
     if not cert and not key:
+        if required:
+            raise envconfig.ImproperlyConfigured(
+                "GATEWAY_REQUIRE_TLS is set but no certificate is: set GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE"
+            )
         return None
     if not (cert and key):
         raise envconfig.ImproperlyConfigured("set both GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context = WireTLSContext(ssl.PROTOCOL_TLS_SERVER)  # what ssl.create_default_context(CLIENT_AUTH) makes
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
+    with open(cert, "rb") as handle:  # the leaf is the first certificate of the chain file, as OpenSSL reads it
+        leaf = x509.load_pem_x509_certificates(handle.read())[0]
+    context.channel_binding = tls_server_end_point(leaf.public_bytes(serialization.Encoding.DER))
+    context.required = required
     return context
 
 

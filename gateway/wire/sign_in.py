@@ -35,7 +35,7 @@ from gateway.pgwire.notices import error_response
 from gateway.pgwire.parser import FrontendParser
 from gateway.pgwire.sasl import parse_sasl_initial_response
 from gateway.wire import bridge
-from gateway.wire.scram_server import MECHANISM, ScramFailure, ScramServer
+from gateway.wire.scram_server import ScramFailure, ScramServer
 from gateway.wire.upstream import Upstream, UpstreamTarget
 from identity.principal import Principal
 from policy.credentials import Access, target_url
@@ -109,6 +109,9 @@ async def start_up(client: ClientSide) -> SignedIn | None:
                 await target.cancel()
             return None
         if isinstance(message, StartupMessage):
+            if getattr(client.tls, "required", False) and not _encrypted(client):
+                await _refuse_clear_text(client, message)
+                return None
             return await _sign_in(client, message)
         raise ProtocolError("08P01", f"unexpected {type(message).__name__} during start-up")
 
@@ -121,15 +124,16 @@ async def _sign_in(client: ClientSide, startup: StartupMessage) -> SignedIn | No
         client._send_now(NegotiateProtocolVersion(0, tuple(unsupported)))
     wait_for_approval = approval_mode(params.get("options", "")) == "wait"
     login = await asyncio.to_thread(bridge.look_up_login, agent_name, datasource)
-    client._send_now(AuthenticationSASL((MECHANISM,)))
+    # Over TLS, SCRAM-SHA-256-PLUS too: the client proves it sees the certificate we sent (tls-server-end-point).
+    scram = ScramServer(login.verifier, channel_binding=_channel_binding(client))
+    client._send_now(AuthenticationSASL(scram.mechanisms))
     await client.writer.drain()
-    scram = ScramServer(login.verifier)
     failure = login.refusal
     try:
         mechanism, first = parse_sasl_initial_response(_expect_password(await client._read_client()))
-        if mechanism != MECHANISM or first is None:
+        if mechanism not in scram.mechanisms or first is None:
             raise ScramFailure(f"unsupported SASL mechanism {mechanism!r}")
-        client._send_now(AuthenticationSASLContinue(scram.server_first(first.decode("utf-8")).encode()))
+        client._send_now(AuthenticationSASLContinue(scram.server_first(first.decode("utf-8"), mechanism).encode()))
         await client.writer.drain()
         final = scram.server_final(_expect_password(await client._read_client()).decode("utf-8"))
     except (ScramFailure, UnicodeDecodeError) as exc:
@@ -160,6 +164,40 @@ async def _sign_in(client: ClientSide, startup: StartupMessage) -> SignedIn | No
     )
     await client.writer.drain()
     return SignedIn(login.principal, datasource, wait_for_approval, upstream, dict(params))
+
+
+def _encrypted(client: ClientSide) -> bool:
+    return client.writer.get_extra_info("ssl_object") is not None
+
+
+def _channel_binding(client: ClientSide) -> bytes | None:
+    """The tls-server-end-point data of our certificate when this connection is TLS (see server.WireTLSContext)."""
+    return getattr(client.tls, "channel_binding", None) if _encrypted(client) else None
+
+
+async def _refuse_clear_text(client: ClientSide, startup: StartupMessage) -> None:
+    """GATEWAY_REQUIRE_TLS: a client that did not ask for TLS is refused, as by a hostssl-only pg_hba.conf."""
+    params = startup.parameters
+    agent_name, datasource = params.get("user", ""), params.get("database", "") or params.get("user", "")
+    await asyncio.to_thread(
+        bridge.record_sign_in,
+        bridge.Login(None, None),
+        agent_name,
+        datasource,
+        client.context,
+        "TLS required: the client did not ask for encryption",
+    )
+    host = client.context.source_address or ""
+    client._send_now(
+        error_response(
+            "FATAL",
+            "28000",
+            f'no pg_hba.conf entry for host "{host}", user "{agent_name}", database "{datasource}", no encryption',
+            detail="This gateway accepts only TLS connections.",
+            hint="Connect with sslmode=require (or verify-full).",
+        )
+    )
+    await client.writer.drain()
 
 
 def _expect_password(message: object) -> bytes:
