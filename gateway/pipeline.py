@@ -117,6 +117,7 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
     error: str = ""
     sqlstate: str = "42601"  # of an invalid statement: a syntax error, or what PostgreSQL's analysis reported
+    error_position: str = ""  # where in the text PostgreSQL's analysis found it (1-based characters), if it said
     datasource: DataSource | None = None
     classification: Classification | None = None
     catalog: TargetCatalog | None = None
@@ -192,9 +193,11 @@ def decide(
             # with column syntax, ``p.f`` for ``f(p)``, say), which may have effects: held.
             rejected = runtime.executor(datasource.name).analysis_error(sql)
             if rejected is not None:
-                sqlstate, message = rejected
+                sqlstate, message, position = rejected
                 denial(datasource.name, "statement rejected by PostgreSQL", {"verdict": "invalid", "error": message})
-                return Decision(verdict="invalid", error=message, sqlstate=sqlstate, datasource=datasource)
+                return Decision(
+                    verdict="invalid", error=message, sqlstate=sqlstate, error_position=position, datasource=datasource
+                )
             if verdict == Verdict.ALLOWED:
                 verdict = Verdict.HELD
                 reasons = [f"PostgreSQL resolves a name lineage cannot: {'; '.join(lineage.unknown_reasons)}"]

@@ -62,9 +62,9 @@ class ReadExecutor:
                 return _run_with_cursor(conn, sql, row_cap)
             return _run_plain(conn, sql, row_cap)
 
-    def analysis_error(self, sql: str) -> tuple[str, str] | None:
+    def analysis_error(self, sql: str) -> tuple[str, str, str] | None:
         """PostgreSQL's own verdict on a statement it is only asked to parse and analyse (PQprepare, never run):
-        (SQLSTATE, message) when it refuses it, such as a column or relation that does not exist; None when
+        (SQLSTATE, message, position) when it refuses it, such as a column or relation that does not exist; None when
         it accepts it. Analysis reads the catalog, never table data, so the answer depends on no stored value."""
         with self.pool.connection() as conn:
             result = conn.pgconn.prepare(b"", sql.encode())
@@ -72,7 +72,8 @@ class ReadExecutor:
                 return None
             sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"XX000").decode()
             message = (result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"statement rejected").decode()
-            return sqlstate, message
+            position = (result.error_field(pq.DiagnosticField.STATEMENT_POSITION) or b"").decode()
+            return sqlstate, message, position
 
 
 def _describe(result: ReadResult, pgresult: object) -> None:

@@ -1367,6 +1367,7 @@ class _StatementResult:
     statement_type: str
     outcome: _Outcome
     is_transaction_control: bool
+    is_session_hygiene: bool = False
 
 
 def classify(sql: str, functions: FunctionCatalog, *, relations: RelationCatalog | None = None) -> Classification:
@@ -1399,12 +1400,47 @@ def classify(sql: str, functions: FunctionCatalog, *, relations: RelationCatalog
 
 def _classify_statement(node: ast.Node, inspector: _Inspector) -> _StatementResult:
     """Walk one top-level statement and fold its findings."""
+    if _is_session_hygiene(node):
+        return _StatementResult(
+            statement_type=_statement_type(node),
+            outcome=_outcome([_allowed("session hygiene: forgets this session's own state and reads no data")]),
+            is_transaction_control=False,
+            is_session_hygiene=True,
+        )
     findings = inspector.inspect(node)
     return _StatementResult(
         statement_type=_statement_type(node),
         outcome=_outcome(findings),
         is_transaction_control=_is_transaction_control(node),
     )
+
+
+# What connection pools send when a connection goes back to the pool (asyncpg's reset query
+# ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;``, pgbouncer's ``DISCARD ALL``): each
+# forgets state of this session only and reads no table. Such a batch is allowed as a whole.
+_HYGIENE_STATEMENTS = (ast.ClosePortalStmt, ast.DiscardStmt, ast.DeallocateStmt, ast.UnlistenStmt)
+_HYGIENE_FUNCTIONS = frozenset({("pg_advisory_unlock_all",), ("pg_catalog", "pg_advisory_unlock_all")})
+
+
+def _is_session_hygiene(node: ast.Node) -> bool:
+    if isinstance(node, _HYGIENE_STATEMENTS):
+        return True
+    if isinstance(node, ast.VariableSetStmt):
+        return node.kind == enums.VariableSetKind.VAR_RESET_ALL
+    if not isinstance(node, ast.SelectStmt) or len(node.targetList or ()) != 1:
+        return False
+    clauses = (
+        node.fromClause, node.whereClause, node.groupClause, node.havingClause, node.windowClause,
+        node.sortClause, node.limitCount, node.limitOffset, node.withClause, node.distinctClause,
+        node.valuesLists, node.larg, node.lockingClause, node.intoClause,
+    )  # fmt: skip
+    if any(clause for clause in clauses):
+        return False
+    call = (node.targetList or ())[0].val
+    if not isinstance(call, ast.FuncCall) or call.args or call.agg_filter or call.over or call.agg_star:
+        return False
+    name = tuple(part.sval for part in call.funcname or ())
+    return name in _HYGIENE_FUNCTIONS
 
 
 def _is_transaction_control(node: ast.Node) -> bool:
@@ -1418,6 +1454,8 @@ def _batch_outcome(results: Sequence[_StatementResult]) -> _Outcome:
     The gateway runs an approved batch inside one transaction of its own, so
     a BEGIN/COMMIT inside the batch would break that guarantee.
     """
+    if all(result.is_session_hygiene for result in results):
+        return _Outcome(Verdict.ALLOWED, Risk.LOW, ("a connection pool's session reset: reads no data",), 0)
     reasons = [_BATCH_REASON]
     has_transaction_control = any(result.is_transaction_control for result in results)
     if has_transaction_control:

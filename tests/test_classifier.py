@@ -418,7 +418,6 @@ REVIEWED = [
     case("reindex table t", HELD, 1),
     case("notify channel, 'x'", HELD, 1),
     case("listen channel", HELD, 1),
-    case("unlisten *", HELD, 1),
     case(
         "set constraints all deferred",
         HELD,
@@ -1287,3 +1286,32 @@ def test_view_resolution_follows_the_catalog_search_path() -> None:
     )
     assert classify("select * from noisy", CATALOG, relations=relations).verdict is ALLOWED
     assert classify("select * from reports.noisy", CATALOG, relations=relations).verdict is HELD
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",  # asyncpg's pool reset
+        "DISCARD ALL",  # pgbouncer's server_reset_query
+        "SELECT pg_catalog.pg_advisory_unlock_all()",
+        "UNLISTEN *",
+        "CLOSE ALL; DEALLOCATE ALL",
+    ],
+)
+def test_connection_pool_resets_are_session_hygiene(sql: str) -> None:
+    """Pools send these on every release; holding them would make a ticket per pooled query."""
+    assert run(sql).verdict == Verdict.ALLOWED
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT pg_advisory_unlock_all(); SELECT * FROM t",  # a read in the batch: not a reset any more
+        "SELECT pg_advisory_unlock_all() FROM t",  # runs once per row of t: reads it
+        "SELECT pg_advisory_unlock_all() WHERE (SELECT count(*) FROM t) > 1",
+        "CLOSE ALL; LISTEN channel",
+        "RESET ALL; SET ROLE admin",
+    ],
+)
+def test_a_reset_batch_with_anything_else_is_not_hygiene(sql: str) -> None:
+    assert run(sql).verdict != Verdict.ALLOWED

@@ -312,7 +312,7 @@ class WireSession:
         except (SessionClosed, ConnectionError, asyncio.IncompleteReadError):
             pass
         except UpstreamError as error:
-            self._send_now(error_response("FATAL", error.sqlstate, f"target database: {error}"))
+            self.terminate(error.sqlstate, f"target database: {error}")
         finally:
             self._record_results()  # results relayed but not flushed (the session ended abruptly) are recorded too
             self.registry.pop(self.cancel_key, None)
@@ -581,7 +581,10 @@ class WireSession:
     async def _refuse_decision(self, decision: Decision, *, simple: bool) -> None:
         """Answer a statement that will not run now: invalid, denied, or held for approval."""
         if decision.verdict == "invalid":
-            await self._refuse(error_response("ERROR", decision.sqlstate, decision.error), simple=simple)
+            error = error_response("ERROR", decision.sqlstate, decision.error)
+            if decision.error_position:  # from PostgreSQL's own analysis of a statement it refused
+                error = ErrorResponse({**error.fields, "P": decision.error_position})
+            await self._refuse(error, simple=simple)
         elif decision.verdict == "denied":
             message = "denied by policy: " + "; ".join(decision.reasons)
             await self._refuse(error_response("ERROR", "42501", message), simple=simple)
@@ -847,6 +850,7 @@ class WireSession:
             and upstream is not None
             and not upstream.pending
             and self.connection.state is State.READY
+            and _quiet(upstream.reader)
             and not self.parser.buffered
             and self.queue.empty()
             and 5 < len(data) <= FAST_QUERY_MAX_BYTES
@@ -1262,6 +1266,13 @@ class WireSession:
 
 
 # ------------------------------------------------------------------------------------------------- helpers
+
+
+def _quiet(reader: asyncio.StreamReader) -> bool:
+    """Nothing arrived from the upstream since its last answer: no FATAL of a backend that was terminated while
+    idle, no end of stream. The fast path reads only what arrives after it sends; anything already here is the
+    client loop's to relay (asyncio's StreamReader has no public view of its buffer)."""
+    return not getattr(reader, "_buffer", b"") and not reader.at_eof()
 
 
 def _peer_address(writer: asyncio.StreamWriter) -> str | None:
