@@ -34,7 +34,7 @@ from typing import Any
 from approvals.params import StatementParams
 from audit.models import EventKind
 from audit.preview import PREVIEW_ROWS, wire_value
-from audit.recorder import Context, masking_details
+from audit.recorder import Context
 from audit.sinks import WireAuditSink, open_wire_audit_sink
 from audit.wire_lines import SessionLines, json_text
 from gateway.decision_cache import DecisionCache
@@ -78,13 +78,12 @@ from gateway.pipeline import (
 )
 from gateway.wire import bridge, sign_in
 from gateway.wire.book import UNNAMED, Book, Declare, Fetch, NoEffect, Op, Portal, Prepared, statement_effects
+from gateway.wire.results import ResultShape, mask_row, masking_text, result_shape
 from gateway.wire.sign_in import FORWARDED_PARAMETERS
 from gateway.wire.upstream import Upstream, UpstreamError
 from identity.principal import Principal
-from policy.binary_text import binary_to_text
 from policy.errors import scrub_error
-from policy.lineage_masking import plan_for_result
-from policy.masking import ColumnMask, MaskingPlan, mask_value
+from policy.masking import MaskingPlan
 
 log = logging.getLogger(__name__)
 
@@ -1101,7 +1100,7 @@ class WireSession:
                 )
             if relay.masked:
                 assert relay.plan is not None
-                row = _mask_row(DataRow.decode_body(frame[5:]), relay.plan, relay.fields)
+                row = mask_row(DataRow.decode_body(frame[5:]), relay.plan, relay.fields)
                 frame = row.encode()
                 meter.keep_preview(row, relay.fields)
             elif len(meter.preview) < PREVIEW_ROWS:
@@ -1213,7 +1212,7 @@ class WireSession:
             raise SessionClosed() from None
 
     def _describe_result(self, frame: bytes, item: Expected) -> ResultShape:
-        shape = _result_shape(frame, item.statement_decision, self._identity_kind)
+        shape = result_shape(frame, item.statement_decision, self._identity_kind)
         if item.kind == "describe_statement" and item.statement is not None:
             item.statement.row_description = shape.source
         if item.kind == "describe_portal" and item.portal is not None:
@@ -1235,7 +1234,7 @@ class WireSession:
         description = portal.row_description or portal.statement.row_description
         if description is None:
             return None, ()
-        shape = _result_shape(description.encode(), decision, self._identity_kind)
+        shape = result_shape(description.encode(), decision, self._identity_kind)
         return shape.plan, description.fields
 
     def _scrub(self, message: ErrorResponse | NoticeResponse, item: Expected) -> ErrorResponse | NoticeResponse:
@@ -1254,7 +1253,7 @@ class WireSession:
     def _finish_audit(self, item: Expected, meter: ResultMeter) -> None:
         """The result's record (rows, masks, digest of the bytes sent): queued, not waited for."""
         assert item.decision is not None
-        masking = meter.masking_json or _masking_text(meter.masking)
+        masking = meter.masking_json or masking_text(meter.masking)
         preview = json_text({"columns": meter.columns, "rows": meter.preview})
         details = (
             f'{{"statement_id":"{item.statement_id}","rowcount":{meter.rows},"truncated":false,{masking},'
@@ -1347,97 +1346,3 @@ def _ticket_outcome(ticket_id: int, state: bridge.TicketState, *, in_batch: bool
     if state.status == "cancelled":
         return [error_response("ERROR", APPROVAL_CANCELLED, f"ticket {ticket_id} was cancelled")]
     return [error_response("ERROR", APPROVED_BUT_FAILED, f"ticket {ticket_id} failed: {state.error}")]
-
-
-@dataclass(frozen=True)
-class ResultShape:
-    """A result description under one decision: worked out once, reused while the decision is cached."""
-
-    source: RowDescription  # as the upstream sent it
-    plan: MaskingPlan | None
-    description: bytes  # the RowDescription the client is sent (masked columns announced as text), encoded
-    fields: tuple[FieldDescription, ...]  # as the upstream described them (formats and types of the values)
-    masking: dict[str, dict[str, str]]  # for the audit record
-    columns: list[str]
-    masking_json: str  # the audit details' masking fields, serialized (without the braces)
-
-
-def _masking_text(masking: dict[str, dict[str, str]]) -> str:
-    """A result's masking as the fields of its audit details (audit.recorder.masking_details), braces left off."""
-    return json_text(masking_details(masking))[1:-1]
-
-
-def _result_shape(frame: bytes, decision: Decision | None, identity_kind: str) -> ResultShape:
-    """The shape of a RowDescription frame (keyed by its exact bytes, so a repeat is not even decoded)."""
-    key = ("result", identity_kind, frame)
-    memo = decision.wire_memo if decision is not None else {}
-    shape = memo.get(key)
-    if shape is None:
-        description = RowDescription.decode_body(frame[5:])
-        plan = _plan_for(description, decision, identity_kind)
-        names = [f.name for f in description.fields]
-        masking = plan.describe(names) if plan else {}
-        shape = ResultShape(
-            source=description,
-            plan=plan,
-            description=_rewrite_description(description, plan).encode(),
-            fields=description.fields,
-            masking=masking,
-            columns=names,
-            masking_json=_masking_text(masking),
-        )
-        if len(memo) < 64:
-            memo[key] = shape
-    return shape
-
-
-def _plan_for(description: RowDescription, decision: Decision | None, identity_kind: str) -> MaskingPlan | None:
-    if not description.fields:
-        return None
-    if decision is None or decision.classification is None or decision.catalog is None:
-        # Unknown provenance: fail closed, every column redacted.
-        return MaskingPlan(
-            tuple(ColumnMask("redact", "unknown", "statement unknown to the gateway") for _ in description.fields)
-        )
-    origins = [(field.table_oid, field.column_attnum) for field in description.fields]
-    return plan_for_result(origins, decision.classification, decision.lineage, decision.catalog, identity_kind)
-
-
-def _rewrite_description(description: RowDescription, plan: MaskingPlan | None) -> RowDescription:
-    """Masked columns are announced as text: a mask's output (``***1234``, a pseudonym) is text, in either format."""
-    if plan is None or plan.is_identity:
-        return description
-    fields = tuple(
-        field if spec is None else FieldDescription(field.name, 0, 0, TEXT_OID, -1, -1, field.format)
-        for field, spec in zip(description.fields, plan.columns, strict=True)
-    )
-    return RowDescription(fields)
-
-
-_KEY: bytes | None = None
-
-
-def _pseudonym_key() -> bytes:
-    global _KEY
-    if _KEY is None:
-        from policy.masking import require_pseudonym_key
-
-        _KEY = require_pseudonym_key()
-    return _KEY
-
-
-def _mask_row(row: DataRow, plan: MaskingPlan, fields: tuple[FieldDescription, ...]) -> DataRow:
-    key = _pseudonym_key()
-    values: list[bytes | None] = []
-    for index, (value, spec) in enumerate(zip(row.values, plan.columns, strict=True)):
-        if spec is None or value is None:
-            values.append(value)
-            continue
-        field = fields[index] if index < len(fields) else None
-        if field is not None and field.format == 1:
-            text = binary_to_text(field.type_oid, value)
-            masked = mask_value(text, spec.mask, spec.phi_type, key) if text is not None else "[redacted]"
-        else:
-            masked = mask_value(value.decode("utf-8", "replace"), spec.mask, spec.phi_type, key)
-        values.append(None if masked is None else masked.encode("utf-8"))
-    return DataRow(tuple(values))
