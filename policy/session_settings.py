@@ -30,8 +30,9 @@ even when a DBA gave the read role another default; any other start-up search_pa
 Which data source's limits apply to a SET is known only to the wire session that runs it: the session binds a
 ``SessionScope`` (``bind_scope``) in its task before sign-in, sign-in fills in the data source's limits, and the
 classifier, run by ``asyncio.to_thread`` from that task (which copies the task's context), reads them with
-``current_limits``. Decisions are cached per data source, the unit the limits are configured in. Elsewhere (the
-HTTP front refuses SET anyway) the default limits apply.
+``current_limits``. Decisions are cached per data source, the unit the limits are configured in. Without a scope
+(the HTTP front, which refuses SET anyway, or a thread that did not inherit the context) the strictest limits of
+every data source the process serves apply.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from django.core.exceptions import ImproperlyConfigured
 
 from phigate import envconfig
+from policy.credentials import Access, configured_datasources
 
 #: Settings an agent may change (lower-case names, as PostgreSQL compares them).
 SETTABLE = frozenset(
@@ -179,10 +181,24 @@ def current_scope() -> SessionScope | None:
 
 
 def current_limits() -> SessionLimits:
+    """The calling session's limits; without a bound scope, the strictest of every data source this process
+    serves (fail closed: a caller that lost the scope, say a thread started without the task's context, can
+    only be stricter than the session's own data source)."""
     scope = _SCOPE.get()
     if scope is not None and scope.limits is not None:
         return scope.limits
-    return SessionLimits()
+    return strictest_limits()
+
+
+def strictest_limits() -> SessionLimits:
+    served = [SessionLimits.for_datasource(name) for name in configured_datasources(Access.READ)]
+    if not served:
+        return SessionLimits()
+    return SessionLimits(
+        datasource="",
+        statement_timeout_ms=min(limits.statement_timeout_ms for limits in served),
+        idle_in_transaction_timeout_ms=min(limits.idle_in_transaction_timeout_ms for limits in served),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ judging

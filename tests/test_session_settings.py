@@ -152,6 +152,15 @@ def test_limits_are_configured_per_data_source() -> None:
         SessionLimits.for_datasource("clinic", {"DATASOURCE_CLINIC_STATEMENT_TIMEOUT": "0"})
 
 
+def test_without_a_session_scope_the_strictest_served_limits_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A classification that lost its session's scope can only be stricter than the session's data source."""
+    monkeypatch.setenv("DATASOURCE_FASTLANE_READ_URL", "postgresql://nobody@127.0.0.1/nothing")
+    monkeypatch.setenv("DATASOURCE_FASTLANE_STATEMENT_TIMEOUT", "2s")
+    assert session_settings.current_scope() is None
+    assert classify("SET statement_timeout = '3s'", CATALOG).verdict is Verdict.DENIED
+    assert classify("SET statement_timeout = '2s'", CATALOG).verdict is Verdict.ALLOWED
+
+
 def test_upstream_application_name_keeps_the_agent_within_63_bytes() -> None:
     name = session_settings.upstream_application_name("agent-7", "é" * 40)
     assert name.startswith("phigate-wire/agent-7/") and len(name.encode()) <= 63
