@@ -357,3 +357,34 @@ def test_a_wait_whose_client_left_releases_its_upstream_and_ticket(services) -> 
     worker.join(10)
     conn.close()
     assert failed and not worker.is_alive()
+
+
+def test_revocation_during_a_wait_ends_the_session_and_frees_its_seat(services, capped_gateway: int) -> None:  # type: ignore[no-untyped-def]
+    agent, token = make_agent(make_user(Role.ENGINEER))
+    dsn = _dsn(agent, token, capped_gateway)
+    conn = psycopg.connect(_dsn(agent, token, capped_gateway, options="-c gateway.approval=wait"), autocommit=True)
+    failed: list[BaseException] = []
+
+    def held_statement() -> None:
+        try:
+            conn.execute("DELETE FROM scratch WHERE id = 46")
+        except Exception as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=held_statement)
+    worker.start()
+    ticket = wait_until(
+        lambda: Ticket.objects.filter(agent=agent, status=Status.PENDING).first(), 20, what="the ticket"
+    )
+    Agent.objects.filter(pk=agent.pk).update(revoked_at=timezone.now())
+    worker.join(5)
+    assert not worker.is_alive() and failed
+    assert getattr(failed[0], "sqlstate", None) == "57P01" and "revoked" in str(failed[0])
+    conn.close()
+    wait_until(lambda: not _upstream_pids(services, agent), 2, what="the upstream connection to close")
+    assert Ticket.objects.get(pk=ticket.pk).status == Status.PENDING  # left to its reviewers
+    Agent.objects.filter(pk=agent.pk).update(revoked_at=None)
+    time.sleep(0.2)
+    # Both seats are free again: the waiting session's task ended with it (it does not poll its ticket on).
+    with psycopg.connect(dsn, connect_timeout=10) as first, psycopg.connect(dsn, connect_timeout=10) as second:
+        assert first.execute("SELECT 1").fetchone() == second.execute("SELECT 1").fetchone() == (1,)

@@ -58,6 +58,7 @@ class Seat:
     ended: str = ""  # why the gateway ended it, once it has
     opened: float = field(default_factory=time.monotonic)
     lifecycle: SessionLifecycle | None = None
+    task: asyncio.Task[Any] | None = None  # the connection's task
 
     def claim(self, principal: Principal, datasource: str) -> bool:
         """Count this session against its agent's limit (sign-in, before the upstream connection)."""
@@ -84,7 +85,7 @@ class SessionLifecycle:
 
     def admit(self, session: Any) -> Seat:
         """Called in the connection's task before the session runs."""
-        seat = Seat(session, lifecycle=self)
+        seat = Seat(session, lifecycle=self, task=asyncio.current_task())
         self.seats.add(seat)
         _CURRENT.set(seat)
         return seat
@@ -151,7 +152,7 @@ class SessionLifecycle:
                     continue
                 seat.ended = reason
                 message = f'terminating connection: agent "{seat.agent_name}" {reason}'
-                _terminate(seat.session, ADMIN_SHUTDOWN, message)
+                _end(seat, ADMIN_SHUTDOWN, message)
                 log.info("wire session %s ended: agent %s %s", _session_id(seat.session), seat.agent_name, reason)
                 try:
                     await asyncio.to_thread(
@@ -171,7 +172,7 @@ class SessionLifecycle:
         for seat in list(self.seats):
             if not seat.ended:
                 seat.ended = "the gateway is shutting down"
-                _terminate(seat.session, ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE)
+                _end(seat, ADMIN_SHUTDOWN, SHUTDOWN_MESSAGE)
 
 
 # ------------------------------------------------------------------------------------------ session access
@@ -180,6 +181,15 @@ class SessionLifecycle:
 def _session_id(session: Any) -> str:
     context = getattr(session, "context", None)
     return str(getattr(context, "session_id", ""))
+
+
+def _end(seat: Seat, sqlstate: str, message: str) -> None:
+    """Terminate the session; one waiting for approval is also stopped (its wait loop does not read the closed
+    sockets, it polls the ticket): its task is cancelled, which leaves the ticket to its reviewers."""
+    waiting = getattr(seat.session, "waiting_ticket", None) is not None
+    _terminate(seat.session, sqlstate, message)
+    if waiting and seat.task is not None and not seat.task.done():
+        seat.task.cancel()
 
 
 def _terminate(session: Any, sqlstate: str, message: str) -> None:
