@@ -3,8 +3,10 @@
 * **Seats.** Every accepted connection gets a ``Seat`` (``SessionLifecycle.admit``), bound to the connection's
   task as a context variable so that sign-in (``gateway.wire.sign_in``) finds it without the session having to
   carry it. A signed-in agent *claims* its seat before any upstream connection is made; the claim fails past
-  ``GATEWAY_MAX_SESSIONS_PER_AGENT`` open sessions of that agent in this process (default 10), and sign-in then
-  answers FATAL 53300 ``too many connections for role``, as PostgreSQL does for a role's connection limit.
+  ``GATEWAY_MAX_SESSIONS_PER_AGENT`` open sessions of that agent in this process, and sign-in then answers FATAL
+  53300 ``too many connections for role``, as PostgreSQL does for a role's connection limit. The default, 25,
+  is above what one well-behaved client opens: SQLAlchemy's default pool tops out at 15 (5 + 10 overflow), and
+  the noninterference harness holds three protocol modes on five data sources (15) plus a few fresh sessions.
 * **Watcher.** Every ``WATCH_INTERVAL_SECONDS`` one query by primary key asks the control plane which agents with
   open sessions were revoked, expired, deleted or lost their owner (``bridge.ended_agents``); their sessions get
   FATAL 57P01 and close, and each ending is audited. The same pass releases a session waiting for approval
@@ -36,7 +38,7 @@ from phigate import envconfig
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_SECONDS = 0.5
-DEFAULT_MAX_SESSIONS_PER_AGENT = 10
+DEFAULT_MAX_SESSIONS_PER_AGENT = 25
 SHUTDOWN_MESSAGE = "terminating connection due to administrator command"
 ADMIN_SHUTDOWN = "57P01"
 TOO_MANY_CONNECTIONS = "53300"
