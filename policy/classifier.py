@@ -34,6 +34,7 @@ from pglast import ast, enums
 from pglast.parser import ParseError
 from pglast.parser import fingerprint as _fingerprint
 
+from policy import session_settings
 from policy.exposure import exposing_function, exposing_relation, exposure_reason
 from policy.lineage_types import RelationCatalog
 from policy.parse_depth import TooDeep, parse_statements
@@ -219,33 +220,8 @@ _CATALOG_DENY_GROUPS: tuple[tuple[frozenset[str], str], ...] = (
 _DYNAMIC_SQL_WHY = "runs SQL that cannot be inspected"
 _REPLICATION_WHY = "controls replication"
 
-# Settings an agent may change with SET/RESET: presentation and safety
-# limits only, none of which widens what the session can read or do.
-_SETTABLE = frozenset(
-    {
-        "application_name",
-        "client_encoding",
-        "datestyle",
-        "intervalstyle",
-        "timezone",
-        "extra_float_digits",
-        "statement_timeout",
-        "lock_timeout",
-        "idle_in_transaction_session_timeout",
-        "bytea_output",
-        "client_min_messages",
-        "standard_conforming_strings",
-    }
-)
-# Settings that may only be reset, or set to the value the policy assumes: names are resolved against the catalog
-# snapshot's search path (a different one would make lineage read another relation than PostgreSQL does), and
-# values are masked as UTF-8 text (another client encoding makes PostgreSQL fail, or not, on a value's characters).
-_RESET_ONLY = MappingProxyType(
-    {
-        "search_path": "names are resolved on the policy's search path; write schema-qualified names instead",
-    }
-)
-_UTF8_NAMES = frozenset({"utf8", "utf-8", "unicode"})
+# Settings an agent may change with SET/RESET or set_config: one allowlist with the start-up packet's
+# (policy.session_settings), which also bounds the limits the gateway sets (statement_timeout...).
 # SET TRANSACTION / SET SESSION CHARACTERISTICS arrive as these pseudo-names.
 _TRANSACTION_SETTINGS = frozenset({"transaction", "session characteristics", "transaction snapshot"})
 _IDENTITY_SETTINGS: Mapping[str, str] = MappingProxyType(
@@ -839,23 +815,38 @@ def _variable_set_rules(node: ast.VariableSetStmt) -> list[_Finding]:
         refused = _transaction_mode_findings(written, node.args)
         return refused or [_allowed(f"{written} only sets transaction characteristics")]
     restores_default = node.kind in (enums.VariableSetKind.VAR_RESET, enums.VariableSetKind.VAR_SET_DEFAULT)
-    if name in _RESET_ONLY and not restores_default:
-        return [_denied(f"setting {name} cannot be changed through the gateway: {_RESET_ONLY[name]}")]
-    if name in _RESET_ONLY:
+    if restores_default and (name in session_settings.SETTABLE or name in session_settings.RESET_ONLY):
+        # The session's default is its start-up value, which was judged at sign-in (a limit, or lower).
         return [_allowed(f"{tag} {name} restores the default")]
-    if name == "client_encoding" and not restores_default and not _sets_utf8(node.args):
-        return [
-            _denied("client_encoding other than UTF8 is not allowed: converting a value can fail on its characters")
-        ]
-    if name in _SETTABLE:
+    values = _set_values(node.args) if node.kind == enums.VariableSetKind.VAR_SET_VALUE else None
+    if values is None and name in session_settings.SETTABLE and name not in _VALUE_JUDGED:
         return [_allowed(f"setting {name} may be changed")]
-    return [_denied(f"setting {name} cannot be changed through the gateway")]
+    refusal = session_settings.refusal(name, values or [])
+    if refusal is not None:
+        return [_denied(refusal.message)]
+    return [_allowed(f"setting {name} may be changed")]
 
 
-def _sets_utf8(arguments: Sequence[object] | None) -> bool:
-    """Whether SET client_encoding's one argument names UTF-8 (any of PostgreSQL's spellings, any case)."""
-    values = [argument.val for argument in arguments or () if isinstance(argument, ast.A_Const)]
-    return len(values) == 1 and isinstance(values[0], ast.String) and (values[0].sval or "").lower() in _UTF8_NAMES
+# Settings whose value the allowlist judges; a SET of them whose value is not a constant is judged on no value.
+_VALUE_JUDGED = frozenset(
+    {"client_encoding", session_settings.STATEMENT_TIMEOUT, session_settings.IDLE_IN_TRANSACTION_TIMEOUT}
+)
+
+
+def _set_values(arguments: Sequence[object] | None) -> list[str] | None:
+    """SET's values as PostgreSQL receives them, or None if one is not a plain constant."""
+    values: list[str] = []
+    for argument in arguments or ():
+        constant = argument.val if isinstance(argument, ast.A_Const) and not argument.isnull else None
+        if isinstance(constant, ast.String):
+            values.append(constant.sval or "")
+        elif isinstance(constant, ast.Integer):
+            values.append(str(constant.ival))
+        elif isinstance(constant, ast.Float):
+            values.append(str(constant.fval))
+        else:
+            return None
+    return values
 
 
 def _statement_rules(node: ast.Node, top_level: bool) -> list[_Finding]:
@@ -921,6 +912,34 @@ def _is_statement(node: ast.Node) -> bool:
 # --------------------------------------------------------------------------
 # Function calls
 # --------------------------------------------------------------------------
+
+
+def _set_config_refusal(call: ast.FuncCall) -> str | None:
+    """set_config(name, value, is_local) follows SET's allowlist (policy.session_settings), with constants only:
+    a computed name or value is a setting the classifier cannot judge."""
+    arguments = list(call.args or ())
+    if call.agg_star or call.agg_distinct or call.over is not None or len(arguments) != 3:
+        return "it takes a setting name, a value and is_local, as constants"
+    name, value, is_local = (argument.val if isinstance(argument, ast.A_Const) else None for argument in arguments)
+    if not isinstance(name, ast.String) or not _is_boolean_constant(arguments[2], is_local):
+        return "its setting name and is_local must be constants"
+    setting = (name.sval or "").lower()
+    constant = arguments[1]
+    if isinstance(constant, ast.A_Const) and constant.isnull:
+        resettable = setting in session_settings.SETTABLE or setting in session_settings.RESET_ONLY
+        return None if resettable else f"setting {setting} cannot be changed through the gateway"
+    if not isinstance(value, ast.String):
+        return "its value must be a constant string"
+    refused = session_settings.refusal(setting, [value.sval or ""])
+    return refused.message if refused is not None else None
+
+
+def _is_boolean_constant(argument: object, value: object) -> bool:
+    if isinstance(value, ast.Boolean):
+        return True
+    if isinstance(value, ast.String):
+        return (value.sval or "").lower() in {"t", "f", "true", "false", "on", "off", "yes", "no", "1", "0"}
+    return False
 
 
 def _denied_function_reason(schema: str | None, name: str) -> str | None:
@@ -1142,6 +1161,9 @@ class _Inspector:
         exposing = exposing_function(schema, name)
         if exposing is not None:
             return [_denied(exposure_reason(exposing, f"{display}()"))]
+        if name.lower() in _CONFIGURATION_FUNCTIONS and schema in (None, "pg_catalog"):
+            refused = _set_config_refusal(call)
+            return [_denied(f"function {display}() is denied: {refused}")] if refused else []
         why = _denied_function_reason(schema, name)
         if why is not None:
             return [_denied(f"function {display}() is denied: it {why}")]

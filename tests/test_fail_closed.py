@@ -88,7 +88,7 @@ def test_denied_statements(services, sql: str) -> None:  # type: ignore[no-untyp
     assert scratch_row_exists(services.target.owner_url, 33)
 
 
-@pytest.mark.parametrize("sql", ["BEGIN", "SET statement_timeout = 0", "RESET ALL", "DECLARE c CURSOR FOR SELECT 1"])
+@pytest.mark.parametrize("sql", ["BEGIN", "SET statement_timeout = '1s'", "RESET ALL", "DECLARE c CURSOR FOR SELECT 1"])
 def test_session_statements_are_refused_over_http(sql: str) -> None:
     """A pooled API connection must never carry one request's session state into the next."""
     response = submit(sql)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import close_old_connections, transaction
+from django.utils import timezone
 
 from approvals.lifecycle import TransitionConflict, cancel, expire_if_overdue
 from approvals.models import FINAL_STATUSES, Decision, Status, Ticket
@@ -66,6 +67,56 @@ def record_sign_in(login: Login, attempted_name: str, datasource: str, context: 
                 datasource=datasource,
                 summary=f"wire session opened by {login.principal.describe() if login.principal else attempted_name}",
             )
+
+
+def record_session_refused(login: Login, attempted_name: str, datasource: str, context: Context, reason: str) -> None:
+    """A signed-in agent's session refused before it opened (a setting, the session cap): audited with the agent,
+    since its credential was good."""
+    close_old_connections()
+    with transaction.atomic():
+        record(
+            EventKind.AUTH_FAILED,
+            principal=login.principal,
+            context=context,
+            outcome=Outcome.DENIED,
+            datasource=datasource[:63],
+            attempted_name=attempted_name,
+            summary=f"wire session refused for {attempted_name!r}: {reason}",
+            details={"reason": reason, "agent": attempted_name[:63]},
+        )
+
+
+def ended_agents(agent_ids: list[int]) -> dict[int, str]:
+    """Of these agents, the ones that may no longer sign in, with why (one query by primary key)."""
+    close_old_connections()
+    now = timezone.now()
+    rows = Agent.objects.filter(pk__in=agent_ids).values_list("pk", "revoked_at", "expires_at", "owner__is_active")
+    ended = {pk: "was deleted" for pk in agent_ids}
+    for pk, revoked_at, expires_at, owner_active in rows:
+        if revoked_at is not None:
+            ended[pk] = "was revoked"
+        elif expires_at is not None and expires_at <= now:
+            ended[pk] = "expired"
+        elif not owner_active:
+            ended[pk] = "acts for an owner who was deactivated"
+        else:
+            del ended[pk]
+    return ended
+
+
+def record_session_ended(principal: Principal | None, datasource: str, context: Context, reason: str) -> None:
+    """The gateway ended an open wire session because its agent may no longer act (revoked, expired...)."""
+    close_old_connections()
+    with transaction.atomic():
+        record(
+            EventKind.AUTH_FAILED,
+            principal=principal,
+            context=context,
+            outcome=Outcome.FAILURE,
+            datasource=datasource[:63],
+            summary=f"wire session ended: agent {reason}",
+            details={"reason": f"agent {reason}", "session_ended": True},
+        )
 
 
 @dataclass(frozen=True)

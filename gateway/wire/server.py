@@ -14,15 +14,19 @@ from cryptography.hazmat.primitives import serialization
 from audit.sinks import open_wire_audit_sink
 from gateway.decision_cache import DecisionCache
 from gateway.pipeline import DatasourceRuntime
+from gateway.wire.lifecycle import SessionLifecycle
 from gateway.wire.scram_server import tls_server_end_point
 from gateway.wire.session import CancelKey, WireClientProtocol, WireSession
 from phigate import envconfig
+from policy import session_settings
 
 log = logging.getLogger(__name__)
 
 FAILURE_WINDOW_SECONDS = 300.0
 FREE_FAILURES = 3
 MAX_DELAY_SECONDS = 8.0
+SHUTDOWN_GRACE_SECONDS = 5.0  # statements in flight may finish before their sessions are told to end
+CLOSE_WAIT_SECONDS = 5.0  # then, how long ended sessions get to flush and close before their tasks are cancelled
 
 
 class FailureThrottle:
@@ -87,6 +91,7 @@ class WireServer:
         self.throttle = FailureThrottle()
         self.audit = open_wire_audit_sink()
         self.decisions = DecisionCache()
+        self.lifecycle = SessionLifecycle()
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> asyncio.Server:
@@ -97,6 +102,7 @@ class WireServer:
             return WireClientProtocol(asyncio.StreamReader(loop=loop), self._accept, loop=loop)
 
         self.server = await loop.create_server(protocol, host, port)
+        self.lifecycle.start()
         return self.server
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -116,20 +122,28 @@ class WireServer:
         task = asyncio.current_task()
         if task is not None:
             self.sessions.add(task)
+        # Both bound in this task's context, which sign-in and the statement decisions (threads) inherit.
+        session_settings.bind_scope()
+        seat = self.lifecycle.admit(session)
         try:
             await session.run()
         except Exception:  # one bad session must never take the gateway down
             log.exception("wire session ended with an error")
         finally:
+            self.lifecycle.release(seat)
             if task is not None:
                 self.sessions.discard(task)
 
-    async def close(self, grace_seconds: float = 10.0) -> None:
-        """Stop accepting, give open sessions time to finish, then cut the rest."""
+    async def close(self, grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Stop accepting; give statements in flight up to ``grace_seconds``, then end every session with FATAL
+        57P01 (never a silent cut), wait for them to close, and commit what they queued for the audit trail."""
         if self.server is not None:
             self.server.close()
+        await self.lifecycle.shutdown(grace_seconds)
         if self.sessions:
-            _, pending = await asyncio.wait(set(self.sessions), timeout=grace_seconds)
+            _, pending = await asyncio.wait(set(self.sessions), timeout=CLOSE_WAIT_SECONDS)
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
         await asyncio.to_thread(self.audit.close)  # commit what the last sessions queued

@@ -7,9 +7,10 @@ needs the agent's secret. The session hands itself in as ``ClientSide`` (its soc
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from audit.recorder import Context
 from gateway.pgwire.backend import (
@@ -34,11 +35,19 @@ from gateway.pgwire.frontend import (
 from gateway.pgwire.notices import error_response
 from gateway.pgwire.parser import FrontendParser
 from gateway.pgwire.sasl import parse_sasl_initial_response
-from gateway.wire import bridge
+from gateway.wire import bridge, lifecycle
 from gateway.wire.scram_server import ScramFailure, ScramServer
-from gateway.wire.upstream import Upstream, UpstreamTarget
+from gateway.wire.upstream import Upstream, UpstreamError, UpstreamTarget
 from identity.principal import Principal
+from policy import session_settings
 from policy.credentials import Access, target_url
+
+log = logging.getLogger(__name__)
+
+# The gateway's own database (agents, audit) cannot answer: class 08, like a connection failure, so clients and
+# pools treat it as transient.
+CONTROL_PLANE_UNAVAILABLE = "08006"
+CONTROL_PLANE_MESSAGE = "the gateway's control plane is unavailable; try again later"
 
 # Parameters a client may see from the upstream's start-up; others (e.g. session_authorization naming the
 # read-only role) are not the agent's business.
@@ -117,13 +126,20 @@ async def start_up(client: ClientSide) -> SignedIn | None:
 
 
 async def _sign_in(client: ClientSide, startup: StartupMessage) -> SignedIn | None:
+    try:
+        return await _sign_in_steps(client, startup)
+    except ControlPlaneUnavailable:
+        client._send_now(error_response("FATAL", CONTROL_PLANE_UNAVAILABLE, CONTROL_PLANE_MESSAGE))
+        return None
+
+
+async def _sign_in_steps(client: ClientSide, startup: StartupMessage) -> SignedIn | None:
     params = startup.parameters
     agent_name, datasource = params.get("user", ""), params.get("database", "") or params.get("user", "")
     unsupported = [name for name in params if name.startswith("_pq_.")]
     if startup.protocol_version & 0xFFFF or unsupported:
         client._send_now(NegotiateProtocolVersion(0, tuple(unsupported)))
-    wait_for_approval = approval_mode(params.get("options", "")) == "wait"
-    login = await asyncio.to_thread(bridge.look_up_login, agent_name, datasource)
+    login = await _control_plane(bridge.look_up_login, agent_name, datasource)
     # Over TLS, SCRAM-SHA-256-PLUS too: the client proves it sees the certificate we sent (tls-server-end-point).
     scram = ScramServer(login.verifier, channel_binding=_channel_binding(client))
     client._send_now(AuthenticationSASL(scram.mechanisms))
@@ -139,31 +155,81 @@ async def _sign_in(client: ClientSide, startup: StartupMessage) -> SignedIn | No
     except (ScramFailure, UnicodeDecodeError) as exc:
         failure = failure or str(exc)
     if failure or login.principal is None:
-        await asyncio.to_thread(
-            bridge.record_sign_in, login, agent_name, datasource, client.context, failure or "refused"
-        )
+        await _control_plane(bridge.record_sign_in, login, agent_name, datasource, client.context, failure or "refused")
         delay = client.throttle(agent_name, client.context.source_address or "") if client.throttle else 0.0
         if delay:
             await asyncio.sleep(delay)
         client._send_now(error_response("FATAL", "28P01", f'password authentication failed for user "{agent_name}"'))
         return None
-    await asyncio.to_thread(bridge.record_sign_in, login, agent_name, datasource, client.context)
+    # The agent proved its token. What it asks of the session is judged now, like PostgreSQL, which applies
+    # start-up settings and connection limits after authentication (nothing here is told to a stranger).
+    limits = session_settings.SessionLimits.for_datasource(datasource)
+    policy_path = _policy_search_path(client, datasource)
+    refused: tuple[str, str] | None = None
+    try:
+        chosen = session_settings.judge_startup(params, limits, policy_path)
+    except session_settings.StartupRefused as exc:
+        refused = (exc.sqlstate, exc.message)
+    seat = lifecycle.current_seat()
+    if refused is None and seat is not None and not seat.claim(login.principal, datasource):
+        refused = (lifecycle.TOO_MANY_CONNECTIONS, f'too many connections for role "{agent_name}"')
+    if refused is not None:
+        sqlstate, message = refused
+        await _control_plane(bridge.record_session_refused, login, agent_name, datasource, client.context, message)
+        client._send_now(error_response("FATAL", sqlstate, message))
+        return None
+    # No audit record, no session (invariant 6): a failure here is answered as the control plane's.
+    await _control_plane(bridge.record_sign_in, login, agent_name, datasource, client.context)
+    scope = session_settings.current_scope()
+    if scope is not None:  # what the classifier judges this session's SET statements by
+        scope.limits = limits
     client._send_now(AuthenticationSASLFinal(final.encode()), AuthenticationOk())
-    upstream = await Upstream.connect(
-        UpstreamTarget.from_url(target_url(datasource, Access.READ)), f"phigate-wire/{agent_name}"
-    )
+    try:
+        upstream = await Upstream.connect(
+            UpstreamTarget.from_url(target_url(datasource, Access.READ)),
+            session_settings.upstream_application_name(agent_name, chosen.application_name),
+            chosen.upstream,
+        )
+    except UpstreamError as error:
+        client._send_now(error_response("FATAL", error.sqlstate, f"target database: {error}"))
+        return None
     for name, value in upstream.parameters.items():
         if name in FORWARDED_PARAMETERS:
             client._send_now(ParameterStatus(name, value))
     process_id, secret = client.backend_key()
+    reported_name = chosen.application_name.encode("utf-8")[:63].decode("utf-8", "ignore")
     client._send_now(
         ParameterStatus("session_authorization", agent_name),
-        ParameterStatus("application_name", params.get("application_name", "")),
+        ParameterStatus("application_name", reported_name),
         BackendKeyData(process_id, secret),
         ReadyForQuery("I"),
     )
     await client.writer.drain()
-    return SignedIn(login.principal, datasource, wait_for_approval, upstream, dict(params))
+    return SignedIn(login.principal, datasource, chosen.approval == "wait", upstream, dict(params))
+
+
+_R = TypeVar("_R")
+
+
+class ControlPlaneUnavailable(Exception):
+    """A control-plane call failed during sign-in; the client is answered FATAL (``_sign_in``), never cut."""
+
+
+async def _control_plane(call: Callable[..., _R], *args: Any) -> _R:
+    """A control-plane (Django database) call in a worker thread."""
+    try:
+        return await asyncio.to_thread(call, *args)
+    except Exception as exc:
+        log.exception("wire sign-in: control plane call %s failed", getattr(call, "__name__", call))
+        raise ControlPlaneUnavailable() from exc
+
+
+def _policy_search_path(client: ClientSide, datasource: str) -> tuple[str, ...]:
+    """The search path the PHI policy resolves this data source's names on (its catalog snapshot's)."""
+    runtime = getattr(client, "runtime", None)
+    catalogs = getattr(runtime, "catalogs", None)
+    catalog = catalogs.peek(datasource) if catalogs is not None else None
+    return tuple(catalog.search_path) if catalog is not None else session_settings.DEFAULT_SEARCH_PATH
 
 
 def _encrypted(client: ClientSide) -> bool:
@@ -208,14 +274,11 @@ def _expect_password(message: object) -> bytes:
 
 def approval_mode(options: str) -> str:
     """Read ``-c gateway.approval=wait`` (or ``--gateway.approval=wait``) from the startup options."""
-    words = options.replace("\\ ", "\x00").split()
-    for index, word in enumerate(words):
-        setting = ""
-        if word == "-c" and index + 1 < len(words):
-            setting = words[index + 1]
-        elif word.startswith("-c") or word.startswith("--"):
-            setting = word[2:]
-        name, _, value = setting.partition("=")
-        if name.replace("-", "_") == "gateway.approval":
+    try:
+        settings = session_settings.option_settings(options)
+    except session_settings.StartupRefused:
+        return "error"
+    for name, value in settings:
+        if name.lower() == session_settings.GATEWAY_APPROVAL:
             return value
     return "error"

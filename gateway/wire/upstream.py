@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -103,22 +103,39 @@ class Upstream:
     pending: list[bytes] = field(default_factory=list)
 
     @classmethod
-    async def connect(cls, target: UpstreamTarget, application_name: str) -> Upstream:
+    async def connect(
+        cls, target: UpstreamTarget, application_name: str, settings: Mapping[str, str] | None = None
+    ) -> Upstream:
+        """Connect and sign in as the read-only role. ``settings`` are start-up settings (already judged by
+        policy.session_settings); the user, database, application name and UTF8 are the gateway's own. A failed
+        sign-in closes the socket (no half-closed connection is left behind) and raises UpstreamError with the
+        target's SQLSTATE."""
         try:
             reader, writer = await target.open()
         except OSError as exc:
             raise UpstreamError(f"cannot reach the target database: {exc.strerror or exc}") from None
         upstream = cls(target, reader, writer)
-        startup = StartupMessage(
-            parameters={
+        parameters = dict(settings or {})
+        parameters.update(
+            {
                 "user": target.user,
                 "database": target.dbname,
                 "application_name": application_name,
                 "client_encoding": "UTF8",
             }
         )
-        upstream.send(startup.encode())
-        await upstream._authenticate()
+        upstream.send(StartupMessage(parameters=parameters).encode())
+        try:
+            await upstream._authenticate()
+        except UpstreamError:
+            upstream.close()
+            raise
+        except Exception as exc:  # a reset, a malformed message, a server that failed SCRAM's proof
+            upstream.close()
+            raise UpstreamError(f"sign-in to the target database failed ({type(exc).__name__})") from None
+        except BaseException:  # cancelled (a shutdown, the sign-in timeout): still no socket left behind
+            upstream.close()
+            raise
         return upstream
 
     @property

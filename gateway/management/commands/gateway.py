@@ -13,9 +13,11 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from gateway import rpc
 from gateway.pipeline import DatasourceRuntime
+from gateway.wire.lifecycle import max_sessions_per_agent
 from gateway.wire.server import WireServer, tls_context
 from policy.credentials import Access, configured_datasources
 from policy.masking import require_pseudonym_key
+from policy.session_settings import SessionLimits
 
 log = logging.getLogger("gateway")
 
@@ -34,6 +36,9 @@ class Command(BaseCommand):
         require_pseudonym_key()
         if not configured_datasources(Access.READ):
             log.warning("no DATASOURCE_<NAME>_READ_URL is set: every statement will fail")
+        for name in configured_datasources(Access.READ):  # a malformed limit stops the start, not a sign-in
+            SessionLimits.for_datasource(name)
+        max_sessions_per_agent()
         # uvloop when installed (it is, from requirements.txt): the socket loop is the gateway's hot path.
         try:
             import uvloop
