@@ -15,6 +15,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
+from approvals.models import Ticket
 from audit.models import AuditEvent, EventKind
 from gateway.pgwire.backend import (
     BackendMessage,
@@ -343,6 +344,16 @@ def test_held_statement_aborts_the_transaction_like_an_error(client) -> None:
     assert sqlstates(after) == ["25P02"], after
     rollback = client.query("ROLLBACK")
     assert not errors(rollback) and rollback[-1] == ReadyForQuery("I"), rollback
+    # The ticket tells its reviewers the statement left its transaction: approved, it runs on its own.
+    ticket = Ticket.objects.get(pk=int(held[0].message.rsplit(" ", 1)[-1]))
+    assert "inside a transaction block" in ticket.reason and "on its own" in ticket.reason
+
+
+def test_held_statement_outside_a_transaction_has_no_such_note(client) -> None:
+    held = client.query("DELETE FROM scratch WHERE id = 47")
+    assert sqlstates(held) == ["HA001"] and held[-1] == ReadyForQuery("I"), held
+    ticket = Ticket.objects.get(pk=int(held[0].message.rsplit(" ", 1)[-1]))
+    assert "transaction" not in ticket.reason
 
 
 # --- 10. error fields as PostgreSQL sends them --------------------------------------------------------------

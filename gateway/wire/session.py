@@ -487,7 +487,7 @@ class WireSession:
             principal=self.principal,
             datasource_name=self.datasource,
             sql=sql,
-            reason="",
+            reason=IN_TRANSACTION_REASON if self.transaction.status != "I" else "",
             context=self.context,
             runtime=self.runtime,
             session_statements=True,
@@ -1281,6 +1281,10 @@ def _peer_address(writer: asyncio.StreamWriter) -> str | None:
     return None
 
 
+IN_TRANSACTION_REASON = (
+    "sent inside a transaction block on the wire: that transaction was aborted, and once approved this statement "
+    "runs on its own, in a transaction of its own"
+)
 REFUSAL_STATEMENT = "phigate: refused"  # a statement name no client may create (see WireSession._refuse)
 EMPTY_STATEMENT = Decision(verdict="allowed", reasons=["an empty statement reads nothing"])
 NO_DECISION = Decision(verdict="allowed", reasons=["no statement the gateway knows: every column redacted"])
