@@ -273,6 +273,32 @@ def test_control_plane_failure_at_sign_in_is_answered(services) -> None:  # type
         proxy.close()
 
 
+def test_control_plane_failure_at_a_decision_is_answered(services) -> None:  # type: ignore[no-untyped-def]
+    """A statement that needs a new decision while the control plane is down: FATAL 08006 and a closed socket
+    (nothing can be decided or audited), never a silently cut connection."""
+    proxy = CuttableProxy(5432)
+    control_plane = environment.db_url(environment.CONTROL_DB).replace(":5432/", f":{proxy.port}/")
+    process, port = svc.gateway(
+        services.target.read_url,
+        services.log_dir,
+        name="gateway-control-plane-decision",
+        extra_env={"DATABASE_URL": control_plane, "AUDIT_JOURNAL_DIR": ""},
+    )
+    try:
+        _agent, dsn = _new_agent(port)
+        with psycopg.connect(dsn, connect_timeout=10, autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            proxy.cut()
+            with pytest.raises(psycopg.OperationalError) as failed:
+                conn.execute("SELECT label FROM scratch WHERE id = 3")
+            assert failed.value.sqlstate == "08006" and "control plane is unavailable" in str(failed.value)
+            assert conn.closed or conn.broken
+    finally:
+        proxy.up = True
+        process.stop()
+        proxy.close()
+
+
 def _connects(dsn: str) -> bool:
     try:
         psycopg.connect(dsn, connect_timeout=5).close()

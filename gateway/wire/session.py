@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from approvals.params import StatementParams
 from audit.models import EventKind
@@ -79,13 +79,19 @@ from gateway.pipeline import (
 from gateway.wire import bridge, sign_in
 from gateway.wire.book import UNNAMED, Book, Declare, Fetch, NoEffect, Op, Portal, Prepared, statement_effects
 from gateway.wire.results import ResultShape, mask_row, masking_text, result_shape
-from gateway.wire.sign_in import FORWARDED_PARAMETERS
+from gateway.wire.sign_in import (
+    CONTROL_PLANE_MESSAGE,
+    CONTROL_PLANE_UNAVAILABLE,
+    FORWARDED_PARAMETERS,
+    ControlPlaneUnavailable,
+)
 from gateway.wire.upstream import Upstream, UpstreamError
 from identity.principal import Principal
 from policy.errors import scrub_error
 from policy.masking import MaskingPlan
 
 log = logging.getLogger(__name__)
+_R = TypeVar("_R")
 
 READ_SIZE = 64 * 1024
 WAIT_HEARTBEAT_SECONDS = 10.0
@@ -312,6 +318,11 @@ class WireSession:
             pass
         except UpstreamError as error:
             self.terminate(error.sqlstate, f"target database: {error}")
+        except ControlPlaneUnavailable:
+            self.terminate(CONTROL_PLANE_UNAVAILABLE, CONTROL_PLANE_MESSAGE)
+        except Exception:
+            log.exception("wire session %s failed", self.context.session_id)
+            self.terminate("XX000", "internal error in the gateway; the session is closed")
         finally:
             self._record_results()  # results relayed but not flushed (the session ended abruptly) are recorded too
             self.registry.pop(self.cancel_key, None)
@@ -349,6 +360,16 @@ class WireSession:
         self.wait_for_approval = signed_in.wait_for_approval
         self.upstream = signed_in.upstream
         return True
+
+    async def _control_plane(self, call: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+        """A business call (decision, audit, ticket state) in a worker thread. If the control plane cannot answer,
+        nothing can be decided or audited: the session ends with 08006, like a lost connection, which clients and
+        pools treat as transient (``run``)."""
+        try:
+            return await asyncio.to_thread(call, *args, **kwargs)  # to_thread keeps the task's context variables
+        except Exception as exc:
+            log.exception("wire session %s: control plane call failed", self.context.session_id)
+            raise ControlPlaneUnavailable() from exc
 
     def cancel_target(self, process_id: int, secret: bytes) -> WireSession | None:
         """The session a CancelRequest with this key is for, if it is open."""
@@ -482,7 +503,7 @@ class WireSession:
         if cached is not None:
             return cached
         self.upstream.flush()  # what was forwarded before this statement must not wait for its decision
-        decision = await asyncio.to_thread(
+        decision = await self._control_plane(
             decide,
             principal=self.principal,
             datasource_name=self.datasource,
@@ -659,7 +680,7 @@ class WireSession:
         if cached is not None:
             return cached
         self.upstream.flush()
-        decision = await asyncio.to_thread(
+        decision = await self._control_plane(
             preview,
             principal=self.principal,
             datasource_name=self.datasource,
@@ -812,12 +833,12 @@ class WireSession:
         last_notice = time.monotonic()
         try:
             while True:
-                state = await asyncio.to_thread(bridge.ticket_state, ticket_id)
+                state = await self._control_plane(bridge.ticket_state, ticket_id)
                 if state.final:
                     return state
                 if self.cancelled_wait.is_set():
-                    await asyncio.to_thread(bridge.cancel_waiting_ticket, ticket_id, self.principal, self.context)
-                    return await asyncio.to_thread(bridge.ticket_state, ticket_id)
+                    await self._control_plane(bridge.cancel_waiting_ticket, ticket_id, self.principal, self.context)
+                    return await self._control_plane(bridge.ticket_state, ticket_id)
                 if time.monotonic() - last_notice >= WAIT_HEARTBEAT_SECONDS:
                     last_notice = time.monotonic()
                     self._reply(
