@@ -33,6 +33,7 @@ from audit.preview import result_preview
 from audit.recorder import Context, masking_details, record
 from gateway.read_executor import ReadExecutor
 from identity.principal import Principal
+from policy import session_settings
 from policy.catalog_cache import CatalogCache
 from policy.classification import held_until_classified
 from policy.classifier import Classification, UnparsableStatement, Verdict, classify, explain_options
@@ -207,6 +208,8 @@ def decide(
         verdict, reasons, classification.relations, catalog, principal.identity_kind
     )
 
+    if verdict == Verdict.ALLOWED and classification.statement_types == ("SET",):
+        run_sql = session_settings.capped_statement(sql)  # a limit raised or disabled runs as the limit
     session_only = sorted(set(classification.statement_types) - ONE_SHOT_TYPES)
     if verdict == Verdict.ALLOWED and session_only and not session_statements:
         verdict = Verdict.DENIED

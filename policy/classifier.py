@@ -822,6 +822,8 @@ def _variable_set_rules(node: ast.VariableSetStmt) -> list[_Finding]:
     if values is None and name in session_settings.SETTABLE and name not in _VALUE_JUDGED:
         return [_allowed(f"setting {name} may be changed")]
     refusal = session_settings.refusal(name, values or [])
+    if refusal is not None and refusal.capped:
+        return [_allowed(f"{refusal.message}; it runs as {tag} {name} TO DEFAULT, the limit")]
     if refusal is not None:
         return [_denied(refusal.message)]
     return [_allowed(f"setting {name} may be changed")]
@@ -928,6 +930,10 @@ def _set_config_refusal(call: ast.FuncCall) -> str | None:
     if isinstance(constant, ast.A_Const) and constant.isnull:
         resettable = setting in session_settings.SETTABLE or setting in session_settings.RESET_ONLY
         return None if resettable else f"setting {setting} cannot be changed through the gateway"
+    if isinstance(arguments[1], ast.ParamRef) and setting in session_settings.ANY_VALUE:
+        # A value the client binds (Django sets TimeZone, asyncpg restores jit this way): the client's own
+        # constant, and every value of such a setting is acceptable. A computed value could carry PHI: refused.
+        return None
     if not isinstance(value, ast.String):
         return "its value must be a constant string"
     refused = session_settings.refusal(setting, [value.sval or ""])
@@ -990,6 +996,7 @@ CATALOG_INTROSPECTION_FUNCTIONS = frozenset(
         "pg_table_size",
         "pg_indexes_size",
         "pg_total_relation_size",
+        "pg_is_in_recovery",  # pg_dump asks it first: whether the server is a standby
     }
 )
 

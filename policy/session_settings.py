@@ -63,8 +63,15 @@ SETTABLE = frozenset(
         "bytea_output",
         "client_min_messages",
         "standard_conforming_strings",
+        "jit",  # asyncpg switches JIT off for its type introspection; it changes how a plan runs, not what it reads
+        "synchronize_seqscans",  # pg_dump: where a sequential scan starts, not what it reads
+        "quote_all_identifiers",  # pg_dump: how names are written out
+        "row_security",  # pg_dump: off makes a query on a table with row security fail instead of filter
     }
 )
+#: Settable settings with no bound and no value that is refused: a value the client binds as a parameter
+#: (``set_config('TimeZone', $1, false)``) is as good as a constant.
+ANY_VALUE = SETTABLE - {"client_encoding", "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout"}
 #: Settings that may only be reset mid-session (see the module docstring for search_path at start-up).
 RESET_ONLY: Mapping[str, str] = {
     "search_path": "names are resolved on the policy's search path; write schema-qualified names instead",
@@ -210,6 +217,7 @@ class Refusal:
 
     message: str
     sqlstate: str = "42501"
+    capped: bool = False  # a bounded setting raised or disabled: SET runs it as the limit instead (capped_statement)
 
 
 def refusal(
@@ -227,7 +235,7 @@ def refusal(
     """
     lowered = name.lower()
     if lowered in RESET_ONLY:
-        if at_start_up and _same_search_path(values, search_path):
+        if lowered == "search_path" and _policy_path_prefix(values, search_path, whole=at_start_up):
             return None
         return Refusal(f"setting {lowered} cannot be changed through the gateway: {RESET_ONLY[lowered]}")
     if lowered not in SETTABLE:
@@ -255,18 +263,27 @@ def _bounded(name: str, values: Sequence[str], limit: int, datasource: str) -> R
         # (22023) without changing the setting, so the statement may go to PostgreSQL for its own error.
         return None
     if value < 1:
-        return Refusal(f"{name} cannot be disabled (set to {values[0]!r}): {bound}")
+        return Refusal(f"{name} cannot be disabled (set to {values[0]!r}): {bound}", capped=True)
     if value > limit:
-        return Refusal(f"{name} cannot be raised to {values[0]!r}: {bound}")
+        return Refusal(f"{name} cannot be raised to {values[0]!r}: {bound}", capped=True)
     return None
 
 
-def _same_search_path(values: Sequence[str], policy_path: Sequence[str]) -> bool:
+def _policy_path_prefix(values: Sequence[str], policy_path: Sequence[str], *, whole: bool) -> bool:
+    """Whether a search_path resolves every name it can resolve where the policy does: the policy's own path, or
+    (``whole`` False: mid-session) a prefix of it, down to none at all (pg_dump sets ``''`` so that it writes
+    qualified names). PostgreSQL searches pg_catalog first either way; a prefix can make a name unresolvable
+    (an error, before any row), never resolve it to another relation than the policy's. Skipping a schema in
+    the middle could (a later schema's table of the same name), so only prefixes are accepted."""
     words = [word for value in values for word in split_list(value)]
     policy = [schema for schema in policy_path if schema != "pg_catalog"]
     if words[:1] == ["pg_catalog"]:
         words = words[1:]
-    return bool(words) and words == policy
+    if words == [""] and not whole:
+        words = []  # SET search_path = '' / set_config('search_path', '', ...): nothing but pg_catalog
+    if whole:
+        return bool(words) and words == policy
+    return words == policy[: len(words)]
 
 
 def split_list(value: str) -> list[str]:
@@ -418,3 +435,34 @@ def upstream_application_name(agent: str, client_application: str) -> str:
         name += f"/{client_application}"
     encoded = name.encode("utf-8")[:63]
     return encoded.decode("utf-8", "ignore")
+
+
+def capped_statement(sql: str) -> str | None:
+    """The text to run for a ``SET`` that raises or disables a bounded setting: ``SET name TO DEFAULT``, which is
+    the data source's limit (the session's start-up value), so tools that switch timeouts off for their own run
+    (pg_dump's ``SET statement_timeout = 0``) work, under the limit. None for any other statement."""
+    from pglast import ast, enums
+
+    from policy.parse_depth import parse_statements
+
+    try:
+        statements = parse_statements(sql)
+    except Exception:
+        return None
+    if len(statements) != 1 or not isinstance(node := statements[0].stmt, ast.VariableSetStmt):
+        return None
+    if node.kind != enums.VariableSetKind.VAR_SET_VALUE or not node.name:
+        return None
+    values = []
+    for argument in node.args or ():
+        constant = argument.val if isinstance(argument, ast.A_Const) and not argument.isnull else None
+        if isinstance(constant, ast.String):
+            values.append(constant.sval or "")
+        elif isinstance(constant, ast.Integer | ast.Float):
+            values.append(str(constant.ival if isinstance(constant, ast.Integer) else constant.fval))
+        else:
+            return None
+    refused = refusal(node.name, values)
+    if refused is None or not refused.capped:
+        return None
+    return f"SET {'LOCAL ' if node.is_local else ''}{node.name.lower()} TO DEFAULT"

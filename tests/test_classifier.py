@@ -201,6 +201,7 @@ DENIED_FUNCTIONS = [
     case("select * from pg_read_file('f')", DENIED),
     case("select * from t, lateral (select pg_ls_dir('.')) d", DENIED),
     case("select set_config('search_path', 'evil', false)", DENIED, None, None, "function set_config() is denied"),
+    case("select pg_catalog.set_config('search_path', '', false)", ALLOWED),  # pg_dump's first statement
     case("select * from t where a in (select set_config('x', 'y', true))", DENIED),
     case("select query_to_xml('delete from t', true, true, '')", DENIED, None, None, "query_to_xml() is denied"),
     case("with q as (select query_to_xml('select 1', true, true, '')) select * from q", DENIED),
@@ -490,7 +491,8 @@ SESSION = [
     case("reset all", ALLOWED),
     case("set time zone 'UTC'", ALLOWED),
     case("set names 'UTF8'", ALLOWED),
-    case("set schema 'public'", DENIED),  # SET SCHEMA is SET search_path: names would resolve elsewhere
+    case("set schema 'reports'", DENIED),  # SET SCHEMA is SET search_path: names would resolve elsewhere
+    case("set schema 'public'", ALLOWED),  # the policy's own path: names resolve where the policy resolves them
     case("set transaction isolation level serializable", ALLOWED),
     case("set transaction read only", ALLOWED),
     case("set session characteristics as transaction read only", ALLOWED),
@@ -541,6 +543,10 @@ def test_every_allowlisted_setting_may_be_set(setting: str) -> None:
         ("set search_path = reports, public", DENIED),
         ("set local search_path to evil", DENIED),
         ("set search_path = default", ALLOWED),
+        ("set search_path = ''", ALLOWED),  # pg_dump: only pg_catalog, every other name qualified
+        ("set search_path = pg_catalog", ALLOWED),
+        ("set search_path = public", ALLOWED),  # a prefix of the policy's path resolves nothing elsewhere
+        ("set search_path = public, reports", DENIED),
         ("reset search_path", ALLOWED),
         ("set client_encoding = 'LATIN1'", DENIED),
         ("set names 'SQL_ASCII'", DENIED),

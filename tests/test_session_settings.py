@@ -89,29 +89,36 @@ def test_startup_settings_refused(parameters: dict[str, str], sqlstate: str, wor
 
 
 @pytest.mark.parametrize(
-    ("value", "allowed"),
+    ("value", "outcome"),
     [
-        ("1s", True),
-        ("1000", True),
-        ("5min", True),
-        ("300000", True),
-        ("1.5", True),
-        ("0", False),
-        ("0.4", False),  # PostgreSQL rounds it to 0: disabled
-        ("100us", False),
-        ("5min 1s", False),
-        ("300001", False),
-        ("1h", False),
-        ("0x10", False),  # hex, which PostgreSQL reads: refused rather than guessed
-        ("-1", False),
+        ("1s", "allowed"),
+        ("1000", "allowed"),
+        ("5min", "allowed"),
+        ("300000", "allowed"),
+        ("1.5", "allowed"),
+        ("0", "capped"),
+        ("0.4", "capped"),  # PostgreSQL rounds it to 0: disabled
+        ("100us", "capped"),
+        ("300001", "capped"),
+        ("1h", "capped"),
+        ("-1", "refused"),  # not a duration PostgreSQL takes for it
+        ("5min 1s", "refused"),
+        ("0x10", "refused"),  # hex, which PostgreSQL reads: refused rather than guessed
     ],
 )
-def test_set_and_set_config_follow_one_allowlist(value: str, allowed: bool) -> None:
-    expected = Verdict.ALLOWED if allowed else Verdict.DENIED
-    assert classify(f"SET statement_timeout = '{value}'", CATALOG).verdict is expected
+def test_set_and_set_config_follow_one_allowlist(value: str, outcome: str) -> None:
+    """Within the limit: allowed. Raised or disabled: SET runs as ``SET ... TO DEFAULT`` (the limit), so tools
+    that switch timeouts off for their own run (pg_dump) work under the limit; set_config cannot be rewritten
+    and is refused. A value PostgreSQL would read some other way is refused."""
+    settings = ["statement_timeout"] + (["idle_in_transaction_session_timeout"] if value != "300001" else [])
+    for setting in settings:  # 300001 ms is within the idle-in-transaction limit (10min)
+        sql = f"SET {setting} = '{value}'"
+        expected = Verdict.DENIED if outcome == "refused" else Verdict.ALLOWED
+        assert classify(sql, CATALOG).verdict is expected, sql
+        capped = f"SET {setting} TO DEFAULT" if outcome == "capped" else None
+        assert session_settings.capped_statement(sql) == capped, sql
+    expected = Verdict.ALLOWED if outcome == "allowed" else Verdict.DENIED
     assert classify(f"SELECT set_config('statement_timeout', '{value}', false)", CATALOG).verdict is expected
-    if value != "300001":  # within the idle-in-transaction limit (10min)
-        assert classify(f"SET idle_in_transaction_session_timeout = '{value}'", CATALOG).verdict is expected
 
 
 @pytest.mark.parametrize(
@@ -157,8 +164,8 @@ def test_without_a_session_scope_the_strictest_served_limits_apply(monkeypatch: 
     monkeypatch.setenv("DATASOURCE_FASTLANE_READ_URL", "postgresql://nobody@127.0.0.1/nothing")
     monkeypatch.setenv("DATASOURCE_FASTLANE_STATEMENT_TIMEOUT", "2s")
     assert session_settings.current_scope() is None
-    assert classify("SET statement_timeout = '3s'", CATALOG).verdict is Verdict.DENIED
-    assert classify("SET statement_timeout = '2s'", CATALOG).verdict is Verdict.ALLOWED
+    assert session_settings.capped_statement("SET statement_timeout = '3s'") == "SET statement_timeout TO DEFAULT"
+    assert session_settings.capped_statement("SET statement_timeout = '2s'") is None
 
 
 def test_upstream_application_name_keeps_the_agent_within_63_bytes() -> None:
@@ -250,17 +257,23 @@ def test_default_limits_are_set_on_every_upstream(agent) -> None:  # type: ignor
 
 @pytest.mark.parametrize(
     "sql",
-    [
-        "SET statement_timeout = 0",
-        "SET statement_timeout = '1h'",
-        "SET idle_in_transaction_session_timeout = 0",
-        "SELECT set_config('statement_timeout', '0', false)",
-    ],
+    ["SET statement_timeout = 0", "SET statement_timeout = '1h'", "SET idle_in_transaction_session_timeout = 0"],
 )
 def test_limits_cannot_be_raised_or_disabled(agent, sql: str) -> None:  # type: ignore[no-untyped-def]
+    """pg_dump sends ``SET statement_timeout = 0``: it runs, and the session keeps the data source's limit."""
+    with psycopg.connect(agent["dsn"], autocommit=True) as conn:
+        conn.execute("SET statement_timeout = '2s'")
+        conn.execute("SET idle_in_transaction_session_timeout = '2s'")
+        conn.execute(sql)
+        assert _show(conn, "statement_timeout") == ("5min" if "statement_timeout =" in sql else "2s")
+        expected_idle = "10min" if "idle_in_transaction" in sql else "2s"
+        assert _show(conn, "idle_in_transaction_session_timeout") == expected_idle
+
+
+def test_set_config_cannot_raise_or_disable_a_limit(agent) -> None:  # type: ignore[no-untyped-def]
     with psycopg.connect(agent["dsn"], autocommit=True) as conn:
         with pytest.raises(errors.InsufficientPrivilege) as refused:
-            conn.execute(sql)
+            conn.execute("SELECT set_config('statement_timeout', '0', false)")
         assert 'the limit on data source "clinic" is' in str(refused.value)
         assert _show(conn, "statement_timeout") == "5min"
 
@@ -313,8 +326,8 @@ def test_per_data_source_limits_apply_upstream(strict_gateway: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert _show(conn, "statement_timeout") == "1s"
         assert _show(conn, "idle_in_transaction_session_timeout") == "1500ms"
-        with pytest.raises(errors.InsufficientPrivilege, match=r'the limit on data source "clinic" is 1s'):
-            conn.execute("SET statement_timeout = '2s'")
+        conn.execute("SET statement_timeout = '2s'")  # above the limit: runs as the limit
+        assert _show(conn, "statement_timeout") == "1s"
         conn.execute("SET statement_timeout = '500ms'")
         with pytest.raises(errors.QueryCanceled):  # the limit is PostgreSQL's own statement timeout
             conn.execute("SELECT count(*) FROM generate_series(1, 2000000000)")
