@@ -30,7 +30,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.pgwire.notices import error_response
 from gateway.wire import bridge
 from identity.principal import Principal
 from phigate import envconfig
@@ -186,66 +185,22 @@ def _session_id(session: Any) -> str:
 
 
 def _end(seat: Seat, sqlstate: str, message: str) -> None:
-    """Terminate the session; one waiting for approval is also stopped (its wait loop does not read the closed
-    sockets, it polls the ticket): its task is cancelled, which leaves the ticket to its reviewers."""
-    waiting = getattr(seat.session, "waiting_ticket", None) is not None
-    _terminate(seat.session, sqlstate, message)
-    if waiting and seat.task is not None and not seat.task.done():
-        seat.task.cancel()
-
-
-def _terminate(session: Any, sqlstate: str, message: str) -> None:
-    terminate = getattr(session, "terminate", None)
-    if callable(terminate):
-        terminate(sqlstate, message)
-        return
-    writer = getattr(session, "writer", None)  # an older session without terminate(): say why, then close
-    if writer is not None and not writer.is_closing():
-        writer.write(error_response("FATAL", sqlstate, message).encode())
-        writer.close()
-    upstream = getattr(session, "upstream", None)
-    if upstream is not None:
-        upstream.close()
+    """Terminate the session (a wait for approval in it stops too, its ticket left to its reviewers)."""
+    seat.session.terminate(sqlstate, message)
 
 
 def _busy(session: Any) -> bool:
-    """Whether a statement is in flight: signed in, and not parked on the client socket with nothing queued.
-    A session waiting for approval is not in flight (the wait may last hours; the ticket outlives it)."""
-    if not getattr(session, "serving", False) or getattr(session, "waiting_ticket", None) is not None:
-        return False
-    queue = getattr(session, "queue", None)
-    idle = (
-        getattr(session, "client_parked", True)
-        and getattr(session, "relay_idle", True)
-        and getattr(session, "fast", None) is None
-        and (queue is None or queue.empty())
-    )
-    return not idle
-
-
-def _client_gone(session: Any) -> bool:
-    """The client closed its end: the transport is closing, or its reader has seen end of file (a peer's FIN
-    leaves the transport half-open, so the reader is the one that knows)."""
-    writer = getattr(session, "writer", None)
-    if writer is None or writer.transport.is_closing():
-        return True
-    reader = getattr(session, "reader", None)
-    return bool(getattr(reader, "_eof", False))
+    return bool(session.busy)
 
 
 def _waits_for_a_gone_client(session: Any) -> bool:
-    return getattr(session, "waiting_ticket", None) is not None and _client_gone(session)
+    return session.waiting_ticket is not None and bool(session.client_gone())
 
 
 def _release_abandoned_wait(seat: Seat) -> None:
-    """The client of a session waiting for approval has gone: free the upstream connection now, and end the wait
-    (the session's wait loop cancels the ticket, as for a CancelRequest, and then sees the connection closed)."""
+    """The client of a session waiting for approval has gone: free its upstream connection now and end the wait
+    (``WireSession.release_abandoned_wait``)."""
     session = seat.session
     seat.ended = "its client disconnected while waiting for approval"
     log.info("wire session %s: client gone while waiting for ticket %s", _session_id(session), session.waiting_ticket)
-    upstream = getattr(session, "upstream", None)
-    if upstream is not None:
-        upstream.close()
-    cancelled = getattr(session, "cancelled_wait", None)
-    if isinstance(cancelled, asyncio.Event):
-        cancelled.set()
+    session.release_abandoned_wait()

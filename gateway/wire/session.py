@@ -290,6 +290,7 @@ class WireSession:
         self.client_parked = False  # the client loop waits for bytes and has none buffered: the fast path may run
         self.fast: FastQuery | None = None
         self.relay_task: asyncio.Task[None] | None = None
+        self.ending = False  # terminate() was called: a wait for approval stops
         self.out_size = 0  # bytes in ``out``: past FLUSH_BYTES they go to the socket, and backpressure is checked
         self.results_sent: list[tuple[Expected, ResultMeter]] = []  # complete results whose record is not queued
 
@@ -378,10 +379,33 @@ class WireSession:
     def backend_key(self) -> tuple[int, bytes]:
         return self.cancel_key.process_id, self.cancel_key.secret
 
+    @property
+    def busy(self) -> bool:
+        """A statement is in flight (shutdown gives it a grace period). A wait for approval is not: it may last
+        hours, and its ticket outlives the session."""
+        if not self.serving or self.waiting_ticket is not None:
+            return False
+        idle = self.client_parked and self.relay_idle and self.fast is None and self.queue.empty()
+        return not idle
+
+    def client_gone(self) -> bool:
+        """The client closed its end (a FIN leaves the transport half-open, so the reader is the one that knows)."""
+        return self.writer.transport.is_closing() or self.reader.at_eof() or bool(getattr(self.reader, "_eof", False))
+
+    def release_abandoned_wait(self) -> None:
+        """The client of a wait for approval has gone: free the upstream connection now and end the wait (its loop
+        cancels the ticket, as for a CancelRequest: nobody awaits it any more)."""
+        if self.upstream is not None:
+            self.upstream.close()
+        self.cancelled_wait.set()
+
     def terminate(self, sqlstate: str, message: str) -> None:
         """End the session now, from the event loop (revocation, shutdown, a lost upstream): what was relayed
         goes out, then a FATAL ErrorResponse with ``sqlstate`` (57P01 like PostgreSQL's administrator
         command, 08006...), then both sockets close. The client loop then sees the connection end."""
+        if self.waiting_ticket is not None:
+            self.ending = True  # the wait loop stops; the ticket stays for its reviewers
+            self.cancelled_wait.set()
         self._flush_client()
         if not self.writer.is_closing():
             if self.connection.state is not State.CLOSED:  # a FATAL already sent says why
@@ -836,6 +860,8 @@ class WireSession:
                 state = await self._control_plane(bridge.ticket_state, ticket_id)
                 if state.final:
                     return state
+                if self.ending:
+                    raise SessionClosed()  # terminated (revoked, shut down): the ticket is left to its reviewers
                 if self.cancelled_wait.is_set():
                     await self._control_plane(bridge.cancel_waiting_ticket, ticket_id, self.principal, self.context)
                     return await self._control_plane(bridge.ticket_state, ticket_id)
