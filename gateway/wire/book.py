@@ -236,9 +236,9 @@ class Book:
             if isinstance(effect, CloseCursor):
                 self._remove_portal(effect.name)
             elif isinstance(effect, Deallocate):
-                self._remove_statement(effect.name)
+                self._remove_statement(effect.name, keep_unnamed=True)
             elif isinstance(effect, DiscardAll):
-                self._remove_statement(None)
+                self._remove_statement(None, keep_unnamed=True)
                 self._remove_portal(None)
             elif isinstance(effect, TransactionEnd):
                 self._end_transaction(commit=effect.commit and not effect.partial)
@@ -255,12 +255,18 @@ class Book:
         self.pending.append(op)
         return op
 
-    def _remove_statement(self, name: str | None) -> None:
+    def _remove_statement(self, name: str | None, *, keep_unnamed: bool = False) -> None:
+        """``name`` None: every statement. ``keep_unnamed``: DEALLOCATE ALL and DISCARD ALL drop the named
+        statements only (PostgreSQL's DropAllPreparedStatements); the unnamed one stays until replaced or a
+        simple Query (found by tests/test_wire_book.py: the book forgot a statement the server still ran)."""
         if name is None:
-            self.statements.clear()
+            for key in [key for key in self.statements if not (keep_unnamed and key == UNNAMED)]:
+                del self.statements[key]
         else:
             self.statements.pop(name, None)
-        self._void("parse", name)
+        for op in self.pending:
+            if op.kind == "parse" and (op.name == name or (name is None and not (keep_unnamed and op.name == UNNAMED))):
+                op.voided = True
 
     def _remove_portal(self, name: str | None) -> None:
         if name is None:
