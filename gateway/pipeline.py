@@ -174,7 +174,9 @@ def decide(
         classification = classify(sql, catalog.functions, relations=catalog)
     except UnparsableStatement as exc:
         denial(datasource.name, "statement could not be parsed", {"verdict": "invalid", "error": str(exc)})
-        return Decision(verdict="invalid", error=f"syntax error: {exc}", datasource=datasource)
+        position = "" if exc.position is None else str(exc.position + 1)  # PostgreSQL counts characters from 1
+        error = str(exc) if str(exc).startswith("syntax error") else f"syntax error: {exc}"
+        return Decision(verdict="invalid", error=error, error_position=position, datasource=datasource)
 
     if any(catalog.relation_oid(name) is None for name in classification.relations):
         # A relation the snapshot has not seen (created since): refresh so masking knows what it is, and classify

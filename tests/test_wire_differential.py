@@ -166,9 +166,9 @@ def test_gateway_answers_like_postgresql(gateway: WireClient, direct: WireClient
         assert have == want, f"step {index} {step}:\n  PostgreSQL: {want}\n  gateway:    {have}"
 
 
-# Differences found by this module, in gateway/wire/session.py or the policy (not in the book): each scenario
-# fails today (strict xfail, so a fix shows up as XPASS). (reason, scenario, compare SQLSTATEs only)
-KNOWN: dict[str, tuple[str, list[Step], bool]] = {
+# Differences this module found in the gateway (fixed): each was a strict expectation failure before its fix.
+# (scenario, compare SQLSTATEs only)
+FOUND: dict[str, tuple[str, list[Step], bool]] = {
     "syntax_error_message": (
         "the gateway's own parser answers 'syntax error: syntax error at or near ...' without the position",
         [q("SELEC 1"), b(Parse("", "SELEC 1"))],
@@ -222,12 +222,10 @@ def codes(answers: list[list[Any]]) -> list[list[Any]]:
     return [[m[1]["C"] if isinstance(m, tuple) else m for m in step] for step in answers]
 
 
-@pytest.mark.parametrize("scenario", list(KNOWN))
-def test_known_differences(gateway: WireClient, direct: WireClient, scenario: str) -> None:
-    reason, steps, only_codes = KNOWN[scenario]
+@pytest.mark.parametrize("scenario", list(FOUND))
+def test_differences_found_are_gone(gateway: WireClient, direct: WireClient, scenario: str) -> None:
+    reason, steps, only_codes = FOUND[scenario]
     expected, got = run(direct, steps), run(gateway, steps)
     if only_codes:
         expected, got = codes(expected), codes(got)
-    if got != expected:
-        pytest.xfail(f"{reason}:\n  PostgreSQL: {expected}\n  gateway:    {got}")
-    pytest.fail(f"XPASS, fixed: {reason}")
+    assert got == expected, f"{reason}:\n  PostgreSQL: {expected}\n  gateway:    {got}"

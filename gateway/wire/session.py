@@ -581,16 +581,16 @@ class WireSession:
             return
         decision = await self._decide(sql)
         if decision.verdict != "allowed":
-            await self._refuse_decision(decision, simple=True)
+            await self._refuse_decision(decision, simple=True, drop_unnamed=("S", "P"))
             return
         if effects and len(effects) > 1 and any(isinstance(effect, Declare | Fetch) for effect in effects):
-            await self._refuse(CURSOR_ALONE, simple=True)
+            await self._refuse(CURSOR_ALONE, simple=True, drop_unnamed=("S", "P"))
             return
         rows_decision: Decision | None = None
         if effects and isinstance(effects[0], Fetch):
             cursor = self.book.portal(effects[0].name)
             if cursor is None:
-                await self._refuse(_no_cursor(effects[0].name), simple=True)
+                await self._refuse(_no_cursor(effects[0].name), simple=True, drop_unnamed=("S", "P"))
                 return
             rows_decision = cursor.statement.decision
             decision = _fetching(decision, cursor)
@@ -622,20 +622,20 @@ class WireSession:
         self._flush_client()
         await self.writer.drain()
 
-    async def _refuse_decision(self, decision: Decision, *, simple: bool) -> None:
+    async def _refuse_decision(self, decision: Decision, *, simple: bool, drop_unnamed: tuple[str, ...] = ()) -> None:
         """Answer a statement that will not run now: invalid, denied, or held for approval."""
         if decision.verdict == "invalid":
             error = error_response("ERROR", decision.sqlstate, decision.error)
             if decision.error_position:  # from PostgreSQL's own analysis of a statement it refused
                 error = ErrorResponse({**error.fields, "P": decision.error_position})
-            await self._refuse(error, simple=simple)
+            await self._refuse(error, simple=simple, drop_unnamed=drop_unnamed)
         elif decision.verdict == "denied":
             message = "denied by policy: " + "; ".join(decision.reasons)
-            await self._refuse(error_response("ERROR", "42501", message), simple=simple)
+            await self._refuse(error_response("ERROR", "42501", message), simple=simple, drop_unnamed=drop_unnamed)
         else:
             assert decision.ticket is not None
             if not self.wait_for_approval:
-                await self._refuse(_held_error(decision), simple=simple)
+                await self._refuse(_held_error(decision), simple=simple, drop_unnamed=drop_unnamed)
                 return
             ticket_id = decision.ticket.pk
             state = await self._wait_for_ticket(ticket_id, decision.ticket.url)
@@ -651,16 +651,24 @@ class WireSession:
             self.queue.put_nowait(reply)
             await self._relayed(reply)
 
-    async def _refuse(self, error: ErrorResponse, *, simple: bool) -> None:
+    async def _refuse(self, error: ErrorResponse, *, simple: bool, drop_unnamed: tuple[str, ...] = ()) -> None:
         """Fail the statement the way PostgreSQL fails one, upstream included.
 
         The upstream is sent a Bind to a statement no client can have (``REFUSAL_STATEMENT``): it fails at once
         and changes nothing, but it fails the upstream's batch and transaction exactly as the client now sees
         theirs failed. A transaction block is aborted (25P02 until ROLLBACK), an implicit transaction rolls back,
         and the rest of an extended batch is skipped until Sync. The relay writes ``error`` in place of the
-        upstream's answer, so the order of replies stays the protocol's.
+        upstream's answer, so the order of replies stays the protocol's. ``drop_unnamed`` ("S", "P"): unnamed
+        objects PostgreSQL would have dropped before failing (a simple Query drops both, a Parse its statement),
+        closed on both sides first.
         """
         assert self.upstream is not None
+        for kind in drop_unnamed:  # what PostgreSQL drops before it even looks at the refused message
+            if kind == "S":
+                self.book.close_statement(UNNAMED)
+            else:
+                self.book.close_portal(UNNAMED)
+            self._forward(Close("S" if kind == "S" else "P", UNNAMED), Expected("close", swallow=True))
         item = Expected("refusal", replacement=error, swallow=True, done=self._future())
         self._forward(Bind("", REFUSAL_STATEMENT, (), (), ()), item)
         if simple:
@@ -683,7 +691,8 @@ class WireSession:
         else:
             decision = await self._decide_at_parse(message.query)
         if decision.verdict in ("invalid", "denied"):
-            await self._refuse_decision(decision, simple=False)
+            unnamed = ("S",) if message.statement == UNNAMED else ()  # PostgreSQL drops it before parsing
+            await self._refuse_decision(decision, simple=False, drop_unnamed=unnamed)
             return
         existing = self.book.statement(message.statement)
         prepared = Prepared(message.query, decision, message.param_types)
@@ -1234,7 +1243,10 @@ class WireSession:
                 assert item.replacement is not None
                 self._send_own(item.replacement)  # the gateway's refusal, in place of the upstream's error
             else:
-                self._write(self._scrub(message, item), item)
+                # The gateway's own Describe of a portal before its Execute: its error (25P02 in a failed block)
+                # is the one the client's Execute would have had, and the upstream now skips that Execute.
+                on_behalf = item.swallow and item.kind == "describe_portal"
+                self._write(self._scrub(message, item), item, always=on_behalf)
             if item.kind in ("sync", "query"):
                 return Step.MORE
             self.upstream_failed_batch = True
@@ -1341,6 +1353,8 @@ CURSOR_ALONE = error_response(
 
 
 def _no_statement(name: str) -> ErrorResponse:
+    if name == UNNAMED:  # PostgreSQL's own wording
+        return error_response("ERROR", "26000", "unnamed prepared statement does not exist")
     return error_response("ERROR", "26000", f'prepared statement "{name}" does not exist')
 
 
