@@ -27,7 +27,9 @@ from gateway.pgwire.backend import (
     ReadyForQuery,
     RowDescription,
 )
-from gateway.pgwire.frontend import Bind, Describe, Execute, Flush, Parse, Query, Sync
+from gateway.pgwire.common import CopyData, CopyDone
+from gateway.pgwire.frontend import Bind, Describe, Execute, Flush, Parse, PasswordMessage, Query, Sync
+from gateway.pgwire.states import State
 from identity.roles import Role
 from tests import environment
 from tests.factories import make_agent, make_user
@@ -467,3 +469,22 @@ def test_reset_all_keeps_the_statement_timeout(client) -> None:
     """RESET ALL (the pool reset) must not drop the gateway's statement timeout either."""
     client.query("RESET ALL")
     assert _show(client, "statement_timeout") != "0"
+
+
+# --- the protocol's state table runs in production ------------------------------------------------------------
+
+
+def test_the_state_table_judges_every_client_message(client) -> None:  # type: ignore[no-untyped-def]
+    """Production goes through gateway.pgwire.states: COPY leftovers while idle are discarded as its IGNORED set
+    says, and a message its table does not allow gets FATAL 08P01 naming the table's state."""
+    client.send(CopyData(b"stray"), CopyDone())
+    assert client.read_available(0.5) == []  # discarded, like PostgreSQL
+    assert rows(client.query("SELECT 1")) == [("1",)]
+    client.send(PasswordMessage(b"late\x00"))
+    try:
+        replies = client.read_until(lambda m: isinstance(m, ErrorResponse), "an ErrorResponse", 5)
+    except WireClosed as closed:
+        replies = closed.received
+    [fatal] = errors(replies)
+    assert fatal.severity == "FATAL" and fatal.sqlstate == "08P01", fatal.fields
+    assert "unexpected PasswordMessage" in fatal.message and State.READY.value in fatal.message
