@@ -930,6 +930,8 @@ def _set_config_refusal(call: ast.FuncCall) -> str | None:
     if isinstance(constant, ast.A_Const) and constant.isnull:
         resettable = setting in session_settings.SETTABLE or setting in session_settings.RESET_ONLY
         return None if resettable else f"setting {setting} cannot be changed through the gateway"
+    if setting == "application_name":
+        return "use SET application_name: the gateway keeps the agent's name in front of it"
     if isinstance(arguments[1], ast.ParamRef) and setting in session_settings.ANY_VALUE:
         # A value the client binds (Django sets TimeZone, asyncpg restores jit this way): the client's own
         # constant, and every value of such a setting is acceptable. A computed value could carry PHI: refused.

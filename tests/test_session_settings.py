@@ -126,7 +126,6 @@ def test_set_and_set_config_follow_one_allowlist(value: str, outcome: str) -> No
     [
         ("DateStyle", "ISO, DMY", True),
         ("TimeZone", "UTC", True),
-        ("application_name", "x", True),
         ("client_encoding", "utf-8", True),
         ("client_encoding", "LATIN1", False),
         ("search_path", "evil", False),
@@ -338,3 +337,20 @@ def test_per_data_source_limits_apply_upstream(strict_gateway: int) -> None:
         time.sleep(2.5)
         with pytest.raises(errors.IdleInTransactionSessionTimeout):
             conn.execute("SELECT 1")
+
+
+def test_set_application_name_keeps_the_agent_in_postgresqls_view(services, agent) -> None:  # type: ignore[no-untyped-def]
+    """Mid-session, SET application_name runs with the agent's name in front (pg_stat_activity and PostgreSQL's
+    logs still name the agent) and the client is told its own name; set_config cannot drop the prefix."""
+    name = agent["agent"].name
+    with psycopg.connect(agent["dsn"], autocommit=True) as conn:
+        conn.execute("SET application_name = 'nightly-report'")
+        assert _upstream_application_names(services, name) == [f"phigate-wire/{name}/nightly-report"]
+        assert conn.info.parameter_status("application_name") == "nightly-report"
+        conn.execute("SET application_name = 'it''s'")  # quoting survives the rewrite
+        assert _upstream_application_names(services, name) == [f"phigate-wire/{name}/it's"]
+        with pytest.raises(errors.InsufficientPrivilege, match="keeps the agent's name"):
+            conn.execute("SELECT set_config('application_name', 'anonymous', false)")
+        conn.execute("RESET application_name")
+        assert _upstream_application_names(services, name) == [f"phigate-wire/{name}"]
+        assert conn.info.parameter_status("application_name") == ""

@@ -105,11 +105,19 @@ class TransactionEnd:
 
 
 @dataclass(frozen=True)
+class SetApplicationName:
+    """``SET [LOCAL] application_name = '<value>'``: the session runs it with the agent's name kept in front."""
+
+    value: str
+    local: bool
+
+
+@dataclass(frozen=True)
 class NoEffect:
     pass
 
 
-Effect = Declare | CloseCursor | Deallocate | DiscardAll | Fetch | TransactionEnd | NoEffect
+Effect = Declare | CloseCursor | Deallocate | DiscardAll | Fetch | TransactionEnd | SetApplicationName | NoEffect
 
 _COMMITS: Final = frozenset({enums.TransactionStmtKind.TRANS_STMT_COMMIT})
 _ROLLBACKS: Final = frozenset({enums.TransactionStmtKind.TRANS_STMT_ROLLBACK})
@@ -138,6 +146,11 @@ def _effect(node: Any) -> Effect:
         return DiscardAll()
     if isinstance(node, ast.FetchStmt):
         return Fetch(node.portalname or "", bool(node.ismove))
+    if isinstance(node, ast.VariableSetStmt) and (node.name or "").lower() == "application_name":
+        arguments = node.args or ()
+        constant = arguments[0].val if len(arguments) == 1 and isinstance(arguments[0], ast.A_Const) else None
+        if node.kind == enums.VariableSetKind.VAR_SET_VALUE and isinstance(constant, ast.String):
+            return SetApplicationName(constant.sval or "", bool(node.is_local))
     if isinstance(node, ast.TransactionStmt):
         if node.kind in _COMMITS:
             return TransactionEnd(commit=True)

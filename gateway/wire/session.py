@@ -77,7 +77,18 @@ from gateway.pipeline import (
     touches_phi,
 )
 from gateway.wire import bridge, sign_in
-from gateway.wire.book import UNNAMED, Book, Declare, Fetch, NoEffect, Op, Portal, Prepared, statement_effects
+from gateway.wire.book import (
+    UNNAMED,
+    Book,
+    Declare,
+    Fetch,
+    NoEffect,
+    Op,
+    Portal,
+    Prepared,
+    SetApplicationName,
+    statement_effects,
+)
 from gateway.wire.results import ResultShape, mask_row, masking_text, result_shape
 from gateway.wire.sign_in import (
     CONTROL_PLANE_MESSAGE,
@@ -87,6 +98,7 @@ from gateway.wire.sign_in import (
 )
 from gateway.wire.upstream import Upstream, UpstreamError
 from identity.principal import Principal
+from policy import session_settings
 from policy.errors import scrub_error
 from policy.masking import MaskingPlan
 
@@ -607,7 +619,7 @@ class WireSession:
             rows_decision=rows_decision,
             done=self._future(),
         )
-        query = Query(decision.run_sql or sql)  # the text that runs: computed PHI withheld (policy.withholding)
+        query = Query(self._text_to_run(sql, decision, effects))
         if not (self.relay_idle and self.queue.empty() and not self.parser.buffered):
             self._forward(query, item)
             await self._flush_upstream()
@@ -621,6 +633,18 @@ class WireSession:
         await self._relay_responses(item)
         self._flush_client()
         await self.writer.drain()
+
+    def _text_to_run(self, sql: str, decision: Decision, effects: tuple[Any, ...] | None) -> str:
+        """What the upstream runs for an allowed statement: the policy's text when it has one (computed PHI
+        withheld, a timeout capped), and ``SET application_name`` with the agent's name kept in front, so that
+        PostgreSQL's logs and pg_stat_activity still name the agent (``policy.session_settings``)."""
+        if decision.run_sql is not None:
+            return decision.run_sql
+        if effects and len(effects) == 1 and isinstance(effects[0], SetApplicationName):
+            named = session_settings.upstream_application_name(self._agent_name, effects[0].value)
+            quoted = "'" + named.replace("'", "''") + "'"
+            return f"SET {'LOCAL ' if effects[0].local else ''}application_name = {quoted}"
+        return sql
 
     async def _refuse_decision(self, decision: Decision, *, simple: bool, drop_unnamed: tuple[str, ...] = ()) -> None:
         """Answer a statement that will not run now: invalid, denied, or held for approval."""
@@ -702,8 +726,10 @@ class WireSession:
         # Parsing a held statement upstream is harmless (nothing runs before Execute) and gives the client the
         # real parameter and row descriptions; its Execute is what becomes a ticket. An allowed statement is
         # parsed as the text that runs (computed PHI withheld); the ticket of a held one keeps the agent's text.
-        if decision.verdict == "allowed" and decision.run_sql is not None:
-            message = dataclasses.replace(message, query=decision.run_sql)
+        if decision.verdict == "allowed":
+            run = self._text_to_run(message.query, decision, statement_effects(message.query))
+            if run != message.query:
+                message = dataclasses.replace(message, query=run)
         self._forward(message, Expected("parse", statement=prepared, op=op))
 
     async def _decide_at_parse(self, sql: str) -> Decision:
@@ -1228,6 +1254,8 @@ class WireSession:
         if isinstance(message, NoticeResponse | ParameterStatus | NotificationResponse):
             if isinstance(message, NoticeResponse):
                 self._write(self._scrub(message, item), item)
+            elif isinstance(message, ParameterStatus) and message.name == "application_name":
+                self._write(ParameterStatus(message.name, self._client_application_name(message.value)), item)
             elif not (isinstance(message, ParameterStatus) and message.name not in FORWARDED_PARAMETERS):
                 self._write(message, item)
             return Step.MORE
@@ -1252,6 +1280,18 @@ class WireSession:
             self.upstream_failed_batch = True
             return Step.DONE
         raise ProtocolError("08P01", f"unexpected {type(message).__name__} from the target database")
+
+    @property
+    def _agent_name(self) -> str:
+        agent = self.principal.agent if self.principal is not None else None
+        return agent.name if agent is not None else ""
+
+    def _client_application_name(self, upstream_value: str) -> str:
+        """The application name as the client set it: the upstream's, without the agent's name in front."""
+        prefix = session_settings.upstream_application_name(self._agent_name, "")
+        if upstream_value == prefix:
+            return ""
+        return upstream_value.removeprefix(prefix + "/")
 
     def _write(self, message: BackendMessage, item: Expected, *, always: bool = False) -> None:
         if always or not item.swallow:
