@@ -416,6 +416,13 @@ def main() -> None:
         }
         if args.serve:  # for profiling by hand: keep everything up until interrupted
             print("\n".join(f"{name}: {dsn}" for name, dsn in paths.items()), flush=True)
+            # The gateway's environment (bench-only keys), so more gateways (another tree, for an A/B) can start.
+            env_file = work / "gateway.env"
+            env_file.touch(mode=0o600)
+            env_file.write_text(
+                "".join(f"{k}={v}\n" for k, v in gateway_env.items() if k in {*env, "DATASOURCE_BENCH_READ_URL"})
+            )
+            print(f"gateway pid: {gateway.pid}\ngateway env: {env_file}\nwork: {work}", flush=True)
             stop = {signal.SIGINT, signal.SIGTERM}
             signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # so that sigwait takes them and the cleanup runs
             signal.sigwait(stop)

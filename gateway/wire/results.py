@@ -11,13 +11,21 @@ from dataclasses import dataclass
 
 from audit.recorder import masking_details
 from audit.wire_lines import json_text
+from gateway.pgwire import primitives as wire
 from gateway.pgwire.backend import DataRow, FieldDescription, RowDescription
 from gateway.pipeline import Decision
 from policy.binary_text import binary_to_text
 from policy.lineage_masking import plan_for_result
-from policy.masking import ColumnMask, MaskingPlan, mask_value
+from policy.masking import REDACTED, BytesMask, ColumnMask, MaskingPlan, mask_value, text_bytes_mask
 
 TEXT_OID = 25
+MAX_INT32 = wire.MAX_INT32
+_INT32_PACK = wire.INT32.pack
+_UINT16_PACK = wire.UINT16.pack
+_UINT16_UNPACK = wire.UINT16.unpack_from
+_INT32_UNPACK = wire.INT32.unpack_from
+_NULL_LENGTH = wire.NULL_LENGTH
+_REDACTED = REDACTED.encode()
 
 
 @dataclass(frozen=True)
@@ -97,18 +105,155 @@ def _pseudonym_key() -> bytes:
     return _KEY
 
 
+def _binary_bytes_mask(type_oid: int, spec: ColumnMask, key: bytes) -> BytesMask:
+    """A value in binary format is masked through its text form; a type without one is redacted (fail closed)."""
+    mask, phi_type = spec.mask, spec.phi_type
+
+    def masked(raw: bytes) -> bytes | None:
+        text = binary_to_text(type_oid, raw)
+        if text is None:
+            return _REDACTED
+        value = mask_value(text, mask, phi_type, key)
+        return None if value is None else value.encode("utf-8")
+
+    return masked
+
+
+class RowMasker:
+    """A plan applied to one result's rows, worked out once: one function per masked column (by mask and format),
+    None for the columns that pass as they came (their bytes are never decoded)."""
+
+    __slots__ = ("masks",)
+
+    def __init__(self, plan: MaskingPlan, fields: tuple[FieldDescription, ...], key: bytes) -> None:
+        masks: list[BytesMask | None] = []
+        for index, spec in enumerate(plan.columns):
+            if spec is None:
+                masks.append(None)
+            elif index < len(fields) and fields[index].format == 1:
+                masks.append(_binary_bytes_mask(fields[index].type_oid, spec, key))
+            else:
+                masks.append(text_bytes_mask(spec.mask, spec.phi_type, key))
+        self.masks = tuple(masks)
+
+    def mask(self, values: tuple[bytes | None, ...]) -> tuple[tuple[bytes | None, ...], bytes]:
+        """The masked values and the complete DataRow frame that carries them, built in one pass."""
+        masks = self.masks
+        if len(values) != len(masks):
+            raise ValueError(f"a row of {len(values)} values under a plan for {len(masks)} columns")
+        masked: list[bytes | None] = []
+        keep = masked.append
+        parts: list[bytes] = [b"", _UINT16_PACK(len(values))]
+        add = parts.append
+        size = 6  # the length word and the column count
+        for value, mask in zip(values, masks):  # noqa: B905 - lengths checked above
+            if value is not None and mask is not None:
+                value = mask(value)
+            keep(value)
+            if value is None:
+                add(_NULL_LENGTH)
+                size += 4
+            else:
+                add(_INT32_PACK(len(value)))
+                add(value)
+                size += 4 + len(value)
+        if size > MAX_INT32:
+            raise ValueError(f"DataRow of {size} bytes is too large to frame")
+        parts[0] = b"D" + _INT32_PACK(size)
+        return tuple(masked), b"".join(parts)
+
+    def mask_frame(self, frame: bytes) -> bytes:
+        """A whole DataRow frame (as the upstream sent it) masked straight to the frame the client is sent, in one
+        pass: no DataRow in between. Anything malformed goes through ``DataRow.decode_body``, which says what."""
+        masks = self.masks
+        size = len(frame)
+        if size < 7 or _UINT16_UNPACK(frame, 5)[0] != len(masks):
+            return self._mask_decoded(frame)
+        parts: list[bytes] = [b"", frame[5:7]]
+        add = parts.append
+        total = 6
+        pos = 7
+        for mask in masks:
+            if pos + 4 > size:
+                return self._mask_decoded(frame)
+            (length,) = _INT32_UNPACK(frame, pos)
+            start, pos = pos, pos + 4
+            if length < 0:
+                if length != -1:
+                    return self._mask_decoded(frame)
+                add(_NULL_LENGTH)
+                total += 4
+                continue
+            end = pos + length
+            if end > size:
+                return self._mask_decoded(frame)
+            if mask is None:
+                add(frame[start:end])  # length word and value as they came
+                total += end - start
+            else:
+                value = mask(frame[pos:end])
+                if value is None:
+                    add(_NULL_LENGTH)
+                    total += 4
+                else:
+                    add(_INT32_PACK(len(value)))
+                    add(value)
+                    total += 4 + len(value)
+            pos = end
+        if pos != size:
+            return self._mask_decoded(frame)
+        if total > MAX_INT32:
+            raise ValueError(f"DataRow of {total} bytes is too large to frame")
+        parts[0] = b"D" + _INT32_PACK(total)
+        return b"".join(parts)
+
+    def _mask_decoded(self, frame: bytes) -> bytes:
+        return self.mask(DataRow.decode_body(frame[5:]).values)[1]  # raises what is wrong with the frame
+
+
+class MaskedRow(DataRow):
+    """A masked DataRow that carries its encoded frame (built with the values): ``encode`` costs nothing."""
+
+    __slots__ = ("frame",)
+    frame: bytes
+
+    def encode(self) -> bytes:
+        return self.frame
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, DataRow):
+            return self.values == other.values
+        return NotImplemented
+
+    __hash__ = DataRow.__hash__
+
+
+# Row maskers by the identity of (plan, fields): the relay passes the same two objects for every row of a result.
+# Each entry holds its plan and fields, so an id cannot be reused while its entry lives.
+_MASKERS: dict[tuple[int, int], tuple[MaskingPlan, tuple[FieldDescription, ...], RowMasker]] = {}
+_MAX_MASKERS = 512
+
+
+def row_masker(plan: MaskingPlan, fields: tuple[FieldDescription, ...]) -> RowMasker:
+    entry = _MASKERS.get((id(plan), id(fields)))
+    if entry is not None and entry[0] is plan and entry[1] is fields:
+        return entry[2]
+    masker = RowMasker(plan, fields, _pseudonym_key())
+    if len(_MASKERS) >= _MAX_MASKERS:
+        _MASKERS.clear()
+    _MASKERS[(id(plan), id(fields))] = (plan, fields, masker)
+    return masker
+
+
 def mask_row(row: DataRow, plan: MaskingPlan, fields: tuple[FieldDescription, ...]) -> DataRow:
-    key = _pseudonym_key()
-    values: list[bytes | None] = []
-    for index, (value, spec) in enumerate(zip(row.values, plan.columns, strict=True)):
-        if spec is None or value is None:
-            values.append(value)
-            continue
-        field = fields[index] if index < len(fields) else None
-        if field is not None and field.format == 1:
-            text = binary_to_text(field.type_oid, value)
-            masked = mask_value(text, spec.mask, spec.phi_type, key) if text is not None else "[redacted]"
-        else:
-            masked = mask_value(value.decode("utf-8", "replace"), spec.mask, spec.phi_type, key)
-        values.append(None if masked is None else masked.encode("utf-8"))
-    return DataRow(tuple(values))
+    """The row as the client may see it under ``plan`` (``fields``: the upstream's description of the values)."""
+    values, frame = row_masker(plan, fields).mask(row.values)
+    masked = MaskedRow(values)
+    object.__setattr__(masked, "frame", frame)
+    return masked
+
+
+def mask_frame(frame: bytes, plan: MaskingPlan, fields: tuple[FieldDescription, ...]) -> bytes:
+    """A DataRow frame masked straight to the frame the client is sent (for a relay that needs no DataRow):
+    the same bytes as ``mask_row(DataRow.decode_body(frame[5:]), plan, fields).encode()``, at about half the cost."""
+    return row_masker(plan, fields).mask_frame(frame)
