@@ -89,7 +89,7 @@ from gateway.wire.book import (
     SetApplicationName,
     statement_effects,
 )
-from gateway.wire.results import ResultShape, mask_row, masking_text, result_shape
+from gateway.wire.results import ResultShape, mask_frame, masking_text, result_shape
 from gateway.wire.sign_in import (
     CONTROL_PLANE_MESSAGE,
     CONTROL_PLANE_UNAVAILABLE,
@@ -1141,10 +1141,12 @@ class WireSession:
     async def _relay_responses(self, item: Expected) -> None:
         """Relay the upstream's responses to one forwarded message (see ``_relay_frame``)."""
         assert self.upstream is not None
-        next_frame = self.upstream.next_frame
+        upstream = self.upstream
+        next_frame, buffered = upstream.next_frame, upstream.parser.next_frame
         relay = RelayState(item)
         while True:
-            code, frame = await next_frame(before_wait=self._flush_client)
+            framed = buffered()  # rows already read need no await: one per socket read, not one per row
+            code, frame = framed if framed is not None else await next_frame(before_wait=self._flush_client)
             step = self._relay_frame(relay, code, frame)
             if step is Step.NEEDS_GATE:
                 await self._await_gate(item)
@@ -1182,9 +1184,9 @@ class WireSession:
                 )
             if relay.masked:
                 assert relay.plan is not None
-                row = mask_row(DataRow.decode_body(frame[5:]), relay.plan, relay.fields)
-                frame = row.encode()
-                meter.keep_preview(row, relay.fields)
+                frame = mask_frame(frame, relay.plan, relay.fields)
+                if len(meter.preview) < PREVIEW_ROWS:
+                    meter.keep_preview(DataRow.decode_body(frame[5:]), relay.fields)
             elif len(meter.preview) < PREVIEW_ROWS:
                 meter.keep_preview(DataRow.decode_body(frame[5:]), relay.fields)
             meter.rows += 1
