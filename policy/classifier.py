@@ -878,11 +878,17 @@ def _statement_rules(node: ast.Node, top_level: bool) -> list[_Finding]:
         return [_held("DO runs procedural code that cannot be inspected", Risk.HIGH, 2)]
     if isinstance(node, ast.CallStmt):
         return [_held("CALL runs a procedure that cannot be inspected", Risk.HIGH, 2)]
+    if isinstance(node, ast.LockStmt) and node.mode == _ACCESS_SHARE_LOCK and not node.nowait:
+        # pg_dump locks every table it dumps this way: the lock any SELECT takes, which blocks only DROP/ALTER.
+        return [_allowed("LOCK ... IN ACCESS SHARE MODE takes the lock a SELECT takes")]
     if kind in _REVIEWED_STATEMENTS:
         return [_held(f"{tag} is held for review")]
     if isinstance(node, ast.TransactionStmt):
         return _transaction_rules(node)
     return _session_statement_rules(node, top_level)
+
+
+_ACCESS_SHARE_LOCK = 1  # PostgreSQL's lockdefs.h AccessShareLock
 
 
 def _session_statement_rules(node: ast.Node, top_level: bool) -> list[_Finding]:
@@ -1431,6 +1437,16 @@ def classify(sql: str, functions: FunctionCatalog, *, relations: RelationCatalog
 
 def _classify_statement(node: ast.Node, inspector: _Inspector) -> _StatementResult:
     """Walk one top-level statement and fold its findings."""
+    setting = _set_config_from_pg_settings(node)
+    if setting is not None:
+        name, value, is_local = setting
+        refused = _set_config_refusal(_set_config_call(name, value, is_local))
+        outcome = _outcome(
+            [_denied(f"function set_config() is denied: {refused}")]
+            if refused
+            else [_allowed(f"set_config() of {name} through pg_settings, judged like SET")]
+        )
+        return _StatementResult(_statement_type(node), outcome, is_transaction_control=False)
     if _is_session_hygiene(node):
         return _StatementResult(
             statement_type=_statement_type(node),
@@ -1443,6 +1459,49 @@ def _classify_statement(node: ast.Node, inspector: _Inspector) -> _StatementResu
         statement_type=_statement_type(node),
         outcome=_outcome(findings),
         is_transaction_control=_is_transaction_control(node),
+    )
+
+
+def _set_config_from_pg_settings(node: ast.Node) -> tuple[str, ast.Node, ast.Node] | None:
+    """``SELECT set_config(name, <value>, <is_local>) FROM pg_settings WHERE name = '<setting>'`` (pg_dump's way to
+    set a setting only if the server has it): (setting, value, is_local) to judge as set_config('<setting>', ...),
+    or None for anything else."""
+    if not isinstance(node, ast.SelectStmt) or len(node.targetList or ()) != 1 or len(node.fromClause or ()) != 1:
+        return None
+    others = (node.groupClause, node.havingClause, node.sortClause, node.limitCount, node.withClause, node.larg)
+    source = (node.fromClause or ())[0]
+    if any(others) or not isinstance(source, ast.RangeVar) or source.relname != "pg_settings":
+        return None
+    if source.schemaname not in (None, "pg_catalog") or source.alias is not None:
+        return None
+    call = (node.targetList or ())[0].val
+    if not isinstance(call, ast.FuncCall) or len(call.args or ()) != 3 or call.over or call.agg_star:
+        return None
+    if tuple(part.sval for part in call.funcname or ()) not in (("set_config",), ("pg_catalog", "set_config")):
+        return None
+    first, value, is_local = call.args  # type: ignore[misc]
+    where = node.whereClause
+    if not (_is_column(first, "name") and isinstance(where, ast.A_Expr) and _is_column(where.lexpr, "name")):
+        return None
+    operator = tuple(part.sval for part in where.name or ())
+    constant = where.rexpr.val if isinstance(where.rexpr, ast.A_Const) else None
+    if operator != ("=",) or where.kind != enums.A_Expr_Kind.AEXPR_OP or not isinstance(constant, ast.String):
+        return None
+    return constant.sval or "", value, is_local
+
+
+def _is_column(node: object, name: str) -> bool:
+    return isinstance(node, ast.ColumnRef) and [getattr(f, "sval", None) for f in node.fields or ()] == [name]
+
+
+def _set_config_call(name: str, value: ast.Node, is_local: ast.Node) -> ast.FuncCall:
+    """The equivalent ``set_config('<name>', value, is_local)`` call, for ``_set_config_refusal``."""
+    return ast.FuncCall(
+        funcname=(ast.String(sval="set_config"),),
+        args=(ast.A_Const(val=ast.String(sval=name)), value, is_local),
+        agg_star=False,
+        agg_distinct=False,
+        over=None,
     )
 
 

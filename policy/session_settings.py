@@ -67,6 +67,7 @@ SETTABLE = frozenset(
         "synchronize_seqscans",  # pg_dump: where a sequential scan starts, not what it reads
         "quote_all_identifiers",  # pg_dump: how names are written out
         "row_security",  # pg_dump: off makes a query on a table with row security fail instead of filter
+        "restrict_nonsystem_relation_kind",  # pg_dump: only narrows which relation kinds a query may touch
     }
 )
 #: Settable settings with no bound and no value that is refused: a value the client binds as a parameter

@@ -1321,3 +1321,24 @@ def test_connection_pool_resets_are_session_hygiene(sql: str) -> None:
 )
 def test_a_reset_batch_with_anything_else_is_not_hygiene(sql: str) -> None:
     assert run(sql).verdict != Verdict.ALLOWED
+
+
+@pytest.mark.parametrize(
+    ("sql", "verdict"),
+    [
+        ("LOCK TABLE t IN ACCESS SHARE MODE", Verdict.ALLOWED),  # pg_dump: the lock a SELECT takes
+        ("LOCK TABLE t IN ACCESS SHARE MODE NOWAIT", Verdict.HELD),
+        ("LOCK TABLE t IN SHARE MODE", Verdict.HELD),
+        ("LOCK TABLE t", Verdict.HELD),  # ACCESS EXCLUSIVE
+        # pg_dump sets a setting only if the server has it:
+        ("SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings "
+         "WHERE name = 'restrict_nonsystem_relation_kind'", Verdict.ALLOWED),
+        ("SELECT set_config(name, '1GB', false) FROM pg_settings WHERE name = 'work_mem'", Verdict.DENIED),
+        ("SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'statement_timeout'", Verdict.DENIED),
+        ("SELECT set_config(name, 'x', false) FROM pg_settings WHERE name LIKE 'application%'", Verdict.DENIED),
+        ("SELECT set_config(name, setting, false) FROM pg_settings WHERE name = 'jit'", Verdict.DENIED),
+        ("SELECT set_config(name, 'off', false) FROM pg_settings s WHERE name = 'jit'", Verdict.DENIED),
+    ],
+)  # fmt: skip
+def test_pg_dump_session_set_up(sql: str, verdict: Verdict) -> None:
+    assert run(sql).verdict == verdict, run(sql).reasons
