@@ -153,8 +153,9 @@ def web(
 def oidc_provider(log_dir: Path, users_file: Path, client_id: str, client_secret: str) -> tuple[Service, int]:
     """The loopback OpenID provider (tests/oidc_provider.py) in its own process."""
     port = free_port()
-    argv = [sys.executable, "-m", "tests.oidc_provider", "--port", str(port), "--client-id", client_id]
-    argv += ["--client-secret", client_secret, "--users", str(users_file)]
+    argv = [sys.executable, "-m", "tests.oidc_provider", "--port", str(port), f"--client-id={client_id}"]
+    # ``--name=value``: a random secret may start with "-", which argparse would take for an option.
+    argv += [f"--client-secret={client_secret}", "--users", str(users_file)]
     service = Service("oidc-provider", argv, {}, log_dir).start()
     wait_until(lambda: port_open(port) or not service.alive(), 30, what="OpenID provider to listen")
     assert service.alive(), service.log_tail()

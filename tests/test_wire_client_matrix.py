@@ -326,6 +326,13 @@ def jdbc_both(
         scenario,
         *extra,
     )
+    # Upstream, the gateway keeps the agent's name in front of the application name (PostgreSQL's logs and
+    # pg_stat_activity name the agent), so SQL that reads the setting back sees it there: required, then removed.
+    prefix = f"phigate-wire/{agent['name']}/"
+    for line in gateway:
+        if line[0] == "SESSION":
+            assert line[-1].startswith(prefix), line
+            line[-1] = line[-1].removeprefix(prefix)
     return gateway, direct
 
 
