@@ -245,7 +245,11 @@ def jdbc_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("jdbc")
     (folder / "CatalogProbe.java").write_text(_JDBC_PROBE)
     subprocess.run(
-        ["javac", "-cp", str(PGJDBC_JAR), "CatalogProbe.java"], cwd=folder, check=True, capture_output=True, timeout=120
+        ["javac", "-J-XX:-UsePerfData", "-cp", str(PGJDBC_JAR), "CatalogProbe.java"],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     return folder
 
@@ -255,7 +259,16 @@ def test_jdbc_database_metadata_reports_keys_and_columns(
 ) -> None:
     url = f"jdbc:postgresql://127.0.0.1:{agent['port']}/clinic?sslmode=disable"
     run = subprocess.run(
-        ["java", "-cp", f"{PGJDBC_JAR}:{jdbc_probe}", "CatalogProbe", url, agent["agent"].name, agent["token"]],
+        [
+            "java",
+            "-XX:-UsePerfData",
+            "-cp",
+            f"{PGJDBC_JAR}:{jdbc_probe}",
+            "CatalogProbe",
+            url,
+            agent["agent"].name,
+            agent["token"],
+        ],
         capture_output=True,
         text=True,
         timeout=120,
