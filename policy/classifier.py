@@ -818,7 +818,7 @@ def _variable_set_rules(node: ast.VariableSetStmt) -> list[_Finding]:
     if restores_default and (name in session_settings.SETTABLE or name in session_settings.RESET_ONLY):
         # The session's default is its start-up value, which was judged at sign-in (a limit, or lower).
         return [_allowed(f"{tag} {name} restores the default")]
-    values = _set_values(node.args) if node.kind == enums.VariableSetKind.VAR_SET_VALUE else None
+    values = session_settings.set_values(node.args) if node.kind == enums.VariableSetKind.VAR_SET_VALUE else None
     if values is None and name in session_settings.SETTABLE and name not in _VALUE_JUDGED:
         return [_allowed(f"setting {name} may be changed")]
     refusal = session_settings.refusal(name, values or [])
@@ -833,22 +833,6 @@ def _variable_set_rules(node: ast.VariableSetStmt) -> list[_Finding]:
 _VALUE_JUDGED = frozenset(
     {"client_encoding", session_settings.STATEMENT_TIMEOUT, session_settings.IDLE_IN_TRANSACTION_TIMEOUT}
 )
-
-
-def _set_values(arguments: Sequence[object] | None) -> list[str] | None:
-    """SET's values as PostgreSQL receives them, or None if one is not a plain constant."""
-    values: list[str] = []
-    for argument in arguments or ():
-        constant = argument.val if isinstance(argument, ast.A_Const) and not argument.isnull else None
-        if isinstance(constant, ast.String):
-            values.append(constant.sval or "")
-        elif isinstance(constant, ast.Integer):
-            values.append(str(constant.ival))
-        elif isinstance(constant, ast.Float):
-            values.append(str(constant.fval))
-        else:
-            return None
-    return values
 
 
 def _statement_rules(node: ast.Node, top_level: bool) -> list[_Finding]:

@@ -44,9 +44,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from django.core.exceptions import ImproperlyConfigured
+from pglast import ast, enums
 
 from phigate import envconfig
 from policy.credentials import Access, configured_datasources
+from policy.parse_depth import parse_statements
 
 #: Settings an agent may change (lower-case names, as PostgreSQL compares them).
 SETTABLE = frozenset(
@@ -438,14 +440,26 @@ def upstream_application_name(agent: str, client_application: str) -> str:
     return encoded.decode("utf-8", "ignore")
 
 
+def set_values(arguments: Sequence[object] | None) -> list[str] | None:
+    """SET's values as PostgreSQL receives them, or None if one is not a plain constant."""
+    values: list[str] = []
+    for argument in arguments or ():
+        constant = argument.val if isinstance(argument, ast.A_Const) and not argument.isnull else None
+        if isinstance(constant, ast.String):
+            values.append(constant.sval or "")
+        elif isinstance(constant, ast.Integer):
+            values.append(str(constant.ival))
+        elif isinstance(constant, ast.Float):
+            values.append(str(constant.fval))
+        else:
+            return None
+    return values
+
+
 def capped_statement(sql: str) -> str | None:
     """The text to run for a ``SET`` that raises or disables a bounded setting: ``SET name TO DEFAULT``, which is
     the data source's limit (the session's start-up value), so tools that switch timeouts off for their own run
     (pg_dump's ``SET statement_timeout = 0``) work, under the limit. None for any other statement."""
-    from pglast import ast, enums
-
-    from policy.parse_depth import parse_statements
-
     try:
         statements = parse_statements(sql)
     except Exception:
@@ -454,16 +468,8 @@ def capped_statement(sql: str) -> str | None:
         return None
     if node.kind != enums.VariableSetKind.VAR_SET_VALUE or not node.name:
         return None
-    values = []
-    for argument in node.args or ():
-        constant = argument.val if isinstance(argument, ast.A_Const) and not argument.isnull else None
-        if isinstance(constant, ast.String):
-            values.append(constant.sval or "")
-        elif isinstance(constant, ast.Integer | ast.Float):
-            values.append(str(constant.ival if isinstance(constant, ast.Integer) else constant.fval))
-        else:
-            return None
-    refused = refusal(node.name, values)
+    values = set_values(node.args)
+    refused = refusal(node.name, values) if values is not None else None
     if refused is None or not refused.capped:
         return None
     return f"SET {'LOCAL ' if node.is_local else ''}{node.name.lower()} TO DEFAULT"

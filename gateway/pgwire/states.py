@@ -270,34 +270,10 @@ for _state in State:
 del _state
 
 
-# Message type code -> class, for relays that pass frames on undecoded (authentication requests excluded: 'R'
-# covers several classes, and the table is used after sign-in).
+# Message type code -> class, for relays that pass frames on undecoded: every message type the table knows, but
+# the authentication requests ('R' covers several classes, and the table is used after sign-in).
 BACKEND_TYPE_BY_CODE: Final[dict[int, type]] = {
-    cls.type_code[0]: cls
-    for cls in (
-        BackendKeyData,
-        BindComplete,
-        CloseComplete,
-        CommandComplete,
-        CopyData,
-        CopyDone,
-        CopyInResponse,
-        CopyOutResponse,
-        DataRow,
-        EmptyQueryResponse,
-        ErrorResponse,
-        FunctionCallResponse,
-        NegotiateProtocolVersion,
-        NoData,
-        NoticeResponse,
-        NotificationResponse,
-        ParameterDescription,
-        ParameterStatus,
-        ParseComplete,
-        PortalSuspended,
-        ReadyForQuery,
-        RowDescription,
-    )
+    code[0]: kind for row in ON_SEND.values() for kind in row if (code := getattr(kind, "type_code", b"R")) != b"R"
 }
 
 
