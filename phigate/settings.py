@@ -195,6 +195,7 @@ USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
 
 # Never log request bodies (they carry SQL with literals, tokens in headers): only our own structured lines.
 LOGGING = {
