@@ -15,6 +15,14 @@ submitted meanwhile form the next group. (The fsync used to run on the event loo
 session for its whole duration: 68% of the gateway's busy time at one client in a profile, PR h7.) Records nobody
 waits for (what a read returned) are written after at most DEFER_SECONDS, or with the next urgent group.
 
+When the writer is idle and the disk is fast (recent fsyncs under INLINE_SYNC_MAX_SECONDS on average), the event
+loop writes the group itself instead, at the end of the loop turn that queued it (``_write_inline``): the two
+thread hand-overs cost more than such a sync (at one client a record became durable ~450 µs after it was queued
+through the writer, against a 225 µs fsync; docs/benchmarks.md), and the loop is held no longer than it takes
+to relay a result. A slow disk never holds the loop: its syncs stay on the writer. While the writer is busy
+with a group, new records form the next one and the writer takes it. Whoever writes holds ``_write_lock``, so
+groups reach the disk in the order they were taken.
+
 The writer must take the interpreter lock back to deliver each completion. Under load the event loop holds it,
 and gives it up to a waiting thread only every ``sys.getswitchinterval()`` (5 ms by default), which would add up
 to that to a statement's latency; the journal lowers the interval to SWITCH_INTERVAL_SECONDS while it is open.
@@ -66,6 +74,8 @@ SHIP_INTERVAL_SECONDS = 0.5
 SHIP_BATCH_BYTES = 4 * 1024 * 1024
 MAX_UNSHIPPED_BYTES = 256 * 1024 * 1024
 DEFER_SECONDS = 0.05  # a record nobody waits for (what a read returned) may wait this long for company
+INLINE_SYNC_MAX_SECONDS = 0.001  # fsyncs averaging more than this run on the writer only, never on the loop
+SYNC_AVERAGE_WEIGHT = 0.2  # of the latest fsync in the moving average
 SWITCH_INTERVAL_SECONDS = 0.0005  # how long the busy event loop may keep the writer's completion waiting
 _CURSOR_SQL = (
     "INSERT INTO audit_journalcursor (journal_id, segment, position) VALUES (%s, %s, %s) "
@@ -207,6 +217,9 @@ class AuditJournal:
         self._waiters: list[asyncio.Future[None]] = []
         self._deferred_since: float | None = None
         self._writer_idle = False  # waiting on the condition: an urgent record must wake it
+        self._write_lock = threading.Lock()  # held while a group is written and synced (writer or loop)
+        self._inline_scheduled = False  # the loop writes the queued group at the end of its turn
+        self._sync_seconds: float | None = None  # moving average of fsync times; None until one is measured
         self._failure: BaseException | None = None
         self._closing = False
         # Durable, not yet shipped: (COPY line, segment, end offset, monotonic time written).
@@ -249,15 +262,43 @@ class AuditJournal:
                 if self._deferred_since is None:
                     self._deferred_since = time.monotonic()  # the writer's timer picks it up
             return None
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         with self._lock:
             self._frames.append(framed)
             self._lines.append(line)
             self._waiters.append(future)
-            if self._writer_idle:  # else the writer is busy with a group and takes this one when it is done
+            # An idle writer and a fast disk: the loop writes this group itself once its turn's callbacks are
+            # done. A slow disk: the writer does. A busy writer takes the group when done with the one it syncs.
+            if self._writer_idle and not self._inline_scheduled:
+                if self._disk_is_fast():
+                    self._inline_scheduled = True
+                    loop.call_soon(self._write_inline)
+                else:
+                    self._writer_idle = False
+                    self._lock.notify()
+        return future
+
+    def _disk_is_fast(self) -> bool:
+        average = self._sync_seconds
+        return average is not None and average < INLINE_SYNC_MAX_SECONDS
+
+    def _write_inline(self) -> None:
+        """Write and sync the queued group on the event loop (the writer was idle when it was queued)."""
+        with self._lock:
+            self._inline_scheduled = False
+            if not self._waiters:
+                return
+            if not self._write_lock.acquire(blocking=False):  # the writer woke meanwhile: it takes the group
                 self._writer_idle = False
                 self._lock.notify()
-        return future
+                return
+            frames, lines, waiters = self._take_group()
+        try:
+            error = self._persist(frames, lines)
+        finally:
+            self._write_lock.release()
+        self._settle(waiters, error)
 
     def _refusal(self) -> str | None:
         if self._failure is not None:
@@ -276,31 +317,42 @@ class AuditJournal:
         """The writer: every record queued so far, written and synced as one group, completions to the loop."""
         while True:
             with self._lock:
-                while not self._ready_to_write():
+                while not self._ready_to_write() or (self._inline_scheduled and not self._closing):
                     if self._closing and not self._frames:
                         return
                     self._writer_idle = True
                     self._lock.wait(self._wait_time())
                 self._writer_idle = False
-                frames, lines, waiters = self._frames, self._lines, self._waiters
-                self._frames, self._lines, self._waiters = [], [], []
-                self._deferred_since = None
-            if frames:
-                self._settle(waiters, self._persist(frames, lines))
+            with self._write_lock:  # taken before the group, so groups are written in the order taken
+                with self._lock:
+                    frames, lines, waiters = self._take_group()
+                if frames:
+                    self._settle(waiters, self._persist(frames, lines))
+
+    def _take_group(self) -> tuple[list[bytes], list[bytes], list[asyncio.Future[None]]]:
+        """Everything queued so far (called holding ``_lock``)."""
+        group = self._frames, self._lines, self._waiters
+        self._frames, self._lines, self._waiters = [], [], []
+        self._deferred_since = None
+        return group
 
     def _persist(self, frames: list[bytes], lines: list[bytes]) -> JournalUnavailable | None:
-        """Write and fsync (the writer thread only); the records become shippable. Returns the error to fail
+        """Write and fsync (holding ``_write_lock``); the records become shippable. Returns the error to fail
         their waiters with."""
         if self._failure is not None:
             return JournalUnavailable(f"the audit journal failed: {self._failure}")
         try:
             positions = self._write(frames)
+            started = time.monotonic()
             os.fdatasync(self._fd)
+            took = time.monotonic() - started
         except OSError as exc:
             log.critical("audit journal write failed; the gateway withholds every result from now on: %s", exc)
             self._failure = exc
             return JournalUnavailable(f"the audit journal failed: {exc}")
         self.fsyncs += 1
+        average = self._sync_seconds
+        self._sync_seconds = took if average is None else average + SYNC_AVERAGE_WEIGHT * (took - average)
         self.events_written += len(frames)
         now = time.monotonic()
         with self._unshipped_lock:
@@ -326,10 +378,17 @@ class AuditJournal:
         """Complete the futures on their loop (the gateway has one; one wake-up per group, not per record)."""
         if not waiters:
             return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None  # the writer thread
         by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for future in waiters:
             by_loop.setdefault(future.get_loop(), []).append(future)
         for loop, futures in by_loop.items():
+            if loop is running:  # written inline: complete them now, on their own loop
+                _complete(futures, error)
+                continue
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting any more
                 loop.call_soon_threadsafe(_complete, futures, error)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from binascii import hexlify
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -90,13 +91,15 @@ _IPAD = bytes(byte ^ 0x36 for byte in range(256))
 _OPAD = bytes(byte ^ 0x5C for byte in range(256))
 
 
-def hmac_sha256(key: bytes) -> Callable[[bytes], bytes]:
-    """``hmac.digest(key, message, "sha256")`` with the key's padded states hashed once (RFC 2104): each message
-    then costs two copies of a hash state, a third of a fresh HMAC's set-up."""
+def hmac_sha256(key: bytes, prefix: bytes = b"") -> Callable[[bytes], bytes]:
+    """``hmac.digest(key, prefix + message, "sha256")`` with the key's padded states, and the message's constant
+    ``prefix``, hashed once (RFC 2104): each message then costs two copies of a hash state, a third of a fresh
+    HMAC's set-up."""
     if len(key) > 64:  # sha256's block size: a longer key is hashed first
         key = hashlib.sha256(key).digest()
     block = key.ljust(64, b"\0")
     inner, outer = hashlib.sha256(block.translate(_IPAD)), hashlib.sha256(block.translate(_OPAD))
+    inner.update(prefix)
 
     def mac(message: bytes) -> bytes:
         state = inner.copy()
@@ -119,13 +122,11 @@ def text_bytes_mask(mask: str, phi_type: str, key: bytes) -> BytesMask:
     if mask == Mask.NULL:
         return lambda raw: None
     if mask == Mask.HASH:
-        salt = f"{phi_type}\x00".encode()
         prefix = f"{phi_type}_".encode()
-        mac = hmac_sha256(key)
+        mac = hmac_sha256(key, prefix=f"{phi_type}\x00".encode())  # the type salts the pseudonym
 
         def hashed(raw: bytes) -> bytes:
-            data = raw if raw.isascii() else _text(raw).encode()
-            return prefix + mac(salt + data)[:8].hex().encode()
+            return prefix + hexlify(mac(raw if raw.isascii() else _text(raw).encode())[:8])
 
         return hashed
     if mask == Mask.PARTIAL:

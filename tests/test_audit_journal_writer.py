@@ -146,3 +146,78 @@ def test_a_deferred_record_is_written_by_the_writer_without_an_urgent_one(journa
     while journal.events_written < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert journal.events_written == 1
+
+
+class CountingDisk:
+    """The real ``os.fdatasync``, plus a delay when set; records which thread ran each sync."""
+
+    def __init__(self) -> None:
+        self.real = os.fdatasync
+        self.delay = 0.0
+        self.threads: list[int] = []
+        self.completed = 0
+
+    def __call__(self, fd: int) -> None:
+        self.threads.append(threading.get_ident())
+        if self.delay:
+            time.sleep(self.delay)
+        self.real(fd)
+        self.completed += 1
+
+
+def test_on_a_fast_disk_the_loop_syncs_idle_groups_itself_and_still_releases_only_after_the_sync(
+    journal: AuditJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One session at a time: the writer thread's two hand-overs cost more than a fast fsync, so the loop writes
+    the group itself (at the end of its turn), and a record still completes only once a sync covering it has."""
+    disk = CountingDisk()
+    monkeypatch.setattr(journal_module.os, "fdatasync", disk)
+    monkeypatch.setattr(journal_module, "INLINE_SYNC_MAX_SECONDS", 1.0)  # this machine's disk counts as fast
+    principal = Principal(human=make_user(Role.ENGINEER))
+    early: list[int] = []
+
+    async def main() -> int:
+        for index in range(20):
+            before = disk.completed
+            await journal.submit_line(_line(principal, f"one at a time {index}"))  # type: ignore[misc]
+            if disk.completed <= before:
+                early.append(index)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert not early, f"released before a covering fsync returned: {early}"
+    # The first sync has no measured disk speed yet and goes to the writer; once the disk is known to be fast,
+    # the loop's own thread syncs.
+    assert disk.threads[0] != loop_thread
+    assert disk.threads[-10:] == [loop_thread] * 10, "groups were still handed to the writer thread"
+
+
+def test_a_disk_that_turns_slow_moves_the_syncs_back_to_the_writer(
+    journal: AuditJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop is never held by a slow disk: once syncs average more than INLINE_SYNC_MAX_SECONDS, the writer
+    thread takes them again and the loop keeps serving meanwhile."""
+    disk = CountingDisk()
+    monkeypatch.setattr(journal_module.os, "fdatasync", disk)
+    monkeypatch.setattr(journal_module, "INLINE_SYNC_MAX_SECONDS", SLOW_FSYNC / 3)  # real syncs: fast; delayed: slow
+    principal = Principal(human=make_user(Role.ENGINEER))
+
+    async def main() -> tuple[int, list[float]]:
+        for index in range(5):
+            await journal.submit_line(_line(principal, f"fast {index}"))  # type: ignore[misc]
+        disk.delay = SLOW_FSYNC
+        gaps: list[float] = []
+        for index in range(10):
+            last = time.monotonic()
+            waiting = asyncio.ensure_future(journal.submit_line(_line(principal, f"slow {index}")))  # type: ignore[arg-type]
+            while not waiting.done():  # another session's short timer, while this record waits for its sync
+                await asyncio.sleep(0.002)
+                gaps.append(time.monotonic() - last)
+                last = time.monotonic()
+        return threading.get_ident(), gaps
+
+    loop_thread, gaps = asyncio.run(main())
+    assert loop_thread in disk.threads[:5]
+    # The first slow sync may still run inline (the average was fast); a few later, the writer has them all.
+    assert disk.threads[-5:] == [disk.threads[0]] * 5 and disk.threads[0] != loop_thread
+    assert statistics.median(gaps) < SLOW_FSYNC / 2, f"median timer gap {statistics.median(gaps) * 1000:.1f} ms"

@@ -129,3 +129,26 @@ def test_a_decision_made_before_any_snapshot_was_loaded_is_still_kept() -> None:
     cache.store("clinic", key, allowed(sql, snapshot))
     assert cache.lookup("clinic", sql, snapshot)[0] is not None
     assert cache.lookup("clinic", sql.replace("= 1", "= 2"), snapshot)[0] is not None  # by shape too
+
+
+SAME_SHAPE = [  # (the text the decision was made for, another text with the same normalized form)
+    ("SELECT 1", "SELECT 2"),
+    ("SELECT a FROM t WHERE a = 'x'", "SELECT a FROM t WHERE a = 'y'"),
+    ("SELECT 1; SELECT 2", "SELECT 3; SELECT 4"),
+    ("DECLARE c CURSOR FOR SELECT 1", "DECLARE c CURSOR FOR SELECT 2"),
+    ("SET application_name = 1", "SET application_name = 'x'"),  # not a SELECT: parsed every time
+    ("COMMIT", "COMMIT"),
+]
+
+
+@pytest.mark.parametrize(("first", "later"), SAME_SHAPE)
+def test_the_wire_works_out_a_cached_decisions_effects_once_and_gets_the_same_answer(first: str, later: str) -> None:
+    """The fast path asks what a statement does to the session's names once per cached decision, not once per
+    text (a parse costs ~100 µs): every text of one decision must get the answer a parse of it gives."""
+    from gateway.wire.book import statement_effects
+    from gateway.wire.session import effects_of_cached_decision
+
+    decision = allowed(first, catalog())
+    assert _shape_key(first) == _shape_key(later)
+    assert effects_of_cached_decision(decision, first) == statement_effects(first)
+    assert effects_of_cached_decision(decision, later) == statement_effects(later)
