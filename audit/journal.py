@@ -29,11 +29,19 @@ to that to a statement's latency; the journal lowers the interval to SWITCH_INTE
 The two thread wake-ups per group cost latency at one idle client (the loop no longer blocks, but a statement
 waits for two hand-overs); at eight clients, and whenever the disk is slow, the loop keeps relaying instead.
 
+Faults: any error writing or syncing (a full disk, an I/O error) fails the group's records and every later urgent
+submission, so no row is released without a durable record. The journal then abandons the segment it was writing
+(after a failed fsync its page cache cannot be trusted: PostgreSQL's "fsyncgate") and the shipper tries, every
+ship interval, to start a fresh segment; once one is created and synced, writing resumes by itself. The records of
+the failed group, and the deferred records submitted meanwhile, are kept (up to the unshipped cap) and written
+first, so the attempts made during the fault are still on record. A segment that cannot be completed is
+removed, never left half written.
+
 Guarantees:
 
 * **Durable first.** ``submit_line`` returns a future that completes only after the record's fsync returned. If the
-  write or the fsync fails, the future fails and so does every later submission: after a failed fsync the page
-  cache cannot be trusted (PostgreSQL's "fsyncgate"), so the journal stops rather than retries.
+  write or the fsync fails, the future fails and so does every later urgent submission until a fresh segment is
+  synced (see Faults).
 * **Shipped exactly once.** A batch is copied into ``audit_auditevent`` and the journal's cursor
   (``audit_journalcursor``) moves in the same transaction. A crash before the commit ships the batch again
   from the cursor; after it, the cursor already covers it.
@@ -120,12 +128,16 @@ class _Slot:
 def _write_durably(path: Path, chunks: Iterable[bytes]) -> None:
     """The file appears whole and synced, or not at all: written beside it, synced, renamed, directory synced."""
     temporary = path.with_suffix(".new")
-    with open(temporary, "wb") as handle:
-        for chunk in chunks:
-            handle.write(chunk)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)  # a full disk must not be left fuller by a partial file
+        raise
     _fsync_directory(path.parent)
 
 
@@ -220,7 +232,10 @@ class AuditJournal:
         self._write_lock = threading.Lock()  # held while a group is written and synced (writer or loop)
         self._inline_scheduled = False  # the loop writes the queued group at the end of its turn
         self._sync_seconds: float | None = None  # moving average of fsync times; None until one is measured
-        self._failure: BaseException | None = None
+        self._failure: BaseException | None = None  # set by a failed write; cleared by a fresh segment
+        self._kept: list[bytes] = []  # records not yet durable when writing failed: written first on recovery
+        self._kept_bytes = 0
+        self._dropped = 0  # records given up because too many were kept during a fault
         self._closing = False
         # Durable, not yet shipped: (COPY line, segment, end offset, monotonic time written).
         self._unshipped: deque[tuple[bytes, int, int, float]] = deque()
@@ -249,7 +264,10 @@ class AuditJournal:
         refusal = self._refusal()
         if refusal is not None:
             if not urgent:
-                log.error("audit journal refused a deferred record: %s", refusal)
+                if self._failure is not None and not self._closing:
+                    self._keep([line])  # written once the journal recovers
+                else:
+                    log.error("audit journal refused a deferred record: %s", refusal)
                 return None
             refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             refused.set_exception(JournalUnavailable(refusal))
@@ -339,7 +357,8 @@ class AuditJournal:
     def _persist(self, frames: list[bytes], lines: list[bytes]) -> JournalUnavailable | None:
         """Write and fsync (holding ``_write_lock``); the records become shippable. Returns the error to fail
         their waiters with."""
-        if self._failure is not None:
+        if self._failure is not None:  # queued before the failure: kept for the recovery
+            self._keep(lines)
             return JournalUnavailable(f"the audit journal failed: {self._failure}")
         try:
             positions = self._write(frames)
@@ -347,8 +366,9 @@ class AuditJournal:
             os.fdatasync(self._fd)
             took = time.monotonic() - started
         except OSError as exc:
-            log.critical("audit journal write failed; the gateway withholds every result from now on: %s", exc)
-            self._failure = exc
+            log.critical("audit journal write failed; results are withheld until it recovers: %s", exc)
+            self._abandon_segment(exc)
+            self._keep(lines)
             return JournalUnavailable(f"the audit journal failed: {exc}")
         self.fsyncs += 1
         average = self._sync_seconds
@@ -362,6 +382,73 @@ class AuditJournal:
         if self._unshipped_bytes >= SHIP_BATCH_BYTES:
             self._ship_wakeup.set()
         return None
+
+    def _abandon_segment(self, error: OSError) -> None:
+        """Stop writing to the current segment (holding ``_write_lock``): refuse until ``_recover`` succeeds."""
+        self._failure = error
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self._offset, self._capacity = -1, 0, 0
+
+    def _keep(self, lines: list[bytes]) -> None:
+        """Hold records that could not be written, to write them first on recovery (within the unshipped cap)."""
+        with self._unshipped_lock:
+            for line in lines:
+                if self._kept_bytes + len(line) > self._max_unshipped:
+                    self._dropped += 1
+                    continue
+                self._kept.append(line)
+                self._kept_bytes += len(line)
+
+    def _recover(self) -> bool:
+        """After a failed write: start a fresh, zeroed and synced segment, and write again (the shipper calls this
+        every interval). Returns whether the journal is writing again."""
+        with self._write_lock:
+            if self._failure is None:
+                return True
+            number = self._number + 1
+            try:
+                path = self._new_segment(number)
+                fd, capacity = self._open_segment(path)
+            except OSError as exc:
+                log.warning("audit journal still failing, results withheld: %s", exc)
+                return False
+            with self._spare_lock:
+                self._spare = None
+                self._number = number
+            self._fd, self._capacity, self._offset = fd, capacity, 0
+            with self._unshipped_lock:
+                kept, self._kept, self._kept_bytes = self._kept, [], 0
+                dropped, self._dropped = self._dropped, 0
+            with self._lock:
+                self._frames[:0] = [frame(line) for line in kept]
+                self._lines[:0] = kept
+                if kept and self._deferred_since is None:
+                    self._deferred_since = time.monotonic()
+                self._failure = None
+                if kept and self._writer_idle:
+                    self._writer_idle = False
+                    self._lock.notify()
+        log.warning(
+            "audit journal recovered: writing segment %d; %d records kept through the fault, %d dropped",
+            number,
+            len(kept),
+            dropped,
+        )
+        return True
+
+    def health(self) -> dict[str, Any]:
+        """The journal's state for a health endpoint: whether it is writing, and how far shipping lags."""
+        failure = self._failure
+        return {
+            "status": "failed" if failure is not None else "ok",
+            "error": None if failure is None else str(failure),
+            "lag_seconds": round(self.lag_seconds, 3),
+            "unshipped_bytes": self._unshipped_bytes,
+            "kept_records": len(self._kept),
+            "fsync_average_ms": None if self._sync_seconds is None else round(self._sync_seconds * 1000, 3),
+        }
 
     def _ready_to_write(self) -> bool:
         if self._waiters or (self._closing and self._frames):
@@ -413,6 +500,7 @@ class AuditJournal:
 
     def _rotate(self, needed: int) -> None:
         os.close(self._fd)
+        self._fd = -1
         number = self._number + 1
         with self._spare_lock:
             if self._spare == number and needed <= self._segment_size:
@@ -446,7 +534,12 @@ class AuditJournal:
             self._ship_wakeup.wait(self._ship_interval)
             self._ship_wakeup.clear()
             closing = self._closing and not self._syncer.is_alive()
-            self._prepare_spare()
+            if self._failure is not None and not closing:
+                self._recover()
+            try:
+                self._prepare_spare()
+            except OSError as exc:  # a full disk: the writer creates the segment itself when it needs one
+                log.warning("audit journal: could not prepare the next segment: %s", exc)
             try:
                 # One batch per interval, more only while batches come out full: shipping whatever arrived
                 # during the previous COPY at once would turn into a stream of tiny transactions.
@@ -554,8 +647,9 @@ class AuditJournal:
             log.warning("audit journal closed, %d events unshipped; the next start ships them", len(self._unshipped))
         else:
             self._remove_shipped_segments()
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
         self._slot.release()
         _restore_switch_interval()
 

@@ -228,21 +228,33 @@ def test_records_cross_segments_and_shipped_segments_are_removed(
     wait_until(lambda: len(list((tmp_path / "slot-0").glob("*.seg"))) <= 2, 10, what="shipped segments removed")
 
 
-def test_a_failed_fsync_fails_the_record_and_every_later_one(
+def test_a_failed_fsync_fails_the_record_and_later_ones_until_a_fresh_segment_is_synced(
     tmp_path: Path, principal: Principal, journals: list[AuditJournal], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal = AuditJournal(tmp_path)
+    journal = AuditJournal(tmp_path, ship_interval=3600)  # recovery runs only when the test wakes the shipper
     journals.append(journal)
+    marker = f"fsyncgate-{principal.human.pk}"
+    failed_segment = journal._number
 
     def broken_disk(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(journal_module.os, "fdatasync", broken_disk)
     with pytest.raises(JournalUnavailable, match="Input/output error"):
-        _submit_all(journal, [_row(principal, "never released")])
+        _submit_all(journal, [_row(principal, f"{marker} never released")])
     monkeypatch.undo()
-    with pytest.raises(JournalUnavailable, match="failed"):  # no retry after a failed fsync
-        _submit_all(journal, [_row(principal, "nor this")])
+    with pytest.raises(JournalUnavailable, match="failed"):  # the disk is back, but nothing is trusted yet
+        _submit_all(journal, [_row(principal, f"{marker} nor this")])
+    assert journal.health()["status"] == "failed"
+    journal._ship_wakeup.set()  # the shipper's next turn starts a fresh segment
+    wait_until(lambda: journal.health()["status"] == "ok", 10, what="the journal to recover")
+    assert journal._number > failed_segment  # the segment whose fsync failed is never written again
+    _submit_all(journal, [_row(principal, f"{marker} after")])
+    journal._ship_wakeup.set()
+    # The record whose write failed is kept and written first: the attempt is on record. The refused one never
+    # entered the journal (its submitter was told at once).
+    wait_until(lambda: len(_events(marker)) == 2, 10, what="the kept and the new record to ship")
+    assert _events(marker) == [f"{marker} never released", f"{marker} after"]
 
 
 def test_when_shipping_falls_too_far_behind_new_records_are_refused_until_it_catches_up(
