@@ -556,8 +556,7 @@ def _pg_dump(host: str, port: int, user: str, password: str, dbname: str, select
 
 # A whole-database dump is not a fair comparison: the read role itself cannot dump the worker's ``phigate``
 # schema (execution ledger), so pg_dump fails straight against PostgreSQL too. The clinic's tables are what an
-# agent's user would dump. A schema with enum or composite types is not dumped yet: pg_dump prepares statements
-# for them with SQL PREPARE, which the policy denies (an EXECUTE it could not inspect); see issue 13's note.
+# agent's user would dump; a schema of its own (types and functions) is dumped below.
 @pytest.mark.parametrize(
     "selection",
     [("-t", "diagnosis_codes", "-t", "patients", "-t", "encounters", "-t", "prescriptions")],
@@ -577,6 +576,55 @@ def test_pg_dump_schema_only(services: Any, agent: dict[str, Any], selection: tu
     assert "ssn text NOT NULL" in gateway.stdout
 
     def body(dump: str) -> list[str]:  # less the banner and \restrict's random key, which differ per run
+        return [line for line in dump.splitlines() if not line.startswith(("-- Dumped", "\\restrict", "\\unrestrict"))]
+
+    assert body(gateway.stdout) == body(direct.stdout)
+
+
+@pytest.fixture
+def dump_schema(services: Any) -> Iterator[str]:
+    """A schema with an enum, a composite, a domain and a function: pg_dump reads their definitions with SQL
+    PREPARE and EXECUTE (one prepared query per kind of object, since PostgreSQL 15)."""
+    reader = environment.READ_ROLE
+    with psycopg.connect(services.target.owner_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA dump_kinds")
+        conn.execute("CREATE TYPE dump_kinds.mood AS ENUM ('sad', 'ok', 'happy')")
+        conn.execute("CREATE TYPE dump_kinds.point AS (x int, y int)")
+        conn.execute("CREATE DOMAIN dump_kinds.positive AS int CHECK (VALUE > 0)")
+        conn.execute("CREATE FUNCTION dump_kinds.twice(n int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT n * 2'")
+        conn.execute(
+            "CREATE TABLE dump_kinds.visits (id int PRIMARY KEY, mood dump_kinds.mood, spot dump_kinds.point, "
+            "n dump_kinds.positive)"
+        )
+        conn.execute(f'GRANT USAGE ON SCHEMA dump_kinds TO "{reader}"')
+        conn.execute(f'GRANT SELECT ON dump_kinds.visits TO "{reader}"')
+    mark_classified("visits", schema="dump_kinds")
+    time.sleep(1.5)  # past the test gateway's catalog TTL (CATALOG_TTL_SECONDS=1)
+    yield "dump_kinds"
+    with psycopg.connect(services.target.owner_url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA dump_kinds CASCADE")
+
+
+def test_pg_dump_of_a_schema_with_types_and_functions(services: Any, agent: dict[str, Any], dump_schema: str) -> None:
+    """pg_dump prepares its per-object catalog queries (``PREPARE dumpEnumType(pg_catalog.oid) AS ...``) and
+    EXECUTEs them once per object: the gateway judges each prepared query and runs the EXECUTEs under that
+    judgement, so the dump is PostgreSQL's own, byte for byte (was: PREPARE denied, pg_dump failed)."""
+    d = url_parts(direct_dsn(services))
+    selection = ("-n", dump_schema)
+    direct = _pg_dump(d["host"], d["port"], d["user"], d["password"], d["dbname"], selection)
+    assert direct.returncode == 0, direct.stderr
+    gateway = _pg_dump("127.0.0.1", agent["port"], agent["name"], agent["token"], "clinic", selection)
+    assert gateway.returncode == 0, gateway.stderr[-3000:]
+    for definition in (
+        "CREATE TYPE dump_kinds.mood AS ENUM",
+        "CREATE TYPE dump_kinds.point AS (",
+        "CREATE DOMAIN dump_kinds.positive AS integer",
+        "CREATE FUNCTION dump_kinds.twice(",
+        "CREATE TABLE dump_kinds.visits (",
+    ):
+        assert definition in gateway.stdout
+
+    def body(dump: str) -> list[str]:
         return [line for line in dump.splitlines() if not line.startswith(("-- Dumped", "\\restrict", "\\unrestrict"))]
 
     assert body(gateway.stdout) == body(direct.stdout)

@@ -488,3 +488,66 @@ def test_the_state_table_judges_every_client_message(client) -> None:  # type: i
     [fatal] = errors(replies)
     assert fatal.severity == "FATAL" and fatal.sqlstate == "08P01", fatal.fields
     assert "unexpected PasswordMessage" in fatal.message and State.READY.value in fatal.message
+
+
+# --- SQL PREPARE and EXECUTE (pg_dump's per-object queries) -------------------------------------------------
+
+
+def test_sql_prepare_and_execute_run_under_the_prepared_querys_masks(services, agent, client) -> None:  # type: ignore[no-untyped-def]
+    """EXECUTE's rows are masked with the lineage of the query PREPARE named, computed PHI included, and the
+    record names the EXECUTE and the prepared text."""
+    truth = phi_truth(services)
+    simple_ok(client, "PREPARE phi_by_id(int) AS SELECT ssn, upper(full_name) FROM patients WHERE id <= $1 ORDER BY id")
+    replies = simple_ok(client, "EXECUTE phi_by_id(3)")
+    assert_no_phi(replies, truth)
+    got = rows(replies)
+    assert [row[0] for row in got] == ["***" + ssn[-4:] for ssn, _ in truth]
+    statements = wait_for_submitted(agent["agent"], lambda s: "EXECUTE phi_by_id(3)" in s)
+    assert "EXECUTE phi_by_id(3)" in statements
+    event = AuditEvent.objects.filter(agent=agent["agent"], statement="EXECUTE phi_by_id(3)").first()
+    assert event is not None and event.details["prepared_statement"] == "phi_by_id"
+    assert event.details["prepared_sql"].startswith("SELECT ssn, upper(full_name)")
+
+
+@pytest.mark.parametrize(
+    ("prepare", "sqlstate"),
+    [
+        ("PREPARE w(int) AS DELETE FROM scratch WHERE id = $1", "0A000"),  # needs approval: not prepared
+        ("PREPARE w AS SELECT pg_read_file('/etc/passwd')", "42501"),  # denied as the query itself would be
+        ("PREPARE w AS SELECT 1; SELECT 2", "0A000"),  # not alone
+    ],
+)
+def test_sql_prepare_of_what_may_not_run_freely_prepares_nothing(services, client, prepare: str, sqlstate: str) -> None:  # type: ignore[no-untyped-def]
+    replies = client.query(prepare)
+    assert sqlstates(replies)[:1] == [sqlstate] or errors(replies), replies
+    assert sqlstates(client.query("EXECUTE w(47)")) == ["26000"]  # the server never got it either
+    assert owner_rows(services, "SELECT count(*) FROM scratch WHERE id = 47") == [(1,)]
+
+
+def test_sql_execute_refuses_unknown_names_expressions_and_held_parsed_statements(services, client) -> None:  # type: ignore[no-untyped-def]
+    replies = client.query("EXECUTE nothing_here")
+    assert sqlstates(replies) == ["26000"]
+    assert errors(replies)[0].message == 'prepared statement "nothing_here" does not exist'
+    simple_ok(client, "PREPARE by_id(text) AS SELECT id FROM patients WHERE id = 1 AND $1 = 'x'")
+    truth = phi_truth(services)
+    replies = client.query("EXECUTE by_id((SELECT ssn FROM patients WHERE id = 1))")  # an argument that reads PHI
+    assert sqlstates(replies) == ["0A000"]
+    assert_no_phi(replies, truth)
+    # A statement Parsed through the protocol that needs approval is not run by a SQL EXECUTE of its name.
+    assert not errors(client.batch(Parse("held_one", "DELETE FROM scratch WHERE id = 47")))
+    assert sqlstates(client.query("EXECUTE held_one")) == ["0A000"]
+    assert owner_rows(services, "SELECT count(*) FROM scratch WHERE id = 47") == [(1,)]
+    # DEALLOCATE forgets a PREPAREd name on both sides.
+    simple_ok(client, "DEALLOCATE by_id")
+    assert sqlstates(client.query("EXECUTE by_id('x')")) == ["26000"]
+
+
+def test_a_refused_re_prepare_keeps_the_first_statement_and_its_masks(services, client) -> None:  # type: ignore[no-untyped-def]
+    """The reused-name attack through SQL: PostgreSQL answers 42P05 to a second PREPARE of a name and keeps the
+    first statement, and so does the gateway's book."""
+    truth = phi_truth(services)
+    simple_ok(client, f"PREPARE s1 AS {PHI_SQL}")
+    assert sqlstates(client.query("PREPARE s1 AS SELECT 1, 2")) == ["42P05"]
+    replies = simple_ok(client, "EXECUTE s1")
+    assert_masked_or_refused(replies, truth)
+    assert len(rows(replies)) == len(truth)

@@ -9,8 +9,9 @@ would mask the rows of one statement with the plan of the other (invariants 1 an
 The rules that keep the two in step, whatever the client sends and however messages are pipelined:
 
 * **Additions wait for the server.** A statement or portal enters the book only when the upstream confirms it:
-  ParseComplete, BindComplete, the CommandComplete of a DECLARE. A Parse that PostgreSQL refuses (42P05, "already
-  exists") changes nothing here either.
+  ParseComplete, BindComplete, the CommandComplete of a DECLARE or of an SQL PREPARE (which shares the protocol's
+  namespace of prepared statements: PostgreSQL lets Bind use a PREPAREd name, and EXECUTE a Parsed one). A Parse
+  that PostgreSQL refuses (42P05, "already exists") changes nothing here either.
 * **Removals happen at once.** Close, CLOSE, DEALLOCATE, DISCARD, the unnamed statement or portal being replaced,
   a transaction ending: the entry leaves the book when the message is sent, before the server confirms. If the
   server then skips or refuses the removal, the gateway merely refuses a name the server still has: fail closed.
@@ -33,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from pglast import ast, enums
+from pglast import ast, enums, parser
 
 from policy.parse_depth import parse_statements
 
@@ -113,11 +114,41 @@ class SetApplicationName:
 
 
 @dataclass(frozen=True)
+class PrepareSql:
+    """SQL ``PREPARE name [(types)] AS query``: ``query`` is the text after AS, what a later EXECUTE runs;
+    ``head`` the text up to and including AS (to prepare the policy's text of the query instead)."""
+
+    name: str
+    query: str
+    head: str
+
+
+@dataclass(frozen=True)
+class ExecuteSql:
+    """SQL ``EXECUTE name [(arguments)]``; ``constant_arguments``: every argument is a literal (or a cast of one),
+    so the arguments can reveal nothing the prepared statement's decision has not judged."""
+
+    name: str
+    constant_arguments: bool
+
+
+@dataclass(frozen=True)
 class NoEffect:
     pass
 
 
-Effect = Declare | CloseCursor | Deallocate | DiscardAll | Fetch | TransactionEnd | SetApplicationName | NoEffect
+Effect = (
+    Declare
+    | CloseCursor
+    | Deallocate
+    | DiscardAll
+    | Fetch
+    | TransactionEnd
+    | SetApplicationName
+    | PrepareSql
+    | ExecuteSql
+    | NoEffect
+)
 
 _COMMITS: Final = frozenset({enums.TransactionStmtKind.TRANS_STMT_COMMIT})
 _ROLLBACKS: Final = frozenset({enums.TransactionStmtKind.TRANS_STMT_ROLLBACK})
@@ -132,10 +163,40 @@ def statement_effects(sql: str) -> tuple[Effect, ...] | None:
         statements = parse_statements(sql)
     except Exception:
         return None
-    return tuple(_effect(raw.stmt) for raw in statements)
+    effects: list[Effect] = []
+    for raw in statements:
+        if isinstance(raw.stmt, ast.PrepareStmt):
+            parts = _prepared_text(sql, raw.stmt_location or 0, raw.stmt_len or len(sql))
+            if parts is None:
+                return None
+            effects.append(PrepareSql(raw.stmt.name or "", query=parts[1], head=parts[0]))
+        else:
+            effects.append(_effect(raw.stmt))
+    return tuple(effects)
+
+
+def _prepared_text(sql: str, location: int, length: int) -> tuple[str, str] | None:
+    """``PREPARE name [(types)] AS query`` split after its first AS keyword (a type name cannot be the bare
+    keyword AS): the head and the query. Located with PostgreSQL's own scanner, whose offsets are characters."""
+    end = location + length
+    for token in parser.scan(sql):
+        if token.start >= location and token.name == "AS":
+            return sql[location : token.end + 1], sql[token.end + 1 : end].strip()
+        if token.start >= end:
+            break
+    return None
+
+
+def _constant(node: Any) -> bool:
+    """A literal, possibly cast (``'x'::text``, ``-2``): what EXECUTE may pass without being judged itself."""
+    while isinstance(node, ast.TypeCast):
+        node = node.arg
+    return isinstance(node, ast.A_Const)
 
 
 def _effect(node: Any) -> Effect:
+    if isinstance(node, ast.ExecuteStmt):
+        return ExecuteSql(node.name or "", all(_constant(argument) for argument in node.params or ()))
     if isinstance(node, ast.DeclareCursorStmt):
         return Declare(node.portalname or "", bool((node.options or 0) & CURSOR_OPT_HOLD))
     if isinstance(node, ast.ClosePortalStmt):
@@ -198,9 +259,15 @@ class Book:
     def statement(self, name: str) -> Prepared | None:
         """The statement ``name`` means for a message sent now (None: the server has no such statement)."""
         for op in reversed(self.pending):
-            if op.kind == "parse" and op.name == name and not op.voided and not op.settled:
+            if op.voided or op.settled:
+                continue
+            if op.kind == "parse" and op.name == name:
                 assert isinstance(op.entry, Prepared)
                 return op.entry
+            if op.kind == "sql":
+                for effect in op.effects[op.completed :]:
+                    if isinstance(effect, PrepareSql) and effect.name == name:
+                        return Prepared(effect.query, op.decision)
         return self.statements.get(name)
 
     def portal(self, name: str) -> Portal | None:
@@ -288,7 +355,13 @@ class Book:
         else:
             self.statements.pop(name, None)
         for op in self.pending:
-            if op.kind == "parse" and (op.name == name or (name is None and not (keep_unnamed and op.name == UNNAMED))):
+            parsed = op.kind == "parse" and (
+                op.name == name or (name is None and not (keep_unnamed and op.name == UNNAMED))
+            )
+            prepared = op.kind == "sql" and any(
+                isinstance(e, PrepareSql) and (name is None or e.name == name) for e in op.effects[op.completed :]
+            )
+            if parsed or prepared:
                 op.voided = True
 
     def _remove_portal(self, name: str | None) -> None:
@@ -354,7 +427,9 @@ class Book:
         if op.completed >= max(len(op.effects), 1):
             self._settle(op)
         effect = op.effects[index] if index < len(op.effects) else NoEffect()
-        if isinstance(effect, Declare) and not op.voided:
+        if isinstance(effect, PrepareSql) and not op.voided:
+            self.statements[effect.name] = Prepared(effect.query, op.decision)
+        elif isinstance(effect, Declare) and not op.voided:
             self.portals[effect.name] = Portal(
                 effect.name,
                 Prepared(op.sql, op.decision),

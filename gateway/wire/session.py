@@ -81,11 +81,13 @@ from gateway.wire.book import (
     UNNAMED,
     Book,
     Declare,
+    ExecuteSql,
     Fetch,
     NoEffect,
     Op,
     Portal,
     Prepared,
+    PrepareSql,
     SetApplicationName,
     statement_effects,
 )
@@ -591,6 +593,9 @@ class WireSession:
             self.queue.put_nowait(reply)
             await self._relayed(reply)
             return
+        if effects and any(isinstance(effect, PrepareSql | ExecuteSql) for effect in effects):
+            await self._prepared_sql(sql, effects)
+            return
         decision = await self._decide(sql)
         if decision.verdict != "allowed":
             await self._refuse_decision(decision, simple=True, drop_unnamed=("S", "P"))
@@ -606,6 +611,19 @@ class WireSession:
                 return
             rows_decision = cursor.statement.decision
             decision = _fetching(decision, cursor)
+        await self._run_simple(sql, decision, effects, rows_decision)
+
+    async def _run_simple(
+        self,
+        sql: str,
+        decision: Decision,
+        effects: tuple[Any, ...] | None,
+        rows_decision: Decision | None = None,
+        *,
+        run: str | None = None,
+    ) -> None:
+        """Run an allowed simple Query: its record queued, the book told, the text sent (``run``, or the text the
+        decision says), the answer relayed."""
         gate, statement_id = self._start_audit(decision, sql)
         op = self.book.sql(sql, decision, simple_query=True, statement_id=statement_id, effects=effects)
         self.book.sync()
@@ -619,7 +637,7 @@ class WireSession:
             rows_decision=rows_decision,
             done=self._future(),
         )
-        query = Query(self._text_to_run(sql, decision, effects))
+        query = Query(run if run is not None else self._text_to_run(sql, decision, effects))
         if not (self.relay_idle and self.queue.empty() and not self.parser.buffered):
             self._forward(query, item)
             await self._flush_upstream()
@@ -633,6 +651,54 @@ class WireSession:
         await self._relay_responses(item)
         self._flush_client()
         await self.writer.drain()
+
+    async def _prepared_sql(self, sql: str, effects: tuple[Any, ...]) -> None:
+        """SQL PREPARE and EXECUTE, as pg_dump uses them for its catalog queries: the prepared query is judged
+        when it is prepared, and an EXECUTE runs under that judgement, as a Bind and Execute of a Parsed statement
+        would. Only statements that may run without approval, prepared as written, are taken; EXECUTE's arguments
+        must be literals. Anything else is refused, never guessed at."""
+        if len(effects) > 1:
+            await self._refuse(PREPARED_ALONE, simple=True, drop_unnamed=("S", "P"))
+            return
+        effect = effects[0]
+        if isinstance(effect, PrepareSql):
+            decision = await self._decide_at_parse(effect.query)
+            if decision.verdict in ("invalid", "denied"):
+                await self._refuse_decision(decision, simple=True, drop_unnamed=("S", "P"))
+                return
+            if decision.verdict != "allowed":
+                await self._refuse(PREPARE_NEEDS_PLAIN_READ, simple=True, drop_unnamed=("S", "P"))
+                return
+            # The server prepares the policy's text of the query (computed PHI withheld), as a Parse would.
+            run = sql if decision.run_sql is None else f"{effect.head} {decision.run_sql}"
+            await self._run_simple(sql, decision, effects, run=run)
+            return
+        prepared = self.book.statement(effect.name)
+        if prepared is None:
+            await self._refuse(_no_statement(effect.name), simple=True, drop_unnamed=("S", "P"))
+            return
+        if not effect.constant_arguments:
+            await self._refuse(EXECUTE_NEEDS_LITERALS, simple=True, drop_unnamed=("S", "P"))
+            return
+        decision = prepared.decision
+        if decision is not EMPTY_STATEMENT and decision.catalog is not self.runtime.catalogs.peek(self.datasource):
+            current = await self._decide_at_parse(prepared.sql)  # the policy may have changed since the PREPARE
+            if current.verdict == "allowed" and current.run_sql != decision.run_sql:
+                current = dataclasses.replace(current, verdict="held")  # what the server holds is no longer it
+            prepared.decision = decision = current
+        if decision.verdict in ("invalid", "denied"):
+            await self._refuse_decision(decision, simple=True, drop_unnamed=("S", "P"))
+            return
+        if decision.verdict != "allowed" or decision is EMPTY_STATEMENT:
+            await self._refuse(EXECUTE_NEEDS_PLAIN_READ, simple=True, drop_unnamed=("S", "P"))
+            return
+        executing = dataclasses.replace(
+            decision,
+            run_sql=None,  # the server runs its prepared statement (already the policy's text) for this EXECUTE
+            submitted={**decision.submitted, "prepared_statement": effect.name, "prepared_sql": prepared.sql},
+            wire_memo={},
+        )
+        await self._run_simple(sql, executing, effects)
 
     def _text_to_run(self, sql: str, decision: Decision, effects: tuple[Any, ...] | None) -> str:
         """What the upstream runs for an allowed statement: the policy's text when it has one (computed PHI
@@ -1392,6 +1458,24 @@ EMPTY_STATEMENT = Decision(verdict="allowed", reasons=["an empty statement reads
 NO_DECISION = Decision(verdict="allowed", reasons=["no statement the gateway knows: every column redacted"])
 CURSOR_ALONE = error_response(
     "ERROR", "0A000", "DECLARE and FETCH must be sent as statements of their own, not in a multi-statement query"
+)
+PREPARED_ALONE = error_response(
+    "ERROR", "0A000", "PREPARE and EXECUTE must be sent as statements of their own, not in a multi-statement query"
+)
+PREPARE_NEEDS_PLAIN_READ = error_response(
+    "ERROR",
+    "0A000",
+    "PREPARE is accepted only for a statement that may run without approval; send the statement itself (or "
+    "Parse and Bind it) to have it reviewed",
+)
+EXECUTE_NEEDS_PLAIN_READ = error_response(
+    "ERROR",
+    "0A000",
+    "EXECUTE runs only a prepared statement that may run without approval; send it with Bind and Execute, or "
+    "as plain SQL, to have it reviewed",
+)
+EXECUTE_NEEDS_LITERALS = error_response(
+    "ERROR", "0A000", "EXECUTE's arguments must be literals (a value or a cast of one), not expressions"
 )
 
 
