@@ -65,6 +65,7 @@ class Portal:
     committed: bool = False  # a WITH HOLD cursor whose transaction committed: it outlives transactions
     row_description: Any = None
     declared_by: str = ""  # the audit statement id of the DECLARE, for the records of its fetches
+    describing: bool = False  # the client asked to describe it: the answer will give ``row_description``
 
 
 # ------------------------------------------------------------------------------------------ SQL effects

@@ -844,6 +844,7 @@ class WireSession:
         if portal is None:
             await self._refuse(_no_portal(message.name), simple=False)
             return
+        portal.describing = True  # its Execute need not ask again: this answer is relayed first
         self._forward(message, Expected("describe_portal", portal=portal, rows_decision=self._fetched_from(portal)))
 
     def _fetched_from(self, portal: Portal) -> Decision | None:
@@ -898,7 +899,7 @@ class WireSession:
             executing = _fetching(executing, cursor)
         gate, statement_id = self._start_audit(executing, portal.statement.sql)
         op = self.book.sql(portal.statement.sql, decision, simple_query=False, statement_id=statement_id)
-        if portal.row_description is None:
+        if portal.row_description is None and not portal.describing:
             # Masking needs the column origins and formats of this portal: ask for them, for ourselves.
             self._forward(
                 Describe("P", message.portal),
@@ -923,7 +924,7 @@ class WireSession:
         governed by the DECLARE's decision, and its record names that statement and the cursor."""
         decision = _fetching(portal.statement.decision, portal)
         gate, statement_id = self._start_audit(decision, portal.statement.sql)
-        if portal.row_description is None:
+        if portal.row_description is None and not portal.describing:
             self._forward(Describe("P", message.portal), Expected("describe_portal", portal=portal, swallow=True))
         self._forward(
             message,
