@@ -13,7 +13,9 @@ hands the completion back to the loop (``call_soon_threadsafe``, one wake-up per
 records' futures. While one fsync runs, the loop keeps relaying every other session's traffic, and the records
 submitted meanwhile form the next group. (The fsync used to run on the event loop itself, which stalled every
 session for its whole duration: 68% of the gateway's busy time at one client in a profile, PR h7.) Records nobody
-waits for (what a read returned) are written after at most DEFER_SECONDS, or with the next urgent group.
+waits for (what a read returned) are written to the segment at once when nothing else is queued (a ``pwrite``
+into the page cache, which outlives a killed process: a kill -9 right after a result no longer loses its record),
+and synced after at most DEFER_SECONDS, or with the next urgent group.
 
 When the writer is idle and the disk is fast (recent fsyncs under INLINE_SYNC_MAX_SECONDS on average), the event
 loop writes the group itself instead, at the end of the loop turn that queued it (``_write_inline``): the two
@@ -234,6 +236,7 @@ class AuditJournal:
         self._sync_seconds: float | None = None  # moving average of fsync times; None until one is measured
         self._failure: BaseException | None = None  # set by a failed write; cleared by a fresh segment
         self._kept: list[bytes] = []  # records not yet durable when writing failed: written first on recovery
+        self._unsynced: list[tuple[bytes, int, int]] = []  # deferred records written, not yet synced (write lock)
         self._kept_bytes = 0
         self._dropped = 0  # records given up because too many were kept during a fault
         self._closing = False
@@ -275,10 +278,18 @@ class AuditJournal:
         framed = frame(line)
         if not urgent:
             with self._lock:
-                self._frames.append(framed)
-                self._lines.append(line)
                 if self._deferred_since is None:
-                    self._deferred_since = time.monotonic()  # the writer's timer picks it up
+                    self._deferred_since = time.monotonic()  # the writer's timer syncs it
+                # Nothing queued ahead of it and nobody writing: into the segment now, synced later. Otherwise
+                # it joins the queue, which is written shortly anyway.
+                if self._frames or self._inline_scheduled or not self._write_lock.acquire(blocking=False):
+                    self._frames.append(framed)
+                    self._lines.append(line)
+                    return None
+            try:
+                self._write_unsynced(framed, line)
+            finally:
+                self._write_lock.release()
             return None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -296,6 +307,20 @@ class AuditJournal:
                     self._writer_idle = False
                     self._lock.notify()
         return future
+
+    def _write_unsynced(self, framed: bytes, line: bytes) -> None:
+        """Write one deferred record without syncing it (holding ``_write_lock``); the next sync covers it."""
+        if self._failure is not None:
+            self._keep([line])
+            return
+        try:
+            ((number, end),) = self._write([framed])
+        except OSError as exc:
+            log.critical("audit journal write failed; results are withheld until it recovers: %s", exc)
+            self._abandon_segment(exc)
+            self._keep([line])
+            return
+        self._unsynced.append((line, number, end))
 
     def _disk_is_fast(self) -> bool:
         average = self._sync_seconds
@@ -336,7 +361,7 @@ class AuditJournal:
         while True:
             with self._lock:
                 while not self._ready_to_write() or (self._inline_scheduled and not self._closing):
-                    if self._closing and not self._frames:
+                    if self._closing and not self._frames and not self._unsynced:
                         return
                     self._writer_idle = True
                     self._lock.wait(self._wait_time())
@@ -344,7 +369,7 @@ class AuditJournal:
             with self._write_lock:  # taken before the group, so groups are written in the order taken
                 with self._lock:
                     frames, lines, waiters = self._take_group()
-                if frames:
+                if frames or self._unsynced:
                     self._settle(waiters, self._persist(frames, lines))
 
     def _take_group(self) -> tuple[list[bytes], list[bytes], list[asyncio.Future[None]]]:
@@ -357,25 +382,29 @@ class AuditJournal:
     def _persist(self, frames: list[bytes], lines: list[bytes]) -> JournalUnavailable | None:
         """Write and fsync (holding ``_write_lock``); the records become shippable. Returns the error to fail
         their waiters with."""
+        unsynced, self._unsynced = self._unsynced, []
         if self._failure is not None:  # queued before the failure: kept for the recovery
-            self._keep(lines)
+            self._keep([entry[0] for entry in unsynced] + lines)
             return JournalUnavailable(f"the audit journal failed: {self._failure}")
         try:
-            positions = self._write(frames)
+            positions = self._write(frames) if frames else []
             started = time.monotonic()
             os.fdatasync(self._fd)
             took = time.monotonic() - started
         except OSError as exc:
             log.critical("audit journal write failed; results are withheld until it recovers: %s", exc)
             self._abandon_segment(exc)
-            self._keep(lines)
+            self._keep([entry[0] for entry in unsynced] + lines)
             return JournalUnavailable(f"the audit journal failed: {exc}")
         self.fsyncs += 1
         average = self._sync_seconds
         self._sync_seconds = took if average is None else average + SYNC_AVERAGE_WEIGHT * (took - average)
-        self.events_written += len(frames)
+        self.events_written += len(frames) + len(unsynced)
         now = time.monotonic()
         with self._unshipped_lock:
+            for line, number, end in unsynced:  # written before the group: shipped in that order
+                self._unshipped.append((line, number, end, now))
+                self._unshipped_bytes += len(line)
             for line, (number, end) in zip(lines, positions, strict=True):
                 self._unshipped.append((line, number, end, now))
                 self._unshipped_bytes += len(line)
@@ -451,7 +480,7 @@ class AuditJournal:
         }
 
     def _ready_to_write(self) -> bool:
-        if self._waiters or (self._closing and self._frames):
+        if self._waiters or (self._closing and (self._frames or self._unsynced)):
             return True
         return self._deferred_since is not None and time.monotonic() - self._deferred_since >= DEFER_SECONDS
 
