@@ -17,11 +17,11 @@ _WRITES = frozenset({"UPDATE", "DELETE"})
 
 def required_approvals(classification: Classification, datasource: DataSource) -> int:
     """The data source's thresholds: the classifier says whether a statement is ordinary or needs the stricter
-    rule (DDL, or UPDATE/DELETE without WHERE); the policy says how many reviewers each of those takes. An
+    rule (DDL, or UPDATE/DELETE of every row); the policy says how many reviewers each of those takes. An
     approver rule for the risk can only raise the count ("all of dba and security" needs two people)."""
     if classification.approvals_required <= 1:
         threshold = datasource.approvals_default
-    elif set(classification.statement_types) <= _WRITES:  # the stricter rule here is "no WHERE clause"
+    elif set(classification.statement_types) <= _WRITES:  # the stricter rule here is "every row"
         threshold = max(datasource.approvals_default, datasource.approvals_bulk_write)
     else:
         threshold = max(datasource.approvals_default, datasource.approvals_ddl)  # DDL, TRUNCATE, DO, CALL

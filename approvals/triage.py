@@ -1,8 +1,8 @@
 """What a reviewer needs to triage the queue: a one-line preview of each statement, who must still approve it,
 which section it belongs in for this reviewer, and the orders the queue can be sorted in.
 
-Everything here reads; nothing decides. Who may review is ``approvals.rules.review_refusal`` and what is still
-needed is ``approvals.rules.still_needed``, the same functions the API and Slack use.
+Everything here reads; nothing decides. Who may review is ``approvals.rules.review_refusal`` (the function the
+API and Slack use), and what is still needed is ``approvals.rules.still_needed``, beside ``approval_complete``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def countdown(until: datetime, now: datetime | None = None) -> str:
 
 
 def ago(moment: datetime, now: datetime | None = None) -> str:
-    """"just now", "14 min ago", "3 h ago", "2 days ago": how long a ticket has waited."""
+    """How long a ticket has waited: "just now", "14 min ago", "3 h ago", "2 days ago"."""
     minutes = int(((now or timezone.now()) - moment).total_seconds()) // 60
     if minutes < 1:
         return "just now"
