@@ -8,6 +8,8 @@ as on the API. Cancelling is ``approvals.lifecycle.cancel``, the API's own trans
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -80,10 +82,10 @@ def my_request_result(request: HttpRequest, ticket_id: int) -> HttpResponse:
     """The executed ticket's stored, masked result (a ``ticket.result_read`` event, as on the API)."""
     ticket, principal = _my_ticket(request, ticket_id)
     result = read_result(principal, ticket, web_context(request))
-    labelled: list[list[tuple[object, object]]] = []
-    if result is not None:
-        columns = list(result["columns"])  # type: ignore[call-overload]
-        labelled = [list(zip(columns, values, strict=False)) for values in result["rows"]]  # type: ignore[attr-defined]
+    labelled: list[list[tuple[str, object]]] = []
+    if result is not None:  # each value with its column's name: a phone shows rows as labelled cards
+        columns = cast(list[str], result["columns"])
+        labelled = [list(zip(columns, values, strict=False)) for values in cast(list[list[object]], result["rows"])]
     context = {"ticket": ticket, "result": result, "labelled_rows": labelled}
     return render(request, "approvals/my_request_result.html", context, status=200 if result is not None else 409)
 

@@ -24,6 +24,7 @@ from identity.roles import Role, has_role
 from policy.models import DataSource
 
 AGES = [(15, "15 minutes"), (60, "an hour"), (24 * 60, "a day")]
+_AGE_VALUES = frozenset(str(minutes) for minutes, _ in AGES)
 SORT_LABELS = {"risk": "risk", "expiry": "expiry", "newest": "newest", "oldest": "oldest", "datasource": "data source"}
 RECENT_ROWS = 25
 
@@ -38,7 +39,7 @@ def _queue_filters(request: HttpRequest) -> dict[str, str]:
     compared with names, never rendered into a script, and risk, age and sort are allowlisted."""
     datasource = request.GET.get("datasource", "")
     risk = request.GET.get("risk", "") if request.GET.get("risk", "") in Risk.values else ""
-    age = request.GET.get("age", "") if request.GET.get("age", "").isdigit() else ""
+    age = request.GET.get("age", "") if request.GET.get("age", "") in _AGE_VALUES else ""
     return {"datasource": datasource, "risk": risk, "age": age, "sort": sort_key(request.GET.get("sort"))}
 
 
@@ -67,16 +68,15 @@ def queue(request: HttpRequest) -> HttpResponse:
     """Pending tickets for reviewers (live: new tickets and others' reviews appear without reload)."""
     principal = Principal(human=request.user)  # type: ignore[arg-type]
     filters = _queue_filters(request)
+    sort_links = _sort_links(filters)
     context: dict[str, object] = {
         "filters": filters,
         "datasources": DataSource.objects.order_by("name").values_list("name", flat=True),
         "risks": Risk.values,
         "ages": AGES,
         "default_sort": DEFAULT_SORT,
-        "sort_links": _sort_links(filters),
-        "sort_choices": [
-            (label, _sort_links(filters)[sort], sort == filters["sort"]) for sort, label in SORT_LABELS.items()
-        ],
+        "sort_links": sort_links,
+        "sort_choices": [(label, sort_links[sort], sort == filters["sort"]) for sort, label in SORT_LABELS.items()],
         # Everything queue.js needs, as JSON in a non-executable <script type="application/json"> (json_script).
         "queue_config": {
             "filters": {key: filters[key] for key in ("datasource", "risk", "age")},

@@ -81,6 +81,7 @@ def test_hostile_values_in_any_parameter_never_run_as_script(chromium: Any, web:
     for path in ("/", "/reviews/", "/requests/"):
         for parameter in ("datasource", "risk", "age", "sort", "page"):
             urls.append(f"{web.url}{path}?{parameter}={quote(HOSTILE)}")
+    urls += [f"{web.url}/?age=%C2%B2", f"{web.url}/?age={'9' * 30}", f"{web.url}/reviews/?page=-1"]  # no 500
     for url in urls:
         response = page.goto(url)
         assert response is not None and response.status == 200, url
@@ -129,6 +130,8 @@ def test_rows_show_what_a_reviewer_triages_by_in_risk_then_expiry_order(
         "patient called about a wrong phone number",
     )
     bulk = held(agent_api, "DELETE FROM scratch WHERE true", "")
+    digest = hashlib.sha256(b"x").hexdigest()
+    long_token = held(agent_api, f"DELETE FROM scratch WHERE label = '{digest}{digest}'", "wraps on a phone")
     assert (add.risk, drop.risk, phi.risk, bulk.risk) == (Risk.MODERATE, Risk.CRITICAL, Risk.HIGH, Risk.CRITICAL)
     now = timezone.now()
     for ticket, minutes in ((add, 5), (bulk, 20), (phi, 40), (drop, 50)):
@@ -170,6 +173,7 @@ def test_rows_show_what_a_reviewer_triages_by_in_risk_then_expiry_order(
     phone = open_context(chromium, web.url, **PHONE)
     page = sign_in(phone, web.url, reviewer)
     page.wait_for_selector("#live-state[data-state=live]", timeout=15_000)
+    assert page.locator(row("needs-my-review", long_token)).count() == 1  # a 128-character token: it wraps
     assert_phone_layout(page)
     assert page.locator(".sort-links a.tap").count() == 5  # the header row is hidden: sorting stays reachable
     page.screenshot(path=str(tmp_path / "queue-390.png"), full_page=True)
@@ -180,8 +184,9 @@ def test_a_statement_preview_is_its_first_meaningful_line_cut_at_a_word() -> Non
     assert statement_preview("DROP TABLE patients") == ("DROP TABLE patients", False)
     assert statement_preview("-- why\n\nUPDATE t\n SET a = 1") == ("UPDATE t", True)
     assert statement_preview("select   1,\t2") == ("select 1, 2", False)
-    text, cut = statement_preview("select " + ", ".join(f"column_{n}" for n in range(40)))
-    assert cut and len(text) <= 120 and text.endswith("column_12,") is False and not text.endswith(" ")
+    long = "select " + ", ".join(f"column_{n}" for n in range(40))
+    text, cut = statement_preview(long)
+    assert cut and 60 < len(text) <= 120 and long.startswith(text) and long[len(text)] == " "  # cut at a word
     assert statement_preview("x" * 300)[0] == "x" * 120
     now = timezone.now()
     assert [countdown(now + timedelta(seconds=s), now) for s in (-1, 30, 14 * 60 + 5, 3600, 7500, 5 * 86400)] == [
