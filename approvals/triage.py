@@ -79,7 +79,7 @@ def statement_preview(sql: str, limit: int = PREVIEW_CHARS) -> tuple[str, bool]:
 
 
 def countdown(until: datetime, now: datetime | None = None) -> str:
-    """ "14 min", "2 h 5 min", "3 days", or "expired": the same words queue.js ticks with."""
+    """Time left: "14 min", "2 h 5 min", "3 days", or "expired" (the same words queue.js ticks with)."""
     seconds = int((until - (now or timezone.now())).total_seconds())
     if seconds <= 0:
         return "expired"
