@@ -1,9 +1,7 @@
-"""Server-rendered reviewer pages: the queue and a ticket with approve/reject."""
+"""Server-rendered reviewer pages: a ticket with approve/reject (the queue is approvals.queue_views)."""
 
 from __future__ import annotations
 
-import json
-from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -12,11 +10,10 @@ from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from approvals.lifecycle import TransitionConflict, expire_if_overdue, expire_overdue
-from approvals.models import Decision, Risk, Status, Ticket, TicketQuerySet
+from approvals.lifecycle import TransitionConflict, expire_if_overdue
+from approvals.models import Decision, Status, Ticket
 from approvals.review import ReviewForbidden, submit_review
 from approvals.rules import can_view, review_refusal
 from approvals.sql_display import highlighted_sql, touched_phi_columns
@@ -26,54 +23,6 @@ from identity.authentication import web_context
 from identity.principal import Principal
 from identity.roles import Role, has_role
 from identity.views import signed_in_recently
-from policy.models import DataSource
-
-AGES = [(15, "15 minutes"), (60, "an hour"), (24 * 60, "a day")]
-
-
-def _sees_whole_queue(request: HttpRequest) -> bool:
-    """Reviewers and compliance officers see every pending ticket; others only their own requests."""
-    return has_role(request.user, Role.REVIEWER) or has_role(request.user, Role.COMPLIANCE)  # type: ignore[arg-type]
-
-
-def _queue_filters(request: HttpRequest) -> dict[str, str]:
-    datasource = request.GET.get("datasource", "")
-    risk = request.GET.get("risk", "") if request.GET.get("risk", "") in Risk.values else ""
-    age = request.GET.get("age", "") if request.GET.get("age", "").isdigit() else ""
-    return {"datasource": datasource, "risk": risk, "age": age}
-
-
-def _filtered(tickets: TicketQuerySet, filters: dict[str, str]) -> TicketQuerySet:
-    if filters["datasource"]:
-        tickets = tickets.filter(datasource__name=filters["datasource"])
-    if filters["risk"]:
-        tickets = tickets.filter(risk=filters["risk"])
-    if filters["age"]:
-        tickets = tickets.filter(created_at__gte=timezone.now() - timedelta(minutes=int(filters["age"])))
-    return tickets
-
-
-@login_required
-def queue(request: HttpRequest) -> HttpResponse:
-    """Pending tickets for reviewers (live: new tickets and others' reviews appear without reload)."""
-    principal = Principal(human=request.user)  # type: ignore[arg-type]
-    filters = _queue_filters(request)
-    context: dict[str, object] = {
-        "filters": filters,
-        "filters_json": json.dumps(filters),
-        "datasources": DataSource.objects.order_by("name").values_list("name", flat=True),
-        "risks": Risk.values,
-        "ages": AGES,
-    }
-    tickets = _filtered(Ticket.objects.select_related("datasource", "agent", "owner"), filters)
-    if not _sees_whole_queue(request):
-        mine = tickets.filter(owner=principal.human).order_by("-id")[:50]
-        return render(request, "approvals/queue.html", {**context, "pending": [], "recent": mine, "is_reviewer": False})
-    expire_overdue()
-    pending = tickets.pending().order_by("created_at")
-    recent = tickets.exclude(status=Status.PENDING).order_by("-id")[:25]
-    rows = [(ticket, review_refusal(ticket, principal)) for ticket in pending]
-    return render(request, "approvals/queue.html", {**context, "pending": rows, "recent": recent, "is_reviewer": True})
 
 
 def _visible_ticket(request: HttpRequest, ticket_id: int) -> tuple[Ticket, Principal]:
@@ -82,21 +31,6 @@ def _visible_ticket(request: HttpRequest, ticket_id: int) -> tuple[Ticket, Princ
     if ticket is None or not can_view(ticket, principal):
         raise Http404("no such ticket")
     return ticket, principal
-
-
-@login_required
-def ticket_row(request: HttpRequest, ticket_id: int) -> HttpResponse:
-    """One queue row, for the live queue: the pending table's row while pending, the recent table's after."""
-    ticket, principal = _visible_ticket(request, ticket_id)
-    if ticket.status == Status.PENDING and _sees_whole_queue(request):
-        response = render(
-            request, "approvals/_pending_row.html", {"ticket": ticket, "refusal": review_refusal(ticket, principal)}
-        )
-        response["X-Ticket-Table"] = "pending"
-    else:
-        response = render(request, "approvals/_recent_row.html", {"ticket": ticket})
-        response["X-Ticket-Table"] = "recent"
-    return response
 
 
 @login_required

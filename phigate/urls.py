@@ -8,6 +8,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from approvals import api as ticket_api
+from approvals import mine_views, queue_views
 from approvals import views as reviewer_views
 from approvals.slack import interactions as slack_interactions
 from approvals.slack import link_page as slack_link_page
@@ -35,10 +36,14 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("", reviewer_views.queue, name="queue"),
+    path("", queue_views.queue, name="queue"),
+    path("reviews/", mine_views.my_reviews, name="my-reviews"),
+    path("requests/", mine_views.my_requests, name="my-requests"),
+    path("requests/<int:ticket_id>/result", mine_views.my_request_result, name="my-request-result"),
+    path("requests/<int:ticket_id>/cancel", mine_views.my_request_cancel, name="my-request-cancel"),
     path("tickets/<int:ticket_id>/", reviewer_views.ticket_detail, name="ticket-detail"),
     path("tickets/<int:ticket_id>/review", reviewer_views.review, name="ticket-review"),
-    path("tickets/<int:ticket_id>/row", reviewer_views.ticket_row, name="ticket-row"),
+    path("tickets/<int:ticket_id>/row", queue_views.ticket_row, name="ticket-row"),
     path("tickets/<int:ticket_id>/live", reviewer_views.ticket_live, name="ticket-live"),
     path("tickets/<int:ticket_id>/estimate", reviewer_views.ticket_estimate, name="ticket-estimate"),
     path("audit/", audit_views.search_page, name="audit-search"),

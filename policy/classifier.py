@@ -28,7 +28,7 @@ import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pglast import ast, enums
 from pglast.parser import ParseError
@@ -84,6 +84,16 @@ class FunctionCatalog(Protocol):
         exists.  schema None means unqualified (resolved via pg_catalog and
         the search path).
         """
+        ...
+
+
+@runtime_checkable
+class PhiColumns(Protocol):
+    """PHI tags by relation. A relation catalog that also answers this (the gateway's TargetCatalog) lets the
+    classifier rank writes to PHI columns above other writes; without it writes are ranked by their shape."""
+
+    def phi_columns(self, schema: str, name: str) -> frozenset[str]:
+        """Names of the relation's columns tagged as PHI (empty when none are)."""
         ...
 
 
@@ -710,22 +720,155 @@ def _lock_words(clause: ast.LockingClause) -> str:
 
 
 def _data_modifying_rules(node: ast.Node) -> list[_Finding]:
-    """INSERT/UPDATE/DELETE/MERGE: held; unrestricted UPDATE/DELETE need two approvers."""
+    """INSERT/UPDATE/DELETE/MERGE: held; UPDATE/DELETE that may touch every row are critical, for two approvers.
+
+    "Every row" is judged on the parse tree: no WHERE, or a WHERE that does not depend on the row being
+    changed (``WHERE true``, ``WHERE 1 = 1``, ``WHERE NOT false OR id = 1``), which either matches every row
+    or none. Writes to PHI columns are ranked by the inspector, which knows the PHI tags.
+    """
     tag = _statement_type(node)
-    unrestricted = isinstance(node, ast.UpdateStmt | ast.DeleteStmt) and node.whereClause is None
-    if unrestricted:
-        return [_held(f"{tag} without WHERE affects every row", Risk.HIGH, 2)]
+    if isinstance(node, ast.UpdateStmt | ast.DeleteStmt):
+        if node.whereClause is None:
+            return [_held(f"{tag} without WHERE affects every row", Risk.CRITICAL, 2)]
+        if _may_match_every_row(node.whereClause):
+            reason = f"{tag} with a WHERE that does not depend on the row (e.g. WHERE true) affects every row"
+            return [_held(reason, Risk.CRITICAL, 2)]
     return [_held(f"{tag} modifies data")]
 
 
+def _may_match_every_row(condition: object) -> bool:
+    """Whether a WHERE condition may hold for every row: it, or an OR branch of it, reads no column.
+
+    An expression with no column reference has one value for the whole statement (a constant, a parameter, an
+    uncorrelated subquery without columns), so the statement changes every row or none. ``WHERE CURRENT OF``
+    is one row. Conservative in one direction only: a condition that reads a column is taken as bounded.
+    """
+    if isinstance(condition, ast.CurrentOfExpr):
+        return False
+    if isinstance(condition, ast.BoolExpr):
+        arguments = condition.args or ()
+        if condition.boolop == enums.BoolExprType.AND_EXPR:
+            return all(_may_match_every_row(argument) for argument in arguments)
+        if condition.boolop == enums.BoolExprType.OR_EXPR:
+            return any(_may_match_every_row(argument) for argument in arguments)
+    return not _reads_a_column(condition)
+
+
+def _reads_a_column(value: object) -> bool:
+    """Whether any column reference appears in a parse (sub)tree (iterative: conditions may nest deeply)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, ast.ColumnRef):
+            return True
+        if isinstance(item, _SEQUENCES):
+            stack.extend(item)
+        elif isinstance(item, ast.Node):
+            stack.extend(getattr(item, attribute) for attribute in item.__slots__)  # type: ignore[attr-defined]
+    return False
+
+
 def _ddl_rules(node: ast.Node) -> list[_Finding]:
-    """Schema changes are held for two approvers, unless they touch server-level objects."""
+    """Schema changes are held for two approvers, unless they touch server-level objects; ranked by harm."""
     tag = _statement_type(node)
     if _targets_server_level_object(node):
         return [_denied(f"{tag} is not allowed: it manages server-level objects")]
     if _changes_owner(node):
         return [_denied(f"{tag} is not allowed: ALTER ... OWNER TO changes object ownership")]
-    return [_held(f"{tag} changes the database schema (DDL)", Risk.HIGH, 2)]
+    risk, why = _ddl_risk(node)
+    return [_held(f"{tag} changes the database schema (DDL){why}", risk, 2)]
+
+
+# --------------------------------------------------------------------------
+# How much a schema change can destroy (the risk a reviewer sorts by)
+# --------------------------------------------------------------------------
+#
+# critical: data is gone or rewritten in every row (DROP TABLE, DROP ... CASCADE, DROP COLUMN, ALTER COLUMN TYPE
+#           ... USING, TRUNCATE; and UPDATE/DELETE of every row, above)
+# high:     the schema changes in a way that can break, rewrite or lock (ALTER COLUMN TYPE, constraints, renames,
+#           drops of indexes and views, functions, triggers, CREATE TABLE AS); writes to PHI columns (inspector)
+# moderate: additive changes that leave every existing row as it was (ADD COLUMN that is nullable with no
+#           volatile default, CREATE INDEX, CREATE TABLE, CREATE VIEW, CREATE SEQUENCE, COMMENT); bounded writes
+
+# Statements that only add an object next to the existing ones.
+_ADDITIVE_DDL: Mapping[type[ast.Node], str] = MappingProxyType(
+    {
+        ast.IndexStmt: "additive, adds an index",
+        ast.CreateStmt: "additive, adds a table",
+        ast.CreateSeqStmt: "additive, adds a sequence",
+        ast.CommentStmt: "changes only a comment",
+        ast.CreateStatsStmt: "additive, adds planner statistics",
+    }
+)
+# Column types that expand to NOT NULL DEFAULT nextval(...): adding one fills (rewrites) every row.
+_SERIAL_TYPES = frozenset({"serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"})
+# Column constraints that leave existing rows alone when a column is added (NULL, a constant DEFAULT).
+_HARMLESS_NEW_COLUMN_CONSTRAINTS = frozenset({enums.ConstrType.CONSTR_NULL, enums.ConstrType.CONSTR_DEFAULT})
+
+
+def _ddl_risk(node: ast.Node) -> tuple[Risk, str]:
+    """(risk, reason suffix) of a schema change that is held."""
+    additive = _ADDITIVE_DDL.get(type(node))
+    if additive is not None and not (isinstance(node, ast.CreateStmt) and node.partbound is not None):
+        return Risk.MODERATE, f": {additive}"
+    if isinstance(node, ast.ViewStmt) and not node.replace:
+        return Risk.MODERATE, ": additive, adds a view"
+    if isinstance(node, ast.DropStmt):
+        if node.behavior == enums.DropBehavior.DROP_CASCADE:
+            return Risk.CRITICAL, ": CASCADE also drops every object that depends on it (columns and tables too)"
+        if node.removeType == _Obj.OBJECT_TABLE:
+            return Risk.CRITICAL, ": destroys the table and every row in it"
+    if isinstance(node, ast.AlterTableStmt):
+        return _alter_table_risk(node)
+    return Risk.HIGH, ""
+
+
+def _alter_table_risk(node: ast.AlterTableStmt) -> tuple[Risk, str]:
+    """The worst of an ALTER TABLE's subcommands (the first of equals)."""
+    assessed = [_alter_command_risk(command) for command in node.cmds or ()]
+    return max(assessed, key=lambda found: _RISK_RANK[found[0]], default=(Risk.HIGH, ""))
+
+
+def _alter_command_risk(command: object) -> tuple[Risk, str]:
+    if not isinstance(command, ast.AlterTableCmd):
+        return Risk.HIGH, ""
+    subtype = command.subtype
+    if subtype == enums.AlterTableType.AT_DropColumn:
+        return Risk.CRITICAL, f": DROP COLUMN {command.name} destroys that column in every row"
+    if subtype == enums.AlterTableType.AT_AlterColumnType:
+        definition = command.def_
+        if isinstance(definition, ast.ColumnDef) and definition.raw_default is not None:
+            return Risk.CRITICAL, f": ALTER COLUMN {command.name} TYPE ... USING rewrites that column in every row"
+        return Risk.HIGH, f": ALTER COLUMN {command.name} TYPE rewrites the table and may lose precision"
+    if subtype == enums.AlterTableType.AT_AddColumn and _is_additive_column(command.def_):
+        return Risk.MODERATE, ": additive, adds a nullable column"
+    return Risk.HIGH, ""
+
+
+def _is_additive_column(definition: object) -> bool:
+    """ADD COLUMN that leaves existing rows as they are: nullable, not serial, identity or generated, and with
+    no default or a constant one (PostgreSQL then stores the default once instead of rewriting the table)."""
+    if not isinstance(definition, ast.ColumnDef) or definition.is_not_null:
+        return False
+    if definition.identity not in (None, "", "\x00") or definition.generated not in (None, "", "\x00"):
+        return False
+    type_name = definition.typeName
+    names = [getattr(part, "sval", "") for part in (type_name.names or ())] if type_name is not None else []
+    if names and names[-1].lower() in _SERIAL_TYPES:
+        return False
+    for constraint in definition.constraints or ():
+        if not isinstance(constraint, ast.Constraint) or constraint.contype not in _HARMLESS_NEW_COLUMN_CONSTRAINTS:
+            return False
+        if constraint.contype == enums.ConstrType.CONSTR_DEFAULT and not _is_constant(constraint.raw_expr):
+            return False
+    return definition.raw_default is None or _is_constant(definition.raw_default)
+
+
+def _is_constant(expression: object) -> bool:
+    """A literal, possibly cast (``'x'::text``): the same value for every row, computed once."""
+    while isinstance(expression, ast.TypeCast):
+        expression = expression.arg
+    return isinstance(expression, ast.A_Const)
 
 
 def _targets_server_level_object(node: ast.Node) -> bool:
@@ -851,7 +994,7 @@ def _statement_rules(node: ast.Node, top_level: bool) -> list[_Finding]:
     if isinstance(node, _DATA_MODIFYING):
         return _data_modifying_rules(node)
     if isinstance(node, ast.TruncateStmt):
-        return [_held("TRUNCATE removes every row", Risk.HIGH, 2)]
+        return [_held("TRUNCATE removes every row", Risk.CRITICAL, 2)]
     if kind in _DDL_STATEMENTS:
         return _ddl_rules(node)
     if kind in _DENIED_STATEMENTS:
@@ -1031,6 +1174,7 @@ class _Inspector:
     def __init__(self, catalog: FunctionCatalog, relations: RelationCatalog | None = None) -> None:
         self._catalog = catalog
         self._relations = relations
+        self._phi = relations if isinstance(relations, PhiColumns) else None
         self._volatility: dict[tuple[str | None, str], str | None] = {}
         # Views being expanded (innermost last), and each expanded view's findings, labelled with its name.
         self._view_stack: list[tuple[str, str]] = []
@@ -1069,8 +1213,35 @@ class _Inspector:
         if isinstance(node, ast.ExplainStmt):
             return self._explain(node)
         if _is_statement(node):
-            return _statement_rules(node, top_level)
+            found = _statement_rules(node, top_level)
+            if isinstance(node, _WRITES_ROWS):
+                found = [*found, *self._phi_write_findings(node)]
+            return found
         return []
+
+    def _phi_write_findings(self, node: ast.Node) -> list[_Finding]:
+        """A write that stores or removes PHI ranks high: UPDATE of a tagged column, INSERT or COPY FROM into
+        one, DELETE or MERGE on a table with one. A target the snapshot cannot vouch for ranks high too."""
+        relation = getattr(node, "relation", None)
+        if self._phi is None or self._relations is None or not isinstance(relation, ast.RangeVar):
+            return []
+        if isinstance(node, ast.CopyStmt) and not node.is_from:
+            return []
+        tag = _statement_type(node)
+        written = ".".join(part for part in (relation.schemaname, relation.relname) if part)
+        resolved = self._relations.resolve(relation.schemaname, relation.relname or "")
+        if resolved is None:
+            unknown = f"{tag} writes to {written}, which the catalog snapshot does not know (it may hold PHI)"
+            return [_held(unknown, Risk.HIGH)]
+        if self._relations.kind(*resolved) not in _PLAIN_TABLES:
+            return [_held(f"{tag} writes through {written}, whose base columns may hold PHI", Risk.HIGH)]
+        tagged = self._phi.phi_columns(*resolved)
+        columns = _written_columns(node)
+        touched = sorted(tagged if columns is None else tagged & columns)
+        if not touched:
+            return []
+        verb = "removes PHI from" if isinstance(node, ast.DeleteStmt) else "writes PHI columns of"
+        return [_held(f"{tag} {verb} {'.'.join(resolved)}: {', '.join(touched)}", Risk.HIGH)]
 
     def _children(self, node: ast.Node, ctes: frozenset[str]) -> list[_WalkItem]:
         """Child values to walk, each with the CTE names visible to it."""
@@ -1193,6 +1364,32 @@ class _Inspector:
             return [note, *inner]
         kept = [finding for finding in inner if finding.survives_plain_explain]
         return [_allowed("EXPLAIN without ANALYZE does not run the statement"), *kept]
+
+
+# Statements that change stored rows of their target relation, and the relation kinds that are plain tables.
+_WRITES_ROWS = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt, ast.CopyStmt)
+_PLAIN_TABLES = frozenset({"r", "p"})
+
+
+def _written_columns(node: ast.Node) -> frozenset[str] | None:
+    """Columns whose stored values a write sets; None when it writes or removes whole rows."""
+    names: list[object] = []
+    if isinstance(node, ast.UpdateStmt):
+        names = [target.name for target in node.targetList or ()]
+    elif isinstance(node, ast.InsertStmt):
+        if node.cols is None:
+            return None
+        names = [target.name for target in node.cols]
+        conflict = node.onConflictClause
+        if conflict is not None:
+            names += [target.name for target in conflict.targetList or ()]
+    elif isinstance(node, ast.CopyStmt):
+        if node.attlist is None:
+            return None
+        names = [getattr(name, "sval", None) for name in node.attlist]
+    else:  # DELETE removes whole rows; MERGE may insert, update or delete them
+        return None
+    return frozenset(name for name in names if isinstance(name, str))
 
 
 #: How many views deep a view may be found (views of views of ...); deeper ones are held, not expanded.

@@ -77,6 +77,17 @@ class TargetCatalog:
         """(schema, table) of every relation with a PHI tag."""
         return frozenset((t.schema_name, t.table_name) for t in self.tagged_columns.values())
 
+    @functools.cached_property
+    def _phi_columns_by_table(self) -> Mapping[tuple[str, str], frozenset[str]]:
+        tables: dict[tuple[str, str], set[str]] = {}
+        for tag in self.tagged_columns.values():
+            tables.setdefault((tag.schema_name, tag.table_name), set()).add(tag.column_name)
+        return MappingProxyType({table: frozenset(columns) for table, columns in tables.items()})
+
+    def phi_columns(self, schema: str, name: str) -> frozenset[str]:
+        """policy.classifier.PhiColumns: the tagged columns of a relation, so writes to PHI rank high."""
+        return self._phi_columns_by_table.get((schema, name), frozenset())
+
     # policy.lineage.RelationCatalog -----------------------------------------------------------------------
     def resolve(self, schema: str | None, name: str) -> tuple[str, str] | None:
         """The relation PostgreSQL would read (names as the parser leaves them: unquoted ones already folded).

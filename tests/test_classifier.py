@@ -249,7 +249,7 @@ SELECT_WRITES = [
         "with d as (delete from t returning *) select * from d",
         HELD,
         2,
-        Risk.HIGH,
+        Risk.CRITICAL,
         "DELETE without WHERE affects every row",
     ),
     case("with i as (insert into t values (1) returning id) select * from i", HELD, 1),
@@ -276,9 +276,9 @@ def test_selects_that_write_or_lock_are_held(
 
 WRITES = [
     case("delete from t where id = 1", HELD, 1, Risk.MODERATE, "DELETE modifies data"),
-    case("delete from t", HELD, 2, Risk.HIGH, "DELETE without WHERE affects every row"),
+    case("delete from t", HELD, 2, Risk.CRITICAL, "DELETE without WHERE affects every row"),
     case("update t set a = 1 where id = 2", HELD, 1, Risk.MODERATE, "UPDATE modifies data"),
-    case("update t set a = 1", HELD, 2, Risk.HIGH, "UPDATE without WHERE affects every row"),
+    case("update t set a = 1", HELD, 2, Risk.CRITICAL, "UPDATE without WHERE affects every row"),
     case("insert into t (a) values (1)", HELD, 1, Risk.MODERATE, "INSERT modifies data"),
     case("insert into t select * from u", HELD, 1),
     case(
@@ -288,8 +288,8 @@ WRITES = [
         Risk.MODERATE,
         "MERGE modifies data",
     ),
-    case("truncate t", HELD, 2, Risk.HIGH, "TRUNCATE"),
-    case("truncate table a, b cascade", HELD, 2, Risk.HIGH),
+    case("truncate t", HELD, 2, Risk.CRITICAL, "TRUNCATE"),
+    case("truncate table a, b cascade", HELD, 2, Risk.CRITICAL),
 ]
 
 
@@ -302,12 +302,12 @@ def test_data_changes_are_held(
 
 
 DDL = [
-    case("create table t (id int primary key)", HELD, 2, Risk.HIGH, "CREATE TABLE"),
+    case("create table t (id int primary key)", HELD, 2, Risk.MODERATE, "CREATE TABLE"),
     case("create temp table t (id int)", HELD, 2),
-    case("alter table t add column b int", HELD, 2, Risk.HIGH, "ALTER TABLE"),
+    case("alter table t add column b int", HELD, 2, Risk.MODERATE, "ALTER TABLE"),
     case("alter table t rename to u", HELD, 2, None, "RENAME"),
     case("alter table t rename column a to b", HELD, 2),
-    case("drop table t", HELD, 2, Risk.HIGH, "DROP TABLE"),
+    case("drop table t", HELD, 2, Risk.CRITICAL, "DROP TABLE"),
     case("drop index i", HELD, 2),
     case("create index on t (a)", HELD, 2, None, "CREATE INDEX"),
     case("create view v as select * from t", HELD, 2, None, "CREATE VIEW"),
@@ -408,7 +408,7 @@ REVIEWED = [
     case("copy t to stdout", HELD, 1, Risk.MODERATE, "COPY is held for review"),
     case("copy t from stdin", HELD, 1, Risk.MODERATE, "COPY is held for review"),
     case("copy (select * from t) to stdout with (format csv)", HELD, 1),
-    case("copy (delete from t returning *) to stdout", HELD, 2, Risk.HIGH),
+    case("copy (delete from t returning *) to stdout", HELD, 2, Risk.CRITICAL),
     case("do $$ begin delete from t; end $$", HELD, 2, Risk.HIGH, "DO runs procedural code that cannot be inspected"),
     case("call archive_patients()", HELD, 2, Risk.HIGH, "CALL"),
     case("lock table t in access exclusive mode", HELD, 1, Risk.MODERATE),
@@ -454,7 +454,7 @@ EXPLAINS = [
     case("explain (analyze false) delete from t", ALLOWED),
     case("explain select no_such_fn()", HELD, 1, None, "unknown function no_such_fn()"),
     case("explain analyze select * from t", ALLOWED, 0, Risk.LOW),
-    case("explain analyze delete from t", HELD, 2, Risk.HIGH, "DELETE without WHERE affects every row"),
+    case("explain analyze delete from t", HELD, 2, Risk.CRITICAL, "DELETE without WHERE affects every row"),
     case("explain analyze delete from t where id = 1", HELD, 1, Risk.MODERATE),
     case("explain (analyze) select nextval('s')", HELD, 1),
     case("explain (analyze true, buffers) update t set a = 1 where b = 2", HELD, 1),
@@ -606,8 +606,8 @@ def test_other_statements_are_not_transaction_control(sql: str) -> None:
 BATCHES = [
     case("SELECT 1; SELECT 2", HELD, 1, Risk.LOW, "multiple statements in one request"),
     case("select * from t; delete from t where id = 1", HELD, 1, Risk.MODERATE),
-    case("insert into t values (1); delete from t", HELD, 2, Risk.HIGH, "DELETE without WHERE affects every row"),
-    case("select 1; create table t (a int)", HELD, 2, Risk.HIGH),
+    case("insert into t values (1); delete from t", HELD, 2, Risk.CRITICAL, "DELETE without WHERE affects every row"),
+    case("select 1; create table t (a int)", HELD, 2, Risk.MODERATE),
     case("SELECT 1; DROP DATABASE x", DENIED, 0, Risk.CRITICAL, "DROP DATABASE"),
     case("select 1; select pg_read_file('f')", DENIED, 0, Risk.CRITICAL),
     case(
