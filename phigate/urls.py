@@ -3,8 +3,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.staticfiles.views import serve as serve_static
 from django.http import HttpRequest, JsonResponse
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
 from approvals import api as ticket_api
@@ -53,6 +54,10 @@ urlpatterns = [
     path("accounts/login/", LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]
+
+# Page scripts and styles (static/, the apps' static/ folders) from the web process itself: uvicorn serves no files,
+# and the pages' JavaScript lives in static files under the Content-Security-Policy. Public files only.
+urlpatterns.append(re_path(r"^static/(?P<path>.*)$", serve_static, {"insecure": True}))
 
 if settings.OIDC_ENABLED:
     urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))
