@@ -125,7 +125,8 @@ def test_an_approval_covers_exactly_the_parameter_values(wire) -> None:  # type:
     reviewer = user_client(make_user(Role.REVIEWER))
     approved = hold(wire["dsn"], UPDATE, ("7 mg nightly", 902))
     assert approved.sql_sha256 == statement_digest(approved.sql, approved.statement_params)
-    assert reviewer.post(f"/api/v1/tickets/{approved.pk}/reviews", {"decision": "approve"}, format="json").status_code == 201
+    approve = {"decision": "approve"}
+    assert reviewer.post(f"/api/v1/tickets/{approved.pk}/reviews", approve, format="json").status_code == 201
     assert Review.objects.get(ticket=approved).sql_sha256 == approved.sql_sha256  # the reviewer saw these values
     wait_until(lambda: Ticket.objects.get(pk=approved.pk).status == Status.EXECUTED, 30, what="execution")
     assert dose_of(wire["owner_url"], 902) == "7 mg nightly"  # ran with exactly the values shown
@@ -135,7 +136,7 @@ def test_an_approval_covers_exactly_the_parameter_values(wire) -> None:  # type:
     swapped = [dict(item) for item in tampered.params]
     swapped[0]["value"] = "OTAwIG1n"  # base64 of "900 mg": what a writer to the control plane might slip in
     Ticket.objects.filter(pk=tampered.pk).update(params=swapped)
-    assert reviewer.post(f"/api/v1/tickets/{tampered.pk}/reviews", {"decision": "approve"}, format="json").status_code == 201
+    assert reviewer.post(f"/api/v1/tickets/{tampered.pk}/reviews", approve, format="json").status_code == 201
     wait_until(lambda: Ticket.objects.get(pk=tampered.pk).status == Status.FAILED, 30, what="refusal")
     assert "differ from the approved digest" in Ticket.objects.get(pk=tampered.pk).error
     assert dose_of(wire["owner_url"], 903) == before  # nothing ran
