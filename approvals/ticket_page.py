@@ -200,11 +200,24 @@ def restore_draft(request: HttpRequest, ticket: Ticket) -> dict[str, str] | None
     if not isinstance(draft, dict) or draft.get("ticket") != ticket.pk or draft.get("user") != request.user.pk:
         return None
     del request.session[REVIEW_DRAFT]
-    return {"comment": str(draft.get("comment", "")), "decision": str(draft.get("decision", ""))}
+    return {
+        "comment": str(draft.get("comment", "")),
+        "decision": str(draft.get("decision", "")),
+        "after_sign_in": "yes" if draft.get("after_sign_in") else "",
+    }
 
 
-def keep_draft(request: HttpRequest, ticket_id: int, user_id: int, comment: str, decision: str) -> None:
-    request.session[REVIEW_DRAFT] = {"ticket": ticket_id, "user": user_id, "comment": comment, "decision": decision}
+def keep_draft(
+    request: HttpRequest, ticket_id: int, user_id: int, comment: str, decision: str, *, after_sign_in: bool = False
+) -> None:
+    """Keep what the reviewer typed for the next view of the ticket (after a sign-in, or a refused submission)."""
+    request.session[REVIEW_DRAFT] = {
+        "ticket": ticket_id,
+        "user": user_id,
+        "comment": comment,
+        "decision": decision,
+        "after_sign_in": after_sign_in,
+    }
 
 
 def page_context(ticket: Ticket, principal: Principal, request: HttpRequest) -> dict[str, Any]:

@@ -106,7 +106,7 @@ def ticket_detail(request: HttpRequest, ticket_id: int) -> HttpResponse:
     if expire_if_overdue(ticket):
         ticket.refresh_from_db()
     context = ticket_page.page_context(ticket, principal, request)
-    if context["draft"]:
+    if context["draft"] and context["draft"]["after_sign_in"]:
         messages.info(request, "Your comment was kept while you signed in again: check it and submit your review.")
     context["sql_html"] = highlighted_sql(ticket.sql)
     context["phi_columns"] = touched_phi_columns(ticket)
@@ -167,7 +167,7 @@ def review(request: HttpRequest, ticket_id: int) -> HttpResponse:
             # An approval releases a write: it needs the person, not just a browser left signed in. Nothing is
             # recorded; they sign in again and come back to the ticket, their comment kept in the new session.
             logout(request)
-            ticket_page.keep_draft(request, ticket_id, principal.human.pk, comment, decision)
+            ticket_page.keep_draft(request, ticket_id, principal.human.pk, comment, decision, after_sign_in=True)
             messages.info(request, "Sign in again to review: your last sign-in is too old to approve with.")
             return redirect(f"{settings.LOGIN_URL}?{urlencode({'next': f'/tickets/{ticket_id}/'})}")
     try:

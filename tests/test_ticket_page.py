@@ -98,6 +98,17 @@ def test_reject_without_a_comment_is_refused_with_a_clear_error() -> None:
     assert Ticket.objects.get(pk=ticket.pk).status == Status.REJECTED
 
 
+def test_a_submission_without_a_decision_keeps_the_comment() -> None:
+    ticket = held("DELETE FROM scratch WHERE id = 35")
+    reviewer = browser(make_user(Role.REVIEWER))
+    page = reviewer.post(
+        f"/tickets/{ticket.pk}/review", {"decision": "maybe", "comment": "half written"}, follow=True
+    ).content.decode()
+    assert messages_of(page) == [("error", "Choose approve or reject.")]
+    assert ">half written</textarea>" in page
+    assert not Review.objects.filter(ticket=ticket).exists()
+
+
 def test_a_conflict_is_an_error_not_a_success() -> None:
     ticket = held("DELETE FROM scratch WHERE id = 33")
     first, second = browser(make_user(Role.REVIEWER)), browser(make_user(Role.REVIEWER))
