@@ -128,6 +128,8 @@ def ticket_estimate(request: HttpRequest, ticket_id: int) -> JsonResponse:
     look-ups linked to the ticket (ticket.estimated, ticket.previewed), never as the viewer's own statement.
     """
     ticket, principal = _visible_ticket(request, ticket_id)
+    if expire_if_overdue(ticket):
+        ticket.refresh_from_db()
     lookups = ticket_page.lookups_for(ticket, principal, web_context(request))
     html = render_to_string(
         "approvals/_ticket_lookups.html", ticket_page.lookups_context(ticket, lookups, principal, request), request
