@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from approvals.models import Status, Ticket
 from approvals.notify import publish_change_on_commit
-from approvals.params import StatementParams, statement_digest
+from approvals.params import StatementParams, shown_params, statement_digest
+from approvals.statement_reason import with_statement_reason
 from audit.models import EventKind, Outcome
 from audit.recorder import Context, record
 from identity.principal import Principal
@@ -28,6 +29,7 @@ def open_ticket(
     datasource: DataSource,
     sql: str,
     params: StatementParams | None = None,
+    param_types: Sequence[dict[str, object]] | None = None,
     reason: str,
     risk: str,
     reasons: Sequence[str],
@@ -37,14 +39,20 @@ def open_ticket(
     fingerprint: str,
     context: Context,
 ) -> Ticket:
-    """Create a pending ticket and its audit event; the caller's transaction covers both."""
+    """Create a pending ticket and its audit event; the caller's transaction covers both.
+
+    ``param_types``: what PostgreSQL resolved each parameter's type to (gateway.param_types), for display. The
+    reason may also come from a leading ``/* phigate-reason: ... */`` comment (approvals.statement_reason).
+    """
     now = timezone.now()
+    reason = with_statement_reason(sql, reason)
     ticket = Ticket.objects.create(
         datasource=datasource,
         agent=principal.agent,
         owner=principal.human,
         sql=sql,
         params=None if params is None else params.to_json(),
+        param_types=None if param_types is None else list(param_types),
         sql_sha256=statement_digest(sql, params),
         fingerprint=fingerprint,
         reason=reason,
@@ -77,6 +85,10 @@ def open_ticket(
             "sql_sha256": ticket.sql_sha256,
             "reason": reason,
             "params": None if params is None else params.for_audit(),
+            # The same values with their types and, for binary ones, their exact bytes (the replay shows these).
+            "params_shown": None
+            if params is None
+            else [shown.as_json() for shown in shown_params(params, ticket.param_types)],
         },
     )
     publish_change_on_commit(ticket.pk, Status.PENDING)

@@ -61,6 +61,9 @@ class Ticket(models.Model):
     sql = models.TextField()
     # Bind parameters for statements held from the extended query protocol (None for plain SQL text).
     params = models.JSONField(null=True, blank=True)
+    # The type of each parameter as PostgreSQL resolved it when the ticket was opened ([{"oid", "name"}], asked of
+    # the read role without running anything). Display only: what runs is ``params`` with its declared types.
+    param_types = models.JSONField(null=True, blank=True)
     sql_sha256 = models.CharField(max_length=64)
     fingerprint = models.CharField(max_length=32, blank=True)
     reason = models.TextField(blank=True)
@@ -84,6 +87,10 @@ class Ticket(models.Model):
     rowcount = models.BigIntegerField(null=True, blank=True)
     result = models.JSONField(null=True, blank=True)  # masked {columns, rows, truncated}; never raw PHI
     error = models.TextField(blank=True)
+    # What the ticket page shows about the statement before it runs (approvals.ticket_lookups): the row estimate
+    # and a masked preview of the rows it would touch, computed once by the gateway and kept, so that viewing a
+    # ticket never queries the target again. None until computed; {"state": "computing", ...} while claimed.
+    lookups = models.JSONField(null=True, blank=True)
 
     objects = TicketQuerySet.as_manager()
 
@@ -131,6 +138,11 @@ class Ticket(models.Model):
 class Decision(models.TextChoices):
     APPROVE = "approve", "Approve"
     REJECT = "reject", "Reject"
+
+    @property
+    def past_tense(self) -> str:
+        """ "approved", "rejected": how the page and messages say what a reviewer did."""
+        return "approved" if self == Decision.APPROVE else "rejected"
 
 
 class Review(models.Model):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from approvals.models import Decision, Review, Ticket
+from approvals.params import shown_params
 
 
 class ReviewSerializer(serializers.ModelSerializer[Review]):
@@ -26,12 +28,34 @@ class RequestedBySerializer(serializers.Serializer[Ticket]):
         return ticket.agent.name if ticket.agent else None
 
 
+class ParamSerializer(serializers.Serializer[Any]):
+    """One bind parameter of a statement held on the wire, as its reviewers see it (approvals.params)."""
+
+    position = serializers.IntegerField(help_text="1 for $1")
+    type = serializers.CharField(help_text="PostgreSQL's name for the type; resolved by PostgreSQL when undeclared")
+    type_declared = serializers.BooleanField(help_text="false: the client left the type to PostgreSQL")
+    format = serializers.ChoiceField(choices=["text", "binary"])
+    null = serializers.BooleanField()
+    value = serializers.CharField(allow_null=True, help_text="the text form; null for NULL or undecodable bytes")
+    decoded = serializers.BooleanField()
+    hex = serializers.CharField(allow_null=True, help_text="the exact bytes sent, for binary values")
+
+
 class TicketSerializer(serializers.ModelSerializer[Ticket]):
     datasource = serializers.CharField(source="datasource.name")
     requested_by = RequestedBySerializer(source="*")
     reviews = ReviewSerializer(many=True)
     url = serializers.CharField()
     approvals = serializers.IntegerField(source="approvals_count")
+    params = serializers.SerializerMethodField(
+        help_text="The bind parameters the statement runs with (null for plain SQL text): an approval covers these "
+        "exact values, which sql_sha256 includes."
+    )
+
+    @extend_schema_field(ParamSerializer(many=True, allow_null=True))
+    def get_params(self, ticket: Ticket) -> list[dict[str, Any]] | None:
+        params = ticket.statement_params
+        return None if params is None else [shown.as_json() for shown in shown_params(params, ticket.param_types)]
 
     class Meta:
         model = Ticket
@@ -41,6 +65,7 @@ class TicketSerializer(serializers.ModelSerializer[Ticket]):
             "status",
             "datasource",
             "sql",
+            "params",
             "sql_sha256",
             "risk",
             "reasons",

@@ -40,6 +40,10 @@ class EventKind(models.TextChoices):
     TICKET_EXECUTED = "ticket.executed", "Ticket executed"
     TICKET_FAILED = "ticket.failed", "Ticket execution failed"
     TICKET_RESULT_READ = "ticket.result_read", "Ticket result read"
+    # Look-ups the ticket page makes for its reviewers, linked to the ticket and named for the person whose view
+    # caused them: never a query.* event, which would say that person ran the ticket's statement.
+    TICKET_ESTIMATED = "ticket.estimated", "Ticket row estimate planned (EXPLAIN, not run)"
+    TICKET_PREVIEWED = "ticket.previewed", "Ticket masked preview of affected rows shown"
     REVIEW_REFUSED = "review.refused", "Review refused"
     AUDIT_SEARCHED = "audit.searched", "Audit trail searched"
     AUDIT_REPLAYED = "audit.replayed", "Session replayed"

@@ -29,6 +29,7 @@ class Step:
     masking: dict[str, Any] = field(default_factory=dict)
     preview: dict[str, Any] = field(default_factory=dict)
     result_sha256: str = ""
+    params: list[dict[str, Any]] = field(default_factory=list)  # bind parameters the statement was sent with
     other_session: bool = False
     event_ids: list[int] = field(default_factory=list)
     offset_ms: int = 0
@@ -36,6 +37,17 @@ class Step:
 
 def _who(event: AuditEvent) -> str:
     return event.actor_name + (f" via {event.agent_name}" if event.agent_name else "")
+
+
+def _params(details: dict[str, Any]) -> list[dict[str, Any]]:
+    """A statement's bind parameters: typed (``params_shown``, ticket events) or as text (``params``, reads)."""
+    shown = details.get("params_shown")
+    if isinstance(shown, list):
+        return [dict(param) for param in shown if isinstance(param, dict)]
+    values = details.get("params")
+    if not isinstance(values, list):
+        return []
+    return [{"position": index + 1, "value": value, "null": value is None} for index, value in enumerate(values)]
 
 
 def _step(event: AuditEvent, other_session: bool = False) -> Step:
@@ -50,6 +62,7 @@ def _step(event: AuditEvent, other_session: bool = False) -> Step:
         verdict=str(details.get("verdict", "")),
         reasons=[str(reason) for reason in details.get("reasons", [])],
         ticket_id=event.ticket_id,
+        params=_params(details),
         other_session=other_session,
         event_ids=[event.pk],
     )

@@ -13,11 +13,16 @@ Row estimates come from column statistics, so they say something about stored va
 called Smith"). The inference guard that holds such filters on PHI for agents therefore also refuses their
 EXPLAIN. Every EXPLAIN is audited before it runs (query.submitted with ``"explain": true``); refusals are
 query.denied, failures query.failed.
+
+The ticket page's estimate (gateway.ticket_lookups) reuses the same pieces with the ticket's bind parameters,
+judged for the people who may open the page, and is audited as a look-up linked to the ticket (ticket.estimated),
+never as a statement of the person viewing it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import psycopg
@@ -68,14 +73,20 @@ def explain_statement(
     except UnparsableStatement as exc:
         _refuse(principal, context, datasource.name, sql, f"syntax error: {exc}")
     try:
-        explained, kind = _explainable_read(sql, classification)
-        _check_policy(principal, classification, explained, catalog)
+        explained, kind = explainable_read(sql, classification)
+        check_planning(
+            classification,
+            explained,
+            catalog,
+            identity_kinds=(principal.identity_kind,),
+            fail_closed_when_unfollowable=principal.is_agent,
+        )
     except ExplainRefused as exc:
         _refuse(principal, context, datasource.name, sql, str(exc), classification)
     submitted = _audit_submitted(principal, context, datasource.name, sql, explained, classification)
     try:
-        plan_json = _run(runtime, datasource.name, _composed(explained, "JSON"))
-        plan_text = _run(runtime, datasource.name, _composed(explained, "TEXT"))
+        plan_json = _run(runtime, datasource.name, composed(explained, "JSON"))
+        plan_text = _run(runtime, datasource.name, composed(explained, "TEXT"))
     except psycopg.Error as exc:
         error = scrub_error(
             exc.diag.sqlstate or "XX000",
@@ -93,10 +104,9 @@ def explain_statement(
                 details={"submitted_event": submitted, "sqlstate": exc.diag.sqlstate, "explain": True},
             )
         raise ExplainRefused(error) from exc
-    top = json.loads(plan_json[0])[0]["Plan"]
     result: dict[str, Any] = {
         "plan": "\n".join(plan_text),
-        "estimated_rows": round(float(top.get("Plan Rows", 0))),
+        "estimated_rows": estimated_rows(plan_json[0]),
         "explained": explained,
     }
     if kind != "SELECT":
@@ -130,7 +140,12 @@ def explain_via_gateway(
         raise ExplainRefused(str(exc)) from exc
 
 
-def _explainable_read(sql: str, classification: Classification) -> tuple[str, str]:
+def estimated_rows(plan_json: str) -> int:
+    """The top plan node's row estimate, from EXPLAIN (FORMAT JSON)'s one value."""
+    return round(float(json.loads(plan_json)[0]["Plan"].get("Plan Rows", 0)))
+
+
+def explainable_read(sql: str, classification: Classification) -> tuple[str, str]:
     """(the read to plan, the statement's kind): the statement itself for a read, the rows a write touches."""
     if len(classification.statement_types) != 1:
         raise ExplainRefused("EXPLAIN takes exactly one statement")
@@ -181,7 +196,7 @@ def _insert_source(statement: ast.InsertStmt) -> ast.Node:
     return ast.SelectStmt(**{**fields, "withClause": statement.withClause})
 
 
-def _composed(explained: str, form: str) -> str:
+def composed(explained: str, form: str) -> str:
     return f"EXPLAIN (FORMAT {form}) {explained}"
 
 
@@ -189,33 +204,43 @@ def _deparse(node: ast.Node) -> str:
     return str(RawStream()(node))
 
 
-def _check_policy(principal: Principal, classification: Classification, explained: str, catalog: TargetCatalog) -> None:
+def check_planning(
+    classification: Classification,
+    explained: str,
+    catalog: TargetCatalog,
+    *,
+    identity_kinds: Sequence[str],
+    fail_closed_when_unfollowable: bool,
+) -> None:
     """What planning may reveal: the composed EXPLAIN must classify as allowed, and its row estimate must not
-    answer a question about PHI values the policy would hold or deny for this kind of identity."""
+    answer a question about PHI values the policy would hold or deny for any of ``identity_kinds`` (everyone
+    who will see the estimate). ``fail_closed_when_unfollowable``: refuse when lineage cannot say what the
+    estimate depends on (agents)."""
     for form in FORMATS:  # exactly the texts that will be sent
         try:
-            composed = classify(_composed(explained, form), catalog.functions, relations=catalog)
+            planned = classify(composed(explained, form), catalog.functions, relations=catalog)
         except UnparsableStatement as exc:
             raise ExplainRefused(f"cannot be explained: {exc}") from exc
-        explain = parse_statements(_composed(explained, form))[0].stmt
-        if composed.statement_types != ("EXPLAIN",) or not isinstance(explain, ast.ExplainStmt) or _analyzes(explain):
+        explain = parse_statements(composed(explained, form))[0].stmt
+        if planned.statement_types != ("EXPLAIN",) or not isinstance(explain, ast.ExplainStmt) or _analyzes(explain):
             raise ExplainRefused("cannot be explained on its own")
-        if composed.verdict != Verdict.ALLOWED:
-            raise ExplainRefused("planning it is not allowed: " + "; ".join(composed.reasons))
-    exposing = exposing_relations(composed.relations)
+        if planned.verdict != Verdict.ALLOWED:
+            raise ExplainRefused("planning it is not allowed: " + "; ".join(planned.reasons))
+    exposing = exposing_relations(planned.relations)
     if exposing:
         raise ExplainRefused(f"{', '.join(exposing)} exposes stored values or other sessions' statements")
     try:
         lineage = analyze(explained, catalog)
     except (ParseError, UnsupportedStatement) as exc:
-        if principal.is_agent and touches_phi(classification, catalog):
+        if fail_closed_when_unfollowable and touches_phi(classification, catalog):
             raise ExplainRefused(f"cannot tell what the estimate reveals about PHI: {exc}") from exc
         return
-    guard = inference_verdict(lineage, catalog, principal.identity_kind)
-    if guard.action != InferenceAction.ALLOW:
-        raise ExplainRefused(
-            "row estimates come from column statistics and would reveal PHI values: " + "; ".join(guard.reasons)
-        )
+    for identity_kind in identity_kinds:
+        guard = inference_verdict(lineage, catalog, identity_kind)
+        if guard.action != InferenceAction.ALLOW:
+            raise ExplainRefused(
+                "row estimates come from column statistics and would reveal PHI values: " + "; ".join(guard.reasons)
+            )
 
 
 def _run(runtime: DatasourceRuntime, datasource: str, sql: str) -> list[str]:

@@ -31,6 +31,7 @@ from approvals.rules import required_approvals
 from audit.models import EventKind, Outcome
 from audit.preview import result_preview
 from audit.recorder import Context, masking_details, record
+from gateway.param_types import resolved_parameter_types
 from gateway.read_executor import ReadExecutor
 from identity.principal import Principal
 from policy import session_settings
@@ -246,12 +247,19 @@ def decide(
     if verdict == Verdict.DENIED:
         denial(datasource.name, "denied by policy: " + "; ".join(reasons), submitted)
     elif verdict == Verdict.HELD and open_tickets:
+        # Reviewers see each parameter with its type, also one the client left to PostgreSQL to infer.
+        param_types = (
+            None
+            if params is None
+            else resolved_parameter_types(runtime.executor(datasource.name), sql, params.type_oids)
+        )
         with transaction.atomic():
             decision.ticket = open_ticket(
                 principal=principal,
                 datasource=datasource,
                 sql=sql,
                 params=params,
+                param_types=param_types,
                 reason=reason,
                 risk=str(classification.risk),
                 reasons=reasons,

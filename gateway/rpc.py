@@ -29,6 +29,7 @@ from audit.recorder import Context
 from gateway.explain import ExplainRefused, explain_statement
 from gateway.mcp.tables import TablesRefused, list_tables
 from gateway.pipeline import DatasourceRuntime, StatementOutcome, handle_statement
+from gateway.ticket_lookups import LookupRefused, compute_lookups
 from identity.models import Agent
 from identity.principal import Principal
 
@@ -122,8 +123,8 @@ def _list_tables(
     return list_tables(principal, datasource, runtime)
 
 
-OPERATIONS: dict[str, Operation] = {"explain": _explain, "list_tables": _list_tables}
-_REFUSALS = (ExplainRefused, TablesRefused)
+OPERATIONS: dict[str, Operation] = {"explain": _explain, "list_tables": _list_tables, "ticket_lookups": compute_lookups}
+_REFUSALS = (ExplainRefused, TablesRefused, LookupRefused)
 
 
 def _principal(payload: dict[str, Any]) -> Principal | None:

@@ -233,3 +233,15 @@ def plan_for_result(
         from_origin = v1 if (table_oid, attnum) in catalog.tagged_columns else None
         columns.append(_stricter(from_lineage, from_origin))
     return MaskingPlan(tuple(columns))
+
+
+def strictest_plan(plans: Sequence[MaskingPlan]) -> MaskingPlan:
+    """Per column, the strictest of several plans for the same result: what a result shown to several kinds of
+    viewer at once (the ticket page's preview) may reveal is what the strictest of them may see."""
+    columns: list[ColumnMask | None] = []
+    for specs in zip(*(plan.columns for plan in plans), strict=True):
+        strictest: ColumnMask | None = None
+        for spec in specs:
+            strictest = _stricter(strictest, spec)
+        columns.append(strictest)
+    return MaskingPlan(tuple(columns))

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
+import psycopg
 import pytest
 import time_machine
 from django.conf import settings
@@ -35,7 +36,7 @@ from audit.models import AuditEvent, EventKind, Outcome
 from identity.roles import Role
 from policy.models import DataSource
 from tests import environment
-from tests.factories import agent_client, make_user, user_client
+from tests.factories import agent_client, make_agent, make_user, user_client
 from tests.services import free_port, wait_until
 
 pytestmark = pytest.mark.usefixtures("services")
@@ -309,6 +310,35 @@ def test_a_held_statement_posts_one_message_with_buttons_to_the_datasource_chann
     assert len(receiver.find(posted(receiver, ticket))) == 1
 
 
+def held_on_the_wire(services, sql: str, params: tuple[Any, ...]) -> Ticket:  # type: ignore[no-untyped-def]
+    agent, token = make_agent(make_user(Role.ENGINEER, name="owner"))
+    dsn = f"postgresql://{agent.name}:{quote(token, safe='')}@127.0.0.1:{services.gateway_port}/clinic"
+    with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.Error) as raised:
+        conn.execute(sql, params)
+    assert raised.value.sqlstate == "HA001"
+    return Ticket.objects.get(pk=int(str(raised.value.diag.message_primary).rsplit(" ", 1)[1]))
+
+
+def test_a_wire_statement_shows_its_parameters_and_approve_needs_all_shown(services, clinic_channel, receiver) -> None:  # type: ignore[no-untyped-def]
+    ticket = held_on_the_wire(services, "UPDATE prescriptions SET dose = %s WHERE id = %b", ("3 mg <@U0ALL>", 921))
+    call = receiver.wait(posted(receiver, ticket), "the ticket's message")
+    params = next(block for block in call.body["blocks"] if block.get("block_id") == "phigate.params")["text"]["text"]
+    assert "`$1` (text, inferred, text) = `3 mg &lt;@U0ALL&gt;`" in params  # escaped: no ping
+    assert "`$2` (smallint, binary) = `921` · bytes `0399`" in params
+    actions = next(block for block in call.body["blocks"] if block["type"] == "actions")
+    assert {element["action_id"] for element in actions["elements"]} == {"phigate.approve", "phigate.reject"}
+    approve = next(element for element in actions["elements"] if element["action_id"] == "phigate.approve")
+    assert "with the parameters shown" in approve["confirm"]["text"]["text"]
+
+    # A value Slack cannot show exactly (a backquote, a newline) is not approvable from Slack, only in phigate.
+    hidden = held_on_the_wire(services, "UPDATE prescriptions SET dose = %s WHERE id = %b", ("3 mg`\nnightly", 922))
+    call = receiver.wait(posted(receiver, hidden), "the second ticket's message")
+    blocks = json.dumps(call.body["blocks"])
+    assert "characters Slack cannot show exactly" in blocks and "approve it in phigate" in blocks
+    actions = next(block for block in call.body["blocks"] if block["type"] == "actions")
+    assert [element["action_id"] for element in actions["elements"]] == ["phigate.reject"]
+
+
 def test_default_channel_and_per_datasource_bot(receiver, scratch_datasource, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The plain function, in this process: the default channel applies without a SlackChannel row, and a data
     source's own bot token comes from the environment variable it names (never from the database)."""
@@ -352,7 +382,8 @@ def test_linked_reviewers_approve_in_slack_and_the_message_follows_to_execution(
     done = wait_until(
         lambda: Ticket.objects.filter(pk=ticket.pk, status=Status.EXECUTED).first(), 60, what="the worker to run it"
     )
-    receiver.wait(updated(receiver, ticket, f"executed: {done.rowcount} rows"), "executed update")
+    rows = f"{done.rowcount} row{'' if done.rowcount == 1 else 's'}"
+    receiver.wait(updated(receiver, ticket, f"executed: {rows}"), "executed update")
     final = receiver.find(updated(receiver, ticket, "executed"))[-1]
     assert not any(block["type"] == "actions" for block in final.body["blocks"])  # no buttons once decided
     notice = receiver.wait(

@@ -1,21 +1,28 @@
 """Block Kit for a ticket's message, and the plain texts sent to owners and to people who click.
 
-Everything a requester or agent wrote (SQL, reason, comments, names) is escaped for Slack's mrkdwn, so a statement
-cannot ping a channel or fake a link. Result rows never leave phigate: Slack sees the row count only.
+Everything a requester or agent wrote (SQL, parameters, reason, comments, names) is escaped for Slack's mrkdwn, so a
+statement cannot ping a channel or fake a link. Result rows never leave phigate: Slack sees the row count only.
+
+The message shows what an approval covers: the statement and, for one held on the wire, each bind parameter with
+its type (and the exact bytes of a binary one). When either does not fit in full, the message has no Approve
+button: a reviewer approves only what they can see, in phigate.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from approvals.models import Decision, Review, Status, Ticket
+from approvals.params import ShownParam, shown_params
 
 APPROVE_ACTION = "phigate.approve"
 REJECT_ACTION = "phigate.reject"
 ACTIONS_BLOCK = "phigate.review"
 SQL_LIMIT = 2500  # a section holds 3,000 characters; leave room for the fences
 TEXT_LIMIT = 600
+PARAMS_LIMIT = 2800  # the parameters' section, also within one section's 3,000 characters
 
 
 def escape(text: str) -> str:
@@ -68,7 +75,7 @@ def status_line(ticket: Ticket, reviews: list[Review]) -> str:
     if ticket.status == Status.EXECUTING:
         return f"{approved_by}; executing"
     if ticket.status == Status.EXECUTED:
-        return f"executed: {ticket.rowcount} rows ({approved_by})"
+        return f"executed: {ticket.rowcount} row{'' if ticket.rowcount == 1 else 's'} ({approved_by})"
     if ticket.status == Status.FAILED:
         return f"failed: {truncate(ticket.error, TEXT_LIMIT)} ({approved_by})"
     if ticket.status == Status.EXPIRED:
@@ -101,6 +108,40 @@ def _button(text: str, action_id: str, value: str, style: str, question: str) ->
     }
 
 
+def _shows_faithfully(value: str) -> bool:
+    """Whether an inline code span shows the value exactly: Slack has no escape for a backquote, and control or
+    invisible characters (newlines, zero-width spaces) would not be seen."""
+    return "`" not in value and not any(unicodedata.category(ch).startswith("C") for ch in value)
+
+
+def _param_line(param: ShownParam) -> tuple[str, bool]:
+    typed = param.type_name + ("" if param.type_declared else ", inferred")
+    faithful = True
+    if param.is_null:
+        value = "NULL"
+    elif param.value is None:
+        value = "(not decoded: see the bytes)"
+    elif _shows_faithfully(param.value):
+        value = f"`{escape(param.value)}`"
+    else:
+        value, faithful = "_(characters Slack cannot show exactly: see it in phigate)_", False
+    line = f"`{param.placeholder}` ({escape(typed)}, {param.format_name}) = {value}"
+    return line + (f" · bytes `{param.hex}`" if param.hex else ""), faithful
+
+
+def parameters_text(ticket: Ticket) -> tuple[str, bool]:
+    """The parameters' section text, and whether it shows every value exactly and in full."""
+    params = ticket.statement_params
+    if params is None:
+        return "", True
+    lines = [_param_line(param) for param in shown_params(params, ticket.param_types)]
+    faithful = all(ok for _, ok in lines)
+    text = "*Parameters* (bound apart from the text; the approval covers them)\n" + "\n".join(line for line, _ in lines)
+    if len(text) <= PARAMS_LIMIT:
+        return text, faithful
+    return truncate(text, PARAMS_LIMIT - 80) + "\n_Too long to show here in full: review them in phigate._", False
+
+
 @dataclass(frozen=True)
 class Message:
     text: str
@@ -108,8 +149,11 @@ class Message:
 
 
 def ticket_message(ticket: Ticket, reviews: list[Review]) -> Message:
-    """The whole message for the ticket's current state; the buttons exist only while it is pending."""
+    """The whole message for the ticket's current state; the buttons exist only while it is pending, and Approve
+    only when the message shows the whole statement and every parameter."""
     sql = truncate(ticket.sql, SQL_LIMIT).replace("```", "`\u200b``")
+    params, params_complete = parameters_text(ticket)
+    complete = params_complete and len(ticket.sql) <= SQL_LIMIT
     reasons = "\n".join(f"• {escape(truncate(reason, 200))}" for reason in list(ticket.reasons)[:10]) or "• —"
     about = f"*Requested by* {escape(requester(ticket))}"
     if ticket.reason:
@@ -124,6 +168,11 @@ def ticket_message(ticket: Ticket, reviews: list[Review]) -> Message:
         },
         {"type": "section", "text": {"type": "mrkdwn", "text": about}},
         {"type": "section", "text": {"type": "mrkdwn", "text": f"```{escape(sql)}```"}},
+        *(
+            [{"type": "section", "block_id": "phigate.params", "text": {"type": "mrkdwn", "text": params}}]
+            if params
+            else []
+        ),
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*Why it was held*\n{reasons}"}},
         {
             "type": "section",
@@ -134,16 +183,24 @@ def ticket_message(ticket: Ticket, reviews: list[Review]) -> Message:
     if ticket.status == Status.PENDING:
         value = action_value(ticket)
         where = escape(ticket.datasource.name)
-        blocks.append(
-            {
-                "type": "actions",
-                "block_id": ACTIONS_BLOCK,
-                "elements": [
-                    _button("Approve", APPROVE_ACTION, value, "primary", f"It will run once on *{where}*."),
-                    _button("Reject", REJECT_ACTION, value, "danger", "The requester will be told."),
-                ],
-            }
-        )
+        with_values = " with the parameters shown" if ticket.params is not None else ""
+        buttons = [_button("Reject", REJECT_ACTION, value, "danger", "The requester will be told.")]
+        if complete:
+            buttons.insert(
+                0, _button("Approve", APPROVE_ACTION, value, "primary", f"It will run once on *{where}*{with_values}.")
+            )
+        else:
+            blocks.append(
+                {
+                    "type": "section",
+                    "block_id": "phigate.incomplete",
+                    "text": {
+                        "type": "mrkdwn",
+                        "text": "_This message cannot show the whole statement and its values: approve it in phigate._",
+                    },
+                }
+            )
+        blocks.append({"type": "actions", "block_id": ACTIONS_BLOCK, "elements": buttons})
     blocks.append(
         {
             "type": "context",
