@@ -9,13 +9,14 @@ saying why it did not run. What decides "not run" (the digest, a statement the e
 own transaction, the end of the approval, the statement's own error) is decided while this session holds the
 key, and the fence commits in that same transaction, so no executor can run the statement after another one
 said it would not. The statement runs inside a savepoint for that reason: its error rolls back to the savepoint
-and the fence commits in its place.
+and the fence commits in its place. When the outcome is not this session's to know (the session died, the
+executor's own code failed), ``settle`` takes the key in a new session, waiting for any holder, and reads the
+committed row or commits a fence.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,8 +31,6 @@ from psycopg.pq.abc import PGconn, PGresult
 
 from approvals.ledger import CLAIM_SQL, COMPLETE_SQL, FENCE_SQL, READ_SQL, NotRun
 from approvals.params import StatementParams, statement_digest
-
-log = logging.getLogger(__name__)
 
 
 class TargetError(Exception):
@@ -241,14 +240,15 @@ def run_once(
 
     ``before_commit`` runs after the statement, inside its transaction, on the same session (it sees what the
     statement created): the PHI tags of the relations it filled are made durable there, before the COMMIT
-    (approvals.tags_follow_data). If it raises, the statement is rolled back and a fence commits instead.
+    (approvals.tags_follow_data). If it (or ``finish``) raises, nothing commits and the exception propagates.
 
     ``valid_until`` is the end of the approval, checked once this session holds the key and right before the
     bytes are sent (taking the key may have waited for another session's outcome). ``still_held`` asks whether
     the caller still holds its control-plane lock; if not, nothing is sent (``LockLost``).
 
-    Raises ``TargetUnreachable`` (nothing sent), ``LockLost`` (key released, nothing sent) and ``OutcomeUnknown``
-    (the session died after taking the key: ask ``settle``).
+    Raises ``TargetUnreachable`` (nothing sent), ``LockLost`` (key released, nothing sent), ``OutcomeUnknown``
+    (the session died after taking the key) and whatever ``finish`` or ``before_commit`` raised (rolled back):
+    after the last two, ``settle`` says what the ledger holds.
     """
     payload = sql.encode("utf-8")
     pgconn = connect(url, "phigate-executor")
@@ -277,16 +277,18 @@ def run_once(
             if before_commit is not None:
                 session = psycopg.Connection(pgconn)
                 before_commit(session)
-        except Exception as exc:
+        except TargetError as error:
             if pgconn.status != pq.ConnStatus.OK:
-                raise OutcomeUnknown(f"target session lost during the statement: {exc}") from None
-            error = exc if isinstance(exc, TargetError) else None
-            if error is None:
-                log.exception("executor failed around the statement of ticket %s; rolling it back", ticket_id)
+                raise OutcomeUnknown(f"target session lost during the statement: {error}") from None
             _command(pgconn, b"ROLLBACK TO SAVEPOINT phigate_approved_statement")
-            why = NotRun.STATEMENT_FAILED if error is not None else NotRun.EXECUTOR_ERROR
-            entry = _fence_and_commit(pgconn, execution_key, why, error.sqlstate if error else "")
+            entry = _fence_and_commit(pgconn, execution_key, NotRun.STATEMENT_FAILED, error.sqlstate)
             return Outcome(entry, ran_now=False, error=error)
+        except Exception:
+            # Our own failure (masking, the tags' control-plane commit): nothing commits here, and the caller
+            # settles the key with a fence of its own (``settle``), which also sees any other session's outcome.
+            if pgconn.status == pq.ConnStatus.OK:
+                pgconn.exec_(b"ROLLBACK")
+            raise
         _command(pgconn, COMPLETE_SQL, [key, str(raw.rowcount).encode(), json.dumps(stored).encode()])
         commit = pgconn.exec_(b"COMMIT")
         if commit.status == pq.ExecStatus.COMMAND_OK:

@@ -36,7 +36,7 @@ def execute_ticket_task(ticket_id: int, recovering: bool = False) -> str:
     return report.status
 
 
-@shared_task(name=SWEEP_TASK, acks_late=True)
+@shared_task(name=SWEEP_TASK)
 def sweep_executions_task() -> int:
     """Queue an execution for every approved or executing ticket that no live executor holds."""
     unattended = lifecycle.unattended_approvals()
