@@ -82,6 +82,8 @@ class Worker(svc.Service):
             "REDIS_URL": broker_url,
             f"DATASOURCE_{DATASOURCE.upper()}_WRITE_URL": write_url,
             "SLACK_BOT_TOKEN": "",  # no Slack tasks competing for the single pool child
+            # A killed worker leaves its multiprocessing temp directory behind: keep those out of /tmp.
+            "TMPDIR": str(log_dir),
             "EXECUTION_SWEEP_SECONDS": "1",
         }
         super().__init__(name, argv, env, log_dir)
@@ -353,13 +355,25 @@ def wait_statement_on_target(owner_url: str, row_id: int, timeout: float = 30) -
     )
 
 
-def no_statement_on_target(owner_url: str, row_id: int) -> bool:
+def statement_backends(owner_url: str, row_id: int) -> set[int]:
+    """Target backends running the approved statement now (a recovery's later run has a new pid)."""
     with psycopg.connect(owner_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = %s AND state <> 'idle' AND pid <> pg_backend_pid()",
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE query = %s AND state <> 'idle' AND pid <> pg_backend_pid()",
             (increment_sql(row_id),),
-        ).fetchone()
-    return not (row and row[0])
+        ).fetchall()
+    return {int(pid) for (pid,) in rows}
+
+
+def wait_backends_gone(owner_url: str, pids: set[int], timeout: float = 15) -> None:
+    """The orphaned backends notice their client is gone (client_connection_check_interval) and roll back."""
+
+    def gone() -> bool:
+        with psycopg.connect(owner_url, autocommit=True) as conn:
+            rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", (list(pids),)).fetchall()
+        return not rows
+
+    svc.wait_until(gone, timeout, what="the orphaned backend to roll back")
 
 
 # --- outcomes ----------------------------------------------------------------------------------------------------

@@ -109,10 +109,9 @@ def test_killed_during_the_statement(fleet: h.Fleet, who: h.People, which: str) 
     with h.target_row_lock(fleet.owner_url, row_id):
         assert h.approve(fleet.web_url, who, ticket_id) == 201
         h.wait_statement_on_target(fleet.owner_url, row_id)
+        orphans = h.statement_backends(fleet.owner_url, row_id)
         _kill(worker, which)
-        # The orphaned backend notices its client is gone (client_connection_check_interval) and rolls back.
-        svc.wait_until(lambda: h.no_statement_on_target(fleet.owner_url, row_id), 15, what="orphan to roll back")
-    assert h.runs(fleet.owner_url, row_id) == 0
+        h.wait_backends_gone(fleet.owner_url, orphans)  # rolled back: the client's death is noticed within 1 s
     if which == "main":
         fleet.worker("restarted")
     _assert_ran_once(fleet, ticket_id, row_id)
@@ -210,16 +209,24 @@ def test_an_approval_during_a_redis_outage_still_executes(fleet: h.Fleet, who: h
 
 @pytest.mark.timeout(90)
 def test_an_approved_copy_fails_truthfully_and_the_worker_goes_on(fleet: h.Fleet, who: h.People) -> None:
-    """Before the fix, COPY ... TO STDOUT spun the pool child at 100% CPU forever (the loop never left COPY_OUT)."""
+    """Before the fix, COPY ... TO STDOUT spun the pool child at 100% CPU forever (the loop never left COPY_OUT).
+    Transaction control inside an approved statement is refused the same way: a COMMIT in it would commit the
+    ledger row apart from the statement."""
     row_id = h.new_counter(fleet.owner_url)
     fleet.keep(1)
-    for sql in (f"COPY {h.COUNTER_TABLE} TO STDOUT", f"COPY {h.COUNTER_TABLE} (id, runs) FROM STDIN"):
-        ticket_id = h.open_ticket(who, sql, statement_type="COPY")
+    refused = {
+        f"COPY {h.COUNTER_TABLE} TO STDOUT": "COPY",
+        f"COPY {h.COUNTER_TABLE} (id, runs) FROM STDIN": "COPY",
+        f"COMMIT; {h.increment_sql(row_id)}": "transaction control",
+    }
+    for sql, why in refused.items():
+        ticket_id = h.open_ticket(who, sql, statement_type=sql.split()[0])
         assert h.approve(fleet.web_url, who, ticket_id) == 201
         ticket = h.settled(ticket_id, timeout=20)
         assert ticket.status == Status.FAILED  # type: ignore[attr-defined]
-        assert "COPY" in ticket.error and "nothing was changed" in ticket.error  # type: ignore[attr-defined]
+        assert why in ticket.error and "nothing was changed" in ticket.error  # type: ignore[attr-defined]
         assert h.outcome_events(ticket_id) == [EventKind.TICKET_FAILED]
+    assert h.runs(fleet.owner_url, row_id) == 0
     # The single pool child is free: the next approved statement runs.
     ticket_id = h.open_ticket(who, h.increment_sql(row_id))
     assert h.approve(fleet.web_url, who, ticket_id) == 201
