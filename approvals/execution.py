@@ -72,7 +72,7 @@ _NOT_RUN_MESSAGES = {
     NotRun.TRANSACTION_CONTROL: "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT) cannot run inside the "
     "executor's transaction",
     NotRun.STATEMENT_FAILED: "the statement failed on the target and was rolled back",
-    NotRun.EXECUTOR_ERROR: "internal error in the executor; the statement was rolled back",
+    NotRun.EXECUTOR_ERROR: "internal error in the executor before the statement could commit",
 }
 _LAPSED_IN_RECOVERY = "the executor stopped before the statement committed and the approval has since lapsed"
 
@@ -208,14 +208,18 @@ def _execute_locked(ticket_id: int, lock: ExecutorLock) -> ExecutionReport:
         return ExecutionReport(ticket_id, status, False)
 
     ticket = Ticket.objects.select_related("datasource", "owner", "agent").get(pk=ticket_id)
+    valid_until = ticket.approval_valid_until
+    lapsed = valid_until is None or valid_until <= timezone.now()
     try:
         url = target_url(ticket.datasource.name, Access.WRITE)
-    except Exception as exc:  # e.g. no write credential for this data source in this process
-        return _not_started(ticket, lock, recovering, f"the executor cannot reach this data source ({exc})")
+        if not lapsed:
+            finish, before_commit = _masked_result_maker(ticket, url), tags_follow_data(ticket)
+    except Exception as exc:  # no write credential here, the target's catalog unreadable, ...
+        log.exception("ticket %s: the statement could not be prepared", ticket_id)
+        return _not_started(ticket, lock, recovering, f"the executor could not prepare the statement ({exc})")
     started = time.monotonic()
     try:
-        valid_until = ticket.approval_valid_until
-        if valid_until is None or valid_until <= timezone.now():
+        if lapsed:
             outcome = Outcome(_settle(ticket, url, NotRun.APPROVAL_LAPSED), ran_now=False)
         else:
             outcome = run_once(
@@ -227,8 +231,8 @@ def _execute_locked(ticket_id: int, lock: ExecutorLock) -> ExecutionReport:
                 approved_sha256=ticket.sql_sha256,
                 statement_timeout_ms=settings.EXECUTION_STATEMENT_TIMEOUT_MS,
                 row_cap=settings.RESULT_ROW_CAP,
-                finish=_masked_result_maker(ticket, url),
-                before_commit=tags_follow_data(ticket),
+                finish=finish,
+                before_commit=before_commit,
                 valid_until=valid_until,
                 still_held=lock.still_held,
             )

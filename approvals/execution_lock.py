@@ -51,9 +51,13 @@ class ExecutorLock:
 
     def __enter__(self) -> ExecutorLock:
         self._session = _session(f"phigate-executor pid {os.getpid()} ticket {self.ticket_id}")
-        row = self._session.execute(
-            "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, lock_key(self.ticket_id))
-        ).fetchone()
+        try:
+            row = self._session.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (LOCK_CLASS, lock_key(self.ticket_id))
+            ).fetchone()
+        except BaseException:
+            self._session.close()
+            raise
         self.acquired = bool(row and row[0])
         return self
 

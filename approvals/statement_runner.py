@@ -277,12 +277,12 @@ def run_once(
             if before_commit is not None:
                 session = psycopg.Connection(pgconn)
                 before_commit(session)
-        except TargetError as error:
+        except TargetError as failure:
             if pgconn.status != pq.ConnStatus.OK:
-                raise OutcomeUnknown(f"target session lost during the statement: {error}") from None
+                raise OutcomeUnknown(f"target session lost during the statement: {failure}") from None
             _command(pgconn, b"ROLLBACK TO SAVEPOINT phigate_approved_statement")
-            entry = _fence_and_commit(pgconn, execution_key, NotRun.STATEMENT_FAILED, error.sqlstate)
-            return Outcome(entry, ran_now=False, error=error)
+            entry = _fence_and_commit(pgconn, execution_key, NotRun.STATEMENT_FAILED, failure.sqlstate)
+            return Outcome(entry, ran_now=False, error=failure)
         except Exception:
             # Our own failure (masking, the tags' control-plane commit): nothing commits here, and the caller
             # settles the key with a fence of its own (``settle``), which also sees any other session's outcome.
