@@ -32,9 +32,21 @@ import httpx
 import psutil
 import psycopg
 from celery import Celery
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.db import transaction
 
+from approvals.lifecycle import open_ticket as open_held
+from approvals.models import FINAL_STATUSES, Risk, Ticket
+from audit.models import AuditEvent, EventKind
+from audit.recorder import Context
+from identity.models import Agent, ApiToken
+from identity.principal import Principal
+from identity.roles import Role
+from policy.models import DataSource
 from tests import environment
 from tests import services as svc
+from tests.factories import make_agent, make_user
 
 # The fault tests' own data source on the session's target database: no approver rules, Slack channels or PHI
 # tags that other tests may have left on "clinic" can change what these tickets need or do.
@@ -240,16 +252,14 @@ def increment_sql(row_id: int) -> str:
 
 @dataclass(frozen=True)
 class People:
-    owner: object
-    agent: object
+    """The requester (an agent and its owner) and a reviewer's API token."""
+
+    owner: User
+    agent: Agent
     reviewer_token: str
 
 
 def people() -> People:
-    from identity.models import ApiToken
-    from identity.roles import Role
-    from tests.factories import make_agent, make_user
-
     owner = make_user(Role.ENGINEER, name="fault-owner")
     agent, _ = make_agent(owner)
     _, token = ApiToken.issue(user=make_user(Role.REVIEWER, name="fault-reviewer"))
@@ -258,18 +268,10 @@ def people() -> People:
 
 def open_ticket(who: People, sql: str, statement_type: str = "UPDATE") -> int:
     """A held statement, as the gateway opens it (same function, same transaction with its audit event)."""
-    from django.db import transaction
-
-    from approvals.lifecycle import open_ticket as open_held
-    from approvals.models import Risk
-    from audit.recorder import Context
-    from identity.principal import Principal
-    from policy.models import DataSource
-
     datasource, _ = DataSource.objects.get_or_create(name=DATASOURCE)
     with transaction.atomic():
         ticket = open_held(
-            principal=Principal(human=who.owner, agent=who.agent),  # type: ignore[arg-type]
+            principal=Principal(human=who.owner, agent=who.agent),
             datasource=datasource,
             sql=sql,
             reason="fault test",
@@ -379,26 +381,25 @@ def wait_backends_gone(owner_url: str, pids: set[int], timeout: float = 15) -> N
 # --- outcomes ----------------------------------------------------------------------------------------------------
 
 
-def settled(ticket_id: int, timeout: float = 40) -> object:
-    from approvals.models import FINAL_STATUSES, Ticket
-
-    def final() -> object:
+def settled(ticket_id: int, timeout: float = 40) -> Ticket:
+    def final() -> Ticket | None:
         ticket = Ticket.objects.get(pk=ticket_id)
         return ticket if ticket.status in FINAL_STATUSES else None
 
-    return svc.wait_until(final, timeout, interval=0.2, what=f"ticket {ticket_id} to settle")
+    found = svc.wait_until(final, timeout, interval=0.2, what=f"ticket {ticket_id} to settle")
+    assert isinstance(found, Ticket)
+    return found
 
 
 def outcome_events(ticket_id: int) -> list[str]:
-    from audit.models import AuditEvent, EventKind
-
-    kinds = (EventKind.TICKET_EXECUTED, EventKind.TICKET_FAILED)
-    return list(AuditEvent.objects.for_ticket(ticket_id).filter(kind__in=kinds).values_list("kind", flat=True))
+    """The ticket's outcome records, after checking that its trail up to the approval is there, in order."""
+    trail = list(AuditEvent.objects.for_ticket(ticket_id).values_list("kind", flat=True))
+    assert trail[:3] == [EventKind.TICKET_CREATED, EventKind.TICKET_REVIEWED, EventKind.TICKET_APPROVED], trail
+    outcomes = (EventKind.TICKET_EXECUTED, EventKind.TICKET_FAILED)
+    return [kind for kind in trail if kind in outcomes]
 
 
 def assert_audit_verifies() -> None:
-    from django.core.management import call_command
-
     call_command("verify_audit", stdout=io.StringIO())  # raises CommandError when the chain does not verify
 
 

@@ -26,25 +26,21 @@ KILLS = ["main", "child"]
 
 @pytest.fixture(scope="module")
 def fleet(target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.Fleet]:  # type: ignore[no-untyped-def]
+    """A private Redis, the web process on it, and the workers the tests start; all killed at the end."""
     log_dir = tmp_path_factory.mktemp("fault-executor")
     h.create_counter_table(target.owner_url, environment.WRITE_ROLE)
     redis = h.PrivateRedis(log_dir)
-    redis.start()
-    web, port = svc.web(log_dir, name="fault-web", extra_env={"REDIS_URL": redis.url, "SLACK_BOT_TOKEN": ""})
-    running = h.Fleet(
-        redis=redis,
-        web_url=f"http://127.0.0.1:{port}",
-        write_url=target.write_url,
-        owner_url=target.owner_url,
-        log_dir=log_dir,
-        workers=[],
-        names=iter(range(1, 1000)),
-    )
+    running = h.Fleet(redis, "", target.write_url, target.owner_url, log_dir, workers=[], names=iter(range(1, 1000)))
+    web: svc.Service | None = None
     try:
+        redis.start()
+        web, port = svc.web(log_dir, name="fault-web", extra_env={"REDIS_URL": redis.url, "SLACK_BOT_TOKEN": ""})
+        running.web_url = f"http://127.0.0.1:{port}"
         yield running
     finally:
         running.stop_workers()
-        web.stop()
+        if web is not None:
+            web.stop()
         redis.kill()
         h.drop_counter_table(target.owner_url)
 
@@ -64,8 +60,8 @@ def _kill(worker: h.Worker, which: str) -> None:
 
 def _assert_ran_once(fleet: h.Fleet, ticket_id: int, row_id: int) -> None:
     ticket = h.settled(ticket_id)
-    assert ticket.status == Status.EXECUTED, ticket.error  # type: ignore[attr-defined]
-    assert ticket.rowcount == 1  # type: ignore[attr-defined]
+    assert ticket.status == Status.EXECUTED, ticket.error
+    assert ticket.rowcount == 1
     assert h.runs(fleet.owner_url, row_id) == 1  # the target's own truth: committed once, never twice
     assert h.outcome_events(ticket_id) == [EventKind.TICKET_EXECUTED]
     h.assert_audit_verifies()
@@ -74,7 +70,7 @@ def _assert_ran_once(fleet: h.Fleet, ticket_id: int, row_id: int) -> None:
 def _assert_failed_without_change(fleet: h.Fleet, ticket_id: int, row_id: int) -> None:
     ticket = h.settled(ticket_id)
     assert ticket.status == Status.FAILED
-    assert "nothing was changed" in ticket.error  # type: ignore[attr-defined]
+    assert "nothing was changed" in ticket.error
     assert h.runs(fleet.owner_url, row_id) == 0
     assert h.outcome_events(ticket_id) == [EventKind.TICKET_FAILED]
     h.assert_audit_verifies()
@@ -223,8 +219,8 @@ def test_an_approved_copy_fails_truthfully_and_the_worker_goes_on(fleet: h.Fleet
         ticket_id = h.open_ticket(who, sql, statement_type=sql.split()[0])
         assert h.approve(fleet.web_url, who, ticket_id) == 201
         ticket = h.settled(ticket_id, timeout=20)
-        assert ticket.status == Status.FAILED  # type: ignore[attr-defined]
-        assert why in ticket.error and "nothing was changed" in ticket.error  # type: ignore[attr-defined]
+        assert ticket.status == Status.FAILED
+        assert why in ticket.error and "nothing was changed" in ticket.error
         assert h.outcome_events(ticket_id) == [EventKind.TICKET_FAILED]
     assert h.runs(fleet.owner_url, row_id) == 0
     # The single pool child is free: the next approved statement runs.
