@@ -1,13 +1,24 @@
 """Executing approved tickets, exactly once, in the executor process (the only holder of the write credential).
 
-Sequence for one ticket:
-1. claim: APPROVED (and approval still valid) -> EXECUTING, one conditional UPDATE; losers stop.
-2. run on the target inside the ledger transaction (approvals.statement_runner.run_once).
-3. finish: EXECUTING -> EXECUTED or FAILED with the outcome, in the same transaction as its audit event.
+Sequence for one ticket, all of it under the ticket's executor lock (approvals.execution_lock):
+1. lock: a session-level advisory lock on the control plane; if another executor holds it, stop here (it is
+   alive and will settle the ticket).
+2. claim: APPROVED (and approval still valid) -> EXECUTING, one conditional UPDATE. An approval that lapsed
+   before any claim is failed without running: only a claim leads to the target, so nothing was changed.
+3. run on the target inside the ledger transaction (approvals.statement_runner.run_once). The ledger ends with
+   one committed row for the ticket: the statement's, or a fence that says why it did not run.
+4. finish: EXECUTING -> EXECUTED or FAILED, from that row, in the same transaction as its audit event. Only then
+   does the lock go.
 
-A crash between 2 and 3 leaves the ticket EXECUTING; recovery (at worker start) reads the ledger: a committed
-entry means it ran (finish as EXECUTED with the ledger's rowcount); none means it never committed, so it is run
-again if the approval is still valid, or failed truthfully if not.
+A ticket found EXECUTING with its lock free has lost its executor (step 4 commits before the lock goes, and a
+dead process's session, lock included, ends with it). Whoever takes the lock recovers it through the same step 3:
+run_once first takes the ledger key, which waits for any session still holding it (an orphaned backend rolling
+back, a COMMIT in flight), and only then decides. A committed row is the truth (EXECUTED, not run again);
+without one, the statement runs if the approval is still valid, or a fence commits and the ticket fails, with
+nothing changed provably. A ticket whose executor is alive is never touched: its lock is held.
+
+Tickets reach here from the approval's enqueue after commit and from the execution sweep, which finds every
+APPROVED or EXECUTING ticket whose lock is free (approvals.lifecycle.unattended_approvals, approvals.tasks).
 """
 
 from __future__ import annotations
@@ -21,11 +32,22 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from approvals.execution_lock import ExecutorLock
+from approvals.ledger import NotRun
 from approvals.models import Status, Ticket
 from approvals.notify import publish_change_on_commit
-from approvals.statement_runner import DigestMismatch, LedgerEntry, RawResult, TargetError, ledger_entry, run_once
+from approvals.statement_runner import (
+    LedgerEntry,
+    LockLost,
+    Outcome,
+    RawResult,
+    TargetUnreachable,
+    run_once,
+    settle,
+)
 from approvals.tags_follow_data import tags_follow_data
-from audit.models import EventKind, Outcome
+from audit.models import EventKind
+from audit.models import Outcome as AuditOutcome
 from audit.preview import result_preview
 from audit.recorder import Context, masking_details, record
 from identity.principal import Principal
@@ -38,6 +60,21 @@ from policy.lineage_masking import plan_for_result
 from policy.masking import require_pseudonym_key
 
 log = logging.getLogger(__name__)
+
+NOTHING_CHANGED = "nothing was changed"
+
+# Why a fenced ticket failed, for the requester; each ends in NOTHING_CHANGED because the fence proves it.
+_NOT_RUN_MESSAGES = {
+    NotRun.APPROVAL_LAPSED: "the approval lapsed before the statement could start",
+    NotRun.DIGEST_MISMATCH: "statement bytes differ from the approved digest; refusing to run",
+    NotRun.CLIENT_COPY: "COPY to or from the client cannot run in the executor, which has no client to stream "
+    "rows to or from",
+    NotRun.TRANSACTION_CONTROL: "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT) cannot run inside the "
+    "executor's transaction",
+    NotRun.STATEMENT_FAILED: "the statement failed on the target and was rolled back",
+    NotRun.EXECUTOR_ERROR: "internal error in the executor before the statement could commit",
+}
+_LAPSED_IN_RECOVERY = "the executor stopped before the statement committed and the approval has since lapsed"
 
 
 def worker_context(ticket: Ticket) -> Context:
@@ -91,7 +128,7 @@ def _finish(ticket: Ticket, *, status: Status, rowcount: int | None, result: dic
             EventKind.TICKET_EXECUTED if status == Status.EXECUTED else EventKind.TICKET_FAILED,
             principal=_principal(ticket),
             context=worker_context(ticket),
-            outcome=Outcome.SUCCESS if status == Status.EXECUTED else Outcome.FAILURE,
+            outcome=AuditOutcome.SUCCESS if status == Status.EXECUTED else AuditOutcome.FAILURE,
             datasource=ticket.datasource.name,
             ticket_id=ticket.pk,
             summary=f"{status}: {how}" + (f" ({rowcount} rows)" if rowcount is not None else ""),
@@ -140,88 +177,121 @@ def _masked_result_maker(ticket: Ticket, url: str):  # type: ignore[no-untyped-d
 
 
 def execute_ticket(ticket_id: int, *, recovering: bool = False) -> ExecutionReport:
-    """Run an approved ticket. Safe to call any number of times for the same ticket: it runs at most once."""
-    if not _claim(ticket_id):
-        ticket = Ticket.objects.get(pk=ticket_id)
-        if ticket.status == Status.APPROVED:  # claim lost only because the approval lapsed
+    """Run an approved ticket, or recover one whose executor is gone. Safe to call any number of times, from any
+    number of processes: the statement runs at most once. ``recovering`` is ignored (the lock now tells)."""
+    with ExecutorLock(ticket_id) as lock:
+        if not lock.acquired:  # a live executor is on it and will settle it
+            return ExecutionReport(ticket_id, _status(ticket_id), False)
+        return _execute_locked(ticket_id, lock)
+
+
+def _status(ticket_id: int) -> str:
+    return str(Ticket.objects.values_list("status", flat=True).get(pk=ticket_id))
+
+
+def _execute_locked(ticket_id: int, lock: ExecutorLock) -> ExecutionReport:
+    status = _status(ticket_id)
+    if status == Status.APPROVED:
+        if not _claim(ticket_id):  # with the lock held, only a lapsed approval stops the claim
             _fail_without_running(
-                ticket_id, from_status=Status.APPROVED, error="approval expired before execution started"
+                ticket_id,
+                from_status=Status.APPROVED,
+                error=f"approval expired before execution started; {NOTHING_CHANGED}",
             )
-            return ExecutionReport(ticket_id, Status.FAILED, False)
-        if not (recovering and ticket.status == Status.EXECUTING):
-            return ExecutionReport(ticket_id, ticket.status, False)
+            return ExecutionReport(ticket_id, _status(ticket_id), False)
+        recovering = False
+    elif status == Status.EXECUTING:
+        # The lock was free, so whoever claimed it is gone: the ledger says what happened.
+        log.warning("ticket %s was left executing by an executor that is gone; recovering it", ticket_id)
+        recovering = True
+    else:
+        return ExecutionReport(ticket_id, status, False)
+
     ticket = Ticket.objects.select_related("datasource", "owner", "agent").get(pk=ticket_id)
-    url = target_url(ticket.datasource.name, Access.WRITE)
-    if recovering:
-        entry = ledger_entry(url, str(ticket.execution_key))
-        if entry is None and (ticket.approval_valid_until is None or ticket.approval_valid_until <= timezone.now()):
-            _finish(
-                ticket,
-                status=Status.FAILED,
-                rowcount=None,
-                result=None,
-                error="the executor stopped before the statement committed and the approval has since lapsed; "
-                "nothing was changed",
-                how="recovered after executor loss",
-            )
-            return ExecutionReport(ticket_id, Status.FAILED, False)
+    valid_until = ticket.approval_valid_until
+    lapsed = valid_until is None or valid_until <= timezone.now()
+    try:
+        url = target_url(ticket.datasource.name, Access.WRITE)
+        if not lapsed:
+            finish, before_commit = _masked_result_maker(ticket, url), tags_follow_data(ticket)
+    except Exception as exc:  # no write credential here, the target's catalog unreadable, ...
+        log.exception("ticket %s: the statement could not be prepared", ticket_id)
+        return _not_started(ticket, lock, recovering, f"the executor could not prepare the statement ({exc})")
     started = time.monotonic()
     try:
-        entry, ran_now = run_once(
-            url=url,
-            execution_key=str(ticket.execution_key),
-            ticket_id=ticket.pk,
-            sql=ticket.sql,
-            params=ticket.statement_params,
-            approved_sha256=ticket.sql_sha256,
-            statement_timeout_ms=settings.EXECUTION_STATEMENT_TIMEOUT_MS,
-            row_cap=settings.RESULT_ROW_CAP,
-            finish=_masked_result_maker(ticket, url),
-            before_commit=tags_follow_data(ticket),
-        )
-    except DigestMismatch as exc:
-        _finish(ticket, status=Status.FAILED, rowcount=None, result=None, error=str(exc), how="integrity check")
-        return ExecutionReport(ticket_id, Status.FAILED, False)
-    except TargetError as exc:
-        error = scrub_error(exc.sqlstate, exc.message, touches_phi=True)
-        _finish(ticket, status=Status.FAILED, rowcount=None, result=None, error=error, how="target error")
-        return ExecutionReport(ticket_id, Status.FAILED, False)
+        if lapsed:
+            outcome = Outcome(_settle(ticket, url, NotRun.APPROVAL_LAPSED), ran_now=False)
+        else:
+            outcome = run_once(
+                url=url,
+                execution_key=str(ticket.execution_key),
+                ticket_id=ticket.pk,
+                sql=ticket.sql,
+                params=ticket.statement_params,
+                approved_sha256=ticket.sql_sha256,
+                statement_timeout_ms=settings.EXECUTION_STATEMENT_TIMEOUT_MS,
+                row_cap=settings.RESULT_ROW_CAP,
+                finish=finish,
+                before_commit=before_commit,
+                valid_until=valid_until,
+                still_held=lock.still_held,
+            )
+    except LockLost:
+        log.warning("ticket %s: executor lock lost before the statement; left for whoever holds it now", ticket_id)
+        return ExecutionReport(ticket_id, Status.EXECUTING, False)
+    except TargetUnreachable as exc:
+        return _not_started(ticket, lock, recovering, scrub_error(exc.sqlstate, exc.message, touches_phi=True))
     except Exception:
-        # Unknown failure: whether the statement committed is a question for the ledger, not a guess.
-        log.exception("execution of ticket %s failed unexpectedly", ticket_id)
-        return _settle_from_ledger(ticket, url)
+        # The statement's fate is unknown here (a lost session, an error around the key): ask the ledger.
+        log.exception("execution of ticket %s failed unexpectedly; settling it from the ledger", ticket_id)
+        try:
+            outcome = Outcome(_settle(ticket, url, NotRun.EXECUTOR_ERROR), ran_now=False)
+        except Exception:
+            log.exception("ledger of ticket %s unreachable; left executing for the next sweep", ticket_id)
+            return ExecutionReport(ticket_id, Status.EXECUTING, False)
     duration_ms = round((time.monotonic() - started) * 1000, 1)
-    _record_success(ticket, entry, ran_now, duration_ms)
-    return ExecutionReport(ticket_id, Status.EXECUTED, ran_now)
+    return _record(ticket, outcome, duration_ms, recovering)
 
 
-def _record_success(ticket: Ticket, entry: LedgerEntry, ran_now: bool, duration_ms: float) -> None:
-    result = dict(entry.result or {})
-    result["duration_ms"] = duration_ms if ran_now else None
-    how = "ran" if ran_now else "found committed in the target's ledger (not run again)"
-    _finish(ticket, status=Status.EXECUTED, rowcount=entry.rowcount, result=result, error="", how=how)
-
-
-def _settle_from_ledger(ticket: Ticket, url: str) -> ExecutionReport:
-    try:
-        entry = ledger_entry(url, str(ticket.execution_key))
-    except Exception:
-        log.exception("ledger of ticket %s unreadable; left executing for recovery", ticket.pk)
-        return ExecutionReport(ticket.pk, Status.EXECUTING, False)
-    if entry is not None:
-        _record_success(ticket, entry, False, 0.0)
-        return ExecutionReport(ticket.pk, Status.EXECUTED, False)
-    _finish(
-        ticket,
-        status=Status.FAILED,
-        rowcount=None,
-        result=None,
-        error="internal error in the executor; the statement did not commit",
-        how="internal error",
+def _settle(ticket: Ticket, url: str, reason: NotRun) -> LedgerEntry:
+    return settle(
+        url,
+        str(ticket.execution_key),
+        ticket.pk,
+        ticket.sql_sha256,
+        reason,
+        lock_timeout_ms=settings.EXECUTION_STATEMENT_TIMEOUT_MS + 30_000,
     )
+
+
+def _not_started(ticket: Ticket, lock: ExecutorLock, recovering: bool, why: str) -> ExecutionReport:
+    """Nothing was sent to the target. Final only when this executor made the claim and still holds the lock:
+    then no other executor can have run it. In recovery, an earlier executor might still be alive behind a lost
+    lock, so the ticket waits for a ledger that can be read."""
+    if recovering or not lock.still_held():
+        log.warning("ticket %s not started (%s); left executing for the next sweep", ticket.pk, why)
+        return ExecutionReport(ticket.pk, Status.EXECUTING, False)
+    error = f"{why}; {NOTHING_CHANGED}"
+    _finish(ticket, status=Status.FAILED, rowcount=None, result=None, error=error, how="not started")
     return ExecutionReport(ticket.pk, Status.FAILED, False)
 
 
-def recover_interrupted() -> list[int]:
-    """Ticket ids left EXECUTING (an executor died); each gets a recovery run that consults the ledger."""
-    return list(Ticket.objects.executing().values_list("pk", flat=True))
+def _record(ticket: Ticket, outcome: Outcome, duration_ms: float, recovering: bool) -> ExecutionReport:
+    entry = outcome.entry
+    if entry.ran:
+        result = dict(entry.result or {})
+        result["duration_ms"] = duration_ms if outcome.ran_now else None
+        how = "ran" if outcome.ran_now else "found committed in the target's ledger (not run again)"
+        _finish(ticket, status=Status.EXECUTED, rowcount=entry.rowcount, result=result, error="", how=how)
+        return ExecutionReport(ticket.pk, Status.EXECUTED, outcome.ran_now)
+    reason = entry.not_run or NotRun.EXECUTOR_ERROR
+    if outcome.error is not None:  # the statement failed here: its own (scrubbed) error says the most
+        error = scrub_error(outcome.error.sqlstate, outcome.error.message, touches_phi=True)
+    elif reason == NotRun.APPROVAL_LAPSED and recovering:
+        error = f"{_LAPSED_IN_RECOVERY}; {NOTHING_CHANGED}"
+    else:
+        sqlstate = f" (SQLSTATE {entry.sqlstate})" if entry.sqlstate else ""
+        error = f"{_NOT_RUN_MESSAGES[reason]}{sqlstate}; {NOTHING_CHANGED}"
+    how = "recovered after executor loss" if recovering else str(reason).replace("_", " ")
+    _finish(ticket, status=Status.FAILED, rowcount=None, result=None, error=error, how=how)
+    return ExecutionReport(ticket.pk, Status.FAILED, False)

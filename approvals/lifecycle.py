@@ -1,4 +1,5 @@
-"""Opening, cancelling and expiring tickets. Each transition is one conditional UPDATE plus its audit event."""
+"""Opening, cancelling and expiring tickets (each transition is one conditional UPDATE plus its audit event), and
+the sweeps: pending tickets past their window, approved and executing tickets no executor is attending to."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from approvals.execution_lock import tickets_with_live_executor
 from approvals.models import Status, Ticket
 from approvals.notify import publish_change_on_commit
 from approvals.params import StatementParams, shown_params, statement_digest
@@ -137,3 +140,20 @@ def expire_overdue() -> int:
     for ticket in Ticket.objects.overdue().select_related("datasource", "owner", "agent"):
         expired += expire_if_overdue(ticket)
     return expired
+
+
+def unattended_approvals() -> list[int]:
+    """APPROVED or EXECUTING tickets that no live executor holds: the execution sweep hands each to an executor.
+
+    The ticket row is the outbox: an approval commits APPROVED in one transaction with its audit event, and only
+    an executor's claim moves it on. So an approval whose enqueue never reached Redis (an outage, a crash right
+    after the commit) is found here, and so is a ticket whose executor died before or after its claim (its lock
+    went with it: approvals.execution_lock). An approval younger than one sweep interval is left to its own
+    enqueue, which normally gets there first; an extra delivery would be harmless (the lock and the claim make
+    every delivery after the first a no-op), just wasted.
+    """
+    recent = timezone.now() - timedelta(seconds=settings.EXECUTION_SWEEP_SECONDS)
+    waiting = Q(status=Status.EXECUTING) | Q(status=Status.APPROVED, decided_at__lte=recent)
+    candidates = list(Ticket.objects.filter(waiting).order_by("pk").values_list("pk", flat=True))
+    live = tickets_with_live_executor(candidates)
+    return [ticket_id for ticket_id in candidates if ticket_id not in live]

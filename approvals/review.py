@@ -97,6 +97,6 @@ def submit_review(ticket_id: int, principal: Principal, decision: Decision, comm
 
 
 def _enqueue_execution(ticket_id: int) -> None:
-    from approvals.tasks import execute_ticket_task
+    from approvals.tasks import enqueue_execution
 
-    execute_ticket_task.delay(ticket_id)
+    enqueue_execution(ticket_id)  # best effort: if Redis is down, the execution sweep finds the approved ticket

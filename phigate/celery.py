@@ -11,3 +11,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "phigate.settings")
 app = Celery("phigate")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+# Every worker queues the execution sweep from its own timer (approvals.tasks.ExecutionSweepTimer): approvals
+# whose enqueue was lost and tickets whose executor died are found without Celery beat. Named, not imported:
+# the step is loaded once Django is set up.
+app.steps["worker"].add("approvals.tasks:ExecutionSweepTimer")

@@ -117,6 +117,10 @@ EXECUTION_STATEMENT_TIMEOUT_MS = env.get_int("EXECUTION_STATEMENT_TIMEOUT_MS", 6
 READ_STATEMENT_TIMEOUT_MS = env.get_int("READ_STATEMENT_TIMEOUT_MS", 30_000, minimum=1)
 RESULT_ROW_CAP = env.get_int("RESULT_ROW_CAP", 1000, minimum=1, maximum=1_000_000)
 WAIT_TIMEOUT_MAX_SECONDS = env.get_int("WAIT_TIMEOUT_MAX_SECONDS", 60, minimum=1)
+# How often each executor queues the execution sweep, which hands approved tickets whose enqueue was lost and
+# tickets whose executor died to a live executor (approvals.tasks.ExecutionSweepTimer). An upper bound on that
+# delay, not a liveness guess: liveness is the executor's lock (approvals.execution_lock).
+EXECUTION_SWEEP_SECONDS = env.get_int("EXECUTION_SWEEP_SECONDS", 10, minimum=1, maximum=3600)
 
 # Key for deterministic pseudonyms (HMAC). Only processes that mask results (gateway, executor) need it;
 # they check for it at start-up (policy.masking.require_pseudonym_key).
@@ -167,7 +171,10 @@ if SLACK_TEAM_ID and not SLACK_TEAM_ID.isalnum():
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
-CELERY_TASK_ACKS_LATE = False  # exactly-once comes from the target-side ledger, not from redelivery
+# Exactly-once comes from the executor lock, the claim and the target-side ledger, never from the broker. The
+# execution tasks set acks_late themselves (approvals/tasks.py), so a message taken by a worker that dies is
+# delivered again; the other tasks keep early acknowledgement.
+CELERY_TASK_ACKS_LATE = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "executor"
