@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint services system-packages venv clean noninterference
+.PHONY: demo test lint services system-packages venv clean noninterference screenshots
 
 venv: $(STAMP)
 
@@ -41,8 +41,21 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	DJANGO_SECRET_KEY=lint-only DATABASE_URL=postgresql://lint@127.0.0.1/lint $(VENV)/bin/mypy
 
+# pytest's temporary directories go to a fresh directory that is removed after a passing run (kept, and named,
+# after a failing one: it holds the services' logs), so a run leaves /tmp as it found it. The session itself fails
+# if a test leaves anything behind in the work tree or /tmp (tests/cleanliness.py).
+PYTEST_IN_SCRATCH = scratch=$$(mktemp -d "$${TMPDIR:-/tmp}/phigate-test.XXXXXX") || exit 1; \
+	status=0; $(VENV)/bin/pytest --basetemp="$$scratch/pytest" $(1) || status=$$?; \
+	if [ $$status -eq 0 ]; then rm -rf "$$scratch"; else echo "test run failed; logs kept in $$scratch"; fi; \
+	exit $$status
+
 test: $(STAMP) services system-packages lint
-	$(VENV)/bin/pytest
+	@$(call PYTEST_IN_SCRATCH,)
+
+# The README's screenshots (docs/screenshots/) are refreshed only on purpose, by this target; tests otherwise
+# write screenshots under pytest's temporary directory.
+screenshots: $(STAMP) services system-packages
+	@export PHIGATE_SCREENSHOTS_DIR=docs/screenshots; $(call PYTEST_IN_SCRATCH,tests/test_live_review.py -k executed)
 
 # Long run of the noninterference harness (issue 12; tests/noninterference/): N generated statements on base and
 # twins over the wire, every 4th also over HTTP; prints the figures for docs/benchmarks.md. Not part of `make test`

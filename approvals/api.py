@@ -13,14 +13,16 @@ from rest_framework.views import APIView
 
 from approvals.lifecycle import TransitionConflict, cancel, expire_if_overdue
 from approvals.models import Status, Ticket
+from approvals.result_schema import TypedResultSerializer
 from approvals.review import ReviewForbidden, submit_review
 from approvals.rules import can_view, is_requester
-from approvals.serializers import ResultSerializer, ReviewRequestSerializer, TicketSerializer
+from approvals.serializers import ReviewRequestSerializer, TicketSerializer
 from approvals.waiting import capped_timeout, wait_for_change
 from audit.models import EventKind
 from audit.recorder import Context, record
 from identity.authentication import principal_of, request_context
 from identity.principal import Principal
+from policy.result_values import ResultColumn, typed_rows
 
 
 def visible_ticket(principal: Principal, ticket_id: int) -> Ticket:
@@ -58,6 +60,9 @@ def wait_for_visible_ticket(principal: Principal, ticket: Ticket, timeout_second
 def read_result(principal: Principal, ticket: Ticket, context: Context) -> dict[str, object] | None:
     """The stored (already masked) result of an executed ticket, audited as read; None before execution.
 
+    Values get their JSON types here (policy.result_values), from the types and masks the executor stored with
+    the rows, which stay PostgreSQL's text (the wire front returns them as they are).
+
     Callers check that ``principal`` is the requester (``requester_ticket``).
     """
     if ticket.status != Status.EXECUTED:
@@ -72,9 +77,14 @@ def read_result(principal: Principal, ticket: Ticket, context: Context) -> dict[
             ticket_id=ticket.pk,
             summary="requester read the masked result",
         )
+    rows = stored.get("rows", [])
+    described = stored.get("column_types")
+    if described is not None:  # stored by an executor that records types; older results stay text
+        rows = typed_rows(rows, [ResultColumn.from_description(entry) for entry in described])
     return {
         "columns": stored.get("columns", []),
-        "rows": stored.get("rows", []),
+        "column_types": described,
+        "rows": rows,
         "rowcount": ticket.rowcount,
         "truncated": bool(stored.get("truncated", False)),
     }
@@ -109,7 +119,10 @@ class TicketWaitView(APIView):
 
 
 class TicketResultView(APIView):
-    @extend_schema(responses={200: ResultSerializer, 409: OpenApiTypes.OBJECT})
+    @extend_schema(
+        responses={200: TypedResultSerializer, 409: OpenApiTypes.OBJECT},
+        summary="The masked result of an executed ticket (requester only), with typed values.",
+    )
     def get(self, request: Request, ticket_id: int) -> Response:
         ticket = _requester_ticket(request, ticket_id)
         result = read_result(principal_of(request), ticket, request_context(request))

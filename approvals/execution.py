@@ -58,6 +58,7 @@ from policy.errors import scrub_error
 from policy.lineage import ParseError, UnsupportedStatement, analyze
 from policy.lineage_masking import plan_for_result
 from policy.masking import require_pseudonym_key
+from policy.result_values import describe_columns, result_columns
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,8 @@ def _masked_result_maker(ticket: Ticket, url: str):  # type: ignore[no-untyped-d
         plan = plan_for_result(raw.origins, classification, lineage, catalog, requester.identity_kind)
         return {
             "columns": raw.columns,
+            # Types and masks per column: the result API gives values their JSON types from these (read_result).
+            "column_types": describe_columns(result_columns(raw.columns, raw.type_oids, plan, catalog.types)),
             "rows": plan.apply(raw.rows, key),
             "truncated": raw.truncated,
             "masking": plan.describe(raw.columns),

@@ -61,6 +61,7 @@ class RawResult:
     rowcount: int = 0
     columns: list[str] = field(default_factory=list)
     origins: list[tuple[int, int]] = field(default_factory=list)
+    type_oids: list[int] = field(default_factory=list)  # per column, for typed JSON (policy.result_values)
     rows: list[list[str | None]] = field(default_factory=list)
     truncated: bool = False
     command_tag: str = ""
@@ -146,6 +147,7 @@ def _run_statement(pgconn: PGconn, sql: bytes, row_cap: int, params: StatementPa
                 in_result_set = True
                 out.columns = [(result.fname(i) or b"?").decode() for i in range(result.nfields)]
                 out.origins = [(result.ftable(i), result.ftablecol(i)) for i in range(result.nfields)]
+                out.type_oids = [result.ftype(i) for i in range(result.nfields)]
                 out.rows, out.truncated = [], False
             out.rowcount += 1
             if len(out.rows) < row_cap:
@@ -156,6 +158,7 @@ def _run_statement(pgconn: PGconn, sql: bytes, row_cap: int, params: StatementPa
             if not in_result_set:  # an empty result set still defines the columns
                 out.columns = [(result.fname(i) or b"?").decode() for i in range(result.nfields)]
                 out.origins = [(result.ftable(i), result.ftablecol(i)) for i in range(result.nfields)]
+                out.type_oids = [result.ftype(i) for i in range(result.nfields)]
                 out.rows, out.truncated = [], False
             in_result_set = False
             out.command_tag = (result.command_status or b"").decode()

@@ -24,6 +24,12 @@ READ_ROLE: Final = "clinic_reader"
 WRITE_ROLE: Final = "clinic_writer"
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 PROCESS_NAMES: Final = ("web", "executor", "gateway")
+# In the state directory, all 0600: the demo's passwords and tokens, kept across restarts (seed_demo --keep-from),
+# and the gateway's environment (control plane plus the read-only role's URL) for commands that read the target.
+LOGINS_FILE: Final = "logins.json"
+GATEWAY_ENV_FILE: Final = "gateway.env"
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"", "0", "false", "no", "off"})
 
 # Variables a child must never inherit from whoever ran `make demo`: a stray target credential or libpq
 # password in the operator's shell would silently defeat credential separation.
@@ -49,6 +55,8 @@ class DemoSettings:
     state_dir: Path
     database_url: str | None
     redis_url: str
+    # DEMO_ROTATE_TOKENS: issue new passwords and tokens even though the state directory has valid ones.
+    rotate_tokens: bool = False
 
     @property
     def public_url(self) -> str:
@@ -62,8 +70,18 @@ def _port(environ: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise DemoError(f"{name}={raw!r} is not a yes/no value (1 or 0)")
+
+
 def settings_from_env(environ: Mapping[str, str], cwd: Path | None = None) -> DemoSettings:
-    """Read WEB_PORT, GATEWAY_PORT, DEMO_STATE_DIR, DATABASE_URL and REDIS_URL, with the documented defaults."""
+    """Read WEB_PORT, GATEWAY_PORT, DEMO_STATE_DIR, DATABASE_URL, REDIS_URL and DEMO_ROTATE_TOKENS, with the
+    documented defaults."""
     state_dir = Path(environ.get("DEMO_STATE_DIR", "").strip() or ".demo")
     if not state_dir.is_absolute():
         state_dir = (cwd or Path.cwd()) / state_dir
@@ -80,6 +98,7 @@ def settings_from_env(environ: Mapping[str, str], cwd: Path | None = None) -> De
         state_dir=state_dir,
         database_url=database_url,
         redis_url=environ.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL,
+        rotate_tokens=_flag(environ, "DEMO_ROTATE_TOKENS"),
     )
 
 
@@ -233,6 +252,13 @@ def process_commands(python: str, web_port: int, gateway_port: int, beat_schedul
     }
 
 
+def gateway_command_env(common: Mapping[str, str], read_url: str, datasource: str = DATASOURCE) -> dict[str, str]:
+    """What ``gateway.env`` holds: the common environment plus the read-only role's URL, the one credential the
+    gateway has. Commands that read the target under policy (``discover_phi``) run with it; never the web process
+    or ``manage.py mcp``, which hold no target credential."""
+    return {**common, datasource_var("READ", datasource): read_url}
+
+
 def render_env_file(common: Mapping[str, str]) -> str:
     """KEY=value lines that ``set -a; . .demo/env; set +a`` turns back into the common environment."""
     return "".join(f"{key}={shlex.quote(value)}\n" for key, value in common.items())
@@ -292,6 +318,20 @@ def build_credentials(
         "target_owner_dsn": target_owner_dsn,
         "control_plane_dsn": control_plane_dsn,
     }
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or not JSON (a file cut short by a crash)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def logins_document(seed: Mapping[str, Any]) -> dict[str, Any]:
+    """What the state directory keeps of a ``seed_demo`` run (passwords and tokens), for the next start's
+    ``seed_demo --keep-from``."""
+    return {"users": seed["users"], "agent": seed["agent"]}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import shlex
 import socket
 import subprocess
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -79,6 +81,23 @@ def port_in_use(port: int) -> bool:
         return False
 
 
+@contextmanager
+def _runtime_dir_in(state_dir: Path) -> Iterator[None]:
+    """pgserver keeps an inter-process lock file in the user's runtime directory, fixed when it is imported.
+    Without XDG_RUNTIME_DIR that is /tmp/runtime-<uid>, which would outlive the demo: for the import, point it
+    into the state directory instead (a desktop session's own runtime directory is used as it is)."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        yield
+        return
+    run = state_dir / "run"
+    run.mkdir(mode=0o700, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = str(run)
+    try:
+        yield
+    finally:
+        del os.environ["XDG_RUNTIME_DIR"]
+
+
 class EmbeddedPostgres:
     """A pgserver-managed cluster in ``<state>/pg``, re-started on TCP loopback with password auth."""
 
@@ -90,7 +109,7 @@ class EmbeddedPostgres:
 
     def start(self) -> Endpoints:
         """Initialise if needed, start, harden; returns the URLs the rest of the demo uses."""
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _runtime_dir_in(self.state_dir):
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver copes, so stay quiet.
             warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
             import pgserver  # heavy import (psutil, platformdirs); only embedded mode needs it

@@ -7,7 +7,8 @@ credential -> wait until all three answer -> ``$DEMO_STATE_DIR/credentials.json`
 Ctrl-C or SIGTERM stops everything it started and removes credentials.json; any child dying stops
 everything too, with a non-zero exit.
 
-Environment: WEB_PORT (8000), GATEWAY_PORT (6432), DEMO_STATE_DIR (.demo), DATABASE_URL, REDIS_URL.
+Environment: WEB_PORT (8000), GATEWAY_PORT (6432), DEMO_STATE_DIR (.demo), DATABASE_URL, REDIS_URL,
+DEMO_ROTATE_TOKENS (unset: a restart keeps the passwords and tokens the state directory already has).
 DEMO_PROJECT_DIR (default: this repository) is only for exercising the orchestrator against stand-ins.
 """
 
@@ -257,25 +258,40 @@ class Demo:
         )
         urls = config.parse_json_object(out, "provision_datasource")
         config.require_keys(urls, ("read_url", "write_url"), "provision_datasource")
-        out = self.manage(
-            [
-                "seed_demo",
-                "--datasource",
-                config.DATASOURCE,
-                "--agent-name",
-                config.AGENT_NAME,
-                "--agent-owner",
-                config.AGENT_OWNER,
-            ],
-            env,
-            quiet_stdout=True,
-        )
+        seed = self.seed(env)
+        say(f"provisioned datasource '{config.DATASOURCE}' and seeded {len(seed['users'])} users and the agent")
+        return urls, seed
+
+    def seed(self, env: Mapping[str, str]) -> dict[str, Any]:
+        """seed_demo, keeping the passwords and tokens of the last start on this state directory (so MCP configs
+        and scripts written for it keep working) unless DEMO_ROTATE_TOKENS is set; seed_demo replaces any that
+        the control plane no longer accepts."""
+        logins = self.state_dir / config.LOGINS_FILE
+        args = ["seed_demo", "--datasource", config.DATASOURCE]
+        args += ["--agent-name", config.AGENT_NAME, "--agent-owner", config.AGENT_OWNER]
+        previous = None
+        if logins.exists():
+            os.chmod(logins, 0o600)
+            previous = config.read_json_file(logins)
+            if self.settings.rotate_tokens:
+                say("DEMO_ROTATE_TOKENS is set: new passwords and tokens for every demo user and the agent")
+            else:
+                args += ["--keep-from", str(logins)]
+        out = self.manage(args, env, quiet_stdout=True)
         seed = config.parse_json_object(out, "seed_demo")
         config.require_keys(seed, ("users", "agent"), "seed_demo")
         if not isinstance(seed["agent"], dict) or "token" not in seed["agent"]:
             raise DemoError("manage.py seed_demo output lacks agent.token")
-        say(f"provisioned datasource '{config.DATASOURCE}' and seeded {len(seed['users'])} users and the agent")
-        return urls, seed
+        document = config.logins_document(seed)
+        if "--keep-from" in args:
+            same = previous == document
+            say(
+                "kept the passwords and tokens of the last start (DEMO_ROTATE_TOKENS=1 issues new ones)"
+                if same
+                else "issued new passwords or tokens where the last start's were no longer valid"
+            )
+        config.write_private_file(logins, json.dumps(document, indent=2) + "\n")
+        return seed
 
     def start_children(self, common: Mapping[str, str], urls: Mapping[str, Any]) -> None:
         commands = config.process_commands(
@@ -285,6 +301,10 @@ class Demo:
             str(self.state_dir / "celerybeat-schedule"),
         )
         cert, key = ensure_self_signed(self.state_dir)
+        config.write_private_file(
+            self.state_dir / config.GATEWAY_ENV_FILE,
+            config.render_env_file(config.gateway_command_env(common, str(urls["read_url"]))),
+        )
         for name in config.PROCESS_NAMES:
             env = config.process_env(
                 name, common, self.environ, read_url=str(urls["read_url"]), write_url=str(urls["write_url"])

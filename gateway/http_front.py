@@ -13,7 +13,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from approvals.notify import redis_client
-from approvals.serializers import QueryRequestSerializer, QueryResultSerializer
+from approvals.result_schema import QueryAnswerSerializer
+from approvals.serializers import QueryRequestSerializer
 from gateway.rpc import GatewayUnavailable, call_gateway
 from identity.authentication import principal_of, request_context
 
@@ -24,10 +25,10 @@ class QueryView(APIView):
     @extend_schema(
         request=QueryRequestSerializer,
         responses={
-            200: QueryResultSerializer,
-            202: QueryResultSerializer,
-            400: QueryResultSerializer,
-            403: QueryResultSerializer,
+            200: QueryAnswerSerializer,
+            202: QueryAnswerSerializer,
+            400: QueryAnswerSerializer,
+            403: QueryAnswerSerializer,
         },
         summary="Submit a statement: safe reads run at once (masked), risky ones become tickets.",
     )
@@ -49,7 +50,11 @@ class QueryView(APIView):
         payload: dict[str, object] = {"status": outcome.status}
         if outcome.status == "executed":
             payload.update(
-                columns=outcome.columns, rows=outcome.rows, rowcount=outcome.rowcount, truncated=outcome.truncated
+                columns=outcome.columns,
+                column_types=outcome.column_types,
+                rows=outcome.rows,
+                rowcount=outcome.rowcount,
+                truncated=outcome.truncated,
             )
         elif outcome.status == "pending":
             payload.update(ticket={"id": outcome.ticket_id, "url": outcome.ticket_url}, reasons=outcome.reasons)

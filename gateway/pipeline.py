@@ -47,6 +47,7 @@ from policy.lineage_types import Derivation, Lineage, OutputColumn
 from policy.masking import require_pseudonym_key
 from policy.models import DataSource, InferenceAction
 from policy.parse_depth import TooDeep, parse_statements
+from policy.result_values import JsonValue, describe_columns, result_columns, typed_rows
 from policy.target_catalog import TargetCatalog
 from policy.withholding import CannotWithhold, withheld_statement
 
@@ -66,7 +67,9 @@ READ_SHAPED_TYPES = frozenset({"SELECT", "DECLARE CURSOR", "EXPLAIN"})
 class StatementOutcome:
     status: str  # executed | pending | denied | invalid | failed
     columns: list[str] = field(default_factory=list)
-    rows: list[list[str | None]] = field(default_factory=list)
+    # Per column: PostgreSQL type name and OID, JSON kind and mask (policy.result_values.ResultColumn.describe).
+    column_types: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[list[JsonValue]] = field(default_factory=list)  # masked, then typed (policy.result_values)
     rowcount: int = 0
     truncated: bool = False
     reasons: list[str] = field(default_factory=list)
@@ -561,7 +564,12 @@ def _run_allowed_read(
     )
     rows = plan.apply(raw.rows, key)
     masking = plan.describe(raw.columns)
-    sent = json.dumps({"columns": raw.columns, "rows": rows}, separators=(",", ":")).encode()
+    columns = result_columns(raw.columns, raw.type_oids, plan, decision.catalog.types)
+    column_types = describe_columns(columns)
+    typed = typed_rows(rows, columns)  # a masked value stays the string (or NULL) its mask made
+    sent = json.dumps(
+        {"columns": raw.columns, "column_types": column_types, "rows": typed}, separators=(",", ":")
+    ).encode()
     audit_result(
         principal,
         decision,
@@ -577,7 +585,8 @@ def _run_allowed_read(
     return StatementOutcome(
         status="executed",
         columns=raw.columns,
-        rows=rows,
+        column_types=column_types,
+        rows=typed,
         rowcount=raw.rowcount,
         truncated=raw.truncated,
         masking=masking,

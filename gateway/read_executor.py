@@ -21,6 +21,7 @@ _cursor_names = itertools.count()
 class ReadResult:
     columns: list[str] = field(default_factory=list)
     origins: list[tuple[int, int]] = field(default_factory=list)
+    type_oids: list[int] = field(default_factory=list)  # per column, as RowDescription reports it
     rows: list[list[str | None]] = field(default_factory=list)
     rowcount: int = 0
     truncated: bool = False
@@ -80,6 +81,7 @@ def _describe(result: ReadResult, pgresult: object) -> None:
     nfields = pgresult.nfields  # type: ignore[attr-defined]
     result.columns = [(pgresult.fname(i) or b"?").decode() for i in range(nfields)]  # type: ignore[attr-defined]
     result.origins = [(pgresult.ftable(i), pgresult.ftablecol(i)) for i in range(nfields)]  # type: ignore[attr-defined]
+    result.type_oids = [pgresult.ftype(i) for i in range(nfields)]  # type: ignore[attr-defined]
 
 
 def _run_with_cursor(conn: Connection, sql: str, row_cap: int) -> ReadResult:

@@ -19,6 +19,7 @@ from policy.classifier import Classification
 from policy.function_catalog import SnapshotFunctionCatalog, load_function_catalog
 from policy.masking import ColumnMask, MaskingPlan
 from policy.models import Mask
+from policy.result_values import PgType
 
 PLAIN_TABLE_KINDS = frozenset({"r", "p"})  # ordinary and partitioned tables: origins PostgreSQL reports faithfully
 
@@ -60,6 +61,9 @@ class TargetCatalog:
     # Names of pg_catalog relations that a relation in another schema also has. Unqualified, which of them a
     # session reads depends on its search_path (the DBA may set the read role's), so neither is assumed.
     shadowed_catalog_names: frozenset[str] = frozenset()
+    # Every type by OID: its name, and for arrays the element type, so results can be given JSON types
+    # (policy.result_values). Metadata only; a type created since the snapshot is "unknown" (text) until refresh.
+    types: Mapping[int, PgType] = field(default_factory=dict)
 
     @functools.cached_property
     def names_outside_pg_catalog(self) -> frozenset[str]:
@@ -153,6 +157,8 @@ def text_only_adapters() -> AdaptersMap:
     adapters = AdaptersMap(psycopg.adapters)
     for info in psycopg.adapters.types:
         adapters.register_loader(info.oid, TextLoader)
+        if info.array_oid:  # arrays too: a mask sees "{1,2}" as the wire does, not a list psycopg parsed
+            adapters.register_loader(info.array_oid, TextLoader)
     return adapters
 
 
@@ -181,6 +187,14 @@ WHERE c.relkind IN ('v', 'm')
 """
 
 _OID_BOUND = {"first_normal_oid": FIRST_NORMAL_OBJECT_ID}
+
+# An array type is the typarray of its element; an array of a domain holds values of the domain's base type.
+_TYPES_SQL = """
+SELECT t.oid::bigint, format_type(t.oid, NULL),
+       coalesce(CASE WHEN e.typtype = 'd' THEN e.typbasetype ELSE e.oid END, 0)::bigint,
+       coalesce(e.typdelim::text, ',')
+FROM pg_type t LEFT JOIN pg_type e ON e.typarray = t.oid
+"""
 
 _ATTNUM_SQL = """
 SELECT a.attnum FROM pg_attribute a
@@ -219,6 +233,10 @@ def load_target_catalog(conn: psycopg.Connection, tags: Iterable[Tag]) -> Target
             tagged_columns[(oid, int(row[0]))] = tag
     relation_columns = {(str(s), str(n)): tuple(cols) for s, n, cols in conn.execute(_COLUMNS_SQL).fetchall()}
     view_definitions = {(str(s), str(n)): str(d) for s, n, d in conn.execute(_VIEWS_SQL, _OID_BOUND).fetchall() if d}
+    types = {
+        int(oid): PgType(name=str(name), element=int(element), delimiter=str(delimiter))
+        for oid, name, element, delimiter in conn.execute(_TYPES_SQL).fetchall()
+    }
     return TargetCatalog(
         relkinds=relkinds,
         relation_oids=relation_oids,
@@ -229,6 +247,7 @@ def load_target_catalog(conn: psycopg.Connection, tags: Iterable[Tag]) -> Target
         view_definitions=view_definitions,
         system_relations=frozenset(system),
         shadowed_catalog_names=frozenset(catalog_names & other_names),
+        types=MappingProxyType(types),
     )
 
 

@@ -7,6 +7,8 @@ the worker are separate processes started with only their own credential, exactl
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests import environment
+from tests import cleanliness, environment
 
 environment.install()
 
@@ -22,9 +24,64 @@ import django  # noqa: E402
 
 django.setup()
 
+SCREENSHOTS_VARIABLE = "PHIGATE_SCREENSHOTS_DIR"
+_SNAPSHOT = pytest.StashKey[cleanliness.Snapshot]()
+
+
+def _explicit_screenshots() -> Path | None:
+    value = os.environ.get(SCREENSHOTS_VARIABLE, "").strip()
+    return Path(value).resolve() if value else None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.stash[_SNAPSHOT] = cleanliness.Snapshot()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if it left anything in the work tree or /tmp (tests/cleanliness.py says what is exempt).
+
+    Runs after every fixture's teardown (services stopped, databases dropped, evidence directory removed)."""
+    snapshot = session.stash.get(_SNAPSHOT, None)
+    if snapshot is None or exitstatus == pytest.ExitCode.INTERRUPTED:
+        return
+    basetemp = session.config._tmp_path_factory._basetemp  # type: ignore[attr-defined]  # None if never used
+    leftovers = snapshot.leftovers(basetemp, _explicit_screenshots())
+    if not leftovers:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = ["the test run left these behind (tests must write under tmp_path and clean up):", *leftovers]
+    if reporter is not None:
+        reporter.write_sep("=", "leftovers", red=True)
+        for line in lines:
+            reporter.write_line(line)
+    else:
+        print("\n".join(lines))
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 def _admin() -> psycopg.Connection:
     return psycopg.connect(environment.ADMIN_URL, autocommit=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def evidence_dir() -> Iterator[Path]:
+    """EVIDENCE_DIR of this run (tests/environment.py; the worker writes UI-requested bundles there): removed
+    at the end with whatever the export jobs left in it."""
+    path = Path(environment.COMMON_ENV["EVIDENCE_DIR"])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where browser tests write screenshots: under pytest's temporary directory, outside the work tree, unless
+    PHIGATE_SCREENSHOTS_DIR names a directory (``make screenshots`` refreshes docs/screenshots/ that way)."""
+    explicit = _explicit_screenshots()
+    if explicit is None:
+        return tmp_path_factory.mktemp("screenshots")
+    explicit.mkdir(parents=True, exist_ok=True)
+    return explicit
 
 
 @pytest.fixture(scope="session", autouse=True)

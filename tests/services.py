@@ -28,11 +28,16 @@ class Service:
     def __init__(self, name: str, argv: list[str], extra_env: Mapping[str, str], log_dir: Path) -> None:
         self.name, self.argv = name, argv
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DATASOURCE_")}
+        # Temporary files (multiprocessing's pymp-* directories, even those of a worker a test kills) stay under
+        # the run's log directory, which pytest removes with its basetemp, never in /tmp.
+        self.tmp_dir = log_dir / f"{name}-tmp"
+        self.env["TMPDIR"] = str(self.tmp_dir)
         self.env.update(extra_env)
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Service:
+        self.tmp_dir.mkdir(exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self.process = subprocess.Popen(
             self.argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -89,7 +89,7 @@ def test_result_is_409_before_execution_and_masked_after(services) -> None:  # t
     for row, (ssn, name) in zip(result["rows"], truth, strict=True):
         assert row[1] != ssn and row[1].endswith(ssn[-4:])
         assert row[2] != name and name not in row[2]
-        assert row[3] == "t"  # computed, but lineage proves it carries no PHI
+        assert row[3] is True  # computed, but lineage proves it carries no PHI: a JSON boolean
         assert row[4] == "[redacted]"  # upper(name): computed, so never a pseudonym (it would check guesses)
 
 

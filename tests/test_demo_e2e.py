@@ -21,19 +21,19 @@ import pytest
 from tests.services import REPO, free_port
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    state = tmp_path_factory.mktemp("demo-state")
-    web_port, gateway_port = free_port(), free_port()
+def start_demo(state: Path, **extra_env: str) -> subprocess.Popen[bytes]:
+    """``python -m demo.run`` on ``state``, as ``make demo`` runs it; returns once credentials.json is written."""
     env = {
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/root"),
-        "WEB_PORT": str(web_port),
-        "GATEWAY_PORT": str(gateway_port),
+        "WEB_PORT": str(free_port()),
+        "GATEWAY_PORT": str(free_port()),
         "DEMO_STATE_DIR": str(state),
         "REDIS_URL": "redis://127.0.0.1:6379/12",
+        **extra_env,
     }
-    log = open(state.parent / "demo-e2e.log", "wb")  # noqa: SIM115 - open for the child's lifetime
+    log_path = state.parent / "demo-e2e.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - open for the child's lifetime
     process = subprocess.Popen(
         [sys.executable, "-m", "demo.run"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
     )
@@ -42,12 +42,24 @@ def demo(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
     while not credentials.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail("demo did not come up:\n" + (state.parent / "demo-e2e.log").read_text(errors="replace")[-4000:])
+            pytest.fail("demo did not come up:\n" + log_path.read_text(errors="replace")[-4000:])
         time.sleep(0.5)
-    yield {"process": process, "state": state, "credentials": json.loads(credentials.read_text()), "path": credentials}
+    return process
+
+
+def stop_demo(process: subprocess.Popen[bytes]) -> int:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+    return process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    state = tmp_path_factory.mktemp("demo-state")
+    process = start_demo(state)
+    credentials = state / "credentials.json"
+    yield {"process": process, "state": state, "credentials": json.loads(credentials.read_text()), "path": credentials}
+    stop_demo(process)
 
 
 def test_credentials_file_is_private_and_complete(demo) -> None:  # type: ignore[no-untyped-def]
@@ -126,6 +138,33 @@ def test_readme_wire_examples(demo) -> None:  # type: ignore[no-untyped-def]
     assert psql.returncode == 0, psql.stderr
 
 
+def test_readme_discover_phi_runs_in_the_gateways_env(demo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The README's discover_phi line, as written, with the demo's state directory in place of .demo: it reads
+    the clinic over the read-only role from gateway.env, which only that file holds (never .demo/env)."""
+    state = demo["state"]
+    gateway_env = state / "gateway.env"
+    assert stat.S_IMODE(gateway_env.stat().st_mode) == 0o600
+    assert "DATASOURCE_CLINIC_READ_URL=" in gateway_env.read_text()
+    assert "DATASOURCE_" not in (state / "env").read_text()
+    readme = (REPO / "README.md").read_text()
+    command = "set -a; . .demo/gateway.env; set +a; .venv/bin/python manage.py discover_phi --datasource clinic"
+    assert command in readme
+    out = tmp_path / "proposed.yaml"
+    script = command.replace(".demo/", f"{state}/").replace(".venv/bin/python", sys.executable)
+    result = subprocess.run(
+        ["bash", "-c", f"{script} --out {out}"],
+        cwd=REPO,
+        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "public.patients.ssn: ssn" in result.stdout and "already tagged" in result.stdout
+    proposed = out.read_text()
+    assert "public.patients" in proposed and "public.encounters" in proposed
+
+
 def test_sigterm_stops_everything_and_removes_credentials(demo) -> None:  # type: ignore[no-untyped-def]
     process = demo["process"]
     process.send_signal(signal.SIGTERM)
@@ -138,3 +177,48 @@ def test_sigterm_stops_everything_and_removes_credentials(demo) -> None:  # type
 
 def test_demo_state_is_outside_the_repo_by_default() -> None:
     assert Path(REPO / ".gitignore").read_text().count(".demo/") == 1
+
+
+def test_restart_keeps_tokens_and_the_flag_rotates_them(demo) -> None:  # type: ignore[no-untyped-def]
+    """Stopped (previous test), started again on the same state directory: the same passwords and tokens, so an
+    MCP config written for the first start still works. DEMO_ROTATE_TOKENS=1 replaces them all."""
+    state, first = demo["state"], demo["credentials"]
+    stop_demo(demo["process"])  # already stopped when the previous test ran
+    logins = state / "logins.json"
+    assert stat.S_IMODE(logins.stat().st_mode) == 0o600
+
+    again = start_demo(state)
+    try:
+        second = json.loads((state / "credentials.json").read_text())
+        for name in ("credentials.json", "logins.json", "env", "gateway.env"):
+            assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+        assert second["agent_token"] == first["agent_token"]
+        assert second["users"] == first["users"]  # passwords and API tokens
+        read = httpx.post(
+            second["api_url"] + "queries",
+            json={"datasource": "clinic", "sql": "SELECT count(*) FROM patients"},
+            headers={"Authorization": f"Bearer {first['agent_token']}"},
+            timeout=30,
+        )
+        assert read.status_code == 200 and read.json()["rows"] == [[10000]]
+    finally:
+        assert stop_demo(again) == 0
+
+    rotated = start_demo(state, DEMO_ROTATE_TOKENS="1")
+    try:
+        third = json.loads((state / "credentials.json").read_text())
+        assert third["agent_token"] != first["agent_token"]
+        old = {u["username"]: u for u in first["users"]}
+        for user in third["users"]:
+            assert user["api_token"] != old[user["username"]]["api_token"]
+            assert user["password"] != old[user["username"]]["password"]
+        refused = httpx.post(
+            third["api_url"] + "queries",
+            json={"datasource": "clinic", "sql": "SELECT 1"},
+            headers={"Authorization": f"Bearer {first['agent_token']}"},
+            timeout=30,
+        )
+        assert refused.status_code == 401
+        assert json.loads(logins.read_text())["agent"]["token"] == third["agent_token"]
+    finally:
+        assert stop_demo(rotated) == 0

@@ -95,7 +95,7 @@ def test_decoders_are_held_over_mcp(tmp_path: Path) -> None:
 def test_an_error_oracle_never_runs_on_any_front(services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """``1 / (ascii(ssn) - ascii(ssn))`` fails on every row if it runs: withheld, it answers [redacted]."""
     name, token = new_agent()
-    expected = [["1", "[redacted]"], ["2", "[redacted]"], ["3", "[redacted]"]]
+    expected = [[1, "[redacted]"], [2, "[redacted]"], [3, "[redacted]"]]
     assert over_http(token, ERROR_ORACLE) == ("executed", expected)
     assert over_mcp(tmp_path, token, [ERROR_ORACLE]) == [("executed", expected)]
     for binary in (False, True):

@@ -1,7 +1,8 @@
 """Reviewers in real Chromium: sign in through a real OpenID provider on loopback, watch the queue update live
 (Channels websockets), approve, and see the execution, while a second browser session sees the same updates.
 
-Screenshots of the queue and the ticket page are written to docs/screenshots/.
+Screenshots of the queue and the ticket page go to the ``screenshots`` fixture's directory: pytest's temporary
+directory, or docs/screenshots/ when refreshed on purpose (``make screenshots``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from identity.roles import Role
 from tests import services as svc
 from tests.factories import agent_client, make_user
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 CLIENT_ID = "phigate-test"
 
 
@@ -90,7 +90,9 @@ def row(page: Any, table: str, ticket_id: int) -> str:
     return f"#{table} tr[data-ticket='{ticket_id}']"
 
 
-def test_reviewers_see_a_ticket_arrive_approve_it_and_see_it_executed(chromium: Any, oidc_site: OidcSite) -> None:
+def test_reviewers_see_a_ticket_arrive_approve_it_and_see_it_executed(
+    chromium: Any, oidc_site: OidcSite, screenshots: Path
+) -> None:
     alice, dave = (name for name in oidc_site.users if name.startswith(("alice", "dave")))
     first = sign_in_with_oidc(chromium, oidc_site, alice)
     second = sign_in_with_oidc(chromium, oidc_site, dave)
@@ -112,8 +114,7 @@ def test_reviewers_see_a_ticket_arrive_approve_it_and_see_it_executed(chromium: 
 
     for page in (first, second):  # no reload: the row arrives over the websocket
         page.wait_for_selector(row(page, "pending-tickets", ticket_id), timeout=15_000)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    first.screenshot(path=str(SCREENSHOTS / "queue.png"), full_page=True)
+    first.screenshot(path=str(screenshots / "queue.png"), full_page=True)
 
     first.click(f"{row(first, 'pending-tickets', ticket_id)} a")
     first.wait_for_selector("#review-form")
@@ -124,7 +125,7 @@ def test_reviewers_see_a_ticket_arrive_approve_it_and_see_it_executed(chromium: 
     second.goto(f"{oidc_site.url}/tickets/{ticket_id}/")
     second.wait_for_selector("#ticket-live[data-live=on]")
     first.fill("#comment", "checked: no encounter has id -1, nothing is lost")
-    first.screenshot(path=str(SCREENSHOTS / "ticket.png"), full_page=True)
+    first.screenshot(path=str(screenshots / "ticket.png"), full_page=True)
 
     needed = Ticket.objects.get(pk=ticket_id).approvals_required
     first.click("button.approve")
@@ -135,7 +136,7 @@ def test_reviewers_see_a_ticket_arrive_approve_it_and_see_it_executed(chromium: 
     for page in (first, second):
         page.wait_for_selector("#ticket-status.status-executed", timeout=30_000)
         assert "0 rows" in page.inner_text("#execution")
-    first.screenshot(path=str(SCREENSHOTS / "ticket-executed.png"), full_page=True)
+    first.screenshot(path=str(screenshots / "ticket-executed.png"), full_page=True)
 
     second.goto(f"{oidc_site.url}/")
     second.wait_for_selector(f"{row(second, 'recent-tickets', ticket_id)} .status-executed")

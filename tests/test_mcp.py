@@ -96,7 +96,7 @@ async def refusal(session: ClientSession, tool: str, **arguments: Any) -> str:
 def true_patients(owner_url: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(owner_url) as conn:
         return conn.execute(
-            "SELECT id::text, ssn, full_name, date_of_birth::text FROM patients ORDER BY patients.id LIMIT 5"
+            "SELECT id, ssn, full_name, date_of_birth::text FROM patients ORDER BY patients.id LIMIT 5"
         ).fetchall()
 
 
@@ -104,12 +104,18 @@ def assert_masked(body: dict[str, Any], truth: list[tuple[Any, ...]]) -> None:
     assert body["status"] == "executed", body
     assert body["columns"] == ["id", "ssn", "full_name", "date_of_birth"]
     for got, real in zip(body["rows"], truth, strict=True):
-        assert got[0] == real[0]  # the id is not PHI
+        assert got[0] == real[0] and isinstance(got[0], int)  # the id is not PHI: a JSON number
         assert real[1] not in str(body["rows"])  # no real SSN anywhere in the answer
         assert got[1] == "***" + real[1][-4:]  # partial SSN
         assert got[2].startswith("name_") and got[2] != real[2]  # pseudonymised name
         assert got[3] == real[3][:4]  # birth date generalised to the year
     assert body["masking"]["ssn"]["mask"] == "partial"
+    assert [(c["type"], c["json"], c["mask"]) for c in body["column_types"]] == [
+        ("bigint", "number", None),
+        ("text", "string", "partial"),
+        ("text", "string", "hash"),
+        ("date", "string", "generalize"),
+    ]
 
 
 def approve(ticket_id: int) -> None:
@@ -170,7 +176,11 @@ def test_http_tools_masked_read_and_held_write_through_approval(web, services) -
     assert ticket["rowcount"] == 1
     assert ticket["result"] == {
         "columns": ["id", "label"],
-        "rows": [["50", "mcp-http"]],
+        "column_types": [
+            {"name": "id", "type": "integer", "oid": 23, "json": "number", "mask": None},
+            {"name": "label", "type": "text", "oid": 25, "json": "string", "mask": None},
+        ],
+        "rows": [[50, "mcp-http"]],
         "rowcount": 1,
         "truncated": False,
     }
@@ -316,7 +326,7 @@ def test_stdio_without_target_credentials(tmp_path: Path, services) -> None:  # 
 
     assert names == TOOLS
     assert_masked(read, truth)
-    assert ticket["result"]["rows"] == [["39", "mcp-stdio"]]
+    assert ticket["result"]["rows"] == [[39, "mcp-stdio"]]
     assert plan["estimated_rows"] == 1
     assert "revoked" in revoked  # checked on every call: revocation stops a running session
     events = AuditEvent.objects.filter(agent_id=agent.pk, kind__in=AGENT_KINDS)

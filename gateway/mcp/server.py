@@ -86,8 +86,10 @@ def build_server(resolve: CallerResolver) -> MCPServer:
     async def query(datasource: Datasource, sql: Sql, ctx: Context, reason: Reason = "") -> dict[str, Any]:
         """Run one SQL statement through phigate's policy.
 
-        Returns status "executed" with columns and rows (PHI masked), "pending_approval" with a ticket (a reviewer
-        must approve; then call wait_for_ticket), "denied" with reasons, or "invalid"/"failed" with an error.
+        Returns status "executed" with columns, column_types and rows (PHI masked), "pending_approval" with a
+        ticket (a reviewer must approve; then call wait_for_ticket), "denied" with reasons, or "invalid"/"failed"
+        with an error. Values are JSON by column type: integers and floats are numbers, booleans true/false, NULL
+        null, json parsed, arrays lists; numeric, dates, timestamps and every masked value are strings.
         Give a reason for anything that may need approval: reviewers read it.
         """
         return await call(ctx, "query", {"datasource": datasource}, lambda c: tools.query(c, datasource, sql, reason))

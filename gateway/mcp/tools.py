@@ -80,6 +80,7 @@ def query(caller: Caller, datasource: str, sql: str, reason: str = "") -> dict[s
         return {
             "status": "executed",
             "columns": outcome.columns,
+            "column_types": outcome.column_types,
             "rows": outcome.rows,
             "rowcount": outcome.rowcount,
             "truncated": outcome.truncated,

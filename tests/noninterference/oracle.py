@@ -44,7 +44,7 @@ class Answer:
     sqlstate: str = ""
     message: str = ""
     columns: tuple[str, ...] = ()
-    types: tuple[int, ...] = ()
+    types: tuple[int | str, ...] = ()  # wire: type OIDs; HTTP: column_types entries
     rows: tuple[tuple[Any, ...], ...] = ()
     rowcount: int | None = None
     truncated: bool = False
@@ -119,6 +119,8 @@ class HttpFront:
             return Answer(
                 status=status,
                 columns=tuple(body["columns"]),
+                # Each column's type name, OID, JSON kind and mask: a function of the statement, never of PHI.
+                types=tuple(json.dumps(column, sort_keys=True) for column in body["column_types"]),
                 rows=tuple(tuple(self.norm.value(v) for v in row) for row in body["rows"]),
                 rowcount=body["rowcount"],
                 truncated=bool(body["truncated"]),
