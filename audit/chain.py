@@ -67,10 +67,28 @@ from audit.models import Checkpoint, CheckpointReason
 
 SEQUENCER_LOCK = 0x70_68_69_67_61_74_65_01  # pg_advisory_xact_lock key: only sequencers contend for it
 PAGE = 5_000
+_MAX_ID = 2**63 - 1
 _COPY_LINKS = "COPY audit_chainlink (seq, event_id, event_txid, row_hash, chain_hash) FROM STDIN"
 CURSOR_DOMAIN = "phigate.audit.sequencer.v1"
 # The event id sequence's last value (0 before the first event): how far ids have been handed out.
 _ID_MARK = "coalesce(pg_sequence_last_value(pg_get_serial_sequence('audit_auditevent', 'id')::regclass), 0)"
+# The next page of events committed since the last pass: those of the transactions it saw running, and those
+# of transactions started since, each part an index range scan on (txid, id) from the page's position (one
+# scan with an OR would walk the index from its start, filtering; so would a row comparison next to a plain
+# lower bound, hence the second part's start is one row value). A txid in both parts (the sequencer's own) is
+# taken from the first. "Not yet linked": a transaction seen running may have committed before that pass read
+# the events, and a first pass (no cursor) looks at everything.
+_UNLINKED = "NOT EXISTS (SELECT 1 FROM audit_chainlink l WHERE l.event_id = e.id)"
+_NEXT_PAGE = f"""
+SELECT * FROM (
+    (SELECT e.txid, {EVENT_SELECT} FROM audit_auditevent e
+     WHERE e.txid = ANY(%s) AND (e.txid, e.id) > (%s, %s) AND {_UNLINKED} ORDER BY e.txid, e.id LIMIT %s)
+    UNION ALL
+    (SELECT e.txid, {EVENT_SELECT} FROM audit_auditevent e
+     WHERE (e.txid, e.id) > (%s, %s) AND e.txid < %s AND e.txid <> ALL(%s) AND {_UNLINKED}
+     ORDER BY e.txid, e.id LIMIT %s)
+) AS page ORDER BY 1, 2 LIMIT %s
+"""
 _DB_CLOCK = """to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 
@@ -138,7 +156,10 @@ def extend_chain(*, checkpoint: CheckpointReason | None = CheckpointReason.PERIO
         signed_up_to = cursor.fetchone()[0]
         if signed_up_to > head.seq:
             raise ChainBroken(f"the chain ends at seq {head.seq} but seq {signed_up_to} was signed")
-        cursor.execute("SELECT scanned_below, in_flight FROM audit_chaincursor WHERE id = 1")
+        cursor.execute(
+            "SELECT scanned_below, in_flight, id_mark, "
+            "extract(epoch FROM clock_timestamp() - passed_at::timestamptz)::float FROM audit_chaincursor WHERE id = 1"
+        )
         previous = cursor.fetchone()
         low, recheck = (previous[0], list(previous[1])) if previous else (0, [])  # no cursor yet: every event
         # The id mark first: an id handed out after it belongs to an event this pass may not see.
@@ -154,13 +175,8 @@ def extend_chain(*, checkpoint: CheckpointReason | None = CheckpointReason.PERIO
         in_flight = sorted({*running, *([own] if own is not None else [])})
         seq, value, position = head.seq, head.chain_hash, (-1, -1)
         while True:
-            cursor.execute(
-                f"SELECT e.txid, {EVENT_SELECT} FROM audit_auditevent e "
-                "WHERE (e.txid = ANY(%s) OR (e.txid >= %s AND e.txid < %s)) AND (e.txid, e.id) > (%s, %s) "
-                "AND NOT EXISTS (SELECT 1 FROM audit_chainlink l WHERE l.event_id = e.id) "
-                "ORDER BY e.txid, e.id LIMIT %s",
-                [recheck, low, high, position[0], position[1], PAGE],
-            )
+            start = max(position, (low - 1, _MAX_ID))  # (txid, id) > start: txid >= low, and after the page
+            cursor.execute(_NEXT_PAGE, [recheck, *position, PAGE, *start, high, recheck, PAGE, PAGE])
             rows = cursor.fetchall()
             if not rows:
                 break
@@ -183,7 +199,12 @@ def extend_chain(*, checkpoint: CheckpointReason | None = CheckpointReason.PERIO
                 sign_checkpoint(cursor, seq, value, checkpoint)
         if checkpoint is not None and (added or checkpoint != CheckpointReason.PERIODIC) and seq > 0:
             sign_checkpoint(cursor, seq, value, checkpoint)
-        _save_cursor(cursor, high, in_flight, id_mark)
+        # An idle pass (nothing chained, no id handed out since) keeps the last cursor, but for a heartbeat at
+        # half the bound: from an older cursor the next pass looks at a superset of what it would from ours, and
+        # a running sequencer's last pass never looks older than the bound, whatever commits late.
+        heartbeat = previous is not None and previous[3] > settings.AUDIT_UNCHAINED_BOUND_SECONDS / 2
+        if added or previous is None or id_mark != previous[2] or heartbeat:
+            _save_cursor(cursor, high, in_flight, id_mark)
     return added
 
 
