@@ -11,7 +11,8 @@ executor's beat would, and drives at once:
 * asyncpg: a persistent session with its prepared-statement cache;
 * churn: sessions that sign in, run one to three statements and close;
 * held statements: a DELETE that becomes a ticket (answered HA001 at once), and one held with
-  ``-c gateway.approval=wait`` whose client cancels it (the ticket is cancelled, the statement answered 57014).
+  ``-c gateway.approval=wait`` whose client cancels it (the ticket is cancelled, the statement answered 57014);
+* strangers: sign-ins with a made-up name, twice a second, refused with 28P01.
 
 The gateway's RSS is sampled with psutil every ``--sample-seconds``. The report (Markdown, for
 docs/benchmarks.md) gives statements and sessions, errors (anything but the expected answers), and RSS after the
@@ -323,6 +324,27 @@ class Traffic:
                 self.tally.error("held", exc)
             self.stop.wait(2)
 
+    def stranger(self, n: int) -> None:
+        """Sign-ins that fail, as a scanner's would: a new made-up name each time, refused with 28P01."""
+        import psycopg
+
+        count = 0
+        while not self.stop.is_set():
+            count += 1
+            dsn = f"postgresql://soak-stranger-{n}-{count}:wrong@127.0.0.1:{self.port}/{DATASOURCE}?connect_timeout=30"
+            try:
+                psycopg.connect(dsn).close()
+            except psycopg.OperationalError as exc:
+                if "password authentication failed" not in str(exc):
+                    self.tally.error("stranger", exc)
+                else:
+                    self.tally.ok("failed sign-in (28P01)")
+            except Exception as exc:
+                self.tally.error("stranger", exc)
+            else:
+                self.tally.error("stranger", RuntimeError("a made-up name signed in"))
+            self.stop.wait(0.5)
+
 
 def sequencer(stop: threading.Event, tally: Tally) -> None:
     """The executor's beat: chain the audit trail every 5 s."""
@@ -401,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
         gateway_log = open(work / "gateway.log", "wb")  # noqa: SIM115 - open for the child's lifetime
         gateway = subprocess.Popen(argv, cwd=REPO, env=gateway_env, stdout=gateway_log, stderr=subprocess.STDOUT)
         started_processes.append(gateway)
-        _wait_port(gateway_port, gateway)
+        _wait_port(gateway_port, gateway, timeout=600 if args.tracemalloc else 60)
         process = psutil.Process(gateway.pid)
 
         tally, stop = Tally(), threading.Event()
@@ -410,6 +432,7 @@ def run(args: argparse.Namespace) -> int:
         workers += [threading.Thread(target=traffic.churn, args=(n,), daemon=True) for n in range(args.churn)]
         workers += [threading.Thread(target=traffic.asyncpg_client, args=(0,), daemon=True)]
         workers += [threading.Thread(target=traffic.held, args=(n,), daemon=True) for n in range(args.held)]
+        workers += [threading.Thread(target=traffic.stranger, args=(n,), daemon=True) for n in range(args.strangers)]
         workers += [threading.Thread(target=sequencer, args=(stop, tally), daemon=True)]
         begin = time.monotonic()
         for worker in workers:
@@ -505,8 +528,8 @@ def report(
     print(f"\n### Soak, {args.minutes:g} minutes (`bench/soak.py`, {time.strftime('%Y-%m-%d')})\n")
     print(
         f"{args.readers} persistent psycopg readers (simple, extended, prepared), 1 asyncpg session, {args.churn} "
-        f"churning sessions, {args.held} held-statement client(s); chain sequencer every 5 s; {args.patients:,} "
-        "patients.\n"
+        f"churning sessions, {args.held} held-statement client(s), {args.strangers} client(s) failing to sign in; "
+        f"chain sequencer every 5 s; {args.patients:,} patients.\n"
     )
     print("| traffic | count |\n| --- | --- |")
     for kind, count in sorted(tally.statements.items()):
@@ -551,6 +574,7 @@ def main() -> int:
     parser.add_argument("--readers", type=int, default=4)
     parser.add_argument("--churn", type=int, default=2)
     parser.add_argument("--held", type=int, default=1)
+    parser.add_argument("--strangers", type=int, default=1, help="clients signing in with made-up names, 2/s each")
     parser.add_argument("--patients", type=int, default=2000)
     parser.add_argument("--max-growth-mb", type=float, default=5.0, help="RSS growth after the warm-up that fails")
     parser.add_argument("--tracemalloc", metavar="DIR", help="run the gateway under tracemalloc, snapshots in DIR")
