@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint services system-packages venv clean noninterference screenshots
+.PHONY: demo test lint services system-packages venv clean noninterference screenshots soak
 
 venv: $(STAMP)
 
@@ -64,6 +64,13 @@ N ?= 50000
 noninterference: $(STAMP) services
 	NONINTERFERENCE_N=$(N) $(if $(SEED),NONINTERFERENCE_SEED=$(SEED)) \
 		$(VENV)/bin/pytest -q -s tests/test_noninterference.py -k generated_statements
+
+# A soak of the wire gateway (issue 15; bench/soak.py): MINUTES of mixed wire traffic (readers, asyncpg, sessions
+# opening and closing, held statements) with the gateway's RSS sampled; prints the figures for docs/benchmarks.md
+# and fails on any error or on memory that keeps growing after the warm-up. Not part of `make test`.
+MINUTES ?= 10
+soak: $(STAMP) services
+	$(PY) bench/soak.py --minutes $(MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchQuery, SearchVector, SearchVectorField
 from django.db import models
@@ -271,3 +272,25 @@ class JournalCursor(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(segment__gte=0, position__gte=0), name="journal_cursor_nonnegative"),
         ]
+
+
+class ChainCursor(models.Model):
+    """Where the chain's sequencer (audit.chain.extend_chain) left off: one row, rewritten and signed by each pass.
+
+    ``scanned_below`` and ``in_flight`` are the pass's snapshot of the cluster: every event of a transaction
+    below ``scanned_below`` and not ``in_flight`` had committed (and was chained) or never will exist.
+    ``id_mark`` is how far the event id sequence had gone, so a verifier sees whether events were written
+    since. ``passed_at`` is the database's clock, as the signed text. Signed with the checkpoint key: whoever
+    can write the database cannot make a stalled sequencer look recent, nor make it skip events unnoticed.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    scanned_below = models.BigIntegerField()
+    in_flight = ArrayField(models.BigIntegerField(), default=list)
+    id_mark = models.BigIntegerField()
+    passed_at = models.CharField(max_length=32)
+    key_id = models.CharField(max_length=16)
+    signature = models.BinaryField(max_length=64)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="audit_chain_cursor_single_row")]

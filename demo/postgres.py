@@ -12,6 +12,11 @@ make the product's credential separation meaningless in the demo. So the orchest
 
 The control plane then runs as ``phigate``, which owns database ``phigate`` and has no privilege on the
 clinic's tables: the web process's DATABASE_URL is not a back door to the target.
+
+Embedded mode runs two clusters, as a deployment does: the control plane in ``<state>/pg-control`` and the
+clinic in ``<state>/pg``, each with its own superuser password. Nothing the target does (an agent's transaction
+held open, a long report) then touches the control plane's transactions, and the clinic's owner credential
+(``target_owner_dsn``) is no superuser of the audit trail.
 """
 
 from __future__ import annotations
@@ -56,13 +61,17 @@ host    all       all       ::1/128        scram-sha-256
 """
 
 
+CONTROL_CLUSTER: Final = "pg-control"
+TARGET_CLUSTER: Final = "pg"  # the name of the demo's only cluster before issue 15: a loaded clinic is kept
+
+
 @dataclass(frozen=True)
 class Endpoints:
     """Where each party connects. Passwords are inside the URLs; never print these."""
 
     control_plane_url: str  # DATABASE_URL of every phigate process
     owner_url: str  # superuser/owner of the clinic database: provisioning and target_owner_dsn
-    admin_url: str  # the orchestrator's own maintenance connection (any database on the server)
+    admin_url: str  # the orchestrator's own maintenance connection to the clinic's server (any database)
 
 
 def free_port() -> int:
@@ -99,16 +108,17 @@ def _runtime_dir_in(state_dir: Path) -> Iterator[None]:
 
 
 class EmbeddedPostgres:
-    """A pgserver-managed cluster in ``<state>/pg``, re-started on TCP loopback with password auth."""
+    """A pgserver-managed cluster in ``<state>/<name>``, re-started on TCP loopback with password auth."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.pgdata = state_dir / "pg"
+    def __init__(self, state_dir: Path, name: str = TARGET_CLUSTER) -> None:
+        self.pgdata = state_dir / name
         self.state_dir = state_dir
+        self.name = name
         self._system_user: str | None = None
         self._started = False
 
-    def start(self) -> Endpoints:
-        """Initialise if needed, start, harden; returns the URLs the rest of the demo uses."""
+    def start(self) -> str:
+        """Initialise if needed, start, harden; returns the superuser's URL (database ``postgres``) over TCP."""
         with warnings.catch_warnings(), _runtime_dir_in(self.state_dir):
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver copes, so stay quiet.
             warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -123,23 +133,16 @@ class EmbeddedPostgres:
         self._started = True
         info = server.get_postmaster_info()
         socket_dir = str(info.socket_dir)
-        superuser_pw = load_or_create_secret(self.state_dir / "pg_superuser_password", new_password)
-        control_pw = load_or_create_secret(self.state_dir / "pg_phigate_password", new_password)
+        superuser_pw = load_or_create_secret(self.state_dir / f"{self.name}_superuser_password", new_password)
         local = f"host={socket_dir} port={info.port} user={SUPERUSER} dbname=postgres"
         on_tcp = info.hostname == "127.0.0.1" and bool(info.port)  # left running by a killed earlier run
         with psycopg.connect(local, autocommit=True) as conn:
             _set_password(conn, SUPERUSER, superuser_pw, superuser=True)
-            _set_password(conn, CONTROL_PLANE_ROLE, control_pw, superuser=False)
             self._write_hba()
             if on_tcp:
                 conn.execute("SELECT pg_reload_conf()")
         port = int(info.port) if on_tcp else self._restart_on_tcp(socket_dir)
-        admin = postgres_url(SUPERUSER, superuser_pw, "127.0.0.1", port, "postgres")
-        return Endpoints(
-            control_plane_url=postgres_url(CONTROL_PLANE_ROLE, control_pw, "127.0.0.1", port, CONTROL_PLANE_DB),
-            owner_url=with_database(admin, DATASOURCE),
-            admin_url=admin,
-        )
+        return postgres_url(SUPERUSER, superuser_pw, "127.0.0.1", port, "postgres")
 
     def _write_hba(self) -> None:
         # Overwrite in place: the file keeps its owner (the `pgserver` system user when we run as root).
@@ -205,11 +208,23 @@ def _create_database(conn: psycopg.Connection, name: str, owner: str | None = No
     conn.execute(statement)
 
 
-def prepare_embedded_databases(endpoints: Endpoints) -> None:
-    """Control-plane database owned by the unprivileged ``phigate`` role; clinic owned by the superuser."""
-    with psycopg.connect(endpoints.admin_url, autocommit=True) as conn:
+def prepare_embedded_databases(control_admin_url: str, target_admin_url: str, state_dir: Path) -> Endpoints:
+    """On the control plane's cluster, its database owned by the unprivileged ``phigate`` role; on the clinic's,
+    the clinic owned by that cluster's superuser. Returns the URLs the rest of the demo uses."""
+    control_pw = load_or_create_secret(state_dir / "pg_phigate_password", new_password)
+    with psycopg.connect(control_admin_url, autocommit=True) as conn:
+        _set_password(conn, CONTROL_PLANE_ROLE, control_pw, superuser=False)
         _create_database(conn, CONTROL_PLANE_DB, owner=CONTROL_PLANE_ROLE)
+    with psycopg.connect(target_admin_url, autocommit=True) as conn:
         _create_database(conn, DATASOURCE)
+    control = urlsplit(control_admin_url)
+    return Endpoints(
+        control_plane_url=postgres_url(
+            CONTROL_PLANE_ROLE, control_pw, "127.0.0.1", int(control.port or 5432), CONTROL_PLANE_DB
+        ),
+        owner_url=with_database(target_admin_url, DATASOURCE),
+        admin_url=target_admin_url,
+    )
 
 
 def external_endpoints(database_url: str) -> Endpoints:

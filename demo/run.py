@@ -1,6 +1,7 @@
 """``python -m demo.run`` (what ``make demo`` runs): the whole of phigate on a synthetic clinic, in the foreground.
 
-Steps: PostgreSQL (embedded via pgserver, or DATABASE_URL's server) -> the ``clinic`` target database, loaded
+Steps: PostgreSQL (embedded via pgserver: the control plane and the clinic each in its own cluster; or
+DATABASE_URL's server for both) -> the ``clinic`` target database, loaded
 once with fake data -> Redis (REDIS_URL if it answers, else a private redis-server) -> ``migrate``,
 ``provision_datasource``, ``seed_demo`` -> web, executor and gateway, each with only its own target
 credential -> wait until all three answer -> ``$DEMO_STATE_DIR/credentials.json`` (0600).
@@ -36,6 +37,8 @@ import psycopg
 from demo import config
 from demo.config import DemoError, DemoSettings
 from demo.postgres import (
+    CONTROL_CLUSTER,
+    TARGET_CLUSTER,
     EmbeddedPostgres,
     Endpoints,
     ensure_clinic_loaded,
@@ -145,7 +148,7 @@ class Demo:
         self.state_dir = settings.state_dir
         self.log_dir = settings.state_dir / "logs"
         self.credentials_path = settings.state_dir / "credentials.json"
-        self.embedded: EmbeddedPostgres | None = None
+        self.embedded: list[EmbeddedPostgres] = []
         self.redis_child: Child | None = None
         self.children: list[Child] = []
 
@@ -168,12 +171,17 @@ class Demo:
             endpoints = external_endpoints(self.settings.database_url)
             prepare_external_databases(endpoints)
             return endpoints
-        say(f"PostgreSQL: embedded (pgserver) in {self.state_dir / 'pg'}")
-        self.embedded = EmbeddedPostgres(self.state_dir)
-        with shutdown_deferred():
-            endpoints = self.embedded.start()
-        prepare_embedded_databases(endpoints)
-        return endpoints
+        say(
+            f"PostgreSQL: embedded (pgserver), two clusters as in a deployment: the control plane in "
+            f"{self.state_dir / CONTROL_CLUSTER}, the clinic in {self.state_dir / TARGET_CLUSTER}"
+        )
+        admin_urls = []
+        for name in (CONTROL_CLUSTER, TARGET_CLUSTER):
+            cluster = EmbeddedPostgres(self.state_dir, name)
+            self.embedded.append(cluster)
+            with shutdown_deferred():
+                admin_urls.append(cluster.start())
+        return prepare_embedded_databases(admin_urls[0], admin_urls[1], self.state_dir)
 
     def load_clinic(self, endpoints: Endpoints) -> None:
         counts = ensure_clinic_loaded(endpoints.owner_url)
@@ -380,9 +388,10 @@ class Demo:
             stop_all(self.children)
         if self.redis_child is not None:
             stop_all([self.redis_child], grace=5)
-        if self.embedded is not None and self.embedded.started:
-            say("stopping embedded PostgreSQL")
-            self.embedded.stop()
+        for cluster in reversed(self.embedded):
+            if cluster.started:
+                say(f"stopping embedded PostgreSQL ({cluster.name})")
+                cluster.stop()
 
 
 def project_dir_from(environ: Mapping[str, str]) -> Path:

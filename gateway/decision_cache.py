@@ -81,6 +81,10 @@ class _Entry:
     catalog: TargetCatalog
 
 
+def _keep(key: tuple[str, str], entry: _Entry, datasource: str, current: TargetCatalog) -> bool:
+    return key[0] != datasource or entry.catalog is current
+
+
 class DecisionCache:
     """Two levels: the exact text (a repeat costs one dict lookup) and the shape (other literals, one
     normalization). Both keys lead to the same entries and the same validity rules."""
@@ -88,6 +92,10 @@ class DecisionCache:
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._exact: dict[tuple[str, str], _Entry] = {}
+        # The snapshot each data source's entries were made under. Entries of an older one can never hit again,
+        # and each holds its snapshot (a few MB with the function catalog): they go when a new one is seen, or
+        # every snapshot since the last clear would stay in memory (issue 15's soak).
+        self._snapshots: dict[str, TargetCatalog] = {}
         self._lock = threading.Lock()
         self.max_entries = max_entries
         self.hits = 0
@@ -101,6 +109,8 @@ class DecisionCache:
         if "\x00" in sql:
             return None, None
         usable = current is not None and current.datasource_active
+        if current is not None and self._snapshots.get(datasource) is not current:
+            self._retire(datasource, current)
         exact = self._exact.get((datasource, sql)) if usable else None
         if exact is not None and exact.catalog is current:
             self.hits += 1
@@ -116,6 +126,17 @@ class DecisionCache:
         self.hits += 1
         self._remember_text(datasource, sql, entry)
         return entry.decision, shape
+
+    def _retire(self, datasource: str, current: TargetCatalog) -> None:
+        """Forget the data source's entries made under any other snapshot than ``current`` (a new one was loaded)."""
+        with self._lock:
+            if self._snapshots.get(datasource) is current:
+                return
+            self._snapshots[datasource] = current
+            self._entries = {
+                key: entry for key, entry in self._entries.items() if _keep(key, entry, datasource, current)
+            }
+            self._exact = {key: entry for key, entry in self._exact.items() if _keep(key, entry, datasource, current)}
 
     def _remember_text(self, datasource: str, sql: str, entry: _Entry) -> None:
         with self._lock:

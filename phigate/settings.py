@@ -131,6 +131,8 @@ PSEUDONYM_KEY = env.get_str("PSEUDONYM_KEY")
 AUDIT_SIGNING_KEY = env.get_str("AUDIT_SIGNING_KEY")
 AUDIT_PUBLIC_KEY = env.get_str("AUDIT_PUBLIC_KEY")
 AUDIT_CHAIN_INTERVAL_SECONDS = env.get_int("AUDIT_CHAIN_INTERVAL_SECONDS", 5, minimum=1)
+# verify_audit fails when the sequencer has not passed for this long while events were written (audit.chain).
+AUDIT_UNCHAINED_BOUND_SECONDS = env.get_int("AUDIT_UNCHAINED_BOUND_SECONDS", 300, minimum=1)
 # HIPAA asks for six years; the database refuses to purge anything younger whatever this says.
 # Where evidence bundles asked for in the UI are written (by the executor) and served from (by web).
 EVIDENCE_DIR = Path(env.get_str("EVIDENCE_DIR", str(BASE_DIR / "var" / "evidence")) or "")

@@ -53,9 +53,8 @@ def swap_links(conn: psycopg.Connection, first: int, second: int) -> None:
 def chain_until_linked(events: Sequence[Any], timeout: float = 30.0) -> None:
     """Extend the chain until every one of ``events`` is linked.
 
-    The sequencer links an event only once no older transaction is still open anywhere on the cluster (the
-    xmin horizon), so a busy machine can leave fresh events unlinked for a moment; tampering with an unlinked
-    event would test nothing.
+    The sequencer links an event at the first pass that sees it committed, so an event whose transaction was
+    still finishing during a pass waits for the next one; tampering with an unlinked event would test nothing.
     """
     from audit.chain import extend_chain
     from audit.models import ChainLink

@@ -250,8 +250,9 @@ def test_a_checkpoint_signed_with_another_key_is_refused(chained: list[AuditEven
     assert verify_chain().ok
 
 
-def test_an_event_still_uncommitted_holds_back_those_after_it() -> None:
-    """The horizon: a later transaction's event is not chained ahead of an earlier one still running."""
+def test_an_event_still_uncommitted_holds_back_nothing_and_is_chained_once_it_commits() -> None:
+    """A long transaction that records an event does not stall the chain (issue 15): a later transaction's event
+    is chained at the next pass, the long one's at the first pass after it commits, and nothing is missed."""
     principal = Principal(human=make_user(Role.ENGINEER))
     started, release, done = threading.Event(), threading.Event(), threading.Event()
     early: list[int] = []
@@ -271,13 +272,15 @@ def test_an_event_still_uncommitted_holds_back_those_after_it() -> None:
     assert started.wait(30)
     late = record(EventKind.TOKEN_ISSUED, principal=principal, summary="late")  # committed first
     extend_chain()
-    assert not ChainLink.objects.filter(event_id=late.pk).exists()
+    late_link = ChainLink.objects.get(event_id=late.pk)
+    assert Checkpoint.objects.filter(seq=late_link.seq).exists()
+    assert not ChainLink.objects.filter(event_id=early[0]).exists()
+    extend_chain()  # still running: looked at again, not lost
     release.set()
     assert done.wait(30)
     thread.join()
     extend_chain()
-    early_link, late_link = ChainLink.objects.get(event_id=early[0]), ChainLink.objects.get(event_id=late.pk)
-    assert early_link.seq < late_link.seq
+    assert ChainLink.objects.get(event_id=early[0]).seq > late_link.seq  # chained when it was seen committed
     assert verify_chain().ok
 
 

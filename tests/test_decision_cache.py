@@ -152,3 +152,26 @@ def test_the_wire_works_out_a_cached_decisions_effects_once_and_gets_the_same_an
     assert _shape_key(first) == _shape_key(later)
     assert effects_of_cached_decision(decision, first) == statement_effects(first)
     assert effects_of_cached_decision(decision, later) == statement_effects(later)
+
+
+def test_entries_of_an_older_snapshot_are_dropped_when_a_new_one_is_seen() -> None:
+    """A decision is valid only under its snapshot, and each entry holds that snapshot: kept until the next clear,
+    every snapshot loaded since (one per CATALOG_TTL_SECONDS, a few MB each with its function catalog) stayed in
+    the gateway's memory (issue 15's soak). Other data sources' entries are left alone."""
+    import gc
+    import weakref
+
+    cache, old, other = DecisionCache(), catalog(), catalog()
+    for n in range(3):  # varying literals: the exact-text level grows as well as the shape level
+        sql = f"SELECT upper('x') WHERE {n} = {n}"
+        _, shape = cache.lookup("clinic", sql, old)
+        cache.store("clinic", shape, allowed(sql, old))
+    _, shape = cache.lookup("archive", "SELECT 1", other)
+    cache.store("archive", shape, allowed("SELECT 1", other))
+    gone = weakref.ref(old)
+    del old, shape
+    new = catalog()
+    assert cache.lookup("clinic", "SELECT upper('x') WHERE 0 = 0", new)[0] is None
+    gc.collect()
+    assert gone() is None, "the older snapshot is still held by the cache"
+    assert cache.lookup("archive", "SELECT 1", other)[0] is not None

@@ -118,6 +118,22 @@ def test_repeated_failures_are_slowed_down(agent) -> None:  # type: ignore[no-un
     assert time.monotonic() - started < 1.0
 
 
+def test_names_that_failed_once_are_forgotten_after_their_window() -> None:
+    """A scanner's made-up names each fail once: the throttle's table must not keep them all (issue 15's soak)."""
+    from gateway.wire.server import FailureThrottle
+
+    throttle = FailureThrottle(window_seconds=0.2)
+    for n in range(3000):
+        assert throttle(f"stranger-{n}", "203.0.113.7") == 0.0
+    time.sleep(0.3)
+    for n in range(3000, 6000):
+        throttle(f"stranger-{n}", "203.0.113.7")
+    assert len(throttle._failures) <= 3000  # the first names' window has passed: swept
+    for _ in range(4):
+        delay = throttle("regular", "203.0.113.8")
+    assert delay == 1.0  # a name failing within its window is still slowed down
+
+
 def test_pipelined_statements_keep_their_order(agent) -> None:  # type: ignore[no-untyped-def]
     with psycopg.connect(agent["dsn"], autocommit=True) as conn:
         with conn.pipeline():

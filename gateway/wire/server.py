@@ -30,16 +30,26 @@ CLOSE_WAIT_SECONDS = 5.0  # then, how long ended sessions get to flush and close
 
 
 class FailureThrottle:
-    """Slows down repeated failed sign-ins per (agent name, address): 1 s, 2 s, 4 s... up to 8 s."""
+    """Slows down repeated failed sign-ins per (agent name, address): 1 s, 2 s, 4 s... up to 8 s.
 
-    def __init__(self) -> None:
+    A name that fails once and never again (a scanner's made-up names) is forgotten once its window has passed:
+    whenever the table has doubled since it was last swept, so the sweeps cost O(1) per failure.
+    """
+
+    def __init__(self, window_seconds: float = FAILURE_WINDOW_SECONDS) -> None:
         self._failures: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+        self._window = window_seconds
+        self._sweep_at = 1024
 
     def __call__(self, name: str, address: str) -> float:
         now = time.monotonic()
+        if len(self._failures) >= self._sweep_at:
+            for key in [key for key, times in self._failures.items() if now - times[-1] > self._window]:
+                del self._failures[key]
+            self._sweep_at = max(1024, 2 * len(self._failures))
         failures = self._failures[(name, address)]
         failures.append(now)
-        while failures and now - failures[0] > FAILURE_WINDOW_SECONDS:
+        while failures and now - failures[0] > self._window:
             failures.popleft()
         excess = len(failures) - FREE_FAILURES
         return 0.0 if excess <= 0 else min(float(2 ** (excess - 1)), MAX_DELAY_SECONDS)
