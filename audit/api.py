@@ -24,6 +24,9 @@ from identity.roles import Role, has_role
 
 
 class AuditEventSerializer(serializers.ModelSerializer[AuditEvent]):
+    # Literals in statements may be PHI: masked here; a compliance officer reveals one event's on its web page.
+    statement = serializers.CharField(source="statement_masked", read_only=True)
+
     class Meta:
         model = AuditEvent
         fields = [

@@ -5,6 +5,13 @@ Contents: ``events.jsonl`` and ``events.csv`` (the selected events, each with it
 ``checkpoints.jsonl`` (the signed checkpoints that anchor the segment), ``report.pdf`` (for humans),
 ``public_key.pem``, ``manifest.json`` (the files' SHA-256 and the export's filters) and ``manifest.sig``.
 
+Statement literals may be PHI (``WHERE ssn = '…'``), so a bundle carries statements with their literals masked
+(audit.statement_text) unless a compliance officer asks for them revealed; the manifest's ``statement_literals``
+says which ("masked" or "revealed"), and the export's own audit record says so too. A masked event no longer
+hashes to its chain link: it is marked ``"statement_literals": "masked"``, checked against the chain here (in
+its stored form, before masking; the signed manifest's chain status says so), and its masked form is covered by
+the manifest's signature. Every file is written 0600 in a 0700 directory (audit.private_files).
+
 The segment runs from the last checkpoint before the first selected event to the first checkpoint at or
 after the last one; for a period that reaches the present, to the newest checkpoint, so a tail removed since
 then shows. Events are streamed through temporary files: memory stays flat for any size of export.
@@ -33,12 +40,15 @@ from audit.canonical import EVENT_FIELDS, EVENT_SELECT, manifest_message
 from audit.chain import ChainBroken, extend_chain
 from audit.evidence_report import EvidenceSummary, render_pdf
 from audit.models import CheckpointReason, EventKind
+from audit.private_files import open_private, private_directory, write_private_bytes
 from audit.recorder import Context, record
+from audit.statement_text import mask_literals
 from audit.verify import BUNDLE_FORMAT, CSV_FIELDS, MANIFEST, PUBLIC_KEY, SIGNATURE, verify_segment
 from identity.principal import Principal
 
 Progress = Callable[[int, str], None]  # (percent, what is happening)
 _CHUNK = 2_000
+_STORED_EVENTS = "events-as-stored.jsonl"  # scratch only, never packed: the export's chain check reads it
 
 
 def iso(moment: datetime) -> str:
@@ -68,6 +78,13 @@ class ExportFilters:
         return " AND ".join(clauses), params
 
 
+class StatementLiterals:
+    """Which form of statement text a bundle carries (its manifest's ``statement_literals``)."""
+
+    MASKED = "masked"
+    REVEALED = "revealed"
+
+
 @dataclass(frozen=True)
 class ExportResult:
     path: Path
@@ -84,10 +101,14 @@ def export_evidence(
     requested_by: Principal | None,
     context: Context | None = None,
     progress: Progress | None = None,
+    reveal_literals: bool = False,
 ) -> ExportResult:
-    """Write the bundle to ``out``. The export is audited first: if that record cannot be written, nothing is."""
+    """Write the bundle to ``out``. The export is audited first: if that record cannot be written, nothing is.
+
+    ``reveal_literals``: statements as stored, literals and all; callers allow it to compliance officers only."""
     report = progress or (lambda percent, what: None)
-    _record_export(filters, out, requested_by, context)
+    literals = StatementLiterals.REVEALED if reveal_literals else StatementLiterals.MASKED
+    _record_export(filters, out, requested_by, context, literals)
     report(2, "chaining recent events")
     chain_note = ""
     try:
@@ -112,7 +133,7 @@ def export_evidence(
             )
             total, low, high = cursor.fetchone()
             start_anchor, end_anchor = _anchors(cursor, low, high, reaches_present=filters.until >= timezone.now())
-            selected = _write_events(folder, where, params, summary, total, report)
+            selected = _write_events(folder, where, params, summary, total, report, reveal_literals=reveal_literals)
             report(70, "writing the chain segment")
             links = _write_links(cursor, folder, start_anchor, end_anchor, selected)
             cursor.execute(
@@ -137,7 +158,7 @@ def export_evidence(
         segment = verify_segment(
             list(_read_jsonl(folder / "chain.jsonl")),
             checkpoints,
-            _read_jsonl(folder / "events.jsonl"),
+            _read_jsonl(folder / _STORED_EVENTS),  # as stored: masked statements no longer hash to their links
             public_raw,
             start_anchor,
         )
@@ -159,8 +180,8 @@ def export_evidence(
             "signing key id": signing.signing_key_id(),
             "chain status": chain_status,
         }
-        (folder / "report.pdf").write_bytes(render_pdf(summary, meta))
-        (folder / PUBLIC_KEY).write_bytes(public_pem)
+        write_private_bytes(folder / "report.pdf", render_pdf(summary, meta))
+        write_private_bytes(folder / PUBLIC_KEY, public_pem)
 
         files = ["events.jsonl", "events.csv", "chain.jsonl", "checkpoints.jsonl", "report.pdf", PUBLIC_KEY]
         manifest = {
@@ -171,14 +192,19 @@ def export_evidence(
             "key_id": signing.signing_key_id(),
             "segment": {"start_anchor": start_anchor, "end_anchor": end_anchor},
             "chain_status": chain_status,
+            "statement_literals": literals,
             "files": {name: _sha256(folder / name) for name in files},
         }
         manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
         signature = key.sign(manifest_message(manifest_bytes))
         report(95, "packing")
-        out.parent.mkdir(parents=True, exist_ok=True)
+        if not out.parent.exists():
+            private_directory(out.parent)
         partial = out.with_name(out.name + ".partial")
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with (
+            open_private(partial, "wb") as handle,
+            zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+        ):
             archive.writestr(MANIFEST, manifest_bytes)
             archive.writestr(SIGNATURE, signature)
             for name in files:
@@ -192,8 +218,11 @@ def _requester_name(principal: Principal | None) -> str:
     return principal.human.get_username() if principal else f"os:{getpass.getuser()}"
 
 
-def _record_export(filters: ExportFilters, out: Path, requested_by: Principal | None, context: Context | None) -> None:
-    details = {"filters": filters.as_manifest(), "file": out.name}
+def _record_export(
+    filters: ExportFilters, out: Path, requested_by: Principal | None, context: Context | None, literals: str
+) -> None:
+    details = {"filters": filters.as_manifest(), "file": out.name, "statement_literals": literals}
+    summary = "evidence bundle exported" + (" (statement literals revealed)" if literals == "revealed" else "")
     with transaction.atomic():
         if requested_by is not None:
             record(
@@ -201,7 +230,7 @@ def _record_export(filters: ExportFilters, out: Path, requested_by: Principal | 
                 principal=requested_by,
                 context=context,
                 details=details,
-                summary="evidence bundle exported",
+                summary=summary,
             )
         else:  # from a shell: name the operating-system account (see the audit_actor_required constraint)
             from audit.models import AuditEvent
@@ -210,7 +239,7 @@ def _record_export(filters: ExportFilters, out: Path, requested_by: Principal | 
                 kind=EventKind.AUDIT_EXPORTED,
                 actor_name=f"os:{getpass.getuser()}"[:150],
                 front="cli",
-                summary="evidence bundle exported",
+                summary=summary,
                 details=details,
             )
 
@@ -231,13 +260,23 @@ def _anchors(cursor: Any, low: int | None, high: int | None, *, reaches_present:
 
 
 def _write_events(
-    folder: Path, where: str, params: list[Any], summary: EvidenceSummary, total: int, report: Progress
+    folder: Path,
+    where: str,
+    params: list[Any],
+    summary: EvidenceSummary,
+    total: int,
+    report: Progress,
+    *,
+    reveal_literals: bool,
 ) -> set[int]:
-    """Stream the selected events into events.jsonl and events.csv; return their chain positions."""
+    """Stream the selected events into events.jsonl and events.csv (statements masked unless revealed), and as
+    stored into a scratch file the export checks against the chain; return their chain positions."""
     selected: set[int] = set()
+    statement = 1 + EVENT_FIELDS.index("statement")
     with (
-        open(folder / "events.jsonl", "w", encoding="utf-8", newline="\n") as jsonl,
-        open(folder / "events.csv", "w", encoding="utf-8", newline="") as sheet,
+        open_private(folder / _STORED_EVENTS, "w", encoding="utf-8", newline="\n") as stored,
+        open_private(folder / "events.jsonl", "w", encoding="utf-8", newline="\n") as jsonl,
+        open_private(folder / "events.csv", "w", encoding="utf-8", newline="") as sheet,
         connection.chunked_cursor() as cursor,
     ):
         writer = csv.writer(sheet)
@@ -252,6 +291,12 @@ def _write_events(
             for row in rows:
                 document: dict[str, Any] = {"seq": row[0], **dict(zip(EVENT_FIELDS, row[1:], strict=True))}
                 document["details"] = json.loads(document["details_text"])
+                stored.write(json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n")
+                masked = None if reveal_literals else mask_literals(document["statement"])
+                if masked is not None and masked != document["statement"]:
+                    document["statement"] = masked
+                    document["statement_literals"] = StatementLiterals.MASKED
+                    row = (*row[:statement], masked, *row[statement + 1 :])
                 jsonl.write(json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n")
                 writer.writerow(["" if value is None else value for value in row])
                 summary.add(document)
@@ -263,7 +308,7 @@ def _write_events(
 
 def _write_links(cursor: Any, folder: Path, start: int, end: int, selected: set[int]) -> int:
     count = 0
-    with open(folder / "chain.jsonl", "w", encoding="utf-8", newline="\n") as out:
+    with open_private(folder / "chain.jsonl", "w", encoding="utf-8", newline="\n") as out:
         position = start
         while position < end:
             cursor.execute(
@@ -291,7 +336,7 @@ def _write_links(cursor: Any, folder: Path, start: int, end: int, selected: set[
 
 
 def _write_jsonl(path: Path, items: list[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as out:
+    with open_private(path, "w", encoding="utf-8", newline="\n") as out:
         for item in items:
             out.write(json.dumps(item, separators=(",", ":")) + "\n")
 

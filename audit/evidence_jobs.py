@@ -14,9 +14,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from audit.evidence import ExportFilters, export_evidence
+from audit.evidence import ExportFilters, StatementLiterals, export_evidence
 from audit.models import EvidenceExport, ExportStatus
 from audit.periods import parse_moment
+from audit.private_files import private_directory
 from audit.recorder import Context
 from identity.principal import Principal
 
@@ -28,13 +29,22 @@ def bundle_path(export: EvidenceExport) -> Path:
     return Path(settings.EVIDENCE_DIR) / export.file_name
 
 
-def request_export(principal: Principal, filters: ExportFilters, context: Context) -> EvidenceExport:
-    """Queue an export; the task starts only once the row is committed."""
+def request_export(
+    principal: Principal, filters: ExportFilters, context: Context, *, reveal_literals: bool = False
+) -> EvidenceExport:
+    """Queue an export; the task starts only once the row is committed. The caller decides who may ask for
+    ``reveal_literals`` (compliance officers); the export's audit record says which form the bundle carries."""
+    literals = StatementLiterals.REVEALED if reveal_literals else StatementLiterals.MASKED
     from audit.tasks import run_export_task
 
     with transaction.atomic():
         export = EvidenceExport.objects.create(
-            requested_by=principal.human, filters={**filters.as_manifest(), "source_address": context.source_address}
+            requested_by=principal.human,
+            filters={
+                **filters.as_manifest(),
+                "source_address": context.source_address,
+                "statement_literals": literals,
+            },
         )
         transaction.on_commit(lambda: run_export_task.delay(export.pk))
     return export
@@ -65,10 +75,11 @@ def run_export(export_id: int) -> str:
     try:
         result = export_evidence(
             filters,
-            Path(settings.EVIDENCE_DIR) / name,
+            private_directory(Path(settings.EVIDENCE_DIR)) / name,  # bundles hold audit records: 0700, files 0600
             requested_by=Principal(human=export.requested_by),
             context=Context(front="web", source_address=export.filters.get("source_address")),
             progress=progress,
+            reveal_literals=export.filters.get("statement_literals") == StatementLiterals.REVEALED,
         )
     except Exception as exc:
         log.exception("evidence export %s failed", export_id)

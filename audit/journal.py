@@ -74,6 +74,7 @@ import psycopg
 
 from audit.batch_writer import COLUMNS, COPY_SQL, control_plane_conninfo
 from audit.journal_format import HEADER_SIZE, copy_line, frame, scan, segment_name, segment_number
+from audit.private_files import open_private, open_private_fd, private_directory
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,8 @@ class _Slot:
 
     @classmethod
     def try_lock(cls, path: Path) -> _Slot | None:
-        path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        private_directory(path)  # segments hold statements and previews: 0700, files 0600 (audit.private_files)
+        fd = open_private_fd(path / "lock", os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -131,7 +132,7 @@ def _write_durably(path: Path, chunks: Iterable[bytes]) -> None:
     """The file appears whole and synced, or not at all: written beside it, synced, renamed, directory synced."""
     temporary = path.with_suffix(".new")
     try:
-        with open(temporary, "wb") as handle:
+        with open_private(temporary, "wb") as handle:
             for chunk in chunks:
                 handle.write(chunk)
             handle.flush()
@@ -634,6 +635,7 @@ class AuditJournal:
 
     @staticmethod
     def _claim_slot(root: Path) -> _Slot:
+        private_directory(root)
         for index in range(1024):
             slot = _Slot.try_lock(root / f"slot-{index}")
             if slot is not None:

@@ -13,6 +13,8 @@ from django.db.models import Q
 from django.db.models.functions import Cast, Now
 from django.utils import timezone
 
+from audit.statement_text import mask_literals
+
 # pg_current_xact_id() is xid8, which has no direct cast to bigint; its text form is the 64-bit number.
 TXID_DEFAULT = Cast(
     Cast(models.Func(function="pg_current_xact_id", output_field=models.TextField()), models.TextField()),
@@ -50,6 +52,8 @@ class EventKind(models.TextChoices):
     AUDIT_REPLAYED = "audit.replayed", "Session replayed"
     AUDIT_EXPORTED = "audit.exported", "Evidence bundle exported"
     AUDIT_PURGED = "audit.purged", "Audit events past retention purged"
+    # A statement's literals shown unmasked to a compliance officer (audit.statement_text masks them otherwise).
+    AUDIT_LITERALS_REVEALED = "audit.literals_revealed", "Statement literals revealed"
     POLICY_CHANGED = "policy.changed", "Policy changed"
 
 
@@ -162,6 +166,11 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.kind} {self.actor_name}"
+
+    @property
+    def statement_masked(self) -> str:
+        """The statement as audit viewers see it by default: literals and comments masked (audit.statement_text)."""
+        return mask_literals(self.statement) or ""
 
 
 class ChainLink(models.Model):

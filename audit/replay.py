@@ -31,7 +31,7 @@ class Step:
     result_sha256: str = ""
     params: list[dict[str, Any]] = field(default_factory=list)  # bind parameters the statement was sent with
     other_session: bool = False
-    event_ids: list[int] = field(default_factory=list)
+    event_ids: list[int] = field(default_factory=list)  # the first is the statement's event (reveal literals)
     offset_ms: int = 0
 
 
@@ -58,7 +58,7 @@ def _step(event: AuditEvent, other_session: bool = False) -> Step:
         actor=_who(event),
         outcome=event.outcome,
         summary=event.summary,
-        statement=event.statement,
+        statement=event.statement_masked,  # literals masked; revealed only by the audited reveal action
         verdict=str(details.get("verdict", "")),
         reasons=[str(reason) for reason in details.get("reasons", [])],
         ticket_id=event.ticket_id,

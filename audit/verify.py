@@ -9,7 +9,11 @@ Exit 0 and a summary when everything holds; exit 1 with the reason otherwise. Wh
 3. The chain segment (``chain.jsonl``) is contiguous, starts at genesis or at a signed checkpoint, recomputes
    link by link, matches every signed checkpoint it passes (``checkpoints.jsonl``), and ends on one.
 4. Each event (``events.jsonl``) hashes to its link's row hash, matches the export's filters, and every link
-   the export selected has its event; the CSV says the same as the JSONL.
+   the export selected has its event; the CSV says the same as the JSONL. An event whose statement literals
+   were masked for the bundle (``"statement_literals": "masked"``, allowed only when the manifest says the
+   bundle is masked) cannot be rehashed: it is checked for its place in the chain, and its content is vouched
+   for by the exporter's own check of the stored form (the signed ``chain_status``) and the manifest signature.
+   A bundle exported with literals revealed is rehashed in full.
 
 Imports only the standard library and ``cryptography``: an auditor can run it from a copy of this one package.
 """
@@ -58,6 +62,7 @@ class SegmentReport:
     checkpoints: int = 0
     first_seq: int = 0
     last_seq: int = 0
+    masked: int = 0  # events whose masked statement was not rehashed
     problems: list[str] = field(default_factory=list)
 
 
@@ -67,6 +72,8 @@ def verify_segment(
     events: Iterable[Mapping[str, Any]],
     public_key_raw: bytes,
     start_anchor: int,
+    *,
+    masked_allowed: bool = False,
 ) -> SegmentReport:
     """The chain checks shared by the offline verifier and the exporter (whose report states the result).
 
@@ -131,7 +138,11 @@ def verify_segment(
         stored_row, event_id, state = link_info
         if event_id != event["id"] or state != "included":
             problems.append(f"event {event['id']} is not the event the chain has at seq {seq}")
-        if row_hash(event_values(event)).hex() != stored_row:
+        if event.get("statement_literals") == "masked":
+            if not masked_allowed:
+                problems.append(f"event {event['id']} is marked masked in a bundle that says it is not")
+            report.masked += 1
+        elif row_hash(event_values(event)).hex() != stored_row:
             problems.append(f"event {event['id']} (seq {seq}) does not match its hash in the chain")
         if json.loads(event["details_text"]) != event.get("details"):
             problems.append(f"event {event['id']}: details differ from the hashed details_text")
@@ -218,7 +229,10 @@ def verify_bundle(path: str, trusted_key_id: str | None = None) -> str:
     checkpoints = _jsonl(files["checkpoints.jsonl"], "checkpoints.jsonl")
     events = _jsonl(files["events.jsonl"], "events.jsonl")
     segment = manifest.get("segment", {})
-    report = verify_segment(links, checkpoints, events, public_raw, int(segment.get("start_anchor", 0)))
+    literals = manifest.get("statement_literals", "revealed")  # bundles from before masking carried them
+    report = verify_segment(
+        links, checkpoints, events, public_raw, int(segment.get("start_anchor", 0)), masked_allowed=literals == "masked"
+    )
     if report.problems:
         raise BundleInvalid(report.problems[0])
     filters = manifest.get("filters", {})
@@ -230,6 +244,11 @@ def verify_bundle(path: str, trusted_key_id: str | None = None) -> str:
         f"bundle OK: {report.events} events, chain segment seq {report.first_seq}..{report.last_seq} "
         f"({report.links} links, {report.checkpoints} signed checkpoints), signed by key {bundled_id}"
         + ("" if trusted_key_id else " (compare this key id with the one your organisation publishes)")
+        + (
+            f"; statement literals masked: {report.masked} events not rehashed (the exporter checked them)"
+            if report.masked
+            else ""
+        )
     )
 
 

@@ -125,7 +125,12 @@ def export_start(request: HttpRequest) -> HttpResponse:
         user=request.POST.get("actor", "").strip() or None,
         datasource=request.POST.get("datasource", "").strip() or None,
     )
-    export = request_export(principal, filters, web_context(request))
+    export = request_export(
+        principal,  # a compliance officer (checked above): the only role that may ask for revealed literals
+        filters,
+        web_context(request),
+        reveal_literals=request.POST.get("statement_literals") == "revealed",
+    )
     return redirect("audit-export", export_id=export.pk)
 
 
@@ -166,3 +171,27 @@ def export_download(request: HttpRequest, export_id: int) -> FileResponse:
     if not path.is_file():
         raise Http404("the bundle is no longer there")
     return FileResponse(open(path, "rb"), as_attachment=True, filename=export.file_name)
+
+
+@login_required
+@require_POST
+def reveal_literals(request: HttpRequest, event_id: int) -> HttpResponse:
+    """Show one event's statement with its literals, once, to a compliance officer; the reveal is audited first.
+
+    Why POST: seeing possibly-PHI literals is an act with a record (``audit.literals_revealed``), not a page a
+    link preview or a browser prefetch may load; the page is not cached, so going back does not show it again."""
+    principal = _compliance(request)
+    event = AuditEvent.objects.filter(pk=event_id).first()
+    if event is None or not event.statement:
+        raise Http404("no such statement")
+    with transaction.atomic():
+        record(
+            EventKind.AUDIT_LITERALS_REVEALED,
+            principal=principal,
+            context=web_context(request),
+            summary=f"literals of event {event.pk} revealed",
+            details={"event": event.pk, "event_kind": event.kind, "session": event.session_id},
+        )
+    response = render(request, "audit/revealed.html", {"event": event})
+    response["Cache-Control"] = "no-store"
+    return response

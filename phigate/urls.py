@@ -48,6 +48,7 @@ urlpatterns = [
     path("tickets/<int:ticket_id>/estimate", reviewer_views.ticket_estimate, name="ticket-estimate"),
     path("audit/", audit_views.search_page, name="audit-search"),
     path("audit/sessions/<path:session_id>/", audit_views.session_replay, name="audit-replay"),
+    path("audit/events/<int:event_id>/reveal", audit_views.reveal_literals, name="audit-reveal-literals"),
     path("audit/exports/", audit_views.export_start, name="audit-export-start"),
     path("audit/exports/<int:export_id>/", audit_views.export_page, name="audit-export"),
     path("audit/exports/<int:export_id>/progress", audit_views.export_progress, name="audit-export-progress"),

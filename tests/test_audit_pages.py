@@ -13,6 +13,7 @@ import pytest
 from django.test import Client
 
 from audit.models import AuditEvent, EventKind, EvidenceExport, ExportStatus
+from audit.statement_text import mask_literals
 from identity.roles import Role
 from tests.factories import make_agent, make_user
 
@@ -95,7 +96,8 @@ def test_replay_of_a_wire_session_shows_statements_in_order_with_decisions_and_m
 ) -> None:  # type: ignore[no-untyped-def]
     officer = people["compliance"]
     html = browser(officer).get(f"/audit/sessions/{wire_session['session']}/").content.decode()
-    positions = [html.index(sql.replace("'", "&#x27;")) for sql in wire_session["statements"]]
+    # Statements are shown with their literals masked (audit.statement_text; revealing them is a separate act).
+    positions = [html.index((mask_literals(sql) or "").replace("'", "&#x27;")) for sql in wire_session["statements"]]
     assert positions == sorted(positions), "statements out of order"
     for verdict in ("decision-allowed", "decision-denied", "decision-held"):
         assert verdict in html

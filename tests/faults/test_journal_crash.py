@@ -77,8 +77,9 @@ def test_records_of_the_last_results_survive_a_kill_9(tmp_path: Path) -> None:
     successor = AuditJournal(tmp_path, conninfo=control_plane_conninfo())  # ships what the slot holds at start
     try:
         statements = wait_until(
-            lambda: set(AuditEvent.objects.filter(statement__startswith=marker).values_list("statement", flat=True))
-            or None,
+            lambda: (
+                set(AuditEvent.objects.filter(statement__startswith=marker).values_list("statement", flat=True)) or None
+            ),
             10,
             what="the successor to ship the leftovers",
         )

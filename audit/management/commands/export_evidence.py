@@ -28,6 +28,11 @@ class Command(BaseCommand):
         parser.add_argument("--user", help="only events whose accountable human is this username")
         parser.add_argument("--datasource", help="only events about this data source")
         parser.add_argument("--out", required=True, help="the ZIP file to write")
+        parser.add_argument(
+            "--reveal-literals",
+            action="store_true",
+            help="carry statements with their literals (may be PHI); the default masks them; the export is audited",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         filters = ExportFilters(
@@ -38,7 +43,9 @@ class Command(BaseCommand):
         )
         if filters.until <= filters.since:
             raise CommandError("--until must be after --since")
-        result = export_evidence(filters, Path(options["out"]), requested_by=None)
+        result = export_evidence(
+            filters, Path(options["out"]), requested_by=None, reveal_literals=options["reveal_literals"]
+        )
         self.stdout.write(
             f"wrote {result.path}: {result.events} events, {result.links} chain links; chain {result.chain_status}"
         )
