@@ -53,11 +53,22 @@ def masked_statement(sql: str) -> str:
     """A statement with every literal replaced by a placeholder (PostgreSQL's own normalization, via pglast):
     the report shows what was run, never the values in it. Text that does not parse is not shown at all."""
     try:
-        text = parser.normalize(sql)
+        text = parser.normalize(_without_comments(sql))
     except Exception:  # anything pglast cannot normalize is withheld, never printed raw
         return "[statement withheld: it could not be parsed to mask its constants; see events.jsonl]"
     text = " ".join(text.split())
     return text if len(text) <= _STATEMENT_PREVIEW else text[:_STATEMENT_PREVIEW] + " ..."
+
+
+def _without_comments(sql: str) -> str:
+    """Normalization keeps comments, which can carry anything: each is replaced by a space, as PostgreSQL's own
+    scanner (pglast's ``scan``) delimits them."""
+    kept, position = [], 0
+    for token in parser.scan(sql):
+        if token.name in {"C_COMMENT", "SQL_COMMENT"}:
+            kept.append(sql[position : token.start] + " ")
+            position = token.end + 1
+    return "".join(kept) + sql[position:]
 
 
 @dataclass

@@ -80,7 +80,7 @@ def period() -> dict[str, Any]:
         outcome=Outcome.HELD,
         datasource="clinic",
         ticket_id=ticket_id,
-        statement=f"UPDATE patients SET phone = '{PHONE}' WHERE full_name = '{NAME}'",
+        statement=f"UPDATE patients SET phone = '{PHONE}' /* for {NAME} */ WHERE full_name = '{NAME}' -- {SSN}\n",
         summary="held for approval (2 needed): writes data",
         details={"verdict": "held", "reasons": ["writes data"], "relations": ["public.patients"], "reason": "INC-42"},
     )
