@@ -26,7 +26,8 @@ services:
 	@for i in $$(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done; redis-cli -h 127.0.0.1 -p 6379 ping
 
 # Debian packages the tests drive: Chromium for the browser tests (Playwright never downloads a browser), and
-# pgJDBC with a JDK for the JDBC client tests.
+# pgJDBC with a JDK for the JDBC client tests, and poppler-utils (pdftotext) for reading the evidence report's
+# word positions (tests/test_evidence_report.py).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-packages:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
@@ -35,6 +36,8 @@ system-packages:
 	@test -e /usr/share/java/postgresql.jar
 	@{ test -e /usr/share/java/HikariCP.jar && test -e /usr/share/java/slf4j-api.jar && test -e /usr/share/java/slf4j-nop.jar; } || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libhikaricp-java libslf4j-java >/dev/null; }
 	@test -e /usr/share/java/HikariCP.jar
+	@command -v pdftotext >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils >/dev/null; }
+	@command -v pdftotext
 	@{ command -v node >/dev/null && command -v npm >/dev/null; } || { $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
 
 lint: $(STAMP)

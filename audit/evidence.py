@@ -108,7 +108,7 @@ def export_evidence(
     ``reveal_literals``: statements as stored, literals and all; callers allow it to compliance officers only."""
     report = progress or (lambda percent, what: None)
     literals = StatementLiterals.REVEALED if reveal_literals else StatementLiterals.MASKED
-    _record_export(filters, out, requested_by, context, literals)
+    bundle_id = f"export-{_record_export(filters, out, requested_by, context, literals)}"
     report(2, "chaining recent events")
     chain_note = ""
     try:
@@ -170,24 +170,29 @@ def export_evidence(
             else "FAILED: " + "; ".join(problems[:5])
         )
         report(85, "writing the report")
+        write_private_bytes(folder / PUBLIC_KEY, public_pem)
+        covered = ["events.jsonl", "events.csv", "chain.jsonl", "checkpoints.jsonl", PUBLIC_KEY]
         meta = {
+            "bundle id": bundle_id,
             "period": f"{iso(filters.since)} to {iso(filters.until)} (end exclusive)",
             "person": filters.user or "everyone",
-            "data source": filters.datasource or "all",
+            "data sources": filters.datasource or (", ".join(sorted(summary.datasources)) or "none in the events"),
             "events": total,
             "exported at": iso(timezone.now()),
             "exported by": _requester_name(requested_by),
             "signing key id": signing.signing_key_id(),
+            "key fingerprint": "SHA-256 of the Ed25519 public key: " + hashlib.sha256(public_raw).hexdigest(),
+            "file digests": {name: _sha256(folder / name) for name in covered},
             "chain status": chain_status,
         }
         write_private_bytes(folder / "report.pdf", render_pdf(summary, meta))
-        write_private_bytes(folder / PUBLIC_KEY, public_pem)
 
         files = ["events.jsonl", "events.csv", "chain.jsonl", "checkpoints.jsonl", "report.pdf", PUBLIC_KEY]
         manifest = {
             "format": BUNDLE_FORMAT,
             "created_at": meta["exported at"],
             "exported_by": meta["exported by"],
+            "bundle_id": bundle_id,
             "filters": filters.as_manifest(),
             "key_id": signing.signing_key_id(),
             "segment": {"start_anchor": start_anchor, "end_anchor": end_anchor},
@@ -220,28 +225,29 @@ def _requester_name(principal: Principal | None) -> str:
 
 def _record_export(
     filters: ExportFilters, out: Path, requested_by: Principal | None, context: Context | None, literals: str
-) -> None:
+) -> int:
+    """Record the export; the event's id names the bundle (its header, cover and manifest say it)."""
     details = {"filters": filters.as_manifest(), "file": out.name, "statement_literals": literals}
     summary = "evidence bundle exported" + (" (statement literals revealed)" if literals == "revealed" else "")
     with transaction.atomic():
         if requested_by is not None:
-            record(
+            return record(
                 EventKind.AUDIT_EXPORTED,
                 principal=requested_by,
                 context=context,
                 details=details,
                 summary=summary,
-            )
+            ).pk
         else:  # from a shell: name the operating-system account (see the audit_actor_required constraint)
             from audit.models import AuditEvent
 
-            AuditEvent.objects.create(
+            return AuditEvent.objects.create(
                 kind=EventKind.AUDIT_EXPORTED,
                 actor_name=f"os:{getpass.getuser()}"[:150],
                 front="cli",
                 summary=summary,
                 details=details,
-            )
+            ).pk
 
 
 def _anchors(cursor: Any, low: int | None, high: int | None, *, reaches_present: bool) -> tuple[int, int]:
