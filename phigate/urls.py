@@ -15,6 +15,7 @@ from audit import views as audit_views
 from audit.api import AuditEventListView
 from gateway.http_front import QueryView
 from identity.views import LoginView
+from phigate import views as shell_views
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -35,7 +36,10 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("", reviewer_views.queue, name="queue"),
+    path("api/docs/", shell_views.ApiDocsView.as_view(), name="api-docs"),
+    # `/` lands each role where its work is (phigate.navigation.landing_url); reviewers get the queue there.
+    path("", shell_views.home, name="home"),
+    path("queue/", reviewer_views.queue, name="queue"),
     path("tickets/<int:ticket_id>/", reviewer_views.ticket_detail, name="ticket-detail"),
     path("tickets/<int:ticket_id>/review", reviewer_views.review, name="ticket-review"),
     path("tickets/<int:ticket_id>/row", reviewer_views.ticket_row, name="ticket-row"),
@@ -43,7 +47,7 @@ urlpatterns = [
     path("tickets/<int:ticket_id>/estimate", reviewer_views.ticket_estimate, name="ticket-estimate"),
     path("audit/", audit_views.search_page, name="audit-search"),
     path("audit/sessions/<path:session_id>/", audit_views.session_replay, name="audit-replay"),
-    path("audit/exports/", audit_views.export_start, name="audit-export-start"),
+    path("audit/exports/", audit_views.exports, name="audit-exports"),
     path("audit/exports/<int:export_id>/", audit_views.export_page, name="audit-export"),
     path("audit/exports/<int:export_id>/progress", audit_views.export_progress, name="audit-export-progress"),
     path("audit/exports/<int:export_id>/download", audit_views.export_download, name="audit-export-download"),
@@ -56,3 +60,8 @@ urlpatterns = [
 
 if settings.OIDC_ENABLED:
     urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))
+
+# Branded error pages, with the navigation bar and a way back (templates/errors/).
+handler403 = shell_views.permission_denied
+handler404 = shell_views.page_not_found
+handler500 = shell_views.server_error
