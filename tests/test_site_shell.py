@@ -354,6 +354,24 @@ def test_the_bar_per_role_in_a_browser(chromium: Any, web: Any, tmp_path: Path) 
     assert len(list(tmp_path.glob("nav-*.png"))) == 4
 
 
+def test_the_bar_on_a_phone(chromium: Any, web: Any, tmp_path: Path) -> None:
+    """390 px wide: the bar wraps instead of widening the page, and its links are 44 px targets."""
+    person = make_person("reviewer+compliance")
+    person.is_staff = True
+    person.save()
+    context = browser_context(chromium, web.url, person, viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    page.goto(f"{web.url}/integrations/slack/link")
+    assert page.locator(".site-nav a").count() >= 4
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    heights = page.locator(".site-nav a, .sign-out button").evaluate_all(
+        "(targets) => targets.map((el) => el.getBoundingClientRect().height)"
+    )
+    assert min(heights) >= 44, heights
+    page.screenshot(path=str(tmp_path / "nav-phone.png"), full_page=True)
+    context.close()
+
+
 # --- 3. Error pages ------------------------------------------------------------------------------------------
 
 
