@@ -10,10 +10,19 @@ visited as each kind of person, with hostile values:
 - stored: tickets, reviews, an agent, people, a data source, audit events, a session, an evidence export, a
   Slack link and policy objects whose names, SQL, reasons, comments and results carry the payloads.
 
-After each page: no injected script ran (``window.__pwned``), no hostile ``javascript:`` URL reached an
-attribute, no 5xx, and every HTML response (documents and the fragments pages fetch) carries the
-Content-Security-Policy. The crawl runs twice: as shipped, and with the browser ignoring the CSP, which shows
-whether the escaping alone holds (the CSP is the second line, not the only one).
+The browser runs under the site's real Content-Security-Policy, and after each page the crawl checks:
+
+- no injected script ran (``window.__pwned``) and no dialog opened;
+- no payload became markup, whether or not the CSP then stopped it: a runnable ``<script>`` holding a payload,
+  an ``on…`` handler attribute, a ``javascript:`` URL in an href/src/action. This is what makes the crawl
+  catch a template that fails to escape (the queue's ``filters_json|safe`` of issue 14) although the CSP
+  already keeps the payload from running: the escaping must hold on its own;
+- no 5xx, no request leaves the site, and every HTML response (documents and the fragments pages fetch)
+  carries the Content-Security-Policy.
+
+Each page is opened with all hostile parameters at once; when that lands somewhere else than a plain visit
+(a parameter that switches the page into another one, like DRF's ``?format=``), the switching parameters are
+found by halving and sent alone, the rest together.
 
 A pattern the crawl cannot fill (a path parameter without a recipe in ``PATH_VALUES``) fails the test: add a
 recipe rather than let a page go unvisited.
