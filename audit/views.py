@@ -7,13 +7,12 @@ from datetime import datetime, time, timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.dateparse import parse_date
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 from rest_framework.exceptions import ValidationError
 
 from audit.api import SEARCH_FILTERS, record_search, search
@@ -25,15 +24,14 @@ from audit.replay import replay_steps
 from audit.search_paging import newest_page
 from identity.authentication import web_context
 from identity.principal import Principal
-from identity.roles import Role, has_role
+from identity.roles import Role, require_role
 
 PAGE = 50
 
 
 def _compliance(request: HttpRequest) -> Principal:
-    """The signed-in compliance officer, or 403 (explicit, not a silent empty page)."""
-    if not has_role(request.user, Role.COMPLIANCE):  # type: ignore[arg-type]
-        raise PermissionDenied("the audit trail is for compliance officers")
+    """The signed-in compliance officer, or 403 naming the role (explicit, not a silent empty page)."""
+    require_role(request.user, Role.COMPLIANCE, "the audit trail is for compliance officers")  # type: ignore[arg-type]
     return Principal(human=request.user)  # type: ignore[arg-type]
 
 
@@ -108,9 +106,16 @@ def _day(raw: str, name: str, default: datetime) -> datetime:
 
 
 @login_required
-@require_POST
-def export_start(request: HttpRequest) -> HttpResponse:
+@require_http_methods(["GET", "POST"])
+def exports(request: HttpRequest) -> HttpResponse:
+    """The officer's own evidence exports and a form for a new one (GET); POST starts one (also from search)."""
     principal = _compliance(request)
+    if request.method == "POST":
+        return _start_export(request, principal)
+    return render(request, "audit/exports.html", {"exports": EvidenceExport.objects.of(principal.human)[:100]})
+
+
+def _start_export(request: HttpRequest, principal: Principal) -> HttpResponse:
     now = timezone.now()
     try:
         since = _day(request.POST.get("since", ""), "since", now - timedelta(days=30))

@@ -24,12 +24,6 @@ if _present:
 
 django_application = get_asgi_application()  # sets Django up before the websocket routes import models
 
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
-
-# Pages load their scripts and styles from /static/ (no inline script: a strict CSP), served here from the
-# static/ directory and the apps' static files, so the web process needs nothing in front of it.
-django_application = ASGIStaticFilesHandler(django_application)
-
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402

@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served from this origin (no CDN)
     "mozilla_django_oidc",
     "identity",
     "policy",
@@ -40,6 +41,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "phigate.security.ContentSecurityPolicyMiddleware",  # strict CSP on every response, static files included
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files under uvicorn (Django serves none itself)
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -63,6 +66,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "identity.context_processors.sign_in_options",
             ],
+            # The shell's tags (navigation bar, URLs that may not exist yet): phigate/ is not an app.
+            "libraries": {"shell": "phigate.templatetags.shell"},
         },
     },
 ]
@@ -196,22 +201,40 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Agents submit SQL; reviewers approve; compliance searches the audit trail.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI's files come from drf-spectacular-sidecar, served by this process: the site has no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
+
+# --- Browser security headers (see phigate/security.py for the Content-Security-Policy) -------------------------
+SECURE_CONTENT_TYPE_NOSNIFF = True  # X-Content-Type-Options: nosniff
+SECURE_REFERRER_POLICY = "same-origin"  # ticket URLs and filters never leave in a Referer
+X_FRAME_OPTIONS = "DENY"  # with CSP frame-ancestors 'none'
+CSRF_FAILURE_VIEW = "phigate.views.csrf_failure"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# The web process serves static files itself (WhiteNoise), straight from the finders (the apps' static/
+# directories and STATICFILES_DIRS): no collectstatic step, so a fresh clone, `make demo` and the tests serve the
+# same files. Set STATIC_ROOT to serve a collectstatic output as well.
+STATIC_ROOT = env.get_str("STATIC_ROOT")
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
 
 # Never log request bodies (they carry SQL with literals, tokens in headers): only our own structured lines.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"routine_refusals": {"()": "phigate.log_filters.RoutineRefusalsWithoutTraceback"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # A refused page is one line, not a traceback (Django attaches one to every PermissionDenied).
+    "loggers": {"django.request": {"filters": ["routine_refusals"]}},
     "root": {"handlers": ["console"], "level": env.get_str("LOG_LEVEL", "INFO")},
 }
 

@@ -16,6 +16,7 @@ from audit import views as audit_views
 from audit.api import AuditEventListView
 from gateway.http_front import QueryView
 from identity.views import LoginView
+from phigate import views as shell_views
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -36,7 +37,10 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("", queue_views.queue, name="queue"),
+    path("api/docs/", shell_views.ApiDocsView.as_view(), name="api-docs"),
+    # `/` lands each role where its work is (phigate.navigation.landing_url); reviewers get the queue there.
+    path("", shell_views.home, name="home"),
+    path("queue/", queue_views.queue, name="queue"),
     path("reviews/", mine_views.my_reviews, name="my-reviews"),
     path("requests/", mine_views.my_requests, name="my-requests"),
     path("requests/<int:ticket_id>/result", mine_views.my_request_result, name="my-request-result"),
@@ -49,7 +53,7 @@ urlpatterns = [
     path("audit/", audit_views.search_page, name="audit-search"),
     path("audit/sessions/<path:session_id>/", audit_views.session_replay, name="audit-replay"),
     path("audit/events/<int:event_id>/reveal", audit_views.reveal_literals, name="audit-reveal-literals"),
-    path("audit/exports/", audit_views.export_start, name="audit-export-start"),
+    path("audit/exports/", audit_views.exports, name="audit-exports"),
     path("audit/exports/<int:export_id>/", audit_views.export_page, name="audit-export"),
     path("audit/exports/<int:export_id>/progress", audit_views.export_progress, name="audit-export-progress"),
     path("audit/exports/<int:export_id>/download", audit_views.export_download, name="audit-export-download"),
@@ -63,3 +67,8 @@ urlpatterns = [
 
 if settings.OIDC_ENABLED:
     urlpatterns.append(path("oidc/", include("mozilla_django_oidc.urls")))
+
+# Branded error pages, with the navigation bar and a way back (templates/errors/).
+handler403 = shell_views.permission_denied
+handler404 = shell_views.page_not_found
+handler500 = shell_views.server_error

@@ -150,7 +150,7 @@ def sign_in(chromium, web, user) -> object:  # type: ignore[no-untyped-def]
     page.fill("input[name=username]", user.username)
     page.fill("input[name=password]", "correct horse battery")
     page.click("button[type=submit]")
-    page.wait_for_url(f"{web.url}/")
+    page.wait_for_url(lambda url: "/accounts/login/" not in url)  # signed in: `/` lands each role on its page
     return page
 
 

@@ -72,6 +72,7 @@ def test_credentials_file_is_private_and_complete(demo) -> None:  # type: ignore
         ("dave", "reviewer"),
         ("bob", "engineer"),
         ("carol", "compliance"),
+        ("erin", "admin"),
     }
     env_file = (demo["state"] / "env").read_text()
     assert "DATABASE_URL=" in env_file and "DATASOURCE_" not in env_file
@@ -118,6 +119,30 @@ def test_readme_flow(demo) -> None:  # type: ignore[no-untyped-def]
     events = call(tokens["carol"], "GET", "audit/events?kind=ticket.executed")
     assert events.status_code == 200 and events.json()["results"]
     assert httpx.get(creds["ui_url"] + "accounts/login/", timeout=10).status_code == 200
+
+
+def test_the_demo_admin_is_styled_and_erin_reaches_the_policy_editor(demo) -> None:  # type: ignore[no-untyped-def]
+    """The README's promise: the policy editor at /admin/, reachable by a demo user, styled under uvicorn."""
+    base = demo["credentials"]["ui_url"].rstrip("/")
+    erin = next(u for u in demo["credentials"]["users"] if u["username"] == "erin")
+    with httpx.Client(base_url=base, timeout=10) as client:
+        login = client.get("/admin/login/?next=/admin/policy/phicolumn/")
+        assert login.status_code == 200
+        assert client.get("/static/admin/css/base.css").status_code == 200
+        signed_in = client.post(
+            "/admin/login/?next=/admin/policy/phicolumn/",
+            data={
+                "username": "erin",
+                "password": erin["password"],
+                "csrfmiddlewaretoken": client.cookies["csrftoken"],
+                "next": "/admin/policy/phicolumn/",
+            },
+            headers={"Referer": f"{base}/admin/login/"},
+        )
+        assert signed_in.status_code == 302 and signed_in.headers["location"] == "/admin/policy/phicolumn/"
+        editor = client.get("/admin/policy/phicolumn/")
+        assert editor.status_code == 200 and "ssn" in editor.text
+        assert client.get("/admin/auth/user/").status_code == 403  # the policy, not the people
 
 
 def test_readme_wire_examples(demo) -> None:  # type: ignore[no-untyped-def]

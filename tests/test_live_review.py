@@ -81,8 +81,10 @@ def sign_in_with_oidc(chromium: Any, site: OidcSite, name: str) -> Any:
     page.fill("#op-login", name)
     page.fill("#op-password", site.users[name]["password"])
     page.click("#op-submit")
-    page.wait_for_url(f"{site.url}/")
-    page.wait_for_selector("#live-state[data-state=live]")
+    # `/` lands each role where its work is: reviewers on the live queue, compliance officers on the audit trail.
+    page.wait_for_url(lambda url: url in (f"{site.url}/", f"{site.url}/audit/"))
+    if page.url == f"{site.url}/":
+        page.wait_for_selector("#live-state[data-state=live]")
     return page
 
 

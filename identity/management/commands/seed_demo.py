@@ -28,7 +28,22 @@ from identity.principal import Principal
 from identity.roles import Role, grant_role
 from policy.models import ClassificationSource, ClassifiedRelation, DataSource, PhiColumn
 
-DEMO_USERS = [("alice", Role.REVIEWER), ("dave", Role.REVIEWER), ("bob", Role.ENGINEER), ("carol", Role.COMPLIANCE)]
+DEMO_USERS = [
+    ("alice", Role.REVIEWER),
+    ("dave", Role.REVIEWER),
+    ("bob", Role.ENGINEER),
+    ("carol", Role.COMPLIANCE),
+    ("erin", Role.ADMIN),  # staff: edits the PHI policy in /admin/
+]
+
+
+def _make_policy_editor(user: Any) -> None:
+    """Staff with the policy app's permissions only: the admin's policy editor, not user or group management."""
+    from django.contrib.auth.models import Permission
+
+    user.is_staff = True
+    user.save(update_fields=["is_staff"])
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="policy"))
 
 
 class Command(BaseCommand):
@@ -64,6 +79,8 @@ class Command(BaseCommand):
                 user.is_active = True
                 user.save()
                 grant_role(user, role)
+                if role == Role.ADMIN:
+                    _make_policy_editor(user)
                 api_token = _kept_api_token(user, kept.get("api_token"))
                 if api_token is None:
                     ApiToken.objects.filter(user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())
