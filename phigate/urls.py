@@ -3,7 +3,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
@@ -15,11 +14,7 @@ from audit import views as audit_views
 from audit.api import AuditEventListView
 from gateway.http_front import QueryView
 from identity.views import LoginView
-
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"ok": True})
-
+from phigate import health
 
 api_v1 = [
     path("queries", QueryView.as_view(), name="api-queries"),
@@ -32,7 +27,8 @@ api_v1 = [
 ]
 
 urlpatterns = [
-    path("healthz", healthz, name="healthz"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("", reviewer_views.queue, name="queue"),
