@@ -46,8 +46,8 @@ class QueryView(APIView):
                 timeout_seconds=settings.READ_STATEMENT_TIMEOUT_MS / 1000 + 10,
             )
         except GatewayUnavailable as exc:  # no reply by the deadline (a Redis outage is phigate.outages' 503)
-            body = {"status": "failed", "error": str(exc), "dependency": faults.GATEWAY}
-            return Response(body, status=503, headers=outages.retry_after())
+            unanswered = {"status": "failed", "error": str(exc), "dependency": faults.GATEWAY}
+            return Response(unanswered, status=503, headers=outages.retry_after())
         payload: dict[str, object] = {"status": outcome.status}
         if outcome.status == "executed":
             payload.update(

@@ -112,8 +112,11 @@ def target_probe(datasource: str, access: Access) -> Callable[[], None]:
 
 # Checks run in daemon threads of their own with a time limit: a dependency that hangs makes its check time out,
 # not the probe, and never keeps the process from exiting. A check still running from an earlier probe is waited
-# for again rather than started twice.
-_in_flight: dict[str, Future[None]] = {}
+# for again rather than started twice, and one that succeeded less than ``REUSE_SECONDS`` ago is reused, so a
+# probe endpoint hit in a loop opens at most one connection per dependency per second (a failure is never reused:
+# a dependency that is back is reported at once).
+REUSE_SECONDS = 1.0
+_in_flight: dict[str, tuple[float, Future[None]]] = {}
 _in_flight_lock = threading.Lock()
 
 
@@ -139,11 +142,18 @@ def run_checks(checks: Iterable[Check], timeout: float = CHECK_TIMEOUT_SECONDS +
     futures: dict[str, Future[None]] = {}
     with _in_flight_lock:
         for check in checks:
-            previous = _in_flight.get(check.name)
-            if previous is not None and not previous.done():
+            started, previous = _in_flight.get(check.name, (0.0, None))
+            recent_success = (
+                previous is not None
+                and previous.done()
+                and previous.exception() is None
+                and time.monotonic() - started < REUSE_SECONDS
+            )
+            if previous is not None and (not previous.done() or recent_success):
                 futures[check.name] = previous
             else:
-                futures[check.name] = _in_flight[check.name] = _start(check)
+                futures[check.name] = _start(check)
+                _in_flight[check.name] = (time.monotonic(), futures[check.name])
     deadline = time.monotonic() + timeout
     states: dict[str, str] = {}
     for check in checks:

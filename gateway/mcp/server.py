@@ -87,13 +87,14 @@ def build_server(resolve: CallerResolver) -> MCPServer:
             raise ToolError(str(exc)) from exc
         except Exception as exc:
             # Redis or the control plane unreachable: over HTTP the answer becomes a 503 with Retry-After
-            # (gateway.mcp.http reads the mark); on stdio it stays a tool error.
+            # (gateway.mcp.http reads the mark); on stdio it is a tool error saying so. Anything else is a bug.
             dependency = outages.outage_of(exc)
-            if dependency is not None:
-                faults.dependency(dependency).down(exc)
-                if request is not None:
-                    request.scope[OUTAGE_KEY] = dependency
-            raise
+            if dependency is None:
+                raise
+            faults.dependency(dependency).down(exc)
+            if request is not None:
+                request.scope[OUTAGE_KEY] = dependency
+            raise ToolError(outages.json_body(dependency)["error"]) from exc
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False))
     async def query(datasource: Datasource, sql: Sql, ctx: Context, reason: Reason = "") -> dict[str, Any]:

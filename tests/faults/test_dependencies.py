@@ -35,7 +35,10 @@ import pytest
 import redis
 
 from audit.models import AuditEvent, EventKind
+from audit.recorder import Context
+from gateway.rpc import GatewayUnavailable, call_gateway
 from identity.models import Agent
+from identity.principal import Principal
 from identity.roles import Role
 from tests import environment
 from tests import services as svc
@@ -314,6 +317,9 @@ def test_redis_restart_and_hang_keep_every_process_up_and_wire_sessions_serving(
     try:
         assert wire.execute("SELECT label FROM scratch WHERE id = 1").fetchone() == ("row 1",)
         assert _rows(_query(stack, agent, "SELECT label FROM scratch WHERE id = 2")) == [["row 2"]]
+        held = _query(stack, agent, "DELETE FROM scratch WHERE id = 50")
+        assert held.status_code == 202, held.text
+        ticket = f"{stack.web_url}/api/v1/tickets/{held.json()['ticket']['id']}"
 
         stack.redis.hang()  # a Redis that stops answering: longer than every socket timeout involved
         try:
@@ -328,6 +334,8 @@ def test_redis_restart_and_hang_keep_every_process_up_and_wire_sessions_serving(
         outage_started = time.monotonic()
         _assert_dependency_503(_query(stack, agent, "SELECT label FROM scratch WHERE id = 4"), "redis")
         _assert_dependency_503(_mcp_query(stack, agent, "SELECT label FROM scratch WHERE id = 4"), "redis")
+        _assert_dependency_503(_get(f"{ticket}/wait?timeout=2", Authorization=f"Bearer {agent.token}"), "redis")
+        assert _get(ticket, Authorization=f"Bearer {agent.token}").status_code == 200  # needs no Redis: answered
         # Wire sessions need no Redis: open ones keep serving, new decisions included, and new ones sign in.
         assert wire.execute("SELECT label AS during_outage FROM scratch WHERE id = 5").fetchone() == ("row 5",)
         with psycopg.connect(_dsn(agent.agent, agent.token, stack.gateway_port)) as fresh:
@@ -443,6 +451,61 @@ def test_requests_whose_caller_is_gone_are_cancelled_or_never_run(stack: Stack, 
     assert _rows(_query(stack, agent, "SELECT id FROM scratch WHERE id = 13")) == [["13"]]
 
 
+def test_a_read_never_outlives_its_callers_deadline(stack: Stack, agent: AgentCredentials) -> None:
+    """The caller waits 4 s (the web side's own code, in process); the gateway bounds the read's statement timeout
+    by that deadline, so the read stops and its failure comes back before the caller gives up."""
+    client = redis.Redis.from_url(stack.redis.url())
+    try:
+        with _scratch_locked(stack.target):
+            started = time.monotonic()
+            outcome = call_gateway(
+                client,
+                principal=Principal.for_agent(agent.agent),
+                datasource="clinic",
+                sql="SELECT id FROM scratch WHERE id = 33",
+                reason="",
+                context=Context(front="http"),
+                timeout_seconds=4,
+            )
+            assert time.monotonic() - started < 4.5
+            assert outcome.status == "failed" and "statement timeout" in outcome.error, outcome
+            assert not _waiting_reads(stack.target, "id = 33")  # nothing left running for nobody
+    finally:
+        client.close()
+
+
+def test_a_request_whose_caller_gave_up_at_its_deadline_is_never_run(stack: Stack, agent: AgentCredentials) -> None:
+    """The web side's own code (gateway.rpc.call_gateway) with a short wait, while the gateway is busy: the caller
+    gives up at its deadline, and the gateway, free again later, drops the request instead of running it."""
+    busy_sql, late_sql = "SELECT id FROM scratch WHERE id = 31", "SELECT id FROM scratch WHERE id = 32"
+    client = redis.Redis.from_url(stack.redis.url())
+    try:
+        with _scratch_locked(stack.target) as owner:
+            busy = threading.Thread(target=lambda: _query(stack, agent, busy_sql), daemon=True)
+            busy.start()
+            wait_until(lambda: _waiting_reads(stack.target, "id = 31"), 15, what="the gateway to be busy")
+            started = time.monotonic()
+            with pytest.raises(GatewayUnavailable):
+                call_gateway(
+                    client,
+                    principal=Principal.for_agent(agent.agent),
+                    datasource="clinic",
+                    sql=late_sql,
+                    reason="",
+                    context=Context(front="http"),
+                    timeout_seconds=2,
+                )
+            assert time.monotonic() - started < 5  # it gave up at its deadline, not later
+            owner.commit()
+        busy.join(30)
+        wait_until(lambda: client.llen("phigate:gateway:requests") == 0, 10, what="the gateway to take the request")
+        time.sleep(1)
+    finally:
+        client.close()
+    statements = set(AuditEvent.objects.filter(agent_id=agent.agent.pk).values_list("statement", flat=True))
+    assert busy_sql in statements and late_sql not in statements
+
+
 # ---------------------------------------------------------------------------------------------- control plane
 
 
@@ -546,3 +609,57 @@ def test_failed_upstream_sign_ins_leave_no_socket_behind(stack: Stack, agent: Ag
     seen = {(conn.laddr, conn.raddr) for conn in before}
     assert [c for c in after if c.status == psutil.CONN_CLOSE_WAIT and (c.laddr, c.raddr) not in seen] == []
     assert len(after) <= len(before) + 2, after  # a thread's connection or two may open meanwhile; not thirty
+
+
+# ------------------------------------------------------------------------------------------ what counts as what
+
+
+def test_only_faults_of_reaching_a_dependency_are_outages() -> None:
+    from django.db import utils as db_utils
+
+    from phigate import faults
+    from phigate.outages import outage_of
+
+    def wrapped(django_error: type[Exception], cause: Exception) -> Exception:
+        error = django_error(str(cause))
+        error.__cause__ = cause
+        return error
+
+    assert outage_of(redis.ConnectionError("Error 111 connecting")) == faults.REDIS
+    assert outage_of(redis.TimeoutError("Timeout reading")) == faults.REDIS
+    assert outage_of(RuntimeError("wrapped")) is None
+    terminated = psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+    assert outage_of(wrapped(db_utils.OperationalError, terminated)) == faults.CONTROL_PLANE
+    refused = psycopg.OperationalError("connection failed: Connection refused")  # no SQLSTATE: never connected
+    assert outage_of(wrapped(db_utils.OperationalError, refused)) == faults.CONTROL_PLANE
+    assert outage_of(db_utils.InterfaceError("connection already closed")) == faults.CONTROL_PLANE
+    # A statement that failed on a live connection is a bug or a conflict, not an outage: still a 500 (or 409).
+    cancelled = psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+    assert outage_of(wrapped(db_utils.OperationalError, cancelled)) is None
+    duplicate = psycopg.errors.UniqueViolation("duplicate key value violates unique constraint")
+    assert outage_of(wrapped(db_utils.IntegrityError, duplicate)) is None
+    try:  # found through the chain of causes, as an outage inside a library's own exception
+        try:
+            raise redis.ConnectionError("Connection closed by server.")
+        except redis.ConnectionError as inner:
+            raise RuntimeError("enqueue failed") from inner
+    except RuntimeError as outer:
+        assert outage_of(outer) == faults.REDIS
+
+
+def test_a_fault_is_one_line_per_change_of_state_without_credentials(caplog: pytest.LogCaptureFixture) -> None:
+    from phigate.faults import DependencyState, describe
+
+    state = DependencyState("test-dependency")
+    with caplog.at_level("WARNING", logger="phigate.faults"):
+        for _ in range(5):  # a dependency that stays away: retried five times, said once
+            state.down(RuntimeError("connection to postgresql://reader:s3cret@db.internal:5432/x failed"))
+        state.down("password=hunter2 host=db.internal: refused")
+        state.up()
+        state.up()
+    lines = [record.getMessage() for record in caplog.records if record.name == "phigate.faults"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("dependency fault: dependency=test-dependency state=down error=")
+    assert "RuntimeError" in lines[0] and "s3cret" not in lines[0] and "reader:***@" not in lines[0]
+    assert lines[1].startswith("dependency fault: dependency=test-dependency state=up down_seconds=")
+    assert describe("password=hunter2 host=db.internal: refused") == "password=*** host=db.internal: refused"
