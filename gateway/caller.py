@@ -64,6 +64,8 @@ class CallerScope:
         if self.gone.is_set():
             return
         self.gone.set()
+        # The lock is held during the cancel request: the statement's thread cannot hand the connection back to
+        # the pool meanwhile, so the cancel can never reach another request's statement on a reused connection.
         with self._lock:
             connection = self._connection
             if connection is None:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import redis
 from django.db import utils as db_utils
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template import loader
+from django.utils.deprecation import MiddlewareMixin
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
@@ -143,18 +143,18 @@ def _remember_outage(sender: object, request: HttpRequest | None = None, **kwarg
         faults.dependency(dependency).down(sys.exc_info()[1] or dependency)
 
 
-class DependencyOutageMiddleware:
+class DependencyOutageMiddleware(MiddlewareMixin):
     """First in ``MIDDLEWARE``: a view's outage becomes a 503 here (``process_exception``); one inside another
-    middleware (which Django has already turned into a 500) is recognised by ``got_request_exception``."""
+    middleware (which Django has already turned into a 500) is recognised by ``got_request_exception`` and its
+    500 replaced in ``process_response``. Sync and async capable (MiddlewareMixin), like Django's own."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    def __init__(self, get_response: Any) -> None:
         from django.core.signals import got_request_exception
 
-        self.get_response = get_response
+        super().__init__(get_response)
         got_request_exception.connect(_remember_outage, dispatch_uid="phigate.outages")
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        response = self.get_response(request)
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         dependency = getattr(request, _OUTAGE_ATTRIBUTE, None)
         if dependency is not None and response.status_code == 500:
             return unavailable(request, dependency)
