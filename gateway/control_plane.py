@@ -37,7 +37,8 @@ def run(call: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
             faults.dependency(faults.CONTROL_PLANE).down(exc)
             _close()
         raise
-    faults.dependency(faults.CONTROL_PLANE).up()
+    if connections[DEFAULT_DB_ALIAS].connection is not None:  # the call did reach the control plane
+        faults.dependency(faults.CONTROL_PLANE).up()
     return result
 
 

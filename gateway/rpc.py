@@ -70,6 +70,7 @@ CLAIM_PREFIX = "phigate:gateway:claimed:"
 _SALT = "phigate.gateway.rpc"
 
 WAITING, GONE = b"waiting", b"gone"
+UNAVAILABLE = "unavailable"  # a reply that is only {"unavailable": <dependency>}: the gateway's own outage
 WAIT_SLICE_SECONDS = 1  # each blocking read of the reply; far below any socket timeout
 PRESENCE_TTL_SECONDS = 5
 REPLY_GRACE_SECONDS = 0.5  # the caller waits this much past its deadline for a reply already on its way
@@ -173,7 +174,16 @@ def call_gateway(
     """Run one statement through the gateway's pipeline; ``timeout_seconds`` is how long the caller waits, and
     the longest the gateway may work on it. Raises GatewayUnavailable, or a Redis error when Redis is down."""
     payload = _payload(principal, datasource, context, timeout_seconds) | {"sql": sql, "reason": reason}
-    return StatementOutcome(**_send(client, payload, timeout_seconds))
+    return StatementOutcome(**_answer_of(_send(client, payload, timeout_seconds)))
+
+
+def _answer_of(reply: dict[str, Any]) -> dict[str, Any]:
+    """The reply, unless the gateway said it could not reach a dependency of its own (then the caller's answer is
+    the 503 of that outage, ``phigate.outages``)."""
+    if UNAVAILABLE in reply:
+        dependency = str(reply[UNAVAILABLE])
+        raise outages.Unavailable(dependency, f"the gateway cannot reach its {dependency}")
+    return reply
 
 
 class OperationRefused(Exception):
@@ -193,7 +203,7 @@ def call_operation(
     """Run one of ``OPERATIONS`` in the gateway. Raises OperationRefused or GatewayUnavailable."""
     payload = _payload(principal, datasource, context, timeout_seconds)
     payload.update(op=operation, arguments=arguments or {})
-    reply = _send(client, payload, timeout_seconds)
+    reply = _answer_of(_send(client, payload, timeout_seconds))
     if "result" not in reply:
         raise OperationRefused(str(reply.get("refused") or "the gateway refused the operation"))
     result: dict[str, Any] = reply["result"]
@@ -284,8 +294,9 @@ def run_request(
                     runtime=runtime,
                 )
         except Exception as exc:
-            # Includes a failed audit write: the statement did not run, and the caller is told so at once.
-            _note_control_plane_fault(exc)
+            # Includes a failed audit write: no rows are released, and the caller is told so at once.
+            if _control_plane_fault(exc):
+                return {UNAVAILABLE: faults.CONTROL_PLANE}
             log.exception("gateway request %s failed", payload["id"])
             outcome = StatementOutcome(
                 status="failed", error="internal error in the gateway; the statement was not run"
@@ -293,10 +304,13 @@ def run_request(
         return outcome.as_dict()
 
 
-def _note_control_plane_fault(exc: BaseException) -> None:
-    if outages.outage_of(exc) == faults.CONTROL_PLANE:
-        faults.dependency(faults.CONTROL_PLANE).down(exc)
-        close_old_connections()
+def _control_plane_fault(exc: BaseException) -> bool:
+    """A lost control plane: logged once per outage (not a traceback per request), its connection dropped."""
+    if outages.outage_of(exc) != faults.CONTROL_PLANE:
+        return False
+    faults.dependency(faults.CONTROL_PLANE).down(exc)
+    close_old_connections()
+    return True
 
 
 def _run_operation(payload: dict[str, Any], runtime: DatasourceRuntime) -> dict[str, Any]:
@@ -312,7 +326,8 @@ def _run_operation(payload: dict[str, Any], runtime: DatasourceRuntime) -> dict[
     except _REFUSALS as exc:
         return {"refused": str(exc)}
     except Exception as exc:
-        _note_control_plane_fault(exc)
+        if _control_plane_fault(exc):
+            return {UNAVAILABLE: faults.CONTROL_PLANE}
         log.exception("gateway operation %s (%s) failed", payload["id"], payload["op"])
         return {"refused": "internal error in the gateway"}
 

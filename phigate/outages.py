@@ -7,14 +7,15 @@ Here such an exception becomes a 503 naming the dependency, with ``Retry-After``
 * API views (DRF): ``api_exception_handler`` (``REST_FRAMEWORK["EXCEPTION_HANDLER"]``) answers
   ``{"error": ..., "dependency": "redis" | "control_plane"}``;
 * every other view, and a middleware that fails (a session read or save): ``DependencyOutageMiddleware``, first
-  in ``MIDDLEWARE``. Paths under ``/api/``, ``/mcp`` and ``/integrations/``, and requests that do not ask for
-  HTML, get the JSON; pages get ``templates/503.html``, rendered without the request (whatever failed must not
-  fail the error page too);
+  in ``MIDDLEWARE``. Paths under ``/api/``, ``/mcp`` and ``/integrations/``, and requests that ask for JSON
+  rather than HTML, get the JSON; pages get ``templates/503.html``, rendered without the request (whatever
+  failed must not fail the error page too);
 * the MCP front is not Django: ``gateway.mcp.http`` uses ``outage_of`` and ``json_body`` directly.
 
 Only faults of reaching a dependency count (``outage_of``): a refused connection, a timeout, a terminated backend,
-a Redis that is loading or read-only. A constraint violation or a syntax error is still a 500: it is a bug, and
-retrying will not help. Each outage is a state change in ``phigate.faults`` (one log line per change).
+a Redis that is loading or read-only, or ``Unavailable`` (another process, the gateway, reported its own
+outage). A constraint violation or a syntax error is still a 500: it is a bug, and retrying will not help. Each
+outage is a state change in ``phigate.faults`` (one log line per change).
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ def _broker_errors() -> tuple[type[BaseException], ...]:
 _BROKER_OUTAGES = _broker_errors()
 
 
+class Unavailable(Exception):
+    """A dependency is unavailable, as reported by another process (the gateway could not reach its control
+    plane): the answer is the same 503 as for an outage seen here."""
+
+    def __init__(self, dependency: str, message: str = "") -> None:
+        super().__init__(message or f"{dependency} is unavailable")
+        self.dependency = dependency
+
+
 def _database_outage(error: BaseException) -> bool:
     if isinstance(error, db_utils.InterfaceError):  # "connection already closed"
         return True
@@ -79,6 +89,8 @@ def outage_of(error: BaseException | None) -> str | None:
     """The dependency whose unavailability caused this exception (looking through its causes), or None."""
     seen = 0
     while error is not None and seen < 8:
+        if isinstance(error, Unavailable):
+            return error.dependency
         if isinstance(error, _REDIS_OUTAGES) or (_BROKER_OUTAGES and isinstance(error, _BROKER_OUTAGES)):
             return faults.REDIS
         if _database_outage(error):

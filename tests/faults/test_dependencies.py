@@ -152,7 +152,8 @@ class CuttableProxy:
 class Stack:
     target: Target
     redis: PrivateRedis
-    control_plane_relay: CuttableProxy
+    control_plane_relay: CuttableProxy  # the web's path to its control plane
+    gateway_relay: CuttableProxy  # the gateway's
     log_dir: Path
     gateway: svc.Service
     gateway_port: int
@@ -167,7 +168,7 @@ class Stack:
         return f"http://127.0.0.1:{self.web_port}"
 
     def start_web(self) -> None:
-        relayed = environment.db_url(environment.CONTROL_DB).replace(":5432/", f":{self.control_plane_relay.port}/")
+        relayed = _relayed_control_plane(self.control_plane_relay)
         self.web, _ = svc.web(
             self.log_dir,
             name="deps-web",
@@ -176,7 +177,11 @@ class Stack:
         )
 
 
-def _start_gateway(target: Target, redis_url: str, log_dir: Path) -> tuple[svc.Service, int, int]:
+def _relayed_control_plane(relay: CuttableProxy) -> str:
+    return environment.db_url(environment.CONTROL_DB).replace(":5432/", f":{relay.port}/")
+
+
+def _start_gateway(target: Target, redis_url: str, relay: CuttableProxy, log_dir: Path) -> tuple[svc.Service, int, int]:
     port, health_port = svc.free_port(), svc.free_port()
     service = svc.Service(
         "deps-gateway",
@@ -185,6 +190,7 @@ def _start_gateway(target: Target, redis_url: str, log_dir: Path) -> tuple[svc.S
             f"DATASOURCE_{environment.DATASOURCE.upper()}_READ_URL": target.read_url,
             "AUDIT_JOURNAL_DIR": str(log_dir / "deps-gateway-journal"),
             "REDIS_URL": redis_url,
+            "DATABASE_URL": _relayed_control_plane(relay),
             "GATEWAY_HEALTH_PORT": str(health_port),
             "LOG_LEVEL": "INFO",
         },
@@ -213,17 +219,27 @@ def _start_worker(target: Target, redis_url: str, log_dir: Path) -> tuple[svc.Se
 def stack(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     log_dir = tmp_path_factory.mktemp("dependency-faults")
     private = PrivateRedis(log_dir)
-    relay = CuttableProxy(5432)
+    relay, gateway_relay = CuttableProxy(5432), CuttableProxy(5432)
     started: list[svc.Service] = []
     running: Stack | None = None
     try:
         private.start()
-        gateway, gateway_port, health_port = _start_gateway(target, private.url(), log_dir)
+        gateway, gateway_port, health_port = _start_gateway(target, private.url(), gateway_relay, log_dir)
         started.append(gateway)
         worker, worker_name = _start_worker(target, private.url(), log_dir)
         started.append(worker)
         running = Stack(
-            target, private, relay, log_dir, gateway, gateway_port, health_port, worker, worker_name, svc.free_port()
+            target,
+            private,
+            relay,
+            gateway_relay,
+            log_dir,
+            gateway,
+            gateway_port,
+            health_port,
+            worker,
+            worker_name,
+            svc.free_port(),
         )
         running.start_web()
         yield running
@@ -234,6 +250,7 @@ def stack(target: Target, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             service.stop()
         private.kill()
         relay.close()
+        gateway_relay.close()
 
 
 # -------------------------------------------------------------------------------------------------- clients
@@ -418,16 +435,22 @@ def test_an_api_read_slower_than_any_socket_timeout_returns_its_rows(stack: Stac
     assert _rows(response) == [["9", "row 9"]]
 
 
+def _abandoned_query(stack: Stack, credentials: AgentCredentials, sql: str) -> None:
+    """A query whose web process is killed under it: the connection is cut, which is the point."""
+    with contextlib.suppress(httpx2.HTTPError):
+        _query(stack, credentials, sql)
+
+
 def test_requests_whose_caller_is_gone_are_cancelled_or_never_run(stack: Stack, agent: AgentCredentials) -> None:
     running_sql = "SELECT id FROM scratch WHERE id = 11"
     queued_sql = "SELECT id FROM scratch WHERE id = 12"
     queue = redis.Redis.from_url(stack.redis.url())
     try:
         with _scratch_locked(stack.target) as owner:
-            first = threading.Thread(target=lambda: _query(stack, agent, running_sql), daemon=True)
+            first = threading.Thread(target=_abandoned_query, args=(stack, agent, running_sql), daemon=True)
             first.start()
             wait_until(lambda: _waiting_reads(stack.target, "id = 11"), 15, what="the first read to wait on the lock")
-            second = threading.Thread(target=lambda: _query(stack, agent, queued_sql), daemon=True)
+            second = threading.Thread(target=_abandoned_query, args=(stack, agent, queued_sql), daemon=True)
             second.start()
             # The gateway runs one API statement at a time here: the second waits in the queue.
             wait_until(lambda: queue.llen("phigate:gateway:requests") == 1, 10, what="the second request queued")
@@ -532,18 +555,55 @@ def test_web_control_plane_outage_is_a_503_for_the_api_and_a_branded_page(
 
 
 def _gateway_control_plane_backends(stack: Stack) -> list[int]:
-    """The gateway's own connections to the control plane, found by their client ports (psutil)."""
-    assert stack.gateway.process is not None
-    ports = {
-        conn.laddr.port
-        for conn in psutil.Process(stack.gateway.process.pid).net_connections(kind="tcp")
-        if conn.raddr and conn.raddr.port == 5432
-    }
+    """The gateway's own control-plane connections: the backends whose client is the relay's side towards them."""
+    with stack.gateway_relay.lock:
+        ports = {sock.getsockname()[1] for sock in stack.gateway_relay.sockets if _peer_port(sock) == 5432}
     with psycopg.connect(environment.ADMIN_URL, autocommit=True) as admin:
         rows = admin.execute(
             "SELECT pid, client_port FROM pg_stat_activity WHERE datname = %s", (environment.CONTROL_DB,)
         ).fetchall()
     return [pid for pid, port in rows if port in ports]
+
+
+def _peer_port(sock: socket.socket) -> int | None:
+    try:
+        return int(sock.getpeername()[1])
+    except OSError:
+        return None
+
+
+def test_the_gateways_control_plane_outage_is_answered_and_survived(stack: Stack, agent: AgentCredentials) -> None:
+    """The gateway's link to its control plane is cut while the web's is fine: nothing can be decided or audited
+    there, which the API says as a 503 naming the control plane and the wire as 08006; then it comes back."""
+    dsn = _dsn(agent.agent, agent.token, stack.gateway_port)
+    readyz = f"http://127.0.0.1:{stack.gateway_health_port}/readyz"
+    down_lines = len(_fault_lines(stack.gateway, "control_plane", "down"))
+    up_lines = len(_fault_lines(stack.gateway, "control_plane", "up"))
+    wire = psycopg.connect(dsn, autocommit=True)
+    try:
+        assert wire.execute("SELECT label FROM scratch WHERE id = 40").fetchone() == ("row 40",)
+        stack.gateway_relay.cut()
+        try:
+            _assert_dependency_503(_query(stack, agent, "SELECT label FROM scratch WHERE id = 41"), "control_plane")
+            with pytest.raises(psycopg.OperationalError) as failed:  # a new decision cannot be made or audited
+                wire.execute("SELECT label AS cut FROM scratch WHERE id = 42")
+            assert failed.value.sqlstate == "08006", failed.value
+            status, ready = _readiness(readyz)
+            assert status == 503 and ready["down"] == ["control_plane"], ready
+            assert ready["fronts"] == {"wire": "down", "api": "down"}, ready
+            time.sleep(2)  # retries and watcher passes meanwhile: still one line for the outage, and no recovery
+            assert len(_fault_lines(stack.gateway, "control_plane", "up")) == up_lines, stack.gateway.log_tail(60)
+        finally:
+            stack.gateway_relay.up = True
+    finally:
+        wire.close()
+    back = "SELECT label FROM scratch WHERE id = 43"
+    wait_until(lambda: _query(stack, agent, back).status_code == 200, 20, what="the API to answer again")
+    with psycopg.connect(dsn, autocommit=True) as fresh:
+        assert fresh.execute("SELECT label AS back FROM scratch WHERE id = 44").fetchone() == ("row 44",)
+    assert _readiness(readyz)[0] == 200
+    assert len(_fault_lines(stack.gateway, "control_plane", "down")) == down_lines + 1, stack.gateway.log_tail(60)
+    assert len(_fault_lines(stack.gateway, "control_plane", "up")) == up_lines + 1, stack.gateway.log_tail(60)
 
 
 def test_terminated_control_plane_connections_are_replaced(stack: Stack, agent: AgentCredentials) -> None:
