@@ -17,6 +17,7 @@ from approvals.result_schema import QueryAnswerSerializer
 from approvals.serializers import QueryRequestSerializer
 from gateway.rpc import GatewayUnavailable, call_gateway
 from identity.authentication import principal_of, request_context
+from phigate import faults, outages
 
 _HTTP_STATUS = {"executed": 200, "pending": 202, "denied": 403, "invalid": 400, "failed": 400}
 
@@ -45,8 +46,9 @@ class QueryView(APIView):
                 context=request_context(request),
                 timeout_seconds=settings.READ_STATEMENT_TIMEOUT_MS / 1000 + 10,
             )
-        except GatewayUnavailable as exc:
-            return Response({"status": "failed", "error": str(exc)}, status=503)
+        except GatewayUnavailable as exc:  # no reply by the deadline (a Redis outage is phigate.outages' 503)
+            unanswered = {"status": "failed", "error": str(exc), "dependency": faults.GATEWAY}
+            return Response(unanswered, status=503, headers=outages.retry_after())
         payload: dict[str, object] = {"status": outcome.status}
         if outcome.status == "executed":
             payload.update(

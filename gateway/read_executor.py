@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from psycopg import Connection, pq
 from psycopg_pool import ConnectionPool
 
+from gateway import caller
 from policy.target_catalog import text_only_adapters
 
 _cursor_names = itertools.count()
@@ -55,8 +56,14 @@ class ReadExecutor:
         self.pool.close()
 
     def run(self, sql: str, *, cursor_capable: bool, row_cap: int, timeout_ms: int) -> ReadResult:
-        """``cursor_capable``: a plain SELECT, read through a server-side cursor so a huge result stops at the cap."""
-        with self.pool.connection() as conn, conn.transaction():
+        """``cursor_capable``: a plain SELECT, read through a server-side cursor so a huge result stops at the cap.
+
+        For an API request the read is bound by its caller (gateway.caller): no longer than the caller waits, and
+        cancelled if the caller goes away."""
+        scope = caller.current()
+        if scope is not None:
+            timeout_ms = scope.statement_timeout_ms(timeout_ms)
+        with self.pool.connection() as conn, caller.statement_on(conn), conn.transaction():
             conn.execute("SET TRANSACTION READ ONLY")
             conn.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
             if cursor_capable:

@@ -40,6 +40,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: Redis or the control plane unreachable is a 503 with Retry-After (JSON for the API), not a 500.
+    "phigate.outages.DependencyOutageMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "phigate.security.ContentSecurityPolicyMiddleware",  # strict CSP on every response, static files included
     "whitenoise.middleware.WhiteNoiseMiddleware",  # static files under uvicorn (Django serves none itself)
@@ -76,6 +78,9 @@ DATABASES = {
     "default": env.parse_postgres_url("DATABASE_URL", env.require_str("DATABASE_URL")).django_database(),
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.get_int("DATABASE_CONN_MAX_AGE", 0)
+# A connection kept across requests (DATABASE_CONN_MAX_AGE > 0) is checked before its first use in a request, so
+# one a database restart or pg_terminate_backend killed is replaced instead of failing the request.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.get_bool("DATABASE_CONN_HEALTH_CHECKS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.get_str("REDIS_URL", "redis://127.0.0.1:6379/0") or ""
@@ -193,7 +198,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.CursorPagination",
     "PAGE_SIZE": 100,
-    "EXCEPTION_HANDLER": "rest_framework.views.exception_handler",
+    # DRF's handler, plus: Redis or the control plane unreachable is a JSON 503 with Retry-After.
+    "EXCEPTION_HANDLER": "phigate.outages.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {

@@ -3,7 +3,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
@@ -16,12 +15,8 @@ from audit import views as audit_views
 from audit.api import AuditEventListView
 from gateway.http_front import QueryView
 from identity.views import LoginView
+from phigate import health
 from phigate import views as shell_views
-
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"ok": True})
-
 
 api_v1 = [
     path("queries", QueryView.as_view(), name="api-queries"),
@@ -34,7 +29,8 @@ api_v1 = [
 ]
 
 urlpatterns = [
-    path("healthz", healthz, name="healthz"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", shell_views.ApiDocsView.as_view(), name="api-docs"),

@@ -22,14 +22,15 @@ from django.db import close_old_connections
 from django.http.request import split_domain_port, validate_host
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from audit.models import EventKind, Outcome
 from audit.recorder import Context, record
-from gateway.mcp.server import build_server
+from gateway.mcp.server import OUTAGE_KEY, build_server
 from gateway.mcp.tools import Caller
 from identity.authentication import principal_for_token, request_context
 from identity.principal import Principal
+from phigate import faults, outages
 
 MCP_PATH = "/mcp"
 PRINCIPAL_KEY = "phigate.principal"  # the guard puts the authenticated Principal in the ASGI scope under this key
@@ -82,6 +83,16 @@ class BearerGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._guard(scope, receive, send)
+        except Exception as exc:  # before the tool runs: the token check or its audit could not reach a dependency
+            dependency = outages.outage_of(exc)
+            if dependency is None:
+                raise
+            faults.dependency(dependency).down(exc)
+            await _answer(send, 503, outages.json_body(dependency), headers=outages.retry_after())
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         if not _host_allowed(headers.get("host", "")):
             await _answer(send, 400, {"error": "invalid_request", "error_description": "host not allowed"})
@@ -105,7 +116,26 @@ class BearerGuard:
             body = {"error": "insufficient_scope", "error_description": "MCP is for agent tokens, not personal ones"}
             await _answer(send, 403, body, www_authenticate=f'{self.keyword} error="insufficient_scope"')
             return
-        await self.app({**scope, PRINCIPAL_KEY: principal}, receive, send)
+        authenticated = {**scope, PRINCIPAL_KEY: principal}
+        await self.app(authenticated, receive, _answering_outages(send, authenticated))
+
+
+def _answering_outages(send: Send, scope: Scope) -> Send:
+    """The SDK answers a failed tool call with an error result (HTTP 200). When the failure was an outage of Redis
+    or the control plane (the tool marked it in the scope, gateway.mcp.server), the client gets a JSON 503 with
+    Retry-After instead, as on the API."""
+    replaced = False
+
+    async def send_or_replace(message: Message) -> None:
+        nonlocal replaced
+        if message["type"] == "http.response.start" and scope.get(OUTAGE_KEY):
+            replaced = True
+            await _answer(send, 503, outages.json_body(scope[OUTAGE_KEY]), headers=outages.retry_after())
+            return
+        if not replaced:
+            await send(message)
+
+    return send_or_replace
 
 
 def _host_allowed(host: str) -> bool:
@@ -144,10 +174,13 @@ async def _unauthorized(send: Send, description: str) -> None:
     await _answer(send, 401, body, www_authenticate='Bearer error="invalid_token"')
 
 
-async def _answer(send: Send, status: int, body: dict[str, str], www_authenticate: str = "") -> None:
+async def _answer(
+    send: Send, status: int, body: dict[str, str], www_authenticate: str = "", headers: dict[str, str] | None = None
+) -> None:
     payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     if www_authenticate:
-        headers.append((b"www-authenticate", www_authenticate.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+        raw_headers.append((b"www-authenticate", www_authenticate.encode()))
+    raw_headers += [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": payload})

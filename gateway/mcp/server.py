@@ -22,6 +22,10 @@ from pydantic import Field
 
 from gateway.mcp import tools
 from gateway.mcp.tools import Caller, ToolRefused
+from phigate import faults, outages
+
+# Where a tool call marks, in the HTTP request's ASGI scope, the dependency whose outage failed it.
+OUTAGE_KEY = "phigate.outage"
 
 # The transport's request object (a Starlette Request over HTTP, None on stdio) -> the caller. Runs in a worker
 # thread, so it may use the ORM; raises ToolRefused when the caller may no longer use MCP.
@@ -81,6 +85,16 @@ def build_server(resolve: CallerResolver) -> MCPServer:
             )
         except ToolRefused as exc:
             raise ToolError(str(exc)) from exc
+        except Exception as exc:
+            # Redis or the control plane unreachable: over HTTP the answer becomes a 503 with Retry-After
+            # (gateway.mcp.http reads the mark); on stdio it is a tool error saying so. Anything else is a bug.
+            dependency = outages.outage_of(exc)
+            if dependency is None:
+                raise
+            faults.dependency(dependency).down(exc)
+            if request is not None:
+                request.scope[OUTAGE_KEY] = dependency
+            raise ToolError(outages.json_body(dependency)["error"]) from exc
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False))
     async def query(datasource: Datasource, sql: Sql, ctx: Context, reason: Reason = "") -> dict[str, Any]:

@@ -30,9 +30,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import control_plane
 from gateway.wire import bridge
 from identity.principal import Principal
-from phigate import envconfig
+from phigate import envconfig, faults, outages
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,11 @@ class SessionLifecycle:
             await asyncio.sleep(self.interval)
             try:
                 await self.check()
-            except Exception:  # a control-plane hiccup must not stop the watch; the next pass retries
-                log.warning("wire session watcher: check failed", exc_info=True)
+            except Exception as exc:  # a control-plane hiccup must not stop the watch; the next pass retries
+                if outages.outage_of(exc) == faults.CONTROL_PLANE:
+                    faults.dependency(faults.CONTROL_PLANE).down(exc)  # one line per outage, not one per pass
+                else:
+                    log.warning("wire session watcher: check failed", exc_info=True)
 
     async def check(self) -> None:
         """One pass: end the sessions of agents that may no longer sign in, release abandoned waits."""
@@ -146,7 +150,7 @@ class SessionLifecycle:
         agents = [agent_id for agent_id, held in self.by_agent.items() if held]
         if not agents:
             return
-        ended = await asyncio.to_thread(bridge.ended_agents, agents)
+        ended = await asyncio.to_thread(control_plane.run, bridge.ended_agents, agents)
         for agent_id, reason in ended.items():
             for seat in list(self.by_agent.get(agent_id, ())):
                 if seat.ended:

@@ -37,6 +37,7 @@ from audit.preview import PREVIEW_ROWS, wire_value
 from audit.recorder import Context
 from audit.sinks import WireAuditSink, open_wire_audit_sink
 from audit.wire_lines import SessionLines, json_text
+from gateway import control_plane
 from gateway.decision_cache import CACHEABLE_TYPES, DecisionCache
 from gateway.pgwire.backend import (
     BackendMessage,
@@ -381,7 +382,8 @@ class WireSession:
         nothing can be decided or audited: the session ends with 08006, like a lost connection, which clients and
         pools treat as transient (``run``)."""
         try:
-            return await asyncio.to_thread(call, *args, **kwargs)  # to_thread keeps the task's context variables
+            # to_thread keeps the task's context variables; control_plane.run replaces a dead connection first
+            return await asyncio.to_thread(control_plane.run, call, *args, **kwargs)
         except Exception as exc:
             log.exception("wire session %s: control plane call failed", self.context.session_id)
             raise ControlPlaneUnavailable() from exc

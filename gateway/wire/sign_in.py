@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from audit.recorder import Context
+from gateway import control_plane
 from gateway.pgwire.backend import (
     AuthenticationOk,
     AuthenticationSASL,
@@ -218,7 +219,7 @@ class ControlPlaneUnavailable(Exception):
 async def _control_plane(call: Callable[..., _R], *args: Any) -> _R:
     """A control-plane (Django database) call in a worker thread."""
     try:
-        return await asyncio.to_thread(call, *args)
+        return await asyncio.to_thread(control_plane.run, call, *args)  # a dead connection is replaced first
     except Exception as exc:
         log.exception("wire sign-in: control plane call %s failed", getattr(call, "__name__", call))
         raise ControlPlaneUnavailable() from exc

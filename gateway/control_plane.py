@@ -1,0 +1,71 @@
+"""Control-plane work in the gateway's worker threads, on a connection that is known to be alive (issue 15).
+
+The wire front decides statements, audits and reads tickets in threads (``asyncio.to_thread``) that live as long
+as the process, each with its own Django connection. Django replaces a dead connection only at the edges of a
+request (``close_old_connections``), and these threads have no requests: a connection that a PostgreSQL restart
+or ``pg_terminate_backend`` ended stayed in its thread, and every decision made there failed until the gateway
+restarted. ``run`` brackets each call instead:
+
+* before: a connection with an error, or with bytes waiting on its socket while idle (the server's "terminating
+  connection" and end of stream), is checked (``is_usable``) and closed if dead, so the call opens a new one. An
+  idle, healthy connection costs one ``select`` on its socket, no round trip;
+* after a database error that means the connection is gone: it is closed, so the next call reconnects;
+* every change of the control plane's state is one structured log line (``phigate.faults``).
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.utils import InterfaceError, OperationalError
+
+from phigate import faults, outages
+
+_R = TypeVar("_R")
+
+
+def run(call: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+    """``call(*args, **kwargs)`` on a live control-plane connection (see the module docstring)."""
+    replace_dead_connection()
+    try:
+        result = call(*args, **kwargs)
+    except (OperationalError, InterfaceError) as exc:
+        if outages.outage_of(exc) == faults.CONTROL_PLANE:
+            faults.dependency(faults.CONTROL_PLANE).down(exc)
+            _close()
+        raise
+    if connections[DEFAULT_DB_ALIAS].connection is not None:  # the call did reach the control plane
+        faults.dependency(faults.CONTROL_PLANE).up()
+    return result
+
+
+def replace_dead_connection() -> None:
+    """Close this thread's control-plane connection if it is dead, so the next query opens a new one."""
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    if wrapper.connection is None or wrapper.in_atomic_block:
+        return
+    if (wrapper.errors_occurred or _input_waiting(wrapper.connection)) and not wrapper.is_usable():
+        _close()
+    wrapper.errors_occurred = False
+
+
+def _input_waiting(connection: Any) -> bool:
+    """An idle connection has nothing to read; a server that ended it has sent an error and closed the socket."""
+    try:
+        readable, _, _ = select.select([connection.fileno()], [], [], 0)
+    except Exception:  # the socket is already gone
+        return True
+    return bool(readable)
+
+
+def _close() -> None:
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    if wrapper.in_atomic_block:
+        return
+    try:
+        wrapper.close()
+    except Exception:  # closing a dead connection may fail; it is dropped either way
+        wrapper.connection = None
