@@ -227,6 +227,7 @@ class Tally:
     sessions: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     first_errors: list[str] = field(default_factory=list)
+    over: bool = False
 
     def ok(self, kind: str) -> None:
         with self.lock:
@@ -239,6 +240,8 @@ class Tally:
     def error(self, where: str, exc: BaseException) -> None:
         code = getattr(exc, "sqlstate", None) or type(exc).__name__
         with self.lock:
+            if self.over:
+                return  # the run is over: the gateway is being stopped under a client still finishing
             self.errors[f"{where}: {code}"] += 1
             if len(self.first_errors) < 10:
                 self.first_errors.append(f"{where}: {code}: {str(exc).strip()[:300]}")
@@ -488,6 +491,8 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
         for worker in workers:
             worker.join(20)
+        with tally.lock:
+            tally.over = True
         elapsed = time.monotonic() - begin
         verified = verify_audit(gateway) if alive else "not checked: the gateway died"
         code = report(args, tally, samples, elapsed, warmup, alive, verified)
