@@ -19,9 +19,11 @@ docs/benchmarks.md) gives statements and sessions, errors (anything but the expe
 warm-up against the end, with the slope over the rest of the run. Exit 1 on any error, on a gateway that died, on
 an audit chain that does not verify, or when memory grew past ``--max-growth-mb`` after the warm-up.
 
-``--tracemalloc DIR`` runs the gateway under tracemalloc (25 frames) and writes a snapshot to DIR at the end of
-the warm-up and at the end; ``--compare DIR`` prints the top growth between the two (what to look at when the
-memory does not level off). Not part of ``make test``.
+``--objects DIR`` counts the gateway's live objects by type at the end of the warm-up and at the end (a watcher
+thread in the gateway, no slowdown) and prints the types that grew; ``--tracemalloc DIR`` adds tracemalloc
+snapshots (25 frames; the gateway then runs some 20 times slower) and the allocation sites that grew;
+``--compare DIR`` prints that again. What to look at when the memory does not level off. Not part of
+``make test``.
 """
 
 from __future__ import annotations
@@ -100,12 +102,17 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60)
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _gateway_under_tracemalloc(folder: Path, argv: list[str]) -> None:
-    """Run ``manage.py gateway`` with tracemalloc on; whenever DIR/request-snapshot appears, dump a snapshot named
-    by its content next to it and remove the request (a thread: the gateway's event loop is left alone)."""
+def _gateway_under_watch(folder: Path, argv: list[str]) -> None:
+    """Run ``manage.py gateway`` with a watcher thread: whenever DIR/request-snapshot appears, it writes the count
+    of live objects by type (DIR/<name>.objects.json) and, with SOAK_TRACEMALLOC=1, a tracemalloc snapshot
+    (DIR/<name>.tracemalloc), then removes the request. The gateway's event loop is left alone."""
+    import gc
+    import json
     import tracemalloc
 
-    tracemalloc.start(25)
+    tracing = os.environ.get("SOAK_TRACEMALLOC") == "1"
+    if tracing:
+        tracemalloc.start(25)
 
     def watch() -> None:
         request = folder / SNAPSHOT_REQUEST
@@ -113,7 +120,11 @@ def _gateway_under_tracemalloc(folder: Path, argv: list[str]) -> None:
             time.sleep(0.5)
             if request.exists():
                 name = request.read_text().strip() or "snapshot"
-                tracemalloc.take_snapshot().dump(str(folder / f"{name}.tracemalloc"))
+                gc.collect()
+                counts = Counter(type(item).__qualname__ for item in gc.get_objects())
+                (folder / f"{name}.objects.json").write_text(json.dumps(counts))
+                if tracing:
+                    tracemalloc.take_snapshot().dump(str(folder / f"{name}.tracemalloc"))
                 request.unlink()
 
     threading.Thread(target=watch, name="soak-tracemalloc", daemon=True).start()
@@ -122,23 +133,32 @@ def _gateway_under_tracemalloc(folder: Path, argv: list[str]) -> None:
     execute_from_command_line(["manage.py", "gateway", *argv])
 
 
-def _request_snapshot(folder: Path, name: str, timeout: float = 120) -> Path:
+def _request_snapshot(folder: Path, name: str, timeout: float = 120) -> None:
     (folder / SNAPSHOT_REQUEST).write_text(name)
     deadline = time.monotonic() + timeout
     while (folder / SNAPSHOT_REQUEST).exists() and time.monotonic() < deadline:
         time.sleep(0.5)
-    return folder / f"{name}.tracemalloc"
 
 
 def compare_snapshots(folder: Path, top: int = 25) -> str:
-    import tracemalloc
+    """The live object types that grew most between the end of the warm-up and the end, and with tracemalloc the
+    allocation sites."""
+    import json
 
-    before = tracemalloc.Snapshot.load(str(folder / "warm.tracemalloc"))
-    after = tracemalloc.Snapshot.load(str(folder / "end.tracemalloc"))
-    lines = [f"top {top} growth between the end of the warm-up and the end (traceback frames, newest last):"]
-    for stat in after.compare_to(before, "traceback")[:top]:
-        lines.append(f"{stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks")
-        lines.extend(f"        {frame.filename}:{frame.lineno}" for frame in stat.traceback[-6:])
+    before = Counter(json.loads((folder / "warm.objects.json").read_text()))
+    after = Counter(json.loads((folder / "end.objects.json").read_text()))
+    growth = sorted(((after[name] - before[name], name) for name in after | before), reverse=True)[:top]
+    lines = [f"live objects by type, end of the warm-up -> end (top {top} growth):"]
+    lines.extend(f"  {diff:+8d}  {name} ({after[name]:,})" for diff, name in growth if diff)
+    if (folder / "end.tracemalloc").exists():
+        import tracemalloc
+
+        early = tracemalloc.Snapshot.load(str(folder / "warm.tracemalloc"))
+        late = tracemalloc.Snapshot.load(str(folder / "end.tracemalloc"))
+        lines.append(f"top {top} allocation growth (traceback frames, newest last):")
+        for stat in late.compare_to(early, "traceback")[:top]:
+            lines.append(f"{stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks")
+            lines.extend(f"        {frame.filename}:{frame.lineno}" for frame in stat.traceback[-6:])
     return "\n".join(lines)
 
 
@@ -207,6 +227,7 @@ class Tally:
     sessions: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     first_errors: list[str] = field(default_factory=list)
+    over: bool = False
 
     def ok(self, kind: str) -> None:
         with self.lock:
@@ -219,6 +240,8 @@ class Tally:
     def error(self, where: str, exc: BaseException) -> None:
         code = getattr(exc, "sqlstate", None) or type(exc).__name__
         with self.lock:
+            if self.over:
+                return  # the run is over: the gateway is being stopped under a client still finishing
             self.errors[f"{where}: {code}"] += 1
             if len(self.first_errors) < 10:
                 self.first_errors.append(f"{where}: {code}: {str(exc).strip()[:300]}")
@@ -415,9 +438,11 @@ def run(args: argparse.Namespace) -> int:
             "AUDIT_JOURNAL_DIR": str(work / "journal"),
         }
         gateway_args = ["--host", "127.0.0.1", "--port", str(gateway_port)]
-        if args.tracemalloc:
-            Path(args.tracemalloc).mkdir(parents=True, exist_ok=True)
-            argv = [sys.executable, str(Path(__file__).resolve()), "_gateway", args.tracemalloc, *gateway_args]
+        watch = args.objects or args.tracemalloc
+        if watch:
+            Path(watch).mkdir(parents=True, exist_ok=True)
+            gateway_env["SOAK_TRACEMALLOC"] = "1" if args.tracemalloc else ""
+            argv = [sys.executable, str(Path(__file__).resolve()), "_gateway", watch, *gateway_args]
         else:
             argv = [sys.executable, "manage.py", "gateway", *gateway_args]
         gateway_log = open(work / "gateway.log", "wb")  # noqa: SIM115 - open for the child's lifetime
@@ -448,8 +473,8 @@ def run(args: argparse.Namespace) -> int:
             with tally.lock:
                 done = sum(tally.statements.values())
             samples.append(Sample(elapsed, process.memory_info().rss, done))
-            if args.tracemalloc and not snapped_warm and elapsed >= warmup:
-                _request_snapshot(Path(args.tracemalloc), "warm")
+            if watch and not snapped_warm and elapsed >= warmup:
+                _request_snapshot(Path(watch), "warm")
                 snapped_warm = True
             if len(samples) % max(1, int(60 / args.sample_seconds)) == 0:
                 print(
@@ -461,14 +486,21 @@ def run(args: argparse.Namespace) -> int:
         alive = gateway.poll() is None
         if alive:
             samples.append(Sample(time.monotonic() - begin, process.memory_info().rss, sum(tally.statements.values())))
-            if args.tracemalloc:
-                _request_snapshot(Path(args.tracemalloc), "end")
+            if watch:
+                _request_snapshot(Path(watch), "end")
         stop.set()
         for worker in workers:
             worker.join(20)
+        with tally.lock:
+            tally.over = True
         elapsed = time.monotonic() - begin
         verified = verify_audit(gateway) if alive else "not checked: the gateway died"
-        return report(args, tally, samples, elapsed, warmup, alive, verified)
+        code = report(args, tally, samples, elapsed, warmup, alive, verified)
+        if code:
+            logged = (work / "gateway.log").read_text(errors="replace").splitlines()
+            noted = [line for line in logged if " WARNING " in line or " ERROR " in line or "Traceback" in line]
+            print("\ngateway log, last warnings and errors:\n" + "\n".join(f"  {line}" for line in noted[-20:]))
+        return code
     finally:
         for child in reversed(started_processes):
             if child.poll() is None:
@@ -551,8 +583,8 @@ def report(
     if tally.first_errors:
         print("\nfirst errors:\n" + "\n".join(f"  {line}" for line in tally.first_errors))
         print("errors by kind: " + ", ".join(f"{kind} x{count}" for kind, count in tally.errors.most_common()))
-    if args.tracemalloc and alive:
-        print("\n" + compare_snapshots(Path(args.tracemalloc)))
+    if (args.objects or args.tracemalloc) and alive:
+        print("\n" + compare_snapshots(Path(args.objects or args.tracemalloc)))
     flat = growth <= args.max_growth_mb
     verdict = "memory flat" if flat else "memory GREW"
     print(
@@ -565,7 +597,7 @@ def report(
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_gateway":
         os.chdir(REPO)
-        _gateway_under_tracemalloc(Path(sys.argv[2]), sys.argv[3:])
+        _gateway_under_watch(Path(sys.argv[2]), sys.argv[3:])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -577,7 +609,8 @@ def main() -> int:
     parser.add_argument("--strangers", type=int, default=1, help="clients signing in with made-up names, 2/s each")
     parser.add_argument("--patients", type=int, default=2000)
     parser.add_argument("--max-growth-mb", type=float, default=5.0, help="RSS growth after the warm-up that fails")
-    parser.add_argument("--tracemalloc", metavar="DIR", help="run the gateway under tracemalloc, snapshots in DIR")
+    parser.add_argument("--objects", metavar="DIR", help="count the gateway's live objects by type, into DIR")
+    parser.add_argument("--tracemalloc", metavar="DIR", help="that, and tracemalloc snapshots (slow: ~20x)")
     parser.add_argument("--compare", metavar="DIR", help="only print the growth between DIR's two snapshots")
     parser.add_argument("--keep", action="store_true", help="keep the databases and the work directory")
     args = parser.parse_args()
