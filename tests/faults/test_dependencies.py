@@ -46,7 +46,7 @@ from tests.conftest import Target
 from tests.factories import make_agent, make_user
 from tests.services import wait_until
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(120)  # each test, its fixtures included (the first one starts the processes)
 
 
 # ------------------------------------------------------------------------------------------------ processes
