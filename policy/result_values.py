@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ _INTEGERS = frozenset({INT2, INT4, INT8})
 _FLOATS = frozenset({FLOAT4, FLOAT8})
 _DOCUMENTS = frozenset({JSON, JSONB})
 _NOT_A_NUMBER = frozenset({"NaN", "Infinity", "-Infinity"})
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class JsonKind(enum.StrEnum):
@@ -202,6 +204,10 @@ def _document(text: str) -> JsonValue:
     value = json.loads(text)
     if not _within_depth(value, MAX_JSON_DEPTH):
         raise ValueError("json nested too deeply")
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        # A json value may hold an unpaired surrogate escape ("\ud800"), which parses to a string no UTF-8 encoder
+        # takes: the answer could not be sent. Such a document stays its text (UnicodeEncodeError is a ValueError).
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
     return value
 
 

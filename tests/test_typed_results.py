@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import yaml
 
 from identity.models import ApiToken
 from identity.roles import Role
@@ -402,7 +403,40 @@ def test_malformed_array_text_stays_text(text: str) -> None:
     assert ValueType(1007, "integer[]", ValueType(23, "integer")).to_json(text) == text
 
 
+def test_json_with_an_unpaired_surrogate_escape_stays_text_unit() -> None:
+    document = ValueType(114, "json")
+    assert document.to_json('"\\ud800"') == '"\\ud800"'
+    assert document.to_json('"\\ud83d\\ude00"') == "\N{GRINNING FACE}"
+    assert document.to_json('"\\\\ud800"') == "\\ud800"  # an escaped backslash, then letters
+
+
 def test_json_too_deep_stays_text() -> None:
     deep = "[" * 300 + "]" * 300
     assert ValueType(3802, "jsonb").to_json(deep) == deep
     assert ValueType(3802, "jsonb").to_json("[[1]]") == [[1]]
+
+
+def test_json_with_an_unpaired_surrogate_stays_text(web: Any) -> None:
+    """PostgreSQL's json type keeps "\\ud800" as written; parsed, it is a string no UTF-8 encoder takes, so the
+    document stays its text instead of breaking the answer. A proper pair still parses."""
+    response = post_query(
+        web.url, agent_token(), """SELECT '"\\ud800"'::json AS lone, '["\\ud83d\\ude00"]'::json AS pair"""
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["rows"] == [['"\\ud800"', ["\N{GRINNING FACE}"]]]
+
+
+def test_openapi_documents_typed_values() -> None:
+    from rest_framework.test import APIClient
+
+    schema = yaml.safe_load(APIClient().get("/api/schema/").content)
+    components = schema["components"]["schemas"]
+    for name in ("TypedResult", "QueryAnswer"):
+        properties = components[name]["properties"]
+        assert "column_types" in properties
+        assert "always strings" in properties["rows"]["description"]
+    column = components["ColumnType"]["properties"]
+    assert {"name", "type", "oid", "json", "mask", "element"} <= set(column)
+    assert "/api/v1/tickets/{ticket_id}/result" in schema["paths"]
+    answer = schema["paths"]["/api/v1/tickets/{ticket_id}/result"]["get"]["responses"]["200"]
+    assert answer["content"]["application/json"]["schema"]["$ref"].endswith("/TypedResult")
