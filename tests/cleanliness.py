@@ -89,9 +89,9 @@ class Snapshot:
     git: dict[str, tuple[str, int, int]] | None = field(default_factory=_git_status)
     tmp: set[Path] = field(default_factory=_tmp_names)
 
-    def leftovers(self, basetemp: Path | None, screenshots: Path | None) -> list[str]:
-        """What this session left behind, after waiting up to GRACE_SECONDS for it to go away."""
-        deadline = time.monotonic() + GRACE_SECONDS
+    def leftovers(self, basetemp: Path | None, screenshots: Path | None, grace: float = GRACE_SECONDS) -> list[str]:
+        """What this session left behind, after waiting up to ``grace`` seconds for it to go away."""
+        deadline = time.monotonic() + grace
         while True:
             found = self._compare(basetemp, screenshots)
             if not found or time.monotonic() > deadline:

@@ -52,6 +52,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     lines = ["the test run left these behind (tests must write under tmp_path and clean up):", *leftovers]
     if reporter is not None:
+        reporter.ensure_newline()
         reporter.write_sep("=", "leftovers", red=True)
         for line in lines:
             reporter.write_line(line)
