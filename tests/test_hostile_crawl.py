@@ -386,9 +386,16 @@ def _near_world(model: Any, world: World) -> dict[str, Any]:
 
 
 # How to fill each path parameter: a function of the route and the stored objects, giving the values to visit.
+def _latest_event_id() -> int:
+    from audit.models import AuditEvent
+
+    return int(AuditEvent.objects.order_by("-id").values_list("pk", flat=True)[0])
+
+
 PATH_VALUES: dict[str, Callable[[Route, World], list[str]]] = {
     "ticket_id": lambda route, world: [str(pk) for pk in world.tickets],
     "export_id": lambda route, world: [str(world.export)],
+    "event_id": lambda route, world: [str(_latest_event_id())],  # an event's reveal action (POST only)
     "session_id": lambda route, world: [world.session],
     "id": lambda route, world: [str(world.people["reviewer"].pk)],  # the admin's password form of a user
     "object_id": _admin_objects,
