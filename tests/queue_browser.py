@@ -65,7 +65,10 @@ def sign_in(context: Any, web_url: str, user: Any) -> Any:
     page.fill("input[name=username]", user.username)
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
-    page.wait_for_url(f"{web_url}/")
+    # Signed in: `/` then lands each person where their work is (a reviewer stays, an owner goes to /requests/).
+    page.wait_for_url(
+        lambda url: url.startswith(f"{web_url}/") and "/accounts/login" not in url and "/login" not in url
+    )
     return page
 
 
