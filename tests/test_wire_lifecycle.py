@@ -31,7 +31,7 @@ from identity.roles import Role
 from tests import environment
 from tests import services as svc
 from tests.factories import make_agent, make_user
-from tests.services import wait_until
+from tests.services import CuttableProxy, wait_until
 
 
 def _dsn(agent: Agent, token: str, port: int, **options: str) -> str:
@@ -191,55 +191,6 @@ def test_shutdown_tells_every_session_and_lets_statements_finish(services) -> No
 
 
 # ----------------------------------------------------------------------------------------- faults at sign-in
-
-
-class CuttableProxy:
-    """A TCP relay to PostgreSQL that can be cut: the gateway's network path to its control plane."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.up = True
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.up:
-                client.close()
-                continue
-            server = socket.create_connection(("127.0.0.1", self.target))
-            with self.lock:
-                self.sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        self.up = False
-        with self.lock:
-            for sock in self.sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            self.sockets.clear()
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
 
 
 def test_control_plane_failure_at_sign_in_is_answered(services) -> None:  # type: ignore[no-untyped-def]
