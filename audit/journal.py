@@ -317,7 +317,6 @@ class AuditJournal:
         try:
             ((number, end),) = self._write([framed])
         except OSError as exc:
-            log.critical("audit journal write failed; results are withheld until it recovers: %s", exc)
             self._abandon_segment(exc)
             self._keep([line])
             return
@@ -393,7 +392,6 @@ class AuditJournal:
             os.fdatasync(self._fd)
             took = time.monotonic() - started
         except OSError as exc:
-            log.critical("audit journal write failed; results are withheld until it recovers: %s", exc)
             self._abandon_segment(exc)
             self._keep([entry[0] for entry in unsynced] + lines)
             return JournalUnavailable(f"the audit journal failed: {exc}")
@@ -415,6 +413,7 @@ class AuditJournal:
 
     def _abandon_segment(self, error: OSError) -> None:
         """Stop writing to the current segment (holding ``_write_lock``): refuse until ``_recover`` succeeds."""
+        log.critical("audit journal write failed; results are withheld until it recovers: %s", error)
         self._failure = error
         if self._fd >= 0:
             with contextlib.suppress(OSError):
