@@ -21,6 +21,26 @@ def make_user(*roles: Role, name: str = "user") -> Any:
     return user
 
 
+def make_group(name: str) -> Any:
+    """An auth group named after its role in the test, unique across the whole run (groups are never rolled back)."""
+    from django.contrib.auth.models import Group
+
+    return Group.objects.create(name=f"{name}-{next(_serial)}")
+
+
+def scratch_row(label: str = "a row of its own") -> int:
+    """A new row in the target's `scratch` table, for a test that deletes or changes one: rows 1-50 are shared by
+    tests that expect them untouched (the target is never rolled back)."""
+    import psycopg
+
+    from tests import environment
+
+    row_id = 100_000 + next(_serial)
+    with psycopg.connect(environment.db_url(environment.TARGET_DB)) as conn:
+        conn.execute("INSERT INTO scratch (id, label) VALUES (%s, %s)", (row_id, label))
+    return row_id
+
+
 def make_agent(owner: Any) -> tuple[Agent, str]:
     return Agent.issue(owner=owner, name=f"agent-{next(_serial)}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,16 +12,14 @@ from approvals.models import Status, Ticket
 from identity.roles import Role
 from policy.models import ApproverMode, ApproverRule, DataSource, RiskScope
 from tests import environment
-from tests.factories import agent_client, make_user, user_client
+from tests.factories import agent_client, make_group, make_user, user_client
 
 pytestmark = pytest.mark.usefixtures("services")
-_serial = itertools.count(1)
 
 
 @pytest.fixture
 def groups() -> dict[str, Group]:
-    n = next(_serial)
-    return {name: Group.objects.create(name=f"{name}-{n}") for name in ("dba", "security")}
+    return {name: make_group(name) for name in ("dba", "security")}
 
 
 @pytest.fixture
@@ -129,7 +126,7 @@ def test_approver_groups_follow_the_identity_providers_claim(make_rule, groups) 
     from identity.oidc import RoleMappingOIDCBackend
 
     make_rule(ApproverMode.ANY_OF, ["dba"])
-    unrelated = Group.objects.create(name=f"lunch-club-{next(_serial)}")
+    unrelated = make_group("lunch-club")
     user = make_user()
     user.groups.add(unrelated)
     backend = RoleMappingOIDCBackend.__new__(RoleMappingOIDCBackend)  # the claim mapping needs no provider

@@ -30,7 +30,7 @@ from identity.roles import Role
 from policy.models import DataSource
 from tests import environment
 from tests import services as svc
-from tests.factories import agent_client, make_user, user_client
+from tests.factories import agent_client, make_user, scratch_row, user_client
 from tests.queue_browser import PASSWORD, PHONE, assert_phone_layout, foreign_violations, held, open_context, sign_in
 
 pytestmark = pytest.mark.usefixtures("services")
@@ -142,7 +142,7 @@ def test_an_owner_sees_results_masked_and_cancels_a_pending_ticket(
 def test_a_reviewer_sees_their_decisions_and_what_came_of_them(chromium: Any, web: Any, tmp_path: Path) -> None:
     reviewer = make_user(Role.REVIEWER)
     _, agent_api = agent_client(make_user(Role.ENGINEER))
-    approved = held(agent_api, "DELETE FROM scratch WHERE id = 47", "")
+    approved = held(agent_api, f"DELETE FROM scratch WHERE id = {scratch_row()}", "")
     rejected = held(agent_api, "DROP TABLE encounters", "")
     api = user_client(reviewer)
     comment = "checked: row 47 is a duplicate of 46, nothing else goes"

@@ -38,7 +38,7 @@ from identity.roles import Role
 from policy.models import ApproverMode, ApproverRule, DataSource, RiskScope
 from tests import environment
 from tests import services as svc
-from tests.factories import agent_client, make_user, user_client
+from tests.factories import agent_client, make_group, make_user, user_client
 from tests.queue_browser import (
     PHONE,
     assert_phone_layout,
@@ -208,7 +208,7 @@ def test_a_statement_preview_is_its_first_meaningful_line_cut_at_a_word() -> Non
 @pytest.fixture
 def dba() -> Iterator[Group]:
     """A "dba" approver group with a rule for critical tickets: "1 of dba" (removed afterwards: shared source)."""
-    group = Group.objects.create(name=f"dba-{next(_serial)}")
+    group = make_group("dba")
     rule = ApproverRule.objects.create(
         datasource=DataSource.objects.get(name=environment.DATASOURCE),
         risk=RiskScope.CRITICAL,
@@ -275,7 +275,7 @@ def ticket_at(risk: str, approvals_required: int = 1) -> Ticket:
 
 
 def test_still_needed_says_how_many_more_and_from_whom() -> None:
-    groups = {name: Group.objects.create(name=f"{name}-{next(_serial)}") for name in ("dba", "security")}
+    groups = {name: make_group(name) for name in ("dba", "security")}
     datasource = DataSource.objects.get(name=environment.DATASOURCE)
     rule = ApproverRule.objects.create(datasource=datasource, risk=RiskScope.HIGH, mode=ApproverMode.ALL_OF, count=1)
     rule.groups.set(groups.values())
@@ -299,7 +299,7 @@ def test_still_needed_says_how_many_more_and_from_whom() -> None:
 def test_a_critical_ticket_keeps_the_rule_for_high_until_the_policy_names_one_for_critical() -> None:
     """Critical used to be unreachable: what now ranks critical (DROP TABLE, TRUNCATE) ranked high, so a policy's
     "high" rule must keep covering it; otherwise a sharper ranking would loosen who must approve."""
-    group = Group.objects.create(name=f"dba-{next(_serial)}")
+    group = make_group("dba")
     datasource = DataSource.objects.get(name=environment.DATASOURCE)
     high = ApproverRule.objects.create(datasource=datasource, risk=RiskScope.HIGH, mode=ApproverMode.ANY_OF, count=1)
     high.groups.set([group])
@@ -312,7 +312,7 @@ def test_a_critical_ticket_keeps_the_rule_for_high_until_the_policy_names_one_fo
         critical_rule = ApproverRule.objects.create(
             datasource=datasource, risk=RiskScope.CRITICAL, mode=ApproverMode.ANY_OF, count=1
         )
-        critical_rule.groups.set([Group.objects.create(name=f"security-{next(_serial)}")])
+        critical_rule.groups.set([make_group("security")])
         outsider.human.groups.add(*critical_rule.groups.all())
         assert review_refusal(critical, outsider) is None  # the critical rule wins once it exists
         critical_rule.delete()
