@@ -84,4 +84,5 @@ def test_generated_statements_reveal_nothing(fronts: harness.Fronts) -> None:
     print("\n" + harness.summary(run))
     assert not run.tally.harness_errors, harness.summary(run)
     assert run.tally.queries >= min(EXAMPLES, 2000) * 0.95, harness.summary(run)
+    assert run.tally.inconclusive <= run.tally.queries // 100, harness.summary(run)  # timeouts and outages are rare
     assert not run.tally.violations, harness.summary(run)

@@ -60,7 +60,9 @@ def messages_of(html: str) -> list[tuple[str, str]]:
 
         def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
             if tag == "li" and dict(attrs).get("role") in ("alert", "status"):
-                self.level = dict(attrs).get("class") or ""
+                classes = (dict(attrs).get("class") or "").split()
+                # the level is the class "message-<level>" names (the bare level may stand beside it for styling)
+                self.level = next((c.removeprefix("message-") for c in classes if c.startswith("message-")), "")
 
         def handle_data(self, data: str) -> None:
             if self.level is not None and data.strip():

@@ -156,7 +156,7 @@ def summary(run: Run, limit: int = 40) -> str:
         f"{run.seconds:.1f} s, {tally.queries / max(run.seconds, 1e-9):.1f} statements/s, "
         f"{tally.runs / max(run.seconds, 1e-9):.1f} executions/s",
         "base answers by front and status: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.by_status.items())),
-        f"inconclusive (statement timeout): {tally.inconclusive}",
+        f"inconclusive (statement timeout or control-plane outage): {tally.inconclusive}",
         f"violations: {len(tally.violations)} in {len(tally.violating_queries)} statements",
     ]
     if tally.harness_errors:

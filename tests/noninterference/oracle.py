@@ -12,7 +12,10 @@ What is normalized, and why it carries no PHI:
 * row order when the statement has no top-level ORDER BY (SQL leaves it unspecified; a hash aggregate returns
   groups in hash order). With an ORDER BY (or for EXPLAIN and VALUES) the order is compared;
 * nothing else. A statement that hits the statement timeout (57014) on any side is *inconclusive*: it is counted,
-  not compared (timing is not something a test can compare; the grammar keeps statements small).
+  not compared (timing is not something a test can compare; the grammar keeps statements small). So is one the
+  gateway could not decide because its own database did not answer (08006, "control plane unavailable": an
+  outage of the machine, e.g. a busy cluster out of connections, not a function of any table's data). The tests
+  bound how many may be inconclusive, so an outage that is really an answer cannot hide there.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from gateway.wire.sign_in import CONTROL_PLANE_MESSAGE, CONTROL_PLANE_UNAVAILABLE
 from policy.models import PhiType
 
 PSEUDONYM = re.compile(r"^(" + "|".join(sorted(t.value for t in PhiType)) + r")_[0-9a-f]{16}$")
@@ -53,7 +57,9 @@ class Answer:
 
     @property
     def inconclusive(self) -> bool:
-        return self.sqlstate in TIMEOUT_STATES
+        if self.sqlstate in TIMEOUT_STATES:
+            return True
+        return self.sqlstate == CONTROL_PLANE_UNAVAILABLE and self.message == CONTROL_PLANE_MESSAGE
 
     def short(self) -> str:
         if self.status == "executed":
