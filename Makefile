@@ -47,13 +47,19 @@ lint: $(STAMP)
 # pytest's temporary directories go to a fresh directory that is removed after a passing run (kept, and named,
 # after a failing one: it holds the services' logs), so a run leaves /tmp as it found it. The session itself fails
 # if a test leaves anything behind in the work tree or /tmp (tests/cleanliness.py).
+# $(1): pytest's arguments; $(2), if given: the arguments of a second run after it (both run; either failing fails).
 PYTEST_IN_SCRATCH = scratch=$$(mktemp -d "$${TMPDIR:-/tmp}/phigate-test.XXXXXX") || exit 1; \
 	status=0; $(VENV)/bin/pytest --basetemp="$$scratch/pytest" $(1) || status=$$?; \
+	$(if $(2),$(VENV)/bin/pytest --basetemp="$$scratch/pytest-2" $(2) || status=$$?;) \
 	if [ $$status -eq 0 ]; then rm -rf "$$scratch"; else echo "test run failed; logs kept in $$scratch"; fi; \
 	exit $$status
 
+# Two workers (pytest-xdist, whole files per worker: module fixtures such as the browser stay in one process, and
+# each worker runs its own gateway, worker and databases) for everything but tests/faults, which then run alone:
+# they stall the cluster's horizon, cut connections and kill processes, which must not land on a sibling's tests.
+TEST_WORKERS ?= 2
 test: $(STAMP) services system-packages lint
-	@$(call PYTEST_IN_SCRATCH,)
+	@$(call PYTEST_IN_SCRATCH,-n $(TEST_WORKERS) --dist loadfile --ignore=tests/faults,tests/faults)
 
 # The README's screenshots (docs/screenshots/) are refreshed only on purpose, by this target; tests otherwise
 # write screenshots under pytest's temporary directory.

@@ -33,8 +33,15 @@ def _explicit_screenshots() -> Path | None:
     return Path(value).resolve() if value else None
 
 
+def _is_xdist_worker(session: pytest.Session) -> bool:
+    return hasattr(session.config, "workerinput")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.stash[_SNAPSHOT] = cleanliness.Snapshot()
+    """The leftovers guard runs in the process that owns the whole run: the controller under pytest-xdist (a
+    worker would see its siblings' files, still in use, as leftovers), else the only process."""
+    if not _is_xdist_worker(session):
+        session.stash[_SNAPSHOT] = cleanliness.Snapshot()
 
 
 @pytest.hookimpl(trylast=True)

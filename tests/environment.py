@@ -19,7 +19,19 @@ TARGET_DB = f"clinic_test_{RUN_ID}"
 DATASOURCE = "clinic"
 READ_ROLE = f"test_reader_{RUN_ID}"
 WRITE_ROLE = f"test_writer_{RUN_ID}"
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+def _redis_url_of_this_process(base: str) -> str:
+    """The run's Redis database; under pytest-xdist each worker runs its own services, so worker N takes the
+    database N after the given one (modulo Redis's 16): two workers' Celery queues and RPC lists never mix."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return base
+    head, _, index = base.rpartition("/")
+    return f"{head}/{(int(index or 0) + int(worker[2:])) % 16}"
+
+
+REDIS_URL = _redis_url_of_this_process(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13"))
 # The local receiver that plays Slack's Web API (tests/test_slack.py) listens here; the worker and gateway are
 # started with SLACK_API_URL pointing at it, so the port is fixed once per run.
 with socket.socket() as _probe:
