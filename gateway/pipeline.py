@@ -509,9 +509,7 @@ def _run_allowed_read(
             exc.diag.message_primary,
             touches_phi=touches_phi(decision.classification, decision.catalog),
         )
-        audit_outcome(
-            events.failed(principal, context, datasource=datasource, statement_id=statement_id, error=error)
-        )
+        audit_outcome(events.failed(principal, context, datasource=datasource, statement_id=statement_id, error=error))
         return StatementOutcome(status="failed", error=error.message)
     except Exception:
         # The gateway's own fault (masking, typing, a lost control plane): the statement still gets its outcome.
