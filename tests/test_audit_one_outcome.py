@@ -26,6 +26,7 @@ from approvals.models import Status, Ticket
 from audit.events import LINK, OUTCOME_OF, STATEMENT_KINDS, Context, StatementOutcome, outcome_of, statement_key
 from audit.models import AuditEvent, EventKind
 from gateway.explain import ExplainRefused, explain_via_gateway
+from gateway.pgwire.backend import DataRow, ErrorResponse
 from gateway.pgwire.frontend import Query
 from identity.models import Agent
 from identity.principal import Principal
@@ -77,9 +78,8 @@ def _wire_simple(agent: Agent, token: str, port: int, web_url: str) -> Callable[
     def run(sql: str) -> int | None:
         with WireClient(port, agent.name, token) as client:
             for message in client.query(sql):
-                fields = getattr(message, "fields", {})
-                if fields.get("C") == "HA001":
-                    return _ticket_in(fields["M"])
+                if isinstance(message, ErrorResponse) and message.fields.get("C") == "HA001":
+                    return _ticket_in(message.fields["M"])
         return None
 
     return run
@@ -199,7 +199,13 @@ def _settled(agent: Agent, statements: int) -> dict[str, list[AuditEvent]]:
         finished = [records for records in groups.values() if any(e.kind in OUTCOME_OF for e in records)]
         return groups if len(groups) >= statements and len(finished) >= statements else None
 
-    return wait_until(complete, 30, interval=0.2, what=f"{statements} statements with their outcome records")
+    try:
+        return wait_until(complete, 30, interval=0.2, what=f"{statements} statements with their outcome records")
+    except AssertionError as error:
+        seen = {
+            key: [(event.kind, event.summary) for event in records] for key, records in _by_statement(agent).items()
+        }
+        raise AssertionError(f"{error}; recorded: {seen}") from None
 
 
 def _approve(ticket_id: int) -> None:
@@ -327,10 +333,11 @@ def _wire_agent(services) -> tuple[Agent, str]:  # type: ignore[no-untyped-def]
     return make_agent(make_user(Role.ENGINEER))
 
 
-def test_a_wire_query_that_fails_after_its_first_result_has_one_failure_record(services) -> None:  # type: ignore[no-untyped-def]
+def test_a_wire_query_that_fails_after_sending_rows_has_one_failure_record(services) -> None:  # type: ignore[no-untyped-def]
     agent, token = _wire_agent(services)
     with WireClient(services.gateway_port, agent.name, token) as client:
-        client.query("SELECT id FROM scratch ORDER BY id LIMIT 1; SELECT 1 / (id - id) FROM scratch")
+        answer = client.query("SELECT g, 10 / (50 - g) AS q FROM generate_series(1, 60) g")
+    assert sum(isinstance(message, DataRow) for message in answer) == 49, answer  # then the error, at 50
     groups = _settled(agent, 1)
     (records,) = groups.values()
     assert [event.kind for event in records] == [EventKind.QUERY_SUBMITTED, EventKind.QUERY_FAILED]
