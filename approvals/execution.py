@@ -46,10 +46,11 @@ from approvals.statement_runner import (
     settle,
 )
 from approvals.tags_follow_data import tags_follow_data
+from audit import events
+from audit.events import Context, StatementError, StatementOutcome, masking_details
 from audit.models import EventKind
-from audit.models import Outcome as AuditOutcome
 from audit.preview import result_preview
-from audit.recorder import Context, masking_details, record
+from audit.recorder import record
 from identity.principal import Principal
 from policy.catalog_cache import CatalogCache
 from policy.classifier import classify
@@ -75,6 +76,8 @@ _NOT_RUN_MESSAGES = {
     NotRun.STATEMENT_FAILED: "the statement failed on the target and was rolled back",
     NotRun.EXECUTOR_ERROR: "internal error in the executor before the statement could commit",
 }
+# The SQLSTATE of a ticket that failed without an error of the target's own (the wire's HA004 answer).
+APPROVED_BUT_FAILED = "HA004"
 _LAPSED_IN_RECOVERY = "the executor stopped before the statement committed and the approval has since lapsed"
 
 
@@ -118,30 +121,48 @@ def _claim(ticket_id: int) -> bool:
     return bool(claimed)
 
 
-def _finish(ticket: Ticket, *, status: Status, rowcount: int | None, result: dict | None, error: str, how: str) -> None:
+def _finish(
+    ticket: Ticket,
+    *,
+    status: Status,
+    rowcount: int | None,
+    result: dict | None,
+    error: StatementError | None,
+    how: str,
+) -> None:
+    """The ticket's end and its statement's outcome record, in one transaction. ``error``: why it failed."""
     with transaction.atomic():
         changed = Ticket.objects.filter(pk=ticket.pk, status=Status.EXECUTING).update(
-            status=status, executed_at=timezone.now(), rowcount=rowcount, result=result, error=error
+            status=status,
+            executed_at=timezone.now(),
+            rowcount=rowcount,
+            result=result,
+            error=error.message if error else "",
         )
         if not changed:
             return  # another executor (or recovery) finished it first, from the same ledger truth
-        record(
-            EventKind.TICKET_EXECUTED if status == Status.EXECUTED else EventKind.TICKET_FAILED,
-            principal=_principal(ticket),
-            context=worker_context(ticket),
-            outcome=AuditOutcome.SUCCESS if status == Status.EXECUTED else AuditOutcome.FAILURE,
+        events.ticket_outcome(
+            StatementOutcome.EXECUTED if status == Status.EXECUTED else StatementOutcome.FAILED,
+            _principal(ticket),
+            worker_context(ticket),
             datasource=ticket.datasource.name,
             ticket_id=ticket.pk,
             summary=f"{status}: {how}" + (f" ({rowcount} rows)" if rowcount is not None else ""),
             details={
                 "rowcount": rowcount,
-                "error": error,
+                "error": "",
                 **masking_details((result or {}).get("masking", {})),
                 "preview": result_preview((result or {}).get("columns", []), (result or {}).get("rows", [])),
                 "truncated": (result or {}).get("truncated", False),
             },
-        )
+            error=error,
+        ).record()
         publish_change_on_commit(ticket.pk, status)
+
+
+def _failure(message: str, sqlstate: str | None = None) -> StatementError:
+    """An executor failure the target did not report itself: the wire's "approved but failed" code."""
+    return StatementError(sqlstate or APPROVED_BUT_FAILED, message)
 
 
 def _fail_without_running(ticket_id: int, *, from_status: Status, error: str) -> None:
@@ -151,7 +172,7 @@ def _fail_without_running(ticket_id: int, *, from_status: Status, error: str) ->
             status=Status.EXECUTING, execution_started_at=timezone.now()
         )
     if changed:
-        _finish(ticket, status=Status.FAILED, rowcount=None, result=None, error=error, how=error)
+        _finish(ticket, status=Status.FAILED, rowcount=None, result=None, error=_failure(error), how=error)
 
 
 def _masked_result_maker(ticket: Ticket, url: str):  # type: ignore[no-untyped-def]
@@ -243,7 +264,8 @@ def _execute_locked(ticket_id: int, lock: ExecutorLock) -> ExecutionReport:
         log.warning("ticket %s: executor lock lost before the statement; left for whoever holds it now", ticket_id)
         return ExecutionReport(ticket_id, Status.EXECUTING, False)
     except TargetUnreachable as exc:
-        return _not_started(ticket, lock, recovering, scrub_error(exc.sqlstate, exc.message, touches_phi=True))
+        why = scrub_error(exc.sqlstate, exc.message, touches_phi=True)
+        return _not_started(ticket, lock, recovering, why, sqlstate=exc.sqlstate)
     except Exception:
         # The statement's fate is unknown here (a lost session, an error around the key): ask the ledger.
         log.exception("execution of ticket %s failed unexpectedly; settling it from the ledger", ticket_id)
@@ -267,14 +289,16 @@ def _settle(ticket: Ticket, url: str, reason: NotRun) -> LedgerEntry:
     )
 
 
-def _not_started(ticket: Ticket, lock: ExecutorLock, recovering: bool, why: str) -> ExecutionReport:
+def _not_started(
+    ticket: Ticket, lock: ExecutorLock, recovering: bool, why: str, *, sqlstate: str | None = None
+) -> ExecutionReport:
     """Nothing was sent to the target. Final only when this executor made the claim and still holds the lock:
     then no other executor can have run it. In recovery, an earlier executor might still be alive behind a lost
     lock, so the ticket waits for a ledger that can be read."""
     if recovering or not lock.still_held():
         log.warning("ticket %s not started (%s); left executing for the next sweep", ticket.pk, why)
         return ExecutionReport(ticket.pk, Status.EXECUTING, False)
-    error = f"{why}; {NOTHING_CHANGED}"
+    error = _failure(f"{why}; {NOTHING_CHANGED}", sqlstate)
     _finish(ticket, status=Status.FAILED, rowcount=None, result=None, error=error, how="not started")
     return ExecutionReport(ticket.pk, Status.FAILED, False)
 
@@ -285,16 +309,16 @@ def _record(ticket: Ticket, outcome: Outcome, duration_ms: float, recovering: bo
         result = dict(entry.result or {})
         result["duration_ms"] = duration_ms if outcome.ran_now else None
         how = "ran" if outcome.ran_now else "found committed in the target's ledger (not run again)"
-        _finish(ticket, status=Status.EXECUTED, rowcount=entry.rowcount, result=result, error="", how=how)
+        _finish(ticket, status=Status.EXECUTED, rowcount=entry.rowcount, result=result, error=None, how=how)
         return ExecutionReport(ticket.pk, Status.EXECUTED, outcome.ran_now)
     reason = entry.not_run or NotRun.EXECUTOR_ERROR
     if outcome.error is not None:  # the statement failed here: its own (scrubbed) error says the most
-        error = scrub_error(outcome.error.sqlstate, outcome.error.message, touches_phi=True)
+        error = StatementError.scrubbed(outcome.error.sqlstate, outcome.error.message, touches_phi=True)
     elif reason == NotRun.APPROVAL_LAPSED and recovering:
-        error = f"{_LAPSED_IN_RECOVERY}; {NOTHING_CHANGED}"
+        error = _failure(f"{_LAPSED_IN_RECOVERY}; {NOTHING_CHANGED}")
     else:
         sqlstate = f" (SQLSTATE {entry.sqlstate})" if entry.sqlstate else ""
-        error = f"{_NOT_RUN_MESSAGES[reason]}{sqlstate}; {NOTHING_CHANGED}"
+        error = _failure(f"{_NOT_RUN_MESSAGES[reason]}{sqlstate}; {NOTHING_CHANGED}", entry.sqlstate)
     how = "recovered after executor loss" if recovering else str(reason).replace("_", " ")
     _finish(ticket, status=Status.FAILED, rowcount=None, result=None, error=error, how=how)
     return ExecutionReport(ticket.pk, Status.FAILED, False)

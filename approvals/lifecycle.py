@@ -16,8 +16,9 @@ from approvals.models import Status, Ticket
 from approvals.notify import publish_change_on_commit
 from approvals.params import StatementParams, shown_params, statement_digest
 from approvals.statement_reason import with_statement_reason
-from audit.models import EventKind, Outcome
-from audit.recorder import Context, record
+from audit import events
+from audit.events import Context, StatementOutcome
+from audit.models import EventKind
 from identity.principal import Principal
 from policy.models import DataSource
 
@@ -69,11 +70,9 @@ def open_ticket(
         created_at=now,
         expires_at=now + timedelta(seconds=settings.TICKET_PENDING_TTL_SECONDS),
     )
-    record(
-        EventKind.TICKET_CREATED,
-        principal=principal,
-        context=context,
-        outcome=Outcome.HELD,
+    events.ticket_created(
+        principal,
+        context,
         datasource=datasource.name,
         ticket_id=ticket.pk,
         statement=sql,
@@ -93,7 +92,7 @@ def open_ticket(
             if params is None
             else [shown.as_json() for shown in shown_params(params, ticket.param_types)],
         },
-    )
+    ).record()
     publish_change_on_commit(ticket.pk, Status.PENDING)
     return ticket
 
@@ -105,14 +104,14 @@ def cancel(ticket: Ticket, principal: Principal, context: Context) -> None:
         )
         if not changed:
             raise TransitionConflict(f"ticket {ticket.pk} is no longer pending")
-        record(
-            EventKind.TICKET_CANCELLED,
-            principal=principal,
-            context=context,
+        events.ticket_outcome(
+            StatementOutcome.CANCELLED,
+            principal,
+            context,
             datasource=ticket.datasource.name,
             ticket_id=ticket.pk,
             summary="cancelled by the requester",
-        )
+        ).record()
         publish_change_on_commit(ticket.pk, Status.CANCELLED)
 
 
@@ -121,15 +120,15 @@ def expire_if_overdue(ticket: Ticket) -> bool:
     with transaction.atomic():
         changed = Ticket.objects.overdue().filter(pk=ticket.pk).update(status=Status.EXPIRED, decided_at=timezone.now())
         if changed:
-            record(
-                EventKind.TICKET_EXPIRED,
-                principal=Principal(human=ticket.owner, agent=ticket.agent),
-                context=Context(front="system"),
+            events.ticket_outcome(
+                StatementOutcome.REFUSED,
+                Principal(human=ticket.owner, agent=ticket.agent),
+                Context(front="system"),
+                refusal=EventKind.TICKET_EXPIRED,
                 datasource=ticket.datasource.name,
                 ticket_id=ticket.pk,
-                outcome=Outcome.FAILURE,
                 summary="expired without enough approvals",
-            )
+            ).record()
             publish_change_on_commit(ticket.pk, Status.EXPIRED)
     return bool(changed)
 

@@ -12,8 +12,10 @@ from approvals.lifecycle import TransitionConflict, expire_if_overdue
 from approvals.models import Decision, Review, Status, Ticket
 from approvals.notify import publish_change_on_commit
 from approvals.rules import approval_complete, review_refusal
+from audit import events
+from audit.events import Context, StatementOutcome
 from audit.models import EventKind, Outcome
-from audit.recorder import Context, record
+from audit.recorder import record
 from identity.principal import Principal
 
 
@@ -68,15 +70,15 @@ def submit_review(ticket_id: int, principal: Principal, decision: Decision, comm
         if decision == Decision.REJECT:
             ticket.status, ticket.decided_at = Status.REJECTED, now
             ticket.save(update_fields=["status", "decided_at"])
-            record(
-                EventKind.TICKET_REJECTED,
-                principal=principal,
-                context=context,
-                outcome=Outcome.DENIED,
+            events.ticket_outcome(
+                StatementOutcome.REFUSED,
+                principal,
+                context,
+                refusal=EventKind.TICKET_REJECTED,
                 datasource=ticket.datasource.name,
                 ticket_id=ticket.pk,
                 summary=f"rejected by {principal.human.get_username()}",
-            )
+            ).record()
         elif approval_complete(ticket):
             ticket.status, ticket.decided_at = Status.APPROVED, now
             ticket.approval_valid_until = now + timedelta(seconds=settings.APPROVAL_VALIDITY_SECONDS)

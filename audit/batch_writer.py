@@ -3,7 +3,7 @@
 The wire gateway's audit path when no local journal is configured (``AUDIT_JOURNAL_DIR``; see audit.journal).
 A few writer threads, one connection each: every event submitted while a batch was committing goes into a
 next batch, one INSERT (or a COPY when large) in its own implicit transaction. Events travel as COPY text lines
-(audit.journal_format.copy_line), the same form the journal stores. A caller gets a
+(audit.journal_format.copy_line, in audit.events.COLUMNS order), the same form the journal stores. A caller gets a
 future that completes only after *its* event is durable, so "no result before its audit record" still holds
 per statement, while the commit cost is shared by everyone in the batch. If a batch fails, its events are
 retried one by one; an event that still fails fails its future, and that caller withholds its result.
@@ -24,28 +24,12 @@ import psycopg
 from django.conf import settings
 from psycopg.conninfo import make_conninfo
 
+from audit.events import COLUMNS
 from audit.journal_format import copy_fields, copy_line
 from phigate import envconfig
 
 log = logging.getLogger(__name__)
 
-COLUMNS = (
-    "occurred_at",
-    "kind",
-    "outcome",
-    "actor_id",
-    "actor_name",
-    "agent_id",
-    "agent_name",
-    "datasource",
-    "ticket_id",
-    "front",
-    "source_address",
-    "session_id",
-    "statement",
-    "summary",
-    "details",
-)
 MAX_BATCH = 1000
 AUDIT_WRITERS = envconfig.get_int("AUDIT_WRITERS", 1, minimum=1, maximum=32)
 DEFER_SECONDS = 0.05

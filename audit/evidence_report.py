@@ -19,6 +19,8 @@ from typing import Any
 from fpdf import FPDF, FontFace, XPos, YPos
 from pglast import parser
 
+from audit.events import statement_key
+
 # The sections, in order. The tests find each of these headings in the PDF's text and check content follows.
 SECTION_TITLES = (
     "1. Scope and integrity",
@@ -154,8 +156,8 @@ class EvidenceSummary:
     masked_reads: int = 0
     masked_columns: Counter[str] = field(default_factory=Counter)
     datasources: set[str] = field(default_factory=set)
-    # Tables of submitted statements not yet matched by their result record (HTTP links by the submitted
-    # event's id, the wire by a statement id): popped when the result arrives.
+    # Tables of submitted statements not yet matched by their result record (audit.events.statement_key):
+    # popped when the result arrives.
     _pending_relations: dict[str, str] = field(default_factory=dict)
 
     def add(self, event: Mapping[str, Any]) -> None:
@@ -178,9 +180,7 @@ class EvidenceSummary:
             for tally in counts:
                 tally.allowed += 1
             relations = ", ".join(sorted(str(name) for name in details.get("relations", []))) or "(none named)"
-            self._pending_relations[f"event:{event['id']}"] = relations
-            if details.get("statement_id"):
-                self._pending_relations[f"statement:{person_name}:{details['statement_id']}"] = relations
+            self._pending_relations[f"{person_name}:{statement_key(event['id'], kind, details)}"] = relations
         elif kind == "query.executed":
             self._executed(event, details, person, counts, at)
         elif kind == "query.denied":
@@ -227,11 +227,7 @@ class EvidenceSummary:
                 phi_type = str(spec.get("phi_type", "")) or "unspecified"
                 person.phi_types[phi_type] += 1
                 self.masked_columns[f"{phi_type} -> {spec.get('mask', '?')}"] += 1
-        link = (
-            f"event:{details['submitted_event']}"
-            if details.get("submitted_event") is not None
-            else f"statement:{event['actor_name']}:{details.get('statement_id', '')}"
-        )
+        link = f"{event['actor_name']}:{statement_key(event['id'], event['kind'], details)}"
         tables = self._pending_relations.pop(link, "(not linked to its statement)")
         account = self.reads[
             (event["actor_name"], event.get("agent_name") or "-", event.get("datasource") or "", tables)

@@ -72,7 +72,8 @@ from typing import Any
 
 import psycopg
 
-from audit.batch_writer import COLUMNS, COPY_SQL, control_plane_conninfo
+from audit.batch_writer import COPY_SQL, control_plane_conninfo
+from audit.events import COLUMNS
 from audit.journal_format import HEADER_SIZE, copy_line, frame, scan, segment_name, segment_number
 from audit.private_files import open_private, open_private_fd, private_directory
 

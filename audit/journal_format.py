@@ -2,7 +2,7 @@
 
 A journal segment is a pre-zeroed file of records, each ``Int32 length, Int32 CRC-32, payload``, followed by
 zeros. The payload is one audit event as a line of PostgreSQL's ``COPY ... FROM STDIN`` text format, in the
-column order of ``audit.batch_writer.COLUMNS``: shipping a batch to the audit table is then a plain
+column order of ``audit.events.COLUMNS``: shipping a batch to the audit table is then a plain
 concatenation, with no per-row work at shipping time.
 
 Reading stops at the first zero length or checksum mismatch: a crash during a write leaves a torn tail, and

@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from audit.models import AuditEvent
+from audit.events import statement_key
+from audit.models import AuditEvent, EventKind
 
-_RESULT_KINDS = frozenset({"query.executed", "query.failed"})
+# The outcomes that follow a statement's submitted record in its session (a refusal is a step of its own, and a
+# ticket's outcome is recorded in the executor's or reviewer's context).
+_RESULT_KINDS = frozenset({EventKind.QUERY_EXECUTED, EventKind.QUERY_FAILED})
 
 
 @dataclass
@@ -77,21 +80,20 @@ def _attach_result(step: Step, event: AuditEvent) -> None:
     step.result_sha256 = str(details.get("result_sha256", ""))
     if event.pk not in step.event_ids:  # a result without its statement is a step of its own
         step.event_ids.append(event.pk)
-    if event.kind == "query.failed":
+    if event.kind == EventKind.QUERY_FAILED:
         step.outcome = event.outcome
         step.summary = f"{step.summary}; {event.summary}"
 
 
 def replay_steps(events: Sequence[AuditEvent], approvals: Sequence[AuditEvent] = ()) -> list[Step]:
+    """One step per statement: its record, with its outcome attached by the one linking key (audit.events)."""
     steps: list[Step] = []
     by_statement: dict[str, Step] = {}
-    by_submitted_event: dict[int, Step] = {}
     for event in events:
         details = event.details or {}
+        key = statement_key(event.pk, event.kind, details)
         if event.kind in _RESULT_KINDS:
-            owner = by_statement.get(str(details.get("statement_id", ""))) or by_submitted_event.get(
-                int(details.get("submitted_event") or 0)
-            )
+            owner = by_statement.get(key) if key else None
             if owner is not None:
                 _attach_result(owner, event)
                 continue
@@ -99,10 +101,8 @@ def replay_steps(events: Sequence[AuditEvent], approvals: Sequence[AuditEvent] =
         if event.kind in _RESULT_KINDS:
             _attach_result(step, event)
         steps.append(step)
-        if event.kind == "query.submitted":
-            by_submitted_event[event.pk] = step
-            if details.get("statement_id"):
-                by_statement[str(details["statement_id"])] = step
+        if event.kind == EventKind.QUERY_SUBMITTED and key:
+            by_statement[key] = step
     steps.extend(_step(event, other_session=True) for event in approvals)
     steps.sort(key=lambda step: (step.at, step.event_ids[0]))
     if steps:

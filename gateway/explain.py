@@ -11,8 +11,9 @@ wants: how many rows the change would hit.
 
 Row estimates come from column statistics, so they say something about stored values ("how many patients are
 called Smith"). The inference guard that holds such filters on PHI for agents therefore also refuses their
-EXPLAIN. Every EXPLAIN is audited before it runs (query.submitted with ``"explain": true``); refusals are
-query.denied, failures query.failed.
+EXPLAIN. Every EXPLAIN is audited before it runs (query.submitted with ``"explain": true``) and ends in one
+outcome record like any statement (audit.events): query.executed (the plan's lines), query.failed or, when
+refused, query.denied.
 
 The ticket page's estimate (gateway.ticket_lookups) reuses the same pieces with the ticket's bind parameters,
 judged for the people who may open the page, and is audited as a look-up linked to the ticket (ticket.estimated),
@@ -21,7 +22,9 @@ never as a statement of the person viewing it.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -31,18 +34,18 @@ from django.db import transaction
 from pglast import ast, enums
 from pglast.stream import RawStream
 
-from audit.models import EventKind, Outcome
-from audit.recorder import Context, record
+from audit import events
+from audit.events import Context
 from gateway.pipeline import DatasourceRuntime, exposing_relations, touches_phi
 from identity.principal import Principal
 from policy.classifier import Classification, UnparsableStatement, Verdict, classify
-from policy.errors import scrub_error
 from policy.lineage import ParseError, UnsupportedStatement, analyze
 from policy.lineage_masking import inference_verdict
 from policy.models import DataSource, InferenceAction
 from policy.parse_depth import parse_statements
 from policy.target_catalog import TargetCatalog
 
+_EXPLAIN = {"explain": True}  # marks the records of an EXPLAIN made for an agent or a page
 FORMATS = ("JSON", "TEXT")  # JSON for the estimate, TEXT for people
 WRITE_NOTE = "the read-only role cannot plan a write: this is the plan of the rows the {kind} would touch"
 
@@ -83,32 +86,42 @@ def explain_statement(
         )
     except ExplainRefused as exc:
         _refuse(principal, context, datasource.name, sql, str(exc), classification)
-    submitted = _audit_submitted(principal, context, datasource.name, sql, explained, classification)
+    statement_id = _audit_submitted(principal, context, datasource.name, sql, explained, classification)
+    started = time.monotonic()
     try:
         plan_json = _run(runtime, datasource.name, composed(explained, "JSON"))
         plan_text = _run(runtime, datasource.name, composed(explained, "TEXT"))
     except psycopg.Error as exc:
-        error = scrub_error(
-            exc.diag.sqlstate or "XX000",
-            exc.diag.message_primary or "EXPLAIN failed",
-            touches_phi=touches_phi(classification, catalog),
+        error = events.StatementError.scrubbed(
+            exc.diag.sqlstate, exc.diag.message_primary, touches_phi=touches_phi(classification, catalog)
         )
-        with transaction.atomic():
-            record(
-                EventKind.QUERY_FAILED,
-                principal=principal,
-                context=context,
-                outcome=Outcome.FAILURE,
-                datasource=datasource.name,
-                summary=error,
-                details={"submitted_event": submitted, "sqlstate": exc.diag.sqlstate, "explain": True},
+        _audit_outcome(
+            events.failed(
+                principal, context, datasource=datasource.name, statement_id=statement_id, error=error, extra=_EXPLAIN
             )
-        raise ExplainRefused(error) from exc
+        )
+        raise ExplainRefused(error.message) from exc
     result: dict[str, Any] = {
         "plan": "\n".join(plan_text),
         "estimated_rows": estimated_rows(plan_json[0]),
         "explained": explained,
     }
+    # What was sent back is the plan, the same for every front: its lines are the result's rows.
+    sent = json.dumps(result, separators=(",", ":"), sort_keys=True).encode()
+    _audit_outcome(
+        events.executed(
+            principal,
+            context,
+            datasource=datasource.name,
+            statement_id=statement_id,
+            rowcount=len(plan_text),
+            truncated=False,
+            masking={},
+            result_sha256=hashlib.sha256(sent).hexdigest(),
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+            extra={**_EXPLAIN, "estimated_rows": result["estimated_rows"]},
+        )
+    )
     if kind != "SELECT":
         result["note"] = WRITE_NOTE.format(kind=kind)
     return result
@@ -271,31 +284,35 @@ def _refuse(
     classification: Classification | None = None,
 ) -> NoReturn:
     with transaction.atomic():
-        record(
-            EventKind.QUERY_DENIED,
-            principal=principal,
-            context=context,
-            outcome=Outcome.DENIED,
+        events.refused(
+            principal,
+            context,
             datasource=datasource,
             statement=sql,
             summary=f"EXPLAIN refused: {why}",
             details=_details(classification, verdict="denied", reasons=[why]),
-        )
+        ).record()
     raise ExplainRefused(why)
 
 
 def _audit_submitted(
     principal: Principal, context: Context, datasource: str, sql: str, explained: str, classification: Classification
-) -> int:
-    """Committed before the plan is asked for, like any read."""
+) -> str:
+    """Committed before the plan is asked for, like any read. Returns the statement id of its outcome record."""
+    statement_id = events.new_statement_id()
     with transaction.atomic():
-        event = record(
-            EventKind.QUERY_SUBMITTED,
-            principal=principal,
-            context=context,
+        events.submitted(
+            principal,
+            context,
             datasource=datasource,
             statement=sql,
+            statement_id=statement_id,
             summary="EXPLAIN (planned, not run)",
             details=_details(classification, verdict="allowed", reasons=[], explained=explained),
-        )
-    return int(event.pk)
+        ).record()
+    return statement_id
+
+
+def _audit_outcome(event: events.Event) -> None:
+    with transaction.atomic():
+        event.record()

@@ -8,6 +8,7 @@ never happens (non-negotiable 6). Runs in the gateway process, which holds the r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,9 +29,9 @@ from approvals.lifecycle import open_ticket
 from approvals.models import Ticket
 from approvals.params import StatementParams
 from approvals.rules import required_approvals
-from audit.models import EventKind, Outcome
+from audit import events
+from audit.events import Context
 from audit.preview import result_preview
-from audit.recorder import Context, masking_details, record
 from gateway.param_types import resolved_parameter_types
 from gateway.read_executor import ReadExecutor
 from identity.principal import Principal
@@ -39,7 +40,6 @@ from policy.catalog_cache import CatalogCache
 from policy.classification import held_until_classified
 from policy.classifier import Classification, UnparsableStatement, Verdict, classify, explain_options
 from policy.credentials import Access, target_url
-from policy.errors import scrub_error
 from policy.exposure import exposing_relation
 from policy.lineage import ParseError, UnsupportedStatement, analyze_select
 from policy.lineage_masking import default_inference, inference_verdict, plan_for_result
@@ -157,16 +157,9 @@ def decide(
 
     def denial(datasource: str, summary: str, details: dict[str, object] | None = None) -> None:
         with transaction.atomic():
-            record(
-                EventKind.QUERY_DENIED,
-                principal=principal,
-                context=context,
-                outcome=Outcome.DENIED,
-                datasource=datasource[:63],
-                statement=sql,
-                summary=summary,
-                details=details,
-            )
+            events.refused(
+                principal, context, datasource=datasource, statement=sql, summary=summary, details=details
+            ).record()
 
     datasource = DataSource.objects.filter(name=datasource_name, is_active=True).first()
     if datasource is None:
@@ -453,53 +446,27 @@ def preview(
     )
 
 
-def audit_submission(principal: Principal, decision: Decision, sql: str, context: Context) -> int:
-    """The record of an allowed statement; commits before the statement's result may be released."""
+def audit_submission(principal: Principal, decision: Decision, sql: str, context: Context) -> str:
+    """The record of an allowed statement; commits before the statement's result may be released. Returns the
+    statement id its outcome record links to."""
     assert decision.datasource is not None
+    statement_id = events.new_statement_id()
     with transaction.atomic():
-        event = record(
-            EventKind.QUERY_SUBMITTED,
-            principal=principal,
-            context=context,
+        events.submitted(
+            principal,
+            context,
             datasource=decision.datasource.name,
             statement=sql,
-            summary="allowed: provably read-only",
+            statement_id=statement_id,
             details=decision.submitted,
-        )
-    return int(event.pk)
+        ).record()
+    return statement_id
 
 
-def audit_result(
-    principal: Principal,
-    decision: Decision,
-    context: Context,
-    *,
-    submitted_event: int,
-    rowcount: int,
-    truncated: bool,
-    masking: dict[str, dict[str, str]],
-    result_sha256: str,
-    duration_ms: float,
-    sample: dict[str, object] | None = None,
-) -> None:
-    assert decision.datasource is not None
+def audit_outcome(event: events.Event) -> None:
+    """A statement's outcome record (``events.executed`` or ``events.failed``), in a transaction of its own."""
     with transaction.atomic():
-        record(
-            EventKind.QUERY_EXECUTED,
-            principal=principal,
-            context=context,
-            datasource=decision.datasource.name,
-            summary=f"{rowcount} rows returned" + (" (truncated)" if truncated else ""),
-            details={
-                "submitted_event": submitted_event,
-                "rowcount": rowcount,
-                "truncated": truncated,
-                **masking_details(masking),
-                "result_sha256": result_sha256,
-                "duration_ms": duration_ms,
-                "preview": sample or {"columns": [], "rows": []},
-            },
-        )
+        event.record()
 
 
 def handle_statement(
@@ -532,33 +499,46 @@ def _run_allowed_read(
 ) -> StatementOutcome:
     assert decision.datasource is not None and decision.classification is not None and decision.catalog is not None
     key = require_pseudonym_key()
-    submitted_event = audit_submission(principal, decision, sql, context)  # no audit record, no read
-    started = time.monotonic()
+    statement_id = audit_submission(principal, decision, sql, context)  # no audit record, no read
+    datasource = decision.datasource.name
     try:
-        raw = runtime.executor(decision.datasource.name).run(
-            decision.run_sql or sql,
-            cursor_capable=set(decision.classification.statement_types) <= _CURSOR_CAPABLE,
-            row_cap=settings.RESULT_ROW_CAP,
-            timeout_ms=settings.READ_STATEMENT_TIMEOUT_MS,
-        )
+        return _read_and_record(principal, decision, sql, context, runtime, statement_id, key)
     except psycopg.Error as exc:
-        diag = exc.diag
-        error = scrub_error(
-            diag.sqlstate or "XX000",
-            diag.message_primary or "statement failed",
+        error = events.StatementError.scrubbed(
+            exc.diag.sqlstate,
+            exc.diag.message_primary,
             touches_phi=touches_phi(decision.classification, decision.catalog),
         )
-        with transaction.atomic():
-            record(
-                EventKind.QUERY_FAILED,
-                principal=principal,
-                context=context,
-                outcome=Outcome.FAILURE,
-                datasource=decision.datasource.name,
-                summary=error,
-                details={"submitted_event": submitted_event, "sqlstate": diag.sqlstate},
+        audit_outcome(events.failed(principal, context, datasource=datasource, statement_id=statement_id, error=error))
+        return StatementOutcome(status="failed", error=error.message)
+    except Exception:
+        # The gateway's own fault (masking, typing, a lost control plane): the statement still gets its outcome.
+        failure = events.StatementError("XX000", "XX000: internal error in the gateway")
+        with contextlib.suppress(Exception):
+            audit_outcome(
+                events.failed(principal, context, datasource=datasource, statement_id=statement_id, error=failure)
             )
-        return StatementOutcome(status="failed", error=error)
+        raise
+
+
+def _read_and_record(
+    principal: Principal,
+    decision: Decision,
+    sql: str,
+    context: Context,
+    runtime: DatasourceRuntime,
+    statement_id: str,
+    key: bytes,
+) -> StatementOutcome:
+    """Run the allowed read, mask it and record what was sent (its executed record)."""
+    assert decision.datasource is not None and decision.classification is not None and decision.catalog is not None
+    started = time.monotonic()
+    raw = runtime.executor(decision.datasource.name).run(
+        decision.run_sql or sql,
+        cursor_capable=set(decision.classification.statement_types) <= _CURSOR_CAPABLE,
+        row_cap=settings.RESULT_ROW_CAP,
+        timeout_ms=settings.READ_STATEMENT_TIMEOUT_MS,
+    )
     plan = plan_for_result(
         raw.origins, decision.classification, decision.lineage, decision.catalog, principal.identity_kind
     )
@@ -570,17 +550,19 @@ def _run_allowed_read(
     sent = json.dumps(
         {"columns": raw.columns, "column_types": column_types, "rows": typed}, separators=(",", ":")
     ).encode()
-    audit_result(
-        principal,
-        decision,
-        context,
-        submitted_event=submitted_event,
-        rowcount=raw.rowcount,
-        truncated=raw.truncated,
-        masking=masking,
-        result_sha256=hashlib.sha256(sent).hexdigest(),
-        duration_ms=round((time.monotonic() - started) * 1000, 2),
-        sample=result_preview(raw.columns, rows),
+    audit_outcome(
+        events.executed(
+            principal,
+            context,
+            datasource=decision.datasource.name,
+            statement_id=statement_id,
+            rowcount=raw.rowcount,
+            truncated=raw.truncated,
+            masking=masking,
+            result_sha256=hashlib.sha256(sent).hexdigest(),
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+            preview=result_preview(raw.columns, rows),
+        )
     )
     return StatementOutcome(
         status="executed",

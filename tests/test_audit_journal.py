@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from audit import events
 from audit import journal as journal_module
 from audit.batch_writer import COLUMNS
+from audit.events import SessionLines, StatementError, json_members, json_prefix
 from audit.journal import AuditJournal, JournalUnavailable, _Slot, ship_leftovers
 from audit.journal_format import (
     HEADER,
@@ -27,7 +29,6 @@ from audit.journal_format import (
 )
 from audit.models import AuditEvent, EventKind, JournalCursor
 from audit.recorder import Context, event_row
-from audit.wire_lines import SessionLines
 from identity.principal import Principal
 from identity.roles import Role
 from tests.factories import make_user
@@ -275,27 +276,66 @@ def test_when_shipping_falls_too_far_behind_new_records_are_refused_until_it_cat
     wait_until(lambda: len(_events(marker)) == 2, 10, what="the next record")
 
 
-def test_session_lines_match_the_generic_event_form(principal: Principal) -> None:
-    """The wire session's fast formatter writes exactly what event_row + copy_line would (but the time)."""
-    context = Context(front="wire", source_address="10.1.2.3", session_id="s" * 32)
-    details = {"statement_id": "x", "masking": {"ssn": {"mask": "partial"}}, "note": "tab\there \\ back"}
-    fast = SessionLines(principal, context, "clinic").line(
-        EventKind.QUERY_EXECUTED, "SELECT 1\n-- two lines", "1 rows returned", details
-    )
-    generic = copy_line(
-        event_row(
-            EventKind.QUERY_EXECUTED,
-            principal=principal,
-            context=context,
-            datasource="clinic",
-            statement="SELECT 1\n-- two lines",
-            summary="1 rows returned",
-            details=details,
-        ),
-        COLUMNS,
-    )
+def _same_but_time(fast: bytes, generic: bytes) -> None:
     assert fast.split(b"\t")[1:] == generic.split(b"\t")[1:]
     assert fast.count(b"\n") == 1  # one line, whatever the statement holds
+
+
+def test_session_lines_match_the_event_constructors(principal: Principal) -> None:
+    """The wire session's fast formatter writes exactly what the constructors in audit.events give as a line
+    (but the time): one vocabulary, whichever writer."""
+    context = Context(front="wire", source_address="10.1.2.3", session_id="s" * 32)
+    lines = SessionLines(principal, context, "clinic")
+    submitted = {"verdict": "allowed", "relations": ["public.patients"], "note": "tab\there \\ back"}
+    sql = "SELECT 1\n-- two lines"
+    _same_but_time(
+        lines.submitted(sql, json_prefix(submitted), "x1"),
+        events.submitted(
+            principal, context, datasource="clinic", statement=sql, statement_id="x1", details=submitted
+        ).line(),
+    )
+    masking = {"ssn": {"mask": "partial", "phi_type": "ssn"}}
+    preview = {"columns": ["ssn"], "rows": [["***-**-1234"]]}
+    _same_but_time(
+        lines.executed(
+            "x1",
+            rowcount=1,
+            masking_json=json_members(events.masking_details(masking)),
+            result_sha256="ab",
+            duration_ms=1.25,
+            preview=preview,
+        ),
+        events.executed(
+            principal,
+            context,
+            datasource="clinic",
+            statement_id="x1",
+            rowcount=1,
+            truncated=False,
+            masking=masking,
+            result_sha256="ab",
+            duration_ms=1.25,
+            preview=preview,
+        ).line(),
+    )
+    error = StatementError.scrubbed("22012", "division by zero", touches_phi=True)
+    assert "division" not in error.message  # scrubbed: the statement touches PHI
+    _same_but_time(
+        lines.failed("x1", error),
+        events.failed(principal, context, datasource="clinic", statement_id="x1", error=error).line(),
+    )
+
+
+def test_the_generic_row_and_line_are_the_same_values(principal: Principal) -> None:
+    context = Context(front="http", session_id="s")
+    row = event_row(EventKind.TOKEN_ISSUED, principal=principal, context=context, summary="x", details={"a": 1})
+    line = copy_line(row, COLUMNS)
+    assert (
+        line.split(b"\t")[1:]
+        == events.Event(EventKind.TOKEN_ISSUED, principal, context, summary="x", details={"a": 1})
+        .line()
+        .split(b"\t")[1:]
+    )
 
 
 @given(

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from audit.recorder import masking_details
-from audit.wire_lines import json_text
+from audit.events import json_members, masking_details
 from gateway.pgwire import primitives as wire
 from gateway.pgwire.backend import DataRow, FieldDescription, RowDescription
 from gateway.pipeline import Decision
@@ -42,8 +41,8 @@ class ResultShape:
 
 
 def masking_text(masking: dict[str, dict[str, str]]) -> str:
-    """A result's masking as the fields of its audit details (audit.recorder.masking_details), braces left off."""
-    return json_text(masking_details(masking))[1:-1]
+    """A result's masking as the fields of its audit details (audit.events.masking_details), braces left off."""
+    return json_members(masking_details(masking))
 
 
 def result_shape(frame: bytes, decision: Decision | None, identity_kind: str) -> ResultShape:

@@ -32,11 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from approvals.params import StatementParams
-from audit.models import EventKind
+from audit.events import Context, SessionLines, StatementError, json_prefix
 from audit.preview import PREVIEW_ROWS, wire_value
-from audit.recorder import Context
 from audit.sinks import WireAuditSink, open_wire_audit_sink
-from audit.wire_lines import SessionLines, json_text
 from gateway import control_plane
 from gateway.decision_cache import CACHEABLE_TYPES, DecisionCache
 from gateway.pgwire.backend import (
@@ -119,6 +117,7 @@ _QUERY = ord("Q")
 _DATA_ROW = ord("D")
 _ROW_DESCRIPTION = ord("T")
 _COMMAND_COMPLETE = ord("C")
+_ERROR_RESPONSE = ord("E")
 _READY_FOR_QUERY = ord("Z")
 _NO_DATA = ord("n")
 _RESULT_ENDS = frozenset({_COMMAND_COMPLETE, ord("I"), ord("s")})  # CommandComplete, EmptyQuery, PortalSuspended
@@ -161,7 +160,7 @@ class Expected:
     gate: asyncio.Future[None] | None = None  # resolves once the statement's audit record is durable
     swallow: bool = False  # the gateway asked for it for itself: do not show it to the client
     sql: str = ""
-    statement_id: str = ""  # links the submitted and executed audit records
+    statement_id: str = ""  # links the statement's audit record to its outcome record (audit.events.LINK)
     op: Op | None = None  # what the upstream's answer confirms in the session's book of names
     rows_decision: Decision | None = None  # governs rows, notices and errors when not the statement's own (FETCH)
     replacement: BackendMessage | None = None  # "refusal": written instead of the upstream's ErrorResponse
@@ -194,6 +193,12 @@ class ResultMeter:
     columns: list[str] = field(default_factory=list)
     preview: list[list[str | None]] = field(default_factory=list)
     masking_json: str = ""  # ``masking`` as audit details (audit.recorder.masking_details), when known already
+
+    def next_result(self, masking: dict[str, dict[str, str]]) -> None:
+        """A further result of the same simple Query (``SELECT 1; SELECT 2``): one statement, one outcome record,
+        so its rows and masks add to this meter (the preview keeps the first rows sent)."""
+        self.masking = {**self.masking, **masking}
+        self.masking_json = ""
 
     def keep_preview(self, row: DataRow, fields: tuple[FieldDescription, ...]) -> None:
         """The first rows as sent (already masked), for session replay."""
@@ -307,7 +312,11 @@ class WireSession:
         self.relay_task: asyncio.Task[None] | None = None
         self.ending = False  # terminate() was called: a wait for approval stops
         self.out_size = 0  # bytes in ``out``: past FLUSH_BYTES they go to the socket, and backpressure is checked
-        self.results_sent: list[tuple[Expected, ResultMeter]] = []  # complete results whose record is not queued
+        # Outcomes of statements whose last bytes were relayed, recorded once those bytes leave (``_flush_client``).
+        self.results_sent: list[tuple[Expected, ResultMeter | StatementError]] = []
+        # Statements with a submitted record and no outcome record yet: each gets exactly one (``_settle``).
+        self.unsettled: dict[str, Decision] = {}
+        self.batch_error: StatementError | None = None  # why the upstream skips the rest of the batch
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -341,6 +350,7 @@ class WireSession:
             self.terminate("XX000", "internal error in the gateway; the session is closed")
         finally:
             self._record_results()  # results relayed but not flushed (the session ended abruptly) are recorded too
+            self._settle_abandoned()
             self.registry.pop(self.cancel_key, None)
             if self.upstream is not None:
                 self.upstream.close()
@@ -576,13 +586,10 @@ class WireSession:
         statement_id = self._next_statement_id()
         prefix = decision.wire_memo.get("submitted_json")
         if prefix is None:  # the decision's details serialized once, the statement id appended per statement
-            prefix = json_text(decision.submitted)[:-1]
-            prefix = prefix + "," if prefix != "{" else prefix
-            decision.wire_memo["submitted_json"] = prefix
-        details = f'{prefix}"statement_id":"{statement_id}"}}'
-        line = self._lines_for(decision).line(EventKind.QUERY_SUBMITTED, sql, "allowed: provably read-only", details)
-        gate = self.audit.submit_line(line)
+            prefix = decision.wire_memo["submitted_json"] = json_prefix(decision.submitted)
+        gate = self.audit.submit_line(self._lines_for(decision).submitted(sql, prefix, statement_id))
         assert gate is not None
+        self.unsettled[statement_id] = decision
         return gate, statement_id
 
     async def _simple_query(self, sql: str) -> None:
@@ -1179,6 +1186,8 @@ class WireSession:
             elif self.upstream_failed_batch and item.kind not in ("sync", "query"):
                 if item.op is not None:  # upstream skips everything until Sync after an error: no response
                     self.book.skipped(item.op)
+                if item.statement_id:  # a statement that never ran: it ends with the batch's error
+                    self._outcome(item, self.batch_error or BATCH_FAILED)
             else:
                 await self._relay_responses(item)
             if item.done is not None and not item.done.done():
@@ -1205,8 +1214,22 @@ class WireSession:
 
     def _record_results(self) -> None:
         results, self.results_sent = self.results_sent, []
-        for item, meter in results:
-            self._finish_audit(item, meter)
+        for item, outcome in results:
+            self._finish_audit(item, outcome)
+
+    def _outcome(self, item: Expected, outcome: ResultMeter | StatementError) -> None:
+        """The statement's outcome, recorded once its last bytes leave. Only the first counts: a statement that
+        failed after some of its results (``SELECT 1; SELECT 1/0``) has failed, and has one outcome record."""
+        if self.unsettled.pop(item.statement_id, None) is not None:
+            self.results_sent.append((item, outcome))
+
+    def _settle_abandoned(self) -> None:
+        """The session ended with statements in flight (the client or the upstream went away, a fault): each
+        still gets its outcome record, so that no statement is left with a submitted record alone."""
+        abandoned, self.unsettled = self.unsettled, {}
+        for statement_id, decision in abandoned.items():
+            with contextlib.suppress(Exception):  # the sink may be what failed; then nothing more can be written
+                self.audit.submit_line(self._lines_for(decision).failed(statement_id, SESSION_ENDED), urgent=False)
 
     async def _relay_responses(self, item: Expected) -> None:
         """Relay the upstream's responses to one forwarded message (see ``_relay_frame``)."""
@@ -1273,7 +1296,12 @@ class WireSession:
             relay.plan, relay.fields = shape.plan, shape.fields
             relay.masked = shape.plan is not None and not shape.plan.is_identity
             if item.kind == "query":
-                relay.meter = ResultMeter(masking=shape.masking, columns=shape.columns, masking_json=shape.masking_json)
+                if relay.meter is None:
+                    relay.meter = ResultMeter(
+                        masking=shape.masking, columns=shape.columns, masking_json=shape.masking_json
+                    )
+                else:
+                    relay.meter.next_result(shape.masking)
             if show:
                 self.connection.send_frame(code)
                 out.append(shape.description)
@@ -1294,17 +1322,23 @@ class WireSession:
             if item.decision is not None and item.gate is not None:
                 meter = relay.meter or ResultMeter()
                 meter.finished = time.monotonic()
-                self.results_sent.append((item, meter))  # recorded once the bytes leave
-                relay.meter = None
+                if item.kind == "query":
+                    relay.meter = meter  # a Query may hold several statements: its outcome waits for ReadyForQuery
+                else:
+                    self._outcome(item, meter)
+                    relay.meter = None
             return Step.DONE if item.kind == "execute" else Step.MORE
         if code == _READY_FOR_QUERY:
             ready = ReadyForQuery.decode_body(frame[5:])
             self.transaction.observe(ready)
             self.book.ready_for_query(ready.status)
             self.upstream_failed_batch = False
+            self.batch_error = None
             if show:
                 self.connection.send_frame(code)
                 out.append(frame)
+            if item.kind == "query" and item.statement_id:
+                self._outcome(item, relay.meter or ResultMeter(finished=time.monotonic()))
             return Step.DONE
         if code in _ACKNOWLEDGEMENTS:
             if item.kind == "refusal":
@@ -1321,6 +1355,8 @@ class WireSession:
             ):
                 return Step.DONE
             return Step.MORE
+        if code == _ERROR_RESPONSE and not relay.released:
+            return Step.NEEDS_GATE  # a statement's error leaves after its record, like its rows
         message = decode_backend_body(code, frame[5:])
         self.transaction.observe(message)
         if isinstance(message, NoticeResponse | ParameterStatus | NotificationResponse):
@@ -1336,6 +1372,10 @@ class WireSession:
                 self.book.failed(item.op)
             else:
                 self.book.error()
+            error = self._statement_error(item.replacement if item.kind == "refusal" else message, item)
+            self.batch_error = error
+            if item.statement_id:
+                self._outcome(item, error)  # PostgreSQL's error, mid-statement or at once: the statement failed
             if message.is_fatal:
                 self._write(self._scrub(message, item), item, always=True)
                 raise UpstreamError(message.fields.get("M", "the target database ended the session"))
@@ -1411,9 +1451,7 @@ class WireSession:
     def _scrub(self, message: ErrorResponse | NoticeResponse, item: Expected) -> ErrorResponse | NoticeResponse:
         """An error or notice keeps its text only when the statement behind it touches no PHI: a value in a
         message ("invalid input syntax for type integer: ...") is a result value that no mask covered."""
-        decision = item.statement_decision
-        known = decision is not None and decision.classification is not None and decision.catalog is not None
-        if known and not touches_phi(decision.classification, decision.catalog):  # type: ignore[union-attr,arg-type]
+        if not self._touches_phi(item):
             return message
         fields = message.fields
         sqlstate = fields.get("C", "XX000")
@@ -1421,17 +1459,40 @@ class WireSession:
         scrubbed["M"] = scrub_error(sqlstate, fields.get("M", ""), touches_phi=True)
         return type(message)(scrubbed)
 
-    def _finish_audit(self, item: Expected, meter: ResultMeter) -> None:
-        """The result's record (rows, masks, digest of the bytes sent): queued, not waited for."""
+    def _statement_error(self, message: BackendMessage | None, item: Expected) -> StatementError:
+        """An error as a statement's failure record holds it: its SQLSTATE and the message as the client was
+        shown it (``_scrub``: the text only when the statement touches no PHI)."""
+        if not isinstance(message, ErrorResponse):
+            return BATCH_FAILED
+        fields = message.fields
+        if item.kind == "refusal":  # the gateway's own words
+            return StatementError.scrubbed(fields.get("C"), fields.get("M"), touches_phi=False)
+        return StatementError.scrubbed(fields.get("C"), fields.get("M"), touches_phi=self._touches_phi(item))
+
+    def _touches_phi(self, item: Expected) -> bool:
+        """Whether the statement behind these responses may touch PHI (unknown counts as yes)."""
+        decision = item.statement_decision
+        if decision is None or decision.classification is None or decision.catalog is None:
+            return True
+        return touches_phi(decision.classification, decision.catalog)
+
+    def _finish_audit(self, item: Expected, outcome: ResultMeter | StatementError) -> None:
+        """The statement's outcome record: what was sent (rows, masks, digest of the bytes) or why it failed.
+        Queued, not waited for."""
         assert item.decision is not None
-        masking = meter.masking_json or masking_text(meter.masking)
-        preview = json_text({"columns": meter.columns, "rows": meter.preview})
-        details = (
-            f'{{"statement_id":"{item.statement_id}","rowcount":{meter.rows},"truncated":false,{masking},'
-            f'"result_sha256":"{meter.digest.hexdigest()}",'
-            f'"duration_ms":{round((meter.finished - meter.started) * 1000, 2)},"preview":{preview}}}'
+        lines = self._lines_for(item.decision)
+        if isinstance(outcome, StatementError):
+            self.audit.submit_line(lines.failed(item.statement_id, outcome), urgent=False)
+            return
+        meter = outcome
+        line = lines.executed(
+            item.statement_id,
+            rowcount=meter.rows,
+            masking_json=meter.masking_json or masking_text(meter.masking),
+            result_sha256=meter.digest.hexdigest(),
+            duration_ms=round(((meter.finished or time.monotonic()) - meter.started) * 1000, 2),
+            preview={"columns": meter.columns, "rows": meter.preview},
         )
-        line = self._lines_for(item.decision).line(EventKind.QUERY_EXECUTED, "", f"{meter.rows} rows returned", details)
         self.audit.submit_line(line, urgent=False)
 
 
@@ -1456,6 +1517,10 @@ IN_TRANSACTION_REASON = (
     "sent inside a transaction block on the wire: that transaction was aborted, and once approved this statement "
     "runs on its own, in a transaction of its own"
 )
+# Outcomes of statements that PostgreSQL never answered: skipped after an earlier error in their batch, or in
+# flight when the session ended.
+BATCH_FAILED = StatementError("25P02", "25P02: not run: an earlier message of the batch failed")
+SESSION_ENDED = StatementError("08006", "08006: the session ended before the statement completed")
 REFUSAL_STATEMENT = "phigate: refused"  # a statement name no client may create (see WireSession._refuse)
 EMPTY_STATEMENT = Decision(verdict="allowed", reasons=["an empty statement reads nothing"])
 NO_DECISION = Decision(verdict="allowed", reasons=["no statement the gateway knows: every column redacted"])
