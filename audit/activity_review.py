@@ -321,6 +321,8 @@ def verify_signed_reviews() -> list[str]:
     for period in ReviewPeriod.objects.filter(signed_off_at__isnull=False).select_related("sign_off_event"):
         event = period.sign_off_event
         certified = (event.details or {}).get("digest") if event is not None else None
-        if certified != review_digest(review_document(period, period.findings.all())):
+        if certified != period.digest:
+            problems.append(f"activity review {period.pk} ({period}): its digest differs from its sign-off event's")
+        elif certified != review_digest(review_document(period, period.findings.all())):
             problems.append(f"activity review {period.pk} ({period}) changed after its sign-off")
     return problems
