@@ -85,6 +85,10 @@ def findings_for(datasource: str, since: datetime, until: datetime) -> list[Foun
     return sorted(found, key=lambda item: (item.kind, item.key))
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _who(name: str, agent: str) -> str:
     return f"agent {agent} (for {name})" if agent else name or "(nobody identified)"
 
@@ -137,7 +141,7 @@ def denials(datasource: str, since: datetime, until: datetime) -> list[Found]:
     for (actor_id, name, agent), tally in groups.items():
         reasons = "; ".join(f"{reason} ({count}x)" for reason, count in tally.notes.most_common(3))
         more = len(tally.notes) - 3
-        summary = f"{tally.count} statements by {_who(name, agent)} denied by policy: {reasons}" + (
+        summary = f"{_count(tally.count, 'statement')} by {_who(name, agent)} denied: {reasons}" + (
             f"; and {more} other reasons" if more > 0 else ""
         )
         found.append(_found(FindingKind.DENIED, f"denied:{_subject_key(actor_id, agent)}", name, agent, tally, summary))
@@ -223,7 +227,8 @@ def phi_volume_outliers(datasource: str, since: datetime, until: datetime) -> li
         if actor_id is not None:
             tally.people.add(actor_id)
         summary = (
-            f"{_who(name, agent)} read {rows} rows with PHI columns in {reads} reads; its own average over the "
+            f"{_who(name, agent)} read {_count(rows, 'row')} with PHI columns in {_count(int(reads), 'read')}; its own "
+            "average over the "
             f"previous {periods} periods is {baseline:.0f} rows"
         )
         found.append(
@@ -257,7 +262,7 @@ def off_hours_access(datasource: str, since: datetime, until: datetime) -> list[
         if actor_id is not None:
             tally.people.add(actor_id)
         summary = (
-            f"{count} statements by {_who(name, agent)} outside business hours "
+            f"{_count(count, 'statement')} by {_who(name, agent)} outside business hours "
             f"(Monday to Friday {start:02d}:00 to {end:02d}:00, {zone})"
         )
         found.append(
@@ -295,7 +300,7 @@ def failed_sign_ins(datasource: str, since: datetime, until: datetime) -> list[F
         seen_from = sorted(addresses[claimed])
         reasons = "; ".join(f"{reason} ({count}x)" for reason, count in tally.notes.most_common(3))
         summary = (
-            f"{tally.count} failed sign-ins as {claimed or '(nobody identified)'}"
+            f"{_count(tally.count, 'failed sign-in')} as {claimed or '(nobody identified)'}"
             + (f" from {', '.join(seen_from[:5])}" + (" and others" if len(seen_from) > 5 else "") if seen_from else "")
             + f": {reasons}"
         )
