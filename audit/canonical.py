@@ -93,3 +93,36 @@ def verify_signature(public_key_raw: bytes, signature: bytes, message: bytes) ->
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+# An activity review as its sign-off certifies it (audit.activity_review): the period, and every finding with
+# its facts and the reviewer's disposition and note. The order of the fields is part of the format.
+REVIEW_DOMAIN = b"phigate.audit.review.v1\n"
+REVIEW_FIELDS = ("review", "datasource", "period_start", "period_end")
+REVIEW_FINDING_FIELDS = (
+    "key",
+    "kind",
+    "subject_name",
+    "agent_name",
+    "summary",
+    "event_count",
+    "first_at",
+    "last_at",
+    "event_ids",
+    "disposition",
+    "note",
+    "noted_by_name",
+    "noted_at",
+)
+
+
+def review_digest(review: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a review document (a ``reviews.jsonl`` line): what the sign-off event carries, so an
+    auditor recomputes it offline and a note changed after the sign-off shows."""
+    findings = sorted(review["findings"], key=lambda finding: str(finding["key"]))
+    document = [
+        *(review[name] for name in REVIEW_FIELDS),
+        [[finding[name] for name in REVIEW_FINDING_FIELDS] for finding in findings],
+    ]
+    encoded = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(REVIEW_DOMAIN + encoded).hexdigest()

@@ -2,7 +2,8 @@
 
 Contents: ``events.jsonl`` and ``events.csv`` (the selected events, each with its chain position),
 ``chain.jsonl`` (every link of the covering chain segment: hashes only, and whether its event was selected),
-``checkpoints.jsonl`` (the signed checkpoints that anchor the segment), ``report.pdf`` (for humans),
+``checkpoints.jsonl`` (the signed checkpoints that anchor the segment), ``reviews.jsonl`` (the findings and notes
+of every activity review signed off in the bundle, audit.activity_review), ``report.pdf`` (for humans),
 ``public_key.pem``, ``manifest.json`` (the files' SHA-256 and the export's filters) and ``manifest.sig``.
 
 Statement literals may be PHI (``WHERE ssn = '…'``), so a bundle carries statements with their literals masked
@@ -36,14 +37,24 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import signing
+from audit.activity_review import signed_review_documents
 from audit.canonical import EVENT_FIELDS, EVENT_SELECT, manifest_message
 from audit.chain import ChainBroken, extend_chain
 from audit.evidence_report import EvidenceSummary, render_pdf
-from audit.models import CheckpointReason, EventKind
+from audit.models import CheckpointReason, EventKind, ReviewPeriod
 from audit.private_files import open_private, private_directory, write_private_bytes
 from audit.recorder import Context, record
 from audit.statement_text import mask_literals
-from audit.verify import BUNDLE_FORMAT, CSV_FIELDS, MANIFEST, PUBLIC_KEY, SIGNATURE, verify_segment
+from audit.verify import (
+    BUNDLE_FORMAT,
+    CSV_FIELDS,
+    MANIFEST,
+    PUBLIC_KEY,
+    REVIEWS,
+    SIGNATURE,
+    check_reviews,
+    verify_segment,
+)
 from identity.principal import Principal
 
 Progress = Callable[[int, str], None]  # (percent, what is happening)
@@ -67,6 +78,9 @@ class ExportFilters:
         return {"since": iso(self.since), "until": iso(self.until), "user": self.user, "datasource": self.datasource}
 
     def where(self) -> tuple[str, list[Any]]:
+        """The events of the window, and the sign-offs of the activity reviews of periods overlapping it, whenever
+        they were signed (always after the period ended, so after ``since``) and whoever's they are: the review
+        of a period belongs with its evidence. audit.verify's filter check says the same."""
         clauses = ["e.occurred_at >= %s", "e.occurred_at < %s"]
         params: list[Any] = [self.since, self.until]
         if self.user:
@@ -75,7 +89,14 @@ class ExportFilters:
         if self.datasource:
             clauses.append("e.datasource = %s")
             params.append(self.datasource)
-        return " AND ".join(clauses), params
+        # The second branch is a range on the (kind, occurred_at) index, so the OR stays two index scans.
+        reviews = ["e.kind = %s", "e.occurred_at >= %s", "e.details->'period'->>'start' < %s"]
+        reviews.append("e.details->'period'->>'end' > %s")
+        review_params: list[Any] = [str(EventKind.AUDIT_REVIEW_SIGNED), self.since, iso(self.until), iso(self.since)]
+        if self.datasource:
+            reviews.append("e.datasource = %s")
+            review_params.append(self.datasource)
+        return f"(({' AND '.join(clauses)}) OR ({' AND '.join(reviews)}))", params + review_params
 
 
 class StatementLiterals:
@@ -133,7 +154,12 @@ def export_evidence(
             )
             total, low, high = cursor.fetchone()
             start_anchor, end_anchor = _anchors(cursor, low, high, reaches_present=filters.until >= timezone.now())
-            selected = _write_events(folder, where, params, summary, total, report, reveal_literals=reveal_literals)
+            sign_offs: list[dict[str, Any]] = []
+            selected = _write_events(
+                folder, where, params, summary, total, report, reveal_literals=reveal_literals, sign_offs=sign_offs
+            )
+            reviews = _write_reviews(folder, sign_offs)
+            unsigned = _unsigned_reviews(filters)
             report(70, "writing the chain segment")
             links = _write_links(cursor, folder, start_anchor, end_anchor, selected)
             cursor.execute(
@@ -162,7 +188,7 @@ def export_evidence(
             public_raw,
             start_anchor,
         )
-        problems = ([chain_note] if chain_note else []) + segment.problems
+        problems = ([chain_note] if chain_note else []) + segment.problems + check_reviews(sign_offs, reviews)
         chain_status = (
             f"verified: {segment.links} links from seq {segment.first_seq} to {segment.last_seq}, "
             f"{segment.checkpoints} signed checkpoints"
@@ -171,7 +197,7 @@ def export_evidence(
         )
         report(85, "writing the report")
         write_private_bytes(folder / PUBLIC_KEY, public_pem)
-        covered = ["events.jsonl", "events.csv", "chain.jsonl", "checkpoints.jsonl", PUBLIC_KEY]
+        covered = ["events.jsonl", "events.csv", "chain.jsonl", "checkpoints.jsonl", REVIEWS, PUBLIC_KEY]
         meta = {
             "bundle id": bundle_id,
             "period": f"{iso(filters.since)} to {iso(filters.until)} (end exclusive)",
@@ -184,10 +210,12 @@ def export_evidence(
             "key fingerprint": "SHA-256 of the Ed25519 public key: " + hashlib.sha256(public_raw).hexdigest(),
             "file digests": {name: _sha256(folder / name) for name in covered},
             "chain status": chain_status,
+            "reviews": {review["review"]: review for review in reviews},
+            "unsigned reviews": unsigned,
         }
         write_private_bytes(folder / "report.pdf", render_pdf(summary, meta))
 
-        files = ["events.jsonl", "events.csv", "chain.jsonl", "checkpoints.jsonl", "report.pdf", PUBLIC_KEY]
+        files = ["events.jsonl", "events.csv", "chain.jsonl", "checkpoints.jsonl", REVIEWS, "report.pdf", PUBLIC_KEY]
         manifest = {
             "format": BUNDLE_FORMAT,
             "created_at": meta["exported at"],
@@ -274,9 +302,11 @@ def _write_events(
     report: Progress,
     *,
     reveal_literals: bool,
+    sign_offs: list[dict[str, Any]],
 ) -> set[int]:
     """Stream the selected events into events.jsonl and events.csv (statements masked unless revealed), and as
-    stored into a scratch file the export checks against the chain; return their chain positions."""
+    stored into a scratch file the export checks against the chain; return their chain positions. Activity
+    review sign-offs are also kept in ``sign_offs`` (a few per period), to bundle their reviews."""
     selected: set[int] = set()
     statement = 1 + EVENT_FIELDS.index("statement")
     with (
@@ -307,9 +337,47 @@ def _write_events(
                 writer.writerow(["" if value is None else value for value in row])
                 summary.add(document)
                 selected.add(row[0])
+                if document["kind"] == EventKind.AUDIT_REVIEW_SIGNED:
+                    sign_offs.append(document)
             done += len(rows)
             report(5 + int(60 * done / max(total, 1)), f"{done} of {total} events written")
     return selected
+
+
+def _write_reviews(folder: Path, sign_offs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """reviews.jsonl: the stored findings and notes of every review signed off by an event in the bundle, in
+    the order of those events; the verifier recomputes each one's digest against its sign-off."""
+    ids = [_review_id(event) for event in sign_offs]
+    documents = signed_review_documents(review_id for review_id in ids if review_id is not None)
+    reviews = []
+    for review_id in ids:
+        review = documents.pop(review_id, None) if review_id is not None else None
+        if review is not None:
+            reviews.append(review)
+    _write_jsonl(folder / REVIEWS, reviews)
+    return reviews
+
+
+def _review_id(sign_off: dict[str, Any]) -> int | None:
+    review = (sign_off.get("details") or {}).get("review")
+    return review if isinstance(review, int) else None
+
+
+def _unsigned_reviews(filters: ExportFilters) -> list[dict[str, str]]:
+    """Periods overlapping the window that are not signed off (yet): the report says so, with their status."""
+    periods = ReviewPeriod.objects.overlapping(filters.since, filters.until).unsigned().order_by("starts_at")
+    if filters.datasource:
+        periods = periods.filter(datasource=filters.datasource)
+    now = timezone.now()
+    return [
+        {
+            "datasource": period.datasource,
+            "period_start": iso(period.starts_at),
+            "period_end": iso(period.ends_at),
+            "status": period.status(now).label,
+        }
+        for period in periods[:500]
+    ]
 
 
 def _write_links(cursor: Any, folder: Path, start: int, end: int, selected: set[int]) -> int:

@@ -35,14 +35,15 @@ SECTION_TITLES = (
     "10. Policy changes",
     "11. Masking coverage",
     "12. Events by kind",
-    "13. Attestation",
+    "13. Activity reviews",
+    "14. Attestation",
 )
 _LIST_LIMIT = 500  # rows per list section; everything is in events.jsonl
 _STATEMENT_PREVIEW = 600
 _TICKET_OUTCOMES = frozenset(
     {"ticket.approved", "ticket.rejected", "ticket.cancelled", "ticket.expired", "ticket.executed", "ticket.failed"}
 )
-_AUDIT_KINDS = frozenset({"audit.searched", "audit.replayed", "audit.exported", "audit.purged"})
+_AUDIT_KINDS = frozenset({"audit.searched", "audit.replayed", "audit.exported", "audit.purged", "audit.review_signed"})
 PATIENT_ACCOUNTING_NOTE = (
     "Patient-level accounting needs row identifiers, which the gateway does not record: a read's audit record "
     "holds its row count, the PHI types it returned and a digest of the bytes sent, and its result preview is "
@@ -140,6 +141,21 @@ class PolicyChange:
 
 
 @dataclass
+class ReviewSignOff:
+    """An activity review's sign-off event, as the report prints it (audit.activity_review)."""
+
+    at: str
+    event_id: int
+    review_id: int
+    signed_by: str
+    datasource: str
+    period_start: str
+    period_end: str
+    findings: Mapping[str, Any]
+    digest: str
+
+
+@dataclass
 class EvidenceSummary:
     """Aggregates for the report, fed one event document at a time."""
 
@@ -156,6 +172,7 @@ class EvidenceSummary:
     masked_reads: int = 0
     masked_columns: Counter[str] = field(default_factory=Counter)
     datasources: set[str] = field(default_factory=set)
+    review_sign_offs: list[ReviewSignOff] = field(default_factory=list)
     # Tables of submitted statements not yet matched by their result record (audit.events.statement_key):
     # popped when the result arrives.
     _pending_relations: dict[str, str] = field(default_factory=dict)
@@ -203,6 +220,21 @@ class EvidenceSummary:
             self.token_changes.append((at, kind.split(".")[1], person_name, agent or "-", event["summary"]))
         if kind == "policy.changed":
             self._policy_changed(event, details, at, person_name)
+        if kind == "audit.review_signed":
+            period = details.get("period") or {}
+            self.review_sign_offs.append(
+                ReviewSignOff(
+                    at,
+                    int(event["id"]),
+                    int(details.get("review") or 0),
+                    person_name,
+                    event.get("datasource") or "",
+                    str(period.get("start") or ""),
+                    str(period.get("end") or ""),
+                    details.get("findings") or {},
+                    str(details.get("digest") or ""),
+                )
+            )
         if event.get("ticket_id") is not None and kind.startswith("ticket."):
             self._ticket(int(event["ticket_id"]), kind, event, details, at, person_name, agent)
 
@@ -420,6 +452,7 @@ def render_pdf(summary: EvidenceSummary, meta: Mapping[str, Any]) -> bytes:
     _policy_changes(out, summary)
     _masking(out, summary)
     _kinds(out, summary)
+    _activity_reviews(out, summary, meta)
     _attestation(out, meta)
     return bytes(pdf.output())
 
@@ -629,8 +662,68 @@ def _kinds(out: _Writer, summary: EvidenceSummary) -> None:
     out.table(("Event kind", "Events"), sorted(summary.kinds.items()), (3, 1), empty="No events in this period.")
 
 
-def _attestation(out: _Writer, meta: Mapping[str, Any]) -> None:
+def _activity_reviews(out: _Writer, summary: EvidenceSummary, meta: Mapping[str, Any]) -> None:
+    """The activity reviews of the period (45 CFR 164.308(a)(1)(ii)(D)): each sign-off with its findings and
+    notes (from reviews.jsonl, whose digest the sign-off certifies), then the periods still not signed off."""
     out.heading(SECTION_TITLES[12])
+    out.paragraph(
+        "Each data source's activity is reviewed per period by a compliance officer, who marks every finding "
+        "explained or for follow-up and signs the review off. A sign-off is an audit event in the chain (it is in "
+        "events.jsonl even when signed after the period); its digest covers the findings and notes in "
+        "reviews.jsonl, which python -m audit.verify recomputes. Times are UTC."
+    )
+    reviews: Mapping[Any, Mapping[str, Any]] = meta.get("reviews") or {}
+    if not summary.review_sign_offs:
+        out.paragraph("No activity review of a period overlapping this bundle has been signed off.")
+    for sign_off in summary.review_sign_offs:
+        counts = sign_off.findings
+        out.subheading(
+            f"{sign_off.datasource}: {_short_time(sign_off.period_start)} to {_short_time(sign_off.period_end)}"
+        )
+        facts = [
+            ("Signed off by", sign_off.signed_by),
+            ("Signed off at", _short_time(sign_off.at)),
+            ("Sign-off event", f"{sign_off.event_id} (review {sign_off.review_id})"),
+            (
+                "Findings",
+                f"{counts.get('total', 0)}: {counts.get('explained', 0)} explained, "
+                f"{counts.get('follow_up', 0)} for follow-up",
+            ),
+            ("Digest of findings and notes", sign_off.digest),
+        ]
+        out.table(("Item", "Value"), facts, (1, 3.5), mono_columns=())
+        review = reviews.get(sign_off.review_id) or {}
+        out.table(
+            ("Finding", "Disposition", "Note", "Noted by"),
+            [
+                (
+                    f"{finding['kind']}: {finding['summary']}",
+                    str(finding["disposition"]).replace("_", "-"),
+                    finding["note"] or "-",
+                    f"{finding['noted_by_name']} {_short_time(finding['noted_at'] or '')}".strip(),
+                )
+                for finding in review.get("findings", [])[:_LIST_LIMIT]
+            ],
+            (3, 0.9, 2.6, 1.3),
+            empty="No findings: nothing in the period needed a closer look."
+            if review
+            else "The findings of this review are missing from the bundle.",
+        )
+    unsigned = meta.get("unsigned reviews") or []
+    if unsigned:
+        out.subheading("Periods not signed off")
+        out.table(
+            ("Data source", "Period start", "Period end", "Status"),
+            [
+                (row["datasource"], _short_time(row["period_start"]), _short_time(row["period_end"]), row["status"])
+                for row in unsigned
+            ],
+            (1.5, 1.5, 1.5, 1),
+        )
+
+
+def _attestation(out: _Writer, meta: Mapping[str, Any]) -> None:
+    out.heading(SECTION_TITLES[13])
     out.paragraph(
         f"This report was generated by phigate from the events of bundle {meta['bundle id']} at "
         f"{meta['exported at']} for {meta['exported by']}. The bundle's manifest is signed with the Ed25519 key "

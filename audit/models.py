@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -54,6 +55,9 @@ class EventKind(models.TextChoices):
     AUDIT_PURGED = "audit.purged", "Audit events past retention purged"
     # A statement's literals shown unmasked to a compliance officer (audit.statement_text masks them otherwise).
     AUDIT_LITERALS_REVEALED = "audit.literals_revealed", "Statement literals revealed"
+    # A compliance officer certified a period's activity review (audit.activity_review): its payload carries the
+    # digest of the findings and notes, so the review cannot change afterwards without the chain showing it.
+    AUDIT_REVIEW_SIGNED = "audit.review_signed", "Activity review signed off"
     POLICY_CHANGED = "policy.changed", "Policy changed"
 
 
@@ -303,3 +307,169 @@ class ChainCursor(models.Model):
 
     class Meta:
         constraints = [models.CheckConstraint(condition=Q(id=1), name="audit_chain_cursor_single_row")]
+
+
+class ReviewStatus(models.TextChoices):
+    """Where a review period stands: decided from its dates and sign-off, never stored (it changes with time)."""
+
+    OPEN = "open", "Open"  # the period has not ended: activity is still coming in
+    IN_REVIEW = "in_review", "In review"  # ended, not signed off, still within the allowed delay
+    OVERDUE = "overdue", "Overdue"  # ended more than ACTIVITY_REVIEW_OVERDUE_DAYS ago, not signed off
+    SIGNED_OFF = "signed_off", "Signed off"
+
+
+class ReviewPeriodQuerySet(models.QuerySet["ReviewPeriod"]):
+    def unsigned(self) -> ReviewPeriodQuerySet:
+        return self.filter(signed_off_at__isnull=True)
+
+    def overdue(self, now: Any = None) -> ReviewPeriodQuerySet:
+        """Ended more than the allowed delay ago and still not signed off."""
+        now = now or timezone.now()
+        return self.unsigned().filter(ends_at__lt=now - timedelta(days=settings.ACTIVITY_REVIEW_OVERDUE_DAYS))
+
+    def overlapping(self, since: Any, until: Any) -> ReviewPeriodQuerySet:
+        return self.filter(starts_at__lt=until, ends_at__gt=since)
+
+    def newest_first(self) -> ReviewPeriodQuerySet:
+        return self.order_by("-starts_at", "datasource")
+
+
+class ReviewPeriod(models.Model):
+    """One data source's activity over one period, to be reviewed and signed off (45 CFR 164.308(a)(1)(ii)(D)).
+
+    The data source is named as events name it (not a foreign key): the period outlives a renamed or removed
+    data source as its events do. The bounds are stored, not derived, so a change of cadence never moves a
+    period that was already reviewed. The sign-off columns are set together, once (a trigger refuses any later
+    change to a signed period); ``sign_off_event`` is the chained, signed audit record of the sign-off.
+    """
+
+    datasource = models.CharField(max_length=63)
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    signed_off_at = models.DateTimeField(null=True, blank=True)
+    signed_off_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    sign_off_event = models.OneToOneField(AuditEvent, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    digest = models.CharField(max_length=64, blank=True)  # audit.canonical.review_digest at sign-off
+
+    objects = ReviewPeriodQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["datasource", "starts_at"], name="review_period_once"),
+            models.CheckConstraint(condition=Q(ends_at__gt=models.F("starts_at")), name="review_period_ends_after"),
+            # Signed off means all of it: when, by whom, the chained record and the digest it certified.
+            models.CheckConstraint(
+                condition=Q(
+                    signed_off_at__isnull=True, signed_off_by__isnull=True, sign_off_event__isnull=True, digest=""
+                )
+                | Q(
+                    signed_off_at__isnull=False,
+                    signed_off_by__isnull=False,
+                    sign_off_event__isnull=False,
+                    digest__regex=r"^[0-9a-f]{64}$",
+                ),
+                name="review_period_signed_whole",
+            ),
+        ]
+        indexes = [models.Index(fields=["ends_at"], condition=Q(signed_off_at__isnull=True), name="review_unsigned")]
+
+    def __str__(self) -> str:
+        return f"{self.datasource} {self.starts_at:%Y-%m-%d} to {self.ends_at:%Y-%m-%d}"
+
+    def status(self, now: Any = None) -> ReviewStatus:
+        now = now or timezone.now()
+        if self.signed_off_at is not None:
+            return ReviewStatus.SIGNED_OFF
+        if now < self.ends_at:
+            return ReviewStatus.OPEN
+        if self.ends_at < now - timedelta(days=settings.ACTIVITY_REVIEW_OVERDUE_DAYS):
+            return ReviewStatus.OVERDUE
+        return ReviewStatus.IN_REVIEW
+
+    @property
+    def last_day(self) -> Any:
+        """The period's last day, for people: the stored end is exclusive (midnight after it)."""
+        return (self.ends_at - timedelta(microseconds=1)).date()
+
+
+class FindingKind(models.TextChoices):
+    DENIED = "denied", "Denied statements"
+    HELD = "held", "Held statement"
+    PHI_VOLUME = "phi_volume", "PHI volume outlier"
+    OFF_HOURS = "off_hours", "Off-hours access"
+    FAILED_SIGN_IN = "failed_sign_in", "Failed sign-ins"
+    NEW_DATASOURCE = "new_datasource", "First use of the data source"
+    NEW_TABLES = "new_tables", "Tables never touched before"
+
+
+class Disposition(models.TextChoices):
+    PENDING = "pending", "Not yet reviewed"
+    EXPLAINED = "explained", "Explained"
+    FOLLOW_UP = "follow_up", "Needs follow-up"
+
+
+class ReviewFindingQuerySet(models.QuerySet["ReviewFinding"]):
+    def pending(self) -> ReviewFindingQuerySet:
+        return self.filter(disposition=Disposition.PENDING)
+
+    def involving(self, user: Any) -> ReviewFindingQuerySet:
+        """Findings about (or decided by) this person: they may neither note them nor sign their period."""
+        return self.filter(people__contains=[user.pk])
+
+    def in_queue_order(self) -> ReviewFindingQuerySet:
+        return self.order_by("kind", "key")
+
+
+class ReviewFinding(models.Model):
+    """Something in a period's activity that needs a human look, computed from the events
+    (audit.review_findings), with the reviewer's disposition and note.
+
+    Facts (``summary``, counts, times) are refreshed from the events until the period is signed off; then a
+    trigger freezes every finding of the period, and the sign-off's digest covers them with their notes.
+    """
+
+    period = models.ForeignKey(ReviewPeriod, on_delete=models.PROTECT, related_name="findings")
+    key = models.CharField(max_length=255)  # stable per period: what the finding is about
+    kind = models.CharField(max_length=20, choices=FindingKind.choices)
+    subject_name = models.CharField(max_length=150, blank=True)  # the accountable person (or the claimed name)
+    agent_name = models.CharField(max_length=63, blank=True)
+    # Everyone whose activity or decision the finding is about (user ids): none of them may review it.
+    people = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    summary = models.TextField()
+    event_count = models.IntegerField()
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+    event_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)  # the first few, for reference
+    disposition = models.CharField(max_length=10, choices=Disposition.choices, default=Disposition.PENDING)
+    note = models.TextField(blank=True)
+    noted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    noted_by_name = models.CharField(max_length=150, blank=True)
+    noted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ReviewFindingQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["period", "key"], name="review_finding_once"),
+            models.CheckConstraint(
+                condition=Q(kind__in=[choice.value for choice in FindingKind]), name="review_finding_kind_known"
+            ),
+            models.CheckConstraint(
+                condition=Q(disposition__in=[choice.value for choice in Disposition]),
+                name="review_finding_disposition_known",
+            ),
+            # A decided finding says who decided, when, and why. A pending one may keep an earlier note (its
+            # facts changed after it was noted) for the reviewer to confirm.
+            models.CheckConstraint(
+                condition=Q(disposition="pending")
+                | (Q(noted_by__isnull=False, noted_at__isnull=False) & ~Q(note="") & ~Q(noted_by_name="")),
+                name="review_finding_decided_with_note",
+            ),
+            models.CheckConstraint(
+                condition=Q(event_count__gte=1, last_at__gte=models.F("first_at")), name="review_finding_has_events"
+            ),
+        ]

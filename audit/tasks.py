@@ -17,3 +17,10 @@ def run_export_task(export_id: int) -> str:
     from audit.evidence_jobs import run_export
 
     return run_export(export_id)
+
+
+@shared_task(name="audit.open_review_periods")
+def open_review_periods_task() -> int:
+    from audit.activity_review import ensure_periods
+
+    return ensure_periods()

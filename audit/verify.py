@@ -14,6 +14,10 @@ Exit 0 and a summary when everything holds; exit 1 with the reason otherwise. Wh
    bundle is masked) cannot be rehashed: it is checked for its place in the chain, and its content is vouched
    for by the exporter's own check of the stored form (the signed ``chain_status``) and the manifest signature.
    A bundle exported with literals revealed is rehashed in full.
+5. Every activity review signed off by an event in the bundle (``audit.review_signed``, chained and hashed like
+   any event) is in ``reviews.jsonl``, and its findings and notes hash to the digest that event certified: a
+   note or finding changed after the sign-off, or a sign-off edited, is named. The export's filters take, besides
+   the window's events, the sign-offs of the periods overlapping it, whenever they were signed.
 
 Imports only the standard library and ``cryptography``: an auditor can run it from a copy of this one package.
 """
@@ -39,6 +43,7 @@ from audit.canonical import (
     event_values,
     key_id,
     manifest_message,
+    review_digest,
     row_hash,
     verify_signature,
 )
@@ -49,6 +54,8 @@ SIGNATURE = "manifest.sig"
 PUBLIC_KEY = "public_key.pem"
 REQUIRED_FILES = ("events.jsonl", "events.csv", "report.pdf", "chain.jsonl", "checkpoints.jsonl", PUBLIC_KEY)
 CSV_FIELDS = ("seq", *EVENT_FIELDS)
+REVIEWS = "reviews.jsonl"  # listed by bundles made since the activity review (issue 16); optional before
+REVIEW_SIGNED = "audit.review_signed"
 
 
 class BundleInvalid(Exception):
@@ -153,7 +160,79 @@ def verify_segment(
     return report
 
 
+def check_reviews(sign_offs: Iterable[Mapping[str, Any]], reviews: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each activity review sign-off among the events against its review in ``reviews.jsonl`` (shared by the
+    exporter, whose chain status states the result, and the offline verifier)."""
+    problems: list[str] = []
+    by_id: dict[Any, Mapping[str, Any]] = {}
+    for review in reviews:
+        if review.get("review") in by_id:
+            problems.append(f"{REVIEWS} holds activity review {review.get('review')} twice")
+        by_id[review.get("review")] = review
+    signed: set[Any] = set()
+    for event in sign_offs:
+        if event.get("kind") != REVIEW_SIGNED:
+            continue
+        details = event.get("details") or {}
+        review_id = details.get("review")
+        found = by_id.get(review_id)
+        if found is None:
+            problems.append(f"activity review {review_id} signed off by event {event['id']} is not in {REVIEWS}")
+            continue
+        review = found
+        signed.add(review_id)
+        period = details.get("period") or {}
+        try:
+            digest = review_digest(review)
+        except (KeyError, TypeError):
+            problems.append(f"activity review {review_id} in {REVIEWS} is malformed")
+            continue
+        if digest != details.get("digest"):
+            problems.append(
+                f"activity review {review_id} ({review.get('datasource')}, {review.get('period_start')} to "
+                f"{review.get('period_end')}) does not match the digest its sign-off (event {event['id']}) "
+                "certified: a finding or note changed after the sign-off"
+            )
+        elif (review.get("datasource"), review.get("period_start"), review.get("period_end")) != (
+            event.get("datasource"),
+            period.get("start"),
+            period.get("end"),
+        ):
+            problems.append(f"activity review {review_id} is not the period its sign-off (event {event['id']}) names")
+        else:
+            counts = {"total": 0, "explained": 0, "follow_up": 0}
+            for finding in review["findings"]:
+                counts["total"] += 1
+                if finding["disposition"] in counts:
+                    counts[finding["disposition"]] += 1
+            if counts != details.get("findings"):
+                problems.append(f"activity review {review_id}: its sign-off's counts differ from its findings")
+    for review_id in by_id.keys() - signed:
+        problems.append(f"{REVIEWS} holds activity review {review_id}, whose sign-off is not among the events")
+    return problems
+
+
+def _is_review_of_window(event: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
+    """A sign-off of an activity review whose period overlaps the window (audit.evidence.ExportFilters.where)."""
+    if event.get("kind") != REVIEW_SIGNED or not filters.get("since") or not filters.get("until"):
+        return False
+    period = (event.get("details") or {}).get("period") or {}
+    start, end = str(period.get("start") or ""), str(period.get("end") or "")
+    return (
+        event["occurred_at"] >= filters["since"]
+        and bool(start)
+        and bool(end)
+        and start < filters["until"]
+        and end > filters["since"]
+        and not (filters.get("datasource") and event["datasource"] != filters["datasource"])
+    )
+
+
 def _matches_filters(event: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
+    return _in_window(event, filters) or _is_review_of_window(event, filters)
+
+
+def _in_window(event: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
     moment = event["occurred_at"]
     if filters.get("since") and moment < filters["since"]:
         return False
@@ -240,10 +319,16 @@ def verify_bundle(path: str, trusted_key_id: str | None = None) -> str:
         if not _matches_filters(event, filters):
             raise BundleInvalid(f"event {event['id']} does not match the export's filters")
     _check_csv(files["events.csv"], events)
+    reviews = _jsonl(files[REVIEWS], REVIEWS) if REVIEWS in listed else []
+    review_problems = check_reviews(events, reviews)
+    if review_problems:
+        raise BundleInvalid(review_problems[0])
+    signed_reviews = sum(1 for event in events if event.get("kind") == REVIEW_SIGNED)
     return (
         f"bundle OK: {report.events} events, chain segment seq {report.first_seq}..{report.last_seq} "
         f"({report.links} links, {report.checkpoints} signed checkpoints), signed by key {bundled_id}"
         + ("" if trusted_key_id else " (compare this key id with the one your organisation publishes)")
+        + (f"; {signed_reviews} signed activity reviews match their findings and notes" if signed_reviews else "")
         + (
             f"; statement literals masked: {report.masked} events not rehashed (the exporter checked them)"
             if report.masked

@@ -13,6 +13,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 
+from audit.models import ReviewPeriod
 from identity.models import Agent
 from identity.roles import Role, roles_of
 
@@ -24,15 +25,19 @@ class Person:
     roles: frozenset[Role]
     owns_agents: bool
     is_staff: bool
+    # Activity reviews past their deadline (audit.activity_review): counted for compliance officers only.
+    overdue_reviews: int = 0
 
     @classmethod
     def of(cls, user: User | AnonymousUser | None) -> Person:
         if not isinstance(user, User) or not user.is_active:
             return cls(roles=frozenset(), owns_agents=False, is_staff=False)
+        roles = roles_of(user)
         return cls(
-            roles=roles_of(user),
+            roles=roles,
             owns_agents=Agent.objects.filter(owner=user).exists(),
             is_staff=user.is_staff,
+            overdue_reviews=ReviewPeriod.objects.overdue().count() if Role.COMPLIANCE in roles else 0,
         )
 
     @property
@@ -56,6 +61,9 @@ class Destination:
     shown_to: Callable[[Person], bool]
     # URL names (or ``namespace:``) under which this entry is the current one.
     current_on: tuple[str, ...] = ()
+    # Something waiting there that the person should see from every page (shown next to the label when not 0).
+    alert: Callable[[Person], int] | None = None
+    alert_text: str = ""
 
 
 DESTINATIONS = (
@@ -74,6 +82,14 @@ DESTINATIONS = (
         lambda person: person.is_compliance,
         ("audit-exports", "audit-export", "audit-export-progress"),
     ),
+    Destination(
+        "Reviews",
+        "audit-reviews",
+        lambda person: person.is_compliance,
+        ("audit-reviews", "audit-review"),
+        alert=lambda person: person.overdue_reviews,
+        alert_text="overdue",
+    ),
     Destination("Admin", "admin:index", lambda person: person.is_staff, ("admin:",)),
 )
 
@@ -91,6 +107,8 @@ class NavLink:
     label: str
     url: str
     current: bool
+    alert: int = 0
+    alert_text: str = ""
 
 
 def _current_name(request: HttpRequest) -> str:
@@ -112,7 +130,8 @@ def navigation(request: HttpRequest, person: Person | None = None) -> list[NavLi
         if url is None:
             continue
         current = any(here == name or (name.endswith(":") and here.startswith(name)) for name in destination.current_on)
-        links.append(NavLink(destination.label, url, current))
+        alert = destination.alert(person) if destination.alert is not None else 0
+        links.append(NavLink(destination.label, url, current, alert, destination.alert_text))
     return links
 
 

@@ -7,6 +7,7 @@ Target-database credentials are *not* settings: each process reads only its own
 
 from __future__ import annotations
 
+import zoneinfo
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -154,6 +155,30 @@ AUDIT_JOURNAL_DIR = env.get_str("AUDIT_JOURNAL_DIR")
 # Fail closed when the event table falls this far behind the journal (the control plane is unreachable).
 AUDIT_JOURNAL_MAX_LAG_SECONDS = env.get_int("AUDIT_JOURNAL_MAX_LAG_SECONDS", 30, minimum=1, maximum=3600)
 
+# --- Activity review (audit.activity_review; 45 CFR 164.308(a)(1)(ii)(D)) -------------------------------------
+# Each data source's activity is reviewed per period of this many days (weekly: Monday to Monday, UTC). A period
+# keeps the bounds it was created with, so changing this only shapes the periods created afterwards.
+ACTIVITY_REVIEW_PERIOD_DAYS = env.get_int("ACTIVITY_REVIEW_PERIOD_DAYS", 7, minimum=1, maximum=92)
+# A period not signed off this many days after it ended is overdue (shown on the review list and in the bar).
+ACTIVITY_REVIEW_OVERDUE_DAYS = env.get_int("ACTIVITY_REVIEW_OVERDUE_DAYS", 7, minimum=0, maximum=365)
+# How many past periods a data source gets when periods are first created for it (a new install, a new source).
+ACTIVITY_REVIEW_BACKFILL_PERIODS = env.get_int("ACTIVITY_REVIEW_BACKFILL_PERIODS", 4, minimum=0, maximum=520)
+# Off-hours: statements outside [start, end) o'clock on Monday to Friday, in this time zone.
+ACTIVITY_REVIEW_TIME_ZONE = env.get_str("ACTIVITY_REVIEW_TIME_ZONE", "UTC") or "UTC"
+ACTIVITY_REVIEW_BUSINESS_START_HOUR = env.get_int("ACTIVITY_REVIEW_BUSINESS_START_HOUR", 7, minimum=0, maximum=23)
+ACTIVITY_REVIEW_BUSINESS_END_HOUR = env.get_int("ACTIVITY_REVIEW_BUSINESS_END_HOUR", 19, minimum=1, maximum=24)
+if ACTIVITY_REVIEW_BUSINESS_END_HOUR <= ACTIVITY_REVIEW_BUSINESS_START_HOUR:
+    raise ImproperlyConfigured("ACTIVITY_REVIEW_BUSINESS_END_HOUR must be after ACTIVITY_REVIEW_BUSINESS_START_HOUR")
+try:
+    zoneinfo.ZoneInfo(ACTIVITY_REVIEW_TIME_ZONE)
+except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    raise ImproperlyConfigured(f"ACTIVITY_REVIEW_TIME_ZONE={ACTIVITY_REVIEW_TIME_ZONE!r} is not a time zone") from None
+# A PHI volume outlier: an agent's PHI rows in a period at least this many, and above FACTOR times its own average
+# over the BASELINE periods before (a new agent's baseline is zero).
+ACTIVITY_REVIEW_PHI_MIN_ROWS = env.get_int("ACTIVITY_REVIEW_PHI_MIN_ROWS", 100, minimum=1)
+ACTIVITY_REVIEW_PHI_FACTOR = env.get_int("ACTIVITY_REVIEW_PHI_FACTOR", 3, minimum=1)
+ACTIVITY_REVIEW_BASELINE_PERIODS = env.get_int("ACTIVITY_REVIEW_BASELINE_PERIODS", 4, minimum=1, maximum=52)
+
 # --- Live pages (Channels over Redis) ------------------------------------------------------------------------
 CHANNEL_LAYERS = {
     "default": {
@@ -247,4 +272,6 @@ LOGGING = {
 CELERY_BEAT_SCHEDULE = {
     "expire-overdue-tickets": {"task": "approvals.expire_overdue", "schedule": 30.0},
     "extend-audit-chain": {"task": "audit.extend_chain", "schedule": float(AUDIT_CHAIN_INTERVAL_SECONDS)},
+    # Review periods exist (and become overdue) whether or not anyone opens the review pages.
+    "open-review-periods": {"task": "audit.open_review_periods", "schedule": 3600.0},
 }

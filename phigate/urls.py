@@ -11,6 +11,7 @@ from approvals import mine_views, queue_views
 from approvals import views as reviewer_views
 from approvals.slack import interactions as slack_interactions
 from approvals.slack import link_page as slack_link_page
+from audit import review_views
 from audit import views as audit_views
 from audit.api import AuditEventListView
 from gateway.http_front import QueryView
@@ -53,6 +54,14 @@ urlpatterns = [
     path("audit/exports/<int:export_id>/", audit_views.export_page, name="audit-export"),
     path("audit/exports/<int:export_id>/progress", audit_views.export_progress, name="audit-export-progress"),
     path("audit/exports/<int:export_id>/download", audit_views.export_download, name="audit-export-download"),
+    path("audit/reviews/", review_views.review_list, name="audit-reviews"),
+    path("audit/reviews/<int:period_id>/", review_views.review_period, name="audit-review"),
+    path(
+        "audit/reviews/<int:period_id>/findings/<int:finding_id>/note",
+        review_views.review_note,
+        name="audit-review-note",
+    ),
+    path("audit/reviews/<int:period_id>/sign-off", review_views.review_sign_off, name="audit-review-sign-off"),
     path("integrations/slack/interactions", slack_interactions.interactions, name="slack-interactions"),
     path("integrations/slack/link", slack_link_page.link_page, name="slack-link"),
     path("admin/", admin.site.urls),

@@ -8,7 +8,8 @@ visited as each kind of person, with hostile values:
   a few generic ones;
 - in every path parameter (a path id that is itself hostile mostly gets the 404 page);
 - stored: tickets, reviews, an agent, people, a data source, audit events, a session, an evidence export, a
-  Slack link and policy objects whose names, SQL, reasons, comments and results carry the payloads.
+  Slack link, policy objects and activity reviews (findings, notes, a sign-off) whose names, SQL, reasons,
+  comments, notes and results carry the payloads.
 
 The browser runs under the site's real Content-Security-Policy, and after each page the crawl checks:
 
@@ -55,7 +56,16 @@ from approvals.models import Decision, Review, Status, Ticket
 from approvals.params import StatementParams
 from approvals.slack.linking import link_token
 from approvals.slack.models import SlackLink, VerifiedBy
-from audit.models import EventKind, EvidenceExport, ExportStatus, Outcome
+from audit.activity_review import note_finding, period_containing, refresh_findings, sign_off
+from audit.models import (
+    Disposition,
+    EventKind,
+    EvidenceExport,
+    ExportStatus,
+    Outcome,
+    ReviewFinding,
+    ReviewPeriod,
+)
 from audit.recorder import Context, record
 from identity.models import Agent
 from identity.principal import Principal
@@ -108,6 +118,8 @@ class World:
     session: str
     datasource: DataSource
     slack_token: str
+    reviews: list[int]  # activity review periods: one open, one signed off
+    finding: int
 
 
 def _hostile_user(kind: str, *roles: Role, staff: bool = False) -> Any:
@@ -271,6 +283,7 @@ def _build_world(undo: list[Callable[[], object]]) -> World:
     rule = ApproverRule.objects.create(datasource=hostile_source, mode="any_of", count=1)
     undo.append(rule.delete)
     rule.groups.add(group)
+    reviews, finding = _review_periods(hostile_source, people, context, undo)
     return World(
         people=people,
         tickets=[pending.pk, executed.pk, failed.pk],
@@ -278,7 +291,34 @@ def _build_world(undo: list[Callable[[], object]]) -> World:
         session=SESSION,
         datasource=hostile_source,
         slack_token=link_token(BREAK_ATTRIBUTE, BREAK_QUOTE),
+        reviews=reviews,
+        finding=finding,
     )
+
+
+def _review_periods(
+    datasource: DataSource, people: dict[str, Any], context: Context, undo: list[Callable[[], object]]
+) -> tuple[list[int], int]:
+    """The hostile data source's activity review: this period (its findings name the hostile agent, tickets and
+    reasons, and carry hostile notes) and the one before, signed off (a sign-off cannot be undone; it stays)."""
+    officer = Principal(human=people["compliance"])
+    start, end = period_containing(timezone.now())
+    current, _ = ReviewPeriod.objects.get_or_create(
+        datasource=datasource.name, starts_at=start, defaults={"ends_at": end}
+    )
+    undo.append(lambda: ReviewPeriod.objects.filter(pk=current.pk, signed_off_at__isnull=True).delete())
+    undo.append(lambda: ReviewFinding.objects.filter(period=current, period__signed_off_at__isnull=True).delete())
+    past, _ = ReviewPeriod.objects.get_or_create(
+        datasource=datasource.name, starts_at=start - (end - start), defaults={"ends_at": start}
+    )
+    for period in (current, past):
+        refresh_findings(period)
+        for finding in period.findings.all():
+            note_finding(officer, period.pk, finding.pk, Disposition.FOLLOW_UP, POLYGLOT)
+    sign_off(officer, past.pk, context)
+    first = current.findings.order_by("pk").first()
+    assert first is not None, "the hostile tickets make findings"
+    return [current.pk, past.pk], first.pk
 
 
 # --- Which URLs to visit -------------------------------------------------------------------------------------
@@ -397,6 +437,8 @@ PATH_VALUES: dict[str, Callable[[Route, World], list[str]]] = {
     "export_id": lambda route, world: [str(world.export)],
     "event_id": lambda route, world: [str(_latest_event_id())],  # an event's reveal action (POST only)
     "session_id": lambda route, world: [world.session],
+    "period_id": lambda route, world: [str(pk) for pk in world.reviews],
+    "finding_id": lambda route, world: [str(world.finding)],  # a finding's note (POST only)
     "id": lambda route, world: [str(world.people["reviewer"].pk)],  # the admin's password form of a user
     "object_id": _admin_objects,
     "content_type_id": lambda route, world: [str(ContentType.objects.get_for_model(DataSource).pk)],
@@ -713,6 +755,7 @@ def test_every_url_pattern_can_be_crawled(world: World) -> None:
     assert len(planned) == len(routes())
     names = {route.name for route, _, _ in planned}
     assert {"home", "queue", "ticket-detail", "audit-search", "audit-replay", "slack-link", "admin:index"} <= names
+    assert {"audit-reviews", "audit-review", "audit-review-note", "audit-review-sign-off"} <= names
     assert all(real for _, real, _ in planned)
     reads = parameters_read_by_the_code()
     assert {"datasource", "risk", "age", "token", "before"} <= reads, reads  # the source scan finds them

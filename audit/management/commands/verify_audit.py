@@ -1,5 +1,5 @@
-"""``manage.py verify_audit``: exit 0 when the whole audit chain verifies and nothing is left unchained past the
-bound; 1 naming the first problem."""
+"""``manage.py verify_audit``: exit 0 when the whole audit chain verifies, nothing is left unchained past the
+bound and every signed activity review matches its sign-off; 1 naming the first problem."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.activity_review import verify_signed_reviews
 from audit.chain import SequencerBusy, extend_chain, verify_chain
 
 
@@ -47,4 +48,8 @@ class Command(BaseCommand):
         verdict = verify_chain(unchained_bound=options["unchained_bound"])
         if not verdict.ok:
             raise CommandError(f"audit chain FAILED: {verdict.problem}", returncode=1)
+        # A signed activity review must still be what its chained sign-off certified (audit.activity_review).
+        changed = verify_signed_reviews()
+        if changed:
+            raise CommandError(f"audit chain OK but {changed[0]}", returncode=1)
         self.stdout.write(f"audit chain OK: {verdict.links} events, {verdict.checkpoints} signed checkpoints")
