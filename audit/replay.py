@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from audit.filters import kind_label
 from audit.models import AuditEvent
 
-_RESULT_KINDS = frozenset({"query.executed", "query.failed"})
+RESULT_KINDS = frozenset({"query.executed", "query.failed"})
 
 
 @dataclass
@@ -34,12 +35,16 @@ class Step:
     event_ids: list[int] = field(default_factory=list)  # the first is the statement's event (reveal literals)
     offset_ms: int = 0
 
+    @property
+    def kind_label(self) -> str:
+        return kind_label(self.kind)
+
 
 def _who(event: AuditEvent) -> str:
     return event.actor_name + (f" via {event.agent_name}" if event.agent_name else "")
 
 
-def _params(details: dict[str, Any]) -> list[dict[str, Any]]:
+def statement_params(details: dict[str, Any]) -> list[dict[str, Any]]:
     """A statement's bind parameters: typed (``params_shown``, ticket events) or as text (``params``, reads)."""
     shown = details.get("params_shown")
     if isinstance(shown, list):
@@ -62,7 +67,7 @@ def _step(event: AuditEvent, other_session: bool = False) -> Step:
         verdict=str(details.get("verdict", "")),
         reasons=[str(reason) for reason in details.get("reasons", [])],
         ticket_id=event.ticket_id,
-        params=_params(details),
+        params=statement_params(details),
         other_session=other_session,
         event_ids=[event.pk],
     )
@@ -88,7 +93,7 @@ def replay_steps(events: Sequence[AuditEvent], approvals: Sequence[AuditEvent] =
     by_submitted_event: dict[int, Step] = {}
     for event in events:
         details = event.details or {}
-        if event.kind in _RESULT_KINDS:
+        if event.kind in RESULT_KINDS:
             owner = by_statement.get(str(details.get("statement_id", ""))) or by_submitted_event.get(
                 int(details.get("submitted_event") or 0)
             )
@@ -96,7 +101,7 @@ def replay_steps(events: Sequence[AuditEvent], approvals: Sequence[AuditEvent] =
                 _attach_result(owner, event)
                 continue
         step = _step(event)
-        if event.kind in _RESULT_KINDS:
+        if event.kind in RESULT_KINDS:
             _attach_result(step, event)
         steps.append(step)
         if event.kind == "query.submitted":

@@ -108,6 +108,7 @@ class World:
     session: str
     datasource: DataSource
     slack_token: str
+    event: int  # a read whose every shown field and detail is hostile (the event page, the reveal action)
 
 
 def _hostile_user(kind: str, *roles: Role, staff: bool = False) -> Any:
@@ -278,6 +279,7 @@ def _build_world(undo: list[Callable[[], object]]) -> World:
         session=SESSION,
         datasource=hostile_source,
         slack_token=link_token(BREAK_ATTRIBUTE, BREAK_QUOTE),
+        event=submitted.pk,
     )
 
 
@@ -395,7 +397,8 @@ def _latest_event_id() -> int:
 PATH_VALUES: dict[str, Callable[[Route, World], list[str]]] = {
     "ticket_id": lambda route, world: [str(pk) for pk in world.tickets],
     "export_id": lambda route, world: [str(world.export)],
-    "event_id": lambda route, world: [str(_latest_event_id())],  # an event's reveal action (POST only)
+    # An event's page, and its reveal action (POST only): the hostile read, and the newest event (its outcome).
+    "event_id": lambda route, world: [str(world.event), str(_latest_event_id())],
     "session_id": lambda route, world: [world.session],
     "id": lambda route, world: [str(world.people["reviewer"].pk)],  # the admin's password form of a user
     "object_id": _admin_objects,
