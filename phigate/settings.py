@@ -8,6 +8,7 @@ Target-database credentials are *not* settings: each process reads only its own
 from __future__ import annotations
 
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -156,6 +157,10 @@ AUDIT_JOURNAL_MAX_LAG_SECONDS = env.get_int("AUDIT_JOURNAL_MAX_LAG_SECONDS", 30,
 # The audit pages show and read times in this zone unless the officer picks another (audit.filters); the page
 # always names the zone. Stored times stay UTC.
 AUDIT_TIME_ZONE = env.get_str("AUDIT_TIME_ZONE", "UTC") or "UTC"
+try:
+    ZoneInfo(AUDIT_TIME_ZONE)
+except (ValueError, ZoneInfoNotFoundError):
+    raise ImproperlyConfigured(f"AUDIT_TIME_ZONE is not an IANA time zone name: {AUDIT_TIME_ZONE!r}") from None
 # Replay splits an agent's day of HTTP calls where it was idle this long: one stretch of work per session.
 AUDIT_SESSION_IDLE_MINUTES = env.get_int("AUDIT_SESSION_IDLE_MINUTES", 30, minimum=1, maximum=24 * 60)
 
