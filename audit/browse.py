@@ -157,6 +157,7 @@ def search_page(request: HttpRequest) -> HttpResponse:
                 "search": wanted,
                 "filters": wanted.filters,
                 "errors": [(SEARCH_LABELS.get(name, name), message) for name, message in wanted.errors.items()],
+                "invalid": set(wanted.errors),
                 "page": page,
                 "total": total,
                 "older_url": f"?{wanted.query(before=page.older)}" if page.older is not None else "",

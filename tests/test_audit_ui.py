@@ -392,6 +392,9 @@ def test_search_in_a_browser_filters_counts_pages_both_ways_and_downloads_csv(
         _no_overflow(page)
         page.goto(f"{web.url}/audit/?kind=ticket.bogus&phi_type=SSN")
         expect(page.locator("#search-error")).to_contain_text("Kind")
+        expect(page.locator("#search-error")).to_be_in_viewport()  # above the form, not under it
+        expect(page.locator("#f-kind")).to_have_value("ticket.bogus")  # the form shows what was asked for
+        expect(page.locator("#f-kind")).to_have_attribute("aria-invalid", "true")
         _shoot(page, tmp_path, "search-error-390")
         _no_overflow(page)
         assert violations(page) == []
