@@ -14,7 +14,8 @@ from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from audit.models import AuditEvent, EventKind
+from audit import filters
+from audit.models import AuditEvent, AuditEventQuerySet, EventKind
 from audit.periods import parse_moment
 from audit.recorder import Context, record
 from audit.search_paging import NewestFirst
@@ -58,10 +59,10 @@ def _moment(name: str, raw: str | None) -> datetime | None:
 
 SEARCH_FILTERS = {
     "q": 'full text over statements and summaries (reasons): words, "a phrase", -excluded, or',
-    "actor": "username of the accountable human",
-    "agent": "agent name",
-    "datasource": "data source name",
-    "kind": "event kind, e.g. ticket.approved",
+    "actor": "a person: username, full name or agent name, any case",
+    "agent": "agent name, any case",
+    "datasource": "data source name (one that exists or that events name)",
+    "kind": "event kind, e.g. ticket.approved, or a family, e.g. ticket (every ticket event)",
     "table": "a table the statement named (schema optional)",
     "phi_type": "a PHI type returned (masked), e.g. ssn",
     "decision": "the policy's verdict: allowed, held or denied",
@@ -73,48 +74,82 @@ SEARCH_FILTERS = {
 _FILTERS = [OpenApiParameter(name, OpenApiTypes.STR, description=text) for name, text in SEARCH_FILTERS.items()]
 
 
-def record_search(principal: Principal, context: Context, filters: Mapping[str, str]) -> None:
-    """Every search of the audit trail is itself an audit event (API and web alike)."""
+def record_search(principal: Principal, context: Context, filters: Mapping[str, str], shown_as: str = "") -> None:
+    """Every search of the audit trail is itself an audit event (API and web alike). ``shown_as`` says when the
+    results left as a file (``csv``) rather than a page."""
+    details: dict[str, object] = {"filters": dict(filters)}
+    if shown_as:
+        details["shown_as"] = shown_as
     with transaction.atomic():
         record(
             EventKind.AUDIT_SEARCHED,
             principal=principal,
             context=context,
-            summary=f"audit search ({context.front})",
-            details={"filters": dict(filters)},
+            summary=f"audit search ({context.front}{', ' + shown_as if shown_as else ''})",
+            details=details,
         )
 
 
-def search(params: Mapping[str, str]) -> QuerySet[AuditEvent]:
-    """The events matching a compliance search; shared by the API and the search page."""
+def search(params: Mapping[str, str]) -> AuditEventQuerySet:
+    """The events matching a compliance search; shared by the API, the search page and its CSV download.
+
+    Raises ValidationError naming every filter whose value is outside its choices (audit.filters): an unknown
+    kind or PHI type is an error, never a search that quietly finds nothing. Date-times without a zone are read
+    in the current time zone (the page activates the zone it shows).
+    """
     events = AuditEvent.objects.all()
+    errors: dict[str, str] = {}
     if q := params.get("q", "").strip():
         events = events.matching_text(q)
-    if actor := params.get("actor"):
-        events = events.filter(actor_name=actor)
-    if agent := params.get("agent"):
-        events = events.filter(agent_name=agent)
+    if actor := params.get("actor", "").strip():
+        events = events.by_person(actor)
+    if agent := params.get("agent", "").strip():
+        events = events.by_agent(agent)
     if datasource := params.get("datasource"):
-        events = events.filter(datasource=datasource)
+        if filters.known_datasource(datasource):
+            events = events.filter(datasource=datasource)
+        else:
+            errors["datasource"] = "no data source has that name"
     if kind := params.get("kind"):
-        events = events.filter(kind=kind)
+        if filters.known_kind(kind):
+            events = events.of_kind(kind)
+        else:
+            errors["kind"] = "not an event kind (choose one from the list, e.g. ticket.approved or ticket)"
     if table := params.get("table"):
         events = events.touching_table(table)
     if phi_type := params.get("phi_type"):
-        events = events.masking_phi_type(phi_type)
+        if phi_type in dict(filters.phi_type_choices()):
+            events = events.masking_phi_type(phi_type)
+        else:
+            errors["phi_type"] = "not a PHI type (e.g. ssn, name, birth_date)"
     if decision := params.get("decision"):
-        if decision not in ("allowed", "held", "denied"):
-            raise ValidationError({"decision": "one of allowed, held, denied"})
-        events = events.with_verdict(decision)
+        if decision in filters.Decision.values:
+            events = events.with_verdict(decision)
+        else:
+            errors["decision"] = "one of allowed, held, denied"
     if session := params.get("session"):
         events = events.filter(session_id=session)
     if ticket := params.get("ticket"):
-        if not ticket.isdigit():
-            raise ValidationError({"ticket": "a ticket id"})
-        events = events.filter(ticket_id=int(ticket))
-    if since := _moment("since", params.get("since")):
+        if ticket.isascii() and ticket.isdigit() and len(ticket) < 19:
+            events = events.filter(ticket_id=int(ticket))
+        else:
+            errors["ticket"] = "a ticket id"
+    since = until = None
+    try:
+        since = _moment("since", params.get("since"))
+    except ValidationError:
+        errors["since"] = "expected an ISO 8601 date or date-time"
+    try:
+        until = _moment("until", params.get("until"))
+    except ValidationError:
+        errors["until"] = "expected an ISO 8601 date or date-time"
+    if since is not None and until is not None and until <= since:
+        errors["until"] = "must be after since"
+    if errors:
+        raise ValidationError(errors)
+    if since is not None:
         events = events.filter(occurred_at__gte=since)
-    if until := _moment("until", params.get("until")):
+    if until is not None:
         events = events.filter(occurred_at__lt=until)
     return events
 

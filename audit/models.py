@@ -10,8 +10,8 @@ from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchQuery, SearchVector, SearchVectorField
 from django.db import models
-from django.db.models import Q
-from django.db.models.functions import Cast, Now
+from django.db.models import Q, Value
+from django.db.models.functions import Cast, Concat, Now
 from django.utils import timezone
 
 from audit.statement_text import mask_literals
@@ -94,6 +94,43 @@ class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
 
     def with_verdict(self, verdict: str) -> AuditEventQuerySet:
         return self.filter(details__contains={"verdict": verdict})
+
+    def by_person(self, name: str) -> AuditEventQuerySet:
+        """Events of the person people call ``name``, in any case: a username, a full name ("Bob Smith") or an
+        agent's name. Names are resolved to accounts first, so the search walks the actor and agent indexes
+        instead of comparing every event's copied name; the copied name still matches as written (``os:``
+        accounts of the command line have no user)."""
+        from django.contrib.auth import get_user_model
+
+        from identity.models import Agent
+
+        wanted = " ".join(name.split())
+        users = (
+            get_user_model()
+            .objects.annotate(full_name=Concat("first_name", Value(" "), "last_name"))
+            .filter(Q(username__iexact=wanted) | Q(full_name__iexact=wanted))
+            .values("pk")
+        )
+        agents = Agent.objects.filter(name__iexact=wanted).values("pk")
+        return self.filter(Q(actor__in=users) | Q(agent__in=agents) | Q(actor_name=wanted))
+
+    def by_agent(self, name: str) -> AuditEventQuerySet:
+        """Events of the agent of that name, in any case (or as its copied name was written)."""
+        from identity.models import Agent
+
+        agents = Agent.objects.filter(name__iexact=name.strip()).values("pk")
+        return self.filter(Q(agent__in=agents) | Q(agent_name=name.strip()))
+
+    def of_kind(self, kind: str) -> AuditEventQuerySet:
+        """One kind (``ticket.approved``) or a whole family (``ticket``: every ``ticket.*`` kind)."""
+        if "." in kind:
+            return self.filter(kind=kind)
+        return self.filter(kind__in=[value for value in EventKind.values if value.startswith(f"{kind}.")])
+
+    def hiding_searches_of(self, user: Any) -> AuditEventQuerySet:
+        """Without the ``audit.searched`` events of this person: an officer's own look-ups crowd out what
+        they are looking for (each page view and each filter change is one)."""
+        return self.exclude(Q(kind=EventKind.AUDIT_SEARCHED) & Q(actor=user))
 
 
 class AuditEvent(models.Model):

@@ -9,11 +9,12 @@ from datetime import datetime
 from typing import Any
 
 from audit.events import statement_key
+from audit.filters import kind_label
 from audit.models import AuditEvent, EventKind
 
 # The outcomes that follow a statement's submitted record in its session (a refusal is a step of its own, and a
 # ticket's outcome is recorded in the executor's or reviewer's context).
-_RESULT_KINDS = frozenset({EventKind.QUERY_EXECUTED, EventKind.QUERY_FAILED})
+RESULT_KINDS = frozenset({EventKind.QUERY_EXECUTED, EventKind.QUERY_FAILED})
 
 
 @dataclass
@@ -37,12 +38,16 @@ class Step:
     event_ids: list[int] = field(default_factory=list)  # the first is the statement's event (reveal literals)
     offset_ms: int = 0
 
+    @property
+    def kind_label(self) -> str:
+        return kind_label(self.kind)
+
 
 def _who(event: AuditEvent) -> str:
     return event.actor_name + (f" via {event.agent_name}" if event.agent_name else "")
 
 
-def _params(details: dict[str, Any]) -> list[dict[str, Any]]:
+def statement_params(details: dict[str, Any]) -> list[dict[str, Any]]:
     """A statement's bind parameters: typed (``params_shown``, ticket events) or as text (``params``, reads)."""
     shown = details.get("params_shown")
     if isinstance(shown, list):
@@ -65,7 +70,7 @@ def _step(event: AuditEvent, other_session: bool = False) -> Step:
         verdict=str(details.get("verdict", "")),
         reasons=[str(reason) for reason in details.get("reasons", [])],
         ticket_id=event.ticket_id,
-        params=_params(details),
+        params=statement_params(details),
         other_session=other_session,
         event_ids=[event.pk],
     )
@@ -92,13 +97,13 @@ def replay_steps(events: Sequence[AuditEvent], approvals: Sequence[AuditEvent] =
     for event in events:
         details = event.details or {}
         key = statement_key(event.pk, event.kind, details)
-        if event.kind in _RESULT_KINDS:
+        if event.kind in RESULT_KINDS:
             owner = by_statement.get(key) if key else None
             if owner is not None:
                 _attach_result(owner, event)
                 continue
         step = _step(event)
-        if event.kind in _RESULT_KINDS:
+        if event.kind in RESULT_KINDS:
             _attach_result(step, event)
         steps.append(step)
         if event.kind == EventKind.QUERY_SUBMITTED and key:

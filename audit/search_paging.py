@@ -10,6 +10,7 @@ for the index plan explicitly. Each is fast in exactly the case where the other 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -23,14 +24,23 @@ from rest_framework.utils.urls import replace_query_param
 
 ORDERED_WALK_BUDGET_MS = 40
 INDEX_PLAN_TIMEOUT_MS = 20_000
+COUNT_BUDGET_MS = 3_000
 
 
-def newest_ids(queryset: QuerySet[Any], count: int, walk_budget_ms: int | None = ORDERED_WALK_BUDGET_MS) -> list[int]:
+def newest_ids(
+    queryset: QuerySet[Any],
+    count: int,
+    walk_budget_ms: int | None = ORDERED_WALK_BUDGET_MS,
+    *,
+    oldest_first: bool = False,
+) -> list[int]:
     """The ids of the ``count`` newest rows of ``queryset``, by whichever plan answers first (see above).
 
-    ``walk_budget_ms=None`` skips the walk (the index plan only).
+    ``walk_budget_ms=None`` skips the walk (the index plan only). ``oldest_first`` walks the other way (the
+    oldest rows, ascending): a page of newer events is the oldest ones after the page being read.
     """
-    sql, params = queryset.order_by("-id").values_list("id", flat=True)[:count].query.sql_with_params()
+    order = "id" if oldest_first else "-id"
+    sql, params = queryset.order_by(order).values_list("id", flat=True)[:count].query.sql_with_params()
     with transaction.atomic(), connection.cursor() as cursor:
         if walk_budget_ms is not None:
             try:
@@ -56,6 +66,56 @@ def newest_page(queryset: QuerySet[Any], size: int, before: int | None = None) -
     following = ids[size - 1] if len(ids) > size else None
     rows = queryset.model.objects.in_bulk(ids[:size])
     return [rows[pk] for pk in ids[:size]], following
+
+
+@dataclass
+class Page:
+    """A page of the search page, newest first, with where the pages on either side start.
+
+    ``older`` is the ``before=`` of the next older page, ``newer`` the ``after=`` of the next newer one; None
+    when there is none (or, for ``newer``, when this is the newest page).
+    """
+
+    rows: list[Any]
+    older: int | None
+    newer: int | None
+
+
+def page_between(queryset: QuerySet[Any], size: int, before: int | None = None, after: int | None = None) -> Page:
+    """The page before the id ``before`` (older events), after the id ``after`` (newer ones), or the newest.
+
+    Keyset pages in both directions: following a link never skips or repeats an event while new ones arrive.
+    A newer page that would not be full is the newest page instead (there is nothing newer to fill it with).
+    """
+    if after is not None:
+        ids = newest_ids(queryset.filter(id__gt=after), size + 1, oldest_first=True)
+        if len(ids) <= size:
+            return page_between(queryset, size)
+        shown = ids[:size][::-1]
+        rows = queryset.model.objects.in_bulk(shown)
+        return Page([rows[pk] for pk in shown], older=shown[-1], newer=shown[0])
+    rows, older = newest_page(queryset, size, before)
+    newer = None
+    if before is not None:
+        newer = rows[0].pk if rows else before - 1
+    return Page(rows, older=older, newer=newer)
+
+
+def count_within(queryset: QuerySet[Any], budget_ms: int = COUNT_BUDGET_MS) -> int | None:
+    """How many rows match, or None when counting would take longer than ``budget_ms`` (a rare full scan over
+    millions of events): the page then says "many" rather than keep the officer waiting."""
+    sql, params = queryset.order_by().values("id").query.sql_with_params()
+    with transaction.atomic(), connection.cursor() as cursor:
+        try:
+            with transaction.atomic():
+                cursor.execute(f"SET LOCAL statement_timeout = {int(budget_ms)}")
+                cursor.execute(f"SELECT count(*) FROM ({sql}) AS matching", params)
+                row = cursor.fetchone()
+                return int(row[0]) if row else 0
+        except OperationalError as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
+                raise
+            return None
 
 
 class NewestFirst(BasePagination):

@@ -1,10 +1,10 @@
-"""Compliance pages: audit search, session replay, evidence exports with progress. Compliance officers only;
-every search, replay and export is itself an audit event."""
+"""Compliance pages: evidence exports with progress and the audited reveal of a statement's literals (search,
+event detail and replay are in audit.browse). Compliance officers only; every export and reveal is itself an
+audit event."""
 
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
-from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
@@ -15,85 +15,19 @@ from django.utils.dateparse import parse_date
 from django.views.decorators.http import require_http_methods, require_POST
 from rest_framework.exceptions import ValidationError
 
-from audit.api import SEARCH_FILTERS, record_search, search
 from audit.evidence import ExportFilters
 from audit.evidence_jobs import bundle_path, request_export
 from audit.models import AuditEvent, EventKind, EvidenceExport, ExportStatus
 from audit.recorder import record
-from audit.replay import replay_steps
-from audit.search_paging import newest_page
 from identity.authentication import web_context
 from identity.principal import Principal
 from identity.roles import Role, require_role
-
-PAGE = 50
 
 
 def _compliance(request: HttpRequest) -> Principal:
     """The signed-in compliance officer, or 403 naming the role (explicit, not a silent empty page)."""
     require_role(request.user, Role.COMPLIANCE, "the audit trail is for compliance officers")  # type: ignore[arg-type]
     return Principal(human=request.user)  # type: ignore[arg-type]
-
-
-@login_required
-def search_page(request: HttpRequest) -> HttpResponse:
-    principal = _compliance(request)
-    filters = {name: request.GET[name].strip() for name in SEARCH_FILTERS if request.GET.get(name, "").strip()}
-    error = ""
-    events: list[AuditEvent] = []
-    older: int | None = None
-    try:
-        before = request.GET.get("before", "")
-        events, older = newest_page(search(filters), PAGE, int(before) if before.isdigit() else None)
-    except ValidationError as exc:
-        error = "; ".join(f"{key}: {value}" for key, value in _flatten(exc.detail).items())
-    record_search(principal, web_context(request), filters)
-    return render(
-        request,
-        "audit/search.html",
-        {
-            "filters": filters,
-            "fields": [(name, text, filters.get(name, "")) for name, text in SEARCH_FILTERS.items()],
-            "events": events,
-            "older": older,
-            "error": error,
-            "exports": EvidenceExport.objects.of(principal.human)[:5],
-        },
-    )
-
-
-def _flatten(detail: Any) -> dict[str, str]:
-    if isinstance(detail, dict):
-        return {
-            key: " ".join(str(item) for item in (value if isinstance(value, list) else [value]))
-            for key, value in detail.items()
-        }
-    return {"filters": str(detail)}
-
-
-@login_required
-def session_replay(request: HttpRequest, session_id: str) -> HttpResponse:
-    principal = _compliance(request)
-    events = list(AuditEvent.objects.for_session(session_id)[:2000])
-    if not events:
-        raise Http404("no such session")
-    ticket_ids = {event.ticket_id for event in events if event.ticket_id is not None}
-    approvals = list(AuditEvent.objects.filter(ticket_id__in=ticket_ids).exclude(session_id=session_id).order_by("id"))
-    with transaction.atomic():
-        record(
-            EventKind.AUDIT_REPLAYED,
-            principal=principal,
-            context=web_context(request),
-            summary=f"session {session_id} replayed",
-            details={"session": session_id, "events": len(events)},
-        )
-    steps = replay_steps(events, approvals)
-    first = events[0]
-    return render(
-        request,
-        "audit/replay.html",
-        {"session_id": session_id, "steps": steps, "first": first, "last": events[-1], "count": len(events)},
-    )
 
 
 def _day(raw: str, name: str, default: datetime) -> datetime:

@@ -75,7 +75,12 @@ DESTINATIONS = (
     ),
     Destination("My reviews", "my-reviews", lambda person: person.is_reviewer, ("my-reviews",)),
     Destination("My requests", "my-requests", lambda person: person.requests_statements, ("my-requests",)),
-    Destination("Audit", "audit-search", lambda person: person.is_compliance, ("audit-search", "audit-replay")),
+    Destination(
+        "Audit",
+        "audit-search",
+        lambda person: person.is_compliance,
+        ("audit-search", "audit-replay", "audit-event"),
+    ),
     Destination(
         "Exports",
         "audit-exports",

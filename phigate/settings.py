@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zoneinfo
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -154,6 +155,15 @@ AUDIT_RETENTION_DAYS = env.get_int("AUDIT_RETENTION_DAYS", 6 * 366, minimum=6 * 
 AUDIT_JOURNAL_DIR = env.get_str("AUDIT_JOURNAL_DIR")
 # Fail closed when the event table falls this far behind the journal (the control plane is unreachable).
 AUDIT_JOURNAL_MAX_LAG_SECONDS = env.get_int("AUDIT_JOURNAL_MAX_LAG_SECONDS", 30, minimum=1, maximum=3600)
+# The audit pages show and read times in this zone unless the officer picks another (audit.filters); the page
+# always names the zone. Stored times stay UTC.
+AUDIT_TIME_ZONE = env.get_str("AUDIT_TIME_ZONE", "UTC") or "UTC"
+try:
+    ZoneInfo(AUDIT_TIME_ZONE)
+except (ValueError, ZoneInfoNotFoundError):
+    raise ImproperlyConfigured(f"AUDIT_TIME_ZONE is not an IANA time zone name: {AUDIT_TIME_ZONE!r}") from None
+# Replay splits an agent's day of HTTP calls where it was idle this long: one stretch of work per session.
+AUDIT_SESSION_IDLE_MINUTES = env.get_int("AUDIT_SESSION_IDLE_MINUTES", 30, minimum=1, maximum=24 * 60)
 
 # --- Activity review (audit.activity_review; 45 CFR 164.308(a)(1)(ii)(D)) -------------------------------------
 # Each data source's activity is reviewed per period of this many days (weekly: Monday to Monday, UTC). A period

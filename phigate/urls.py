@@ -11,6 +11,7 @@ from approvals import mine_views, queue_views
 from approvals import views as reviewer_views
 from approvals.slack import interactions as slack_interactions
 from approvals.slack import link_page as slack_link_page
+from audit import browse as audit_browse
 from audit import review_views
 from audit import views as audit_views
 from audit.api import AuditEventListView
@@ -47,8 +48,10 @@ urlpatterns = [
     path("tickets/<int:ticket_id>/row", queue_views.ticket_row, name="ticket-row"),
     path("tickets/<int:ticket_id>/live", reviewer_views.ticket_live, name="ticket-live"),
     path("tickets/<int:ticket_id>/estimate", reviewer_views.ticket_estimate, name="ticket-estimate"),
-    path("audit/", audit_views.search_page, name="audit-search"),
-    path("audit/sessions/<path:session_id>/", audit_views.session_replay, name="audit-replay"),
+    path("audit/", audit_browse.search_page, name="audit-search"),
+    path("audit/events.csv", audit_browse.search_csv, name="audit-search-csv"),
+    path("audit/events/<int:event_id>/", audit_browse.event_detail, name="audit-event"),
+    path("audit/sessions/<path:session_id>/", audit_browse.session_replay, name="audit-replay"),
     path("audit/events/<int:event_id>/reveal", audit_views.reveal_literals, name="audit-reveal-literals"),
     path("audit/exports/", audit_views.exports, name="audit-exports"),
     path("audit/exports/<int:export_id>/", audit_views.export_page, name="audit-export"),

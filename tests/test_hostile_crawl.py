@@ -120,6 +120,7 @@ class World:
     slack_token: str
     reviews: list[int]  # activity review periods: one open, one signed off
     finding: int
+    event: int  # a read whose every shown field and detail is hostile (the event page, the reveal action)
 
 
 def _hostile_user(kind: str, *roles: Role, staff: bool = False) -> Any:
@@ -293,6 +294,7 @@ def _build_world(undo: list[Callable[[], object]]) -> World:
         slack_token=link_token(BREAK_ATTRIBUTE, BREAK_QUOTE),
         reviews=reviews,
         finding=finding,
+        event=submitted.pk,
     )
 
 
@@ -435,7 +437,8 @@ def _latest_event_id() -> int:
 PATH_VALUES: dict[str, Callable[[Route, World], list[str]]] = {
     "ticket_id": lambda route, world: [str(pk) for pk in world.tickets],
     "export_id": lambda route, world: [str(world.export)],
-    "event_id": lambda route, world: [str(_latest_event_id())],  # an event's reveal action (POST only)
+    # An event's page, and its reveal action (POST only): the hostile read, and the newest event (its outcome).
+    "event_id": lambda route, world: [str(world.event), str(_latest_event_id())],
     "session_id": lambda route, world: [world.session],
     "period_id": lambda route, world: [str(pk) for pk in world.reviews],
     "finding_id": lambda route, world: [str(world.finding)],  # a finding's note (POST only)

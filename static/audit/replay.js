@@ -1,35 +1,87 @@
-// Session replay: step through a session's events, or play them on the session's own clock
-// (templates/audit/replay.html). Offsets come from each step's data-offset attribute.
+// Session replay player (templates/audit/replay.html): play, pause, step and speed over a session's steps.
+// Playing shows the steps up to the current one, highlights it and keeps it in view. Timing comes from each
+// step's data-offset (milliseconds since the first step); no inline script, so the page's CSP holds.
 (function () {
   "use strict";
   const timeline = document.getElementById("timeline");
   if (!timeline) return;
   const steps = Array.from(timeline.querySelectorAll(".step"));
+  const play = document.getElementById("replay-play");
+  const next = document.getElementById("replay-step");
+  const speed = document.getElementById("replay-speed");
+  const all = document.getElementById("replay-all");
   const position = document.getElementById("replay-position");
-  let shown = steps.length, timer = null;
-  function render() {
-    steps.forEach((step, index) => step.classList.toggle("hidden", index >= shown));
-    position.textContent = `step ${shown} of ${steps.length}`;
+  const LONGEST_WAIT_MS = 3000; // an idle minute is not replayed as a minute
+  const SHORTEST_WAIT_MS = 120;
+  const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+  let current = -1; // index of the current step; -1: not started (every step shown)
+  let timer = null;
+
+  function timeOf(step) {
+    const at = step.querySelector("time.at");
+    return at ? at.textContent.trim() : "";
   }
-  function start(speed) {
-    clearTimeout(timer);
-    timeline.classList.add("playing");
-    shown = Math.min(1, steps.length);
-    render();
-    const next = () => {
-      if (shown >= steps.length) return;
-      const gap = Number(steps[shown].dataset.offset) - Number(steps[shown - 1].dataset.offset);
-      timer = setTimeout(() => { shown += 1; render(); next(); }, Math.min(Math.max(gap / speed, 150), 5000));
-    };
-    next();
+
+  function render(follow) {
+    const started = current >= 0;
+    timeline.classList.toggle("playing", started);
+    steps.forEach((step, index) => {
+      step.classList.toggle("hidden", started && index > current);
+      step.classList.toggle("current", index === current);
+      if (index === current) step.setAttribute("aria-current", "step");
+      else step.removeAttribute("aria-current");
+    });
+    if (!started) {
+      position.textContent = `${steps.length} step${steps.length === 1 ? "" : "s"}`;
+    } else {
+      position.textContent = `step ${current + 1} of ${steps.length} · ${timeOf(steps[current])}`;
+      if (follow) steps[current].scrollIntoView({ block: "center", behavior: smooth && speed.value !== "instant" ? "smooth" : "auto" });
+    }
+    const playing = timer !== null;
+    play.textContent = playing ? "Pause" : (current >= steps.length - 1 && current >= 0 ? "Play again" : "Play");
+    play.setAttribute("aria-pressed", String(playing));
+    timeline.dataset.state = playing ? "playing" : (current < 0 ? "idle" : "paused");
   }
-  document.getElementById("replay-step").addEventListener("click", () => {
+
+  function wait(from, to) {
+    if (speed.value === "instant") return 0;
+    const gap = Number(steps[to].dataset.offset) - Number(steps[from].dataset.offset);
+    return Math.min(Math.max(gap / Number(speed.value), SHORTEST_WAIT_MS), LONGEST_WAIT_MS / Number(speed.value));
+  }
+
+  function schedule() {
     clearTimeout(timer);
-    if (!timeline.classList.contains("playing")) { timeline.classList.add("playing"); shown = 0; }
-    shown = Math.min(shown + 1, steps.length); render();
+    if (current >= steps.length - 1) { timer = null; render(false); return; }
+    timer = setTimeout(() => {
+      current += 1;
+      timer = current >= steps.length - 1 ? null : timer;
+      render(true);
+      if (timer !== null) schedule();
+    }, current < 0 ? 0 : wait(current, current + 1));
+    render(false);
+  }
+
+  function pause() {
+    clearTimeout(timer);
+    timer = null;
+    render(false);
+  }
+
+  play.addEventListener("click", () => {
+    if (timer !== null) { pause(); return; }
+    if (current >= steps.length - 1) current = -1; // at the end: from the start again
+    if (current < 0) { current = 0; render(true); }
+    schedule();
   });
-  document.getElementById("replay-play").addEventListener("click", () => start(1));
-  document.getElementById("replay-fast").addEventListener("click", () => start(20));
-  document.getElementById("replay-all").addEventListener("click", () => { clearTimeout(timer); shown = steps.length; render(); });
-  render();
+  next.addEventListener("click", () => {
+    pause();
+    current = Math.min(current + 1, steps.length - 1);
+    render(true);
+  });
+  speed.addEventListener("change", () => { if (timer !== null) schedule(); });
+  all.addEventListener("click", () => { pause(); current = -1; render(false); });
+
+  render(false);
+  const target = timeline.querySelector(".step.target");
+  if (target) target.scrollIntoView({ block: "center" });
 })();
