@@ -57,9 +57,11 @@ PYTEST_IN_SCRATCH = scratch=$$(mktemp -d "$${TMPDIR:-/tmp}/phigate-test.XXXXXX")
 # Two workers (pytest-xdist, whole files per worker: module fixtures such as the browser stay in one process, and
 # each worker runs its own gateway, worker and databases) for everything but tests/faults, which then run alone:
 # they stall the cluster's horizon, cut connections and kill processes, which must not land on a sibling's tests.
+# --no-loadscope-reorder keeps the collection order (tests/conftest.py puts the longest files first) rather than
+# xdist's order by number of tests, which starts the two longest files, of one or a few tests each, last.
 TEST_WORKERS ?= 2
 test: $(STAMP) services system-packages lint
-	@$(call PYTEST_IN_SCRATCH,-n $(TEST_WORKERS) --dist loadfile --ignore=tests/faults,tests/faults)
+	@$(call PYTEST_IN_SCRATCH,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --ignore=tests/faults,tests/faults)
 
 # The README's screenshots (docs/screenshots/) are refreshed only on purpose, by this target; tests otherwise
 # write screenshots under pytest's temporary directory.
