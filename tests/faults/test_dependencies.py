@@ -43,7 +43,7 @@ from identity.roles import Role
 from tests import environment
 from tests import services as svc
 from tests.conftest import Target
-from tests.factories import make_agent, make_user
+from tests.factories import make_agent, make_user, scratch_row
 from tests.services import CuttableProxy, wait_until
 
 pytestmark = pytest.mark.timeout(120)  # each test, its fixtures included (the first one starts the processes)
@@ -674,3 +674,88 @@ def test_a_fault_is_one_line_per_change_of_state_without_credentials(caplog: pyt
     assert "RuntimeError" in lines[0] and "s3cret" not in lines[0] and "reader:***@" not in lines[0]
     assert lines[1].startswith("dependency fault: dependency=test-dependency state=up down_seconds=")
     assert describe("password=hunter2 host=db.internal: refused") == "password=*** host=db.internal: refused"
+
+
+# ------------------------------------------------------------------------------------------ PostgreSQL restart
+
+
+def _restart_postgresql() -> None:
+    """Restart the machine's PostgreSQL cluster (fast mode: every backend of every process ends, and the server is
+    gone until it is back). tests/faults run alone (``make test`` runs them after the rest), so nothing else is
+    hurt; the cluster is the one DEVELOPERS.md names, started the way it says."""
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+        check=True,
+        capture_output=True,
+        timeout=90,
+    )
+    wait_until(_postgresql_answers, 60, what="PostgreSQL to accept connections again")
+
+
+def _postgresql_answers() -> bool:
+    try:
+        with psycopg.connect(environment.ADMIN_URL, connect_timeout=2) as admin:
+            return admin.execute("SELECT 1").fetchone() == (1,)
+    except psycopg.Error:
+        return False
+
+
+def test_a_postgresql_restart_is_survived_by_every_process(stack: Stack, agent: AgentCredentials) -> None:
+    """The server itself restarts: the gateway's upstream and control-plane connections, the web's and the worker's
+    all die at once. An open wire session is told (never left hanging); then, with no process restarted, the API
+    and new wire sessions serve, a ticket held before the restart is approved and executed once by the same
+    worker, and the audit chain verifies."""
+    from django.db import connections
+
+    from approvals.models import Status, Ticket
+    from identity.models import ApiToken
+
+    dsn = _dsn(agent.agent, agent.token, stack.gateway_port)
+    row = scratch_row("deleted by a ticket approved after a restart")
+    wire = psycopg.connect(dsn, autocommit=True)
+    try:
+        assert wire.execute("SELECT label FROM scratch WHERE id = 9").fetchone() == ("row 9",)
+        held = _query(stack, agent, f"DELETE FROM scratch WHERE id = {row}")
+        assert held.status_code == 202, held.text
+        ticket_id = held.json()["ticket"]["id"]
+
+        _restart_postgresql()
+        connections.close_all()  # this process's own ORM connection died with the server
+
+        with pytest.raises(psycopg.Error):  # its upstream backend is gone: an error, not silence
+            wire.execute("SELECT label AS after_restart FROM scratch WHERE id = 10").fetchone()
+    finally:
+        wire.close()
+
+    wait_until(lambda: _query(stack, agent, "SELECT 1 AS back").status_code == 200, 60, what="the API to answer")
+    assert _rows(_query(stack, agent, "SELECT label FROM scratch WHERE id = 11")) == [["row 11"]]
+    with psycopg.connect(dsn, autocommit=True) as fresh:
+        assert fresh.execute("SELECT label AS fresh FROM scratch WHERE id = 12").fetchone() == ("row 12",)
+    for service in (stack.gateway, stack.web, stack.worker):
+        assert service.alive(), service.log_tail()
+
+    reviewer = make_user(Role.REVIEWER)
+    _, token = ApiToken.issue(user=reviewer)
+    with httpx2.Client(base_url=stack.web_url, timeout=30, trust_env=False) as http:
+        review = http.post(
+            f"/api/v1/tickets/{ticket_id}/reviews",
+            json={"decision": "approve", "comment": "the row is a scratch row of this test"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert review.status_code == 201, review.text
+    wait_until(
+        lambda: Ticket.objects.get(pk=ticket_id).status in (Status.EXECUTED, Status.FAILED),
+        60,
+        what="the worker to execute the ticket approved after the restart",
+    )
+    ticket = Ticket.objects.get(pk=ticket_id)
+    assert ticket.status == Status.EXECUTED and ticket.rowcount == 1, (ticket.status, ticket.error)
+    with psycopg.connect(stack.target.owner_url) as owner:
+        assert owner.execute("SELECT count(*) FROM scratch WHERE id = %s", (row,)).fetchone() == (0,)
+    assert AuditEvent.objects.filter(ticket_id=ticket_id, kind=EventKind.TICKET_EXECUTED).count() == 1
+
+    verified = subprocess.run(
+        [sys.executable, "manage.py", "verify_audit"], cwd=svc.REPO, capture_output=True, text=True, timeout=120
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
