@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -16,6 +17,20 @@ from pathlib import Path
 from tests import environment
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_the_test_run() -> None:
+    """``preexec_fn`` of every long-running child: the kernel sends it SIGTERM when the test process that started
+    it dies, however it dies. A run killed by a timeout or kill -9 skips every teardown; its gateway and worker
+    used to live on and take the next run's requests from the same Redis database ("the gateway did not answer")."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() == 1:  # the test process died before the call took effect
+        os._exit(1)
 
 
 def free_port() -> int:
@@ -42,7 +57,13 @@ class Service:
         self.tmp_dir.mkdir(exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self.process = subprocess.Popen(
-            self.argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.argv,
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_the_test_run,
         )
         return self
 

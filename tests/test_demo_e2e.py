@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.services import REPO, free_port
+from tests.services import REPO, die_with_the_test_run, free_port
 
 
 def start_demo(state: Path, **extra_env: str) -> subprocess.Popen[bytes]:
@@ -35,7 +35,12 @@ def start_demo(state: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     log_path = state.parent / "demo-e2e.log"
     log = open(log_path, "ab")  # noqa: SIM115 - open for the child's lifetime
     process = subprocess.Popen(
-        [sys.executable, "-m", "demo.run"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "demo.run"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=die_with_the_test_run,
     )
     credentials = state / "credentials.json"
     deadline = time.monotonic() + 240

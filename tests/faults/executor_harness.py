@@ -72,7 +72,11 @@ class PrivateRedis:
         log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 - kept open for the child's lifetime
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.process = subprocess.Popen(
-            [*argv, "--dir", str(self.directory)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [*argv, "--dir", str(self.directory)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=svc.die_with_the_test_run,
         )
         svc.wait_until(lambda: svc.port_open(self.port), 10, what="private redis to listen")
 

@@ -73,6 +73,7 @@ class PrivateRedis:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=svc.die_with_the_test_run,
         )
         client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
         wait_until(lambda: _pings(client), 10, what="the private redis-server to answer")
