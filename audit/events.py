@@ -32,29 +32,16 @@ from typing import Any, Final
 
 from django.utils import timezone
 
+from audit.canonical import EVENT_FIELDS
 from audit.journal_format import copy_field, copy_line
 from audit.models import AuditEvent, EventKind, Outcome
 from identity.principal import Principal
 from policy.errors import scrub_error
 
-# The order in which events travel as COPY lines (the journal, the batch writer) and are inserted by them.
-COLUMNS: Final = (
-    "occurred_at",
-    "kind",
-    "outcome",
-    "actor_id",
-    "actor_name",
-    "agent_id",
-    "agent_name",
-    "datasource",
-    "ticket_id",
-    "front",
-    "source_address",
-    "session_id",
-    "statement",
-    "summary",
-    "details",
-)
+# The order in which events travel as COPY lines (the journal, the batch writer) and are inserted by them: the
+# chain's hashed fields (audit.canonical, which the offline verifier imports alone), less the id the database
+# assigns, with the details as stored rather than as hashed text. One list, so the two cannot drift apart.
+COLUMNS: Final = tuple("details" if name == "details_text" else name for name in EVENT_FIELDS if name != "id")
 # The columns one wire session writes the same in every event (``SessionLines`` formats them once).
 SESSION_COLUMNS: Final = COLUMNS[COLUMNS.index("actor_id") : COLUMNS.index("statement")]
 
