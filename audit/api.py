@@ -1,4 +1,7 @@
-"""``GET /api/v1/audit/events``: search for compliance officers. Every search is itself audited."""
+"""``GET /api/v1/audit/events``: search for compliance officers. Every search is itself audited.
+
+The API answers as the search page does (audit.browse): the same filters, the caller's own look-ups hidden
+unless asked for, and keyset pages both ways (audit.search_paging)."""
 
 from __future__ import annotations
 
@@ -71,7 +74,19 @@ SEARCH_FILTERS = {
     "since": "ISO date or date-time (inclusive)",
     "until": "ISO date or date-time (exclusive)",
 }
-_FILTERS = [OpenApiParameter(name, OpenApiTypes.STR, description=text) for name, text in SEARCH_FILTERS.items()]
+# ``own_searches=shown`` includes the caller's own look-ups (``audit.searched``, ``audit.viewed``), hidden by
+# default on the page and in the API alike; the same parameter, so a search's query string means the same in both.
+OWN_SEARCHES = "shown"
+_FILTERS = [
+    *(OpenApiParameter(name, OpenApiTypes.STR, description=text) for name, text in SEARCH_FILTERS.items()),
+    OpenApiParameter(
+        "own_searches",
+        OpenApiTypes.STR,
+        enum=[OWN_SEARCHES],
+        description="shown: include your own audit searches and event views (left out by default: each search "
+        "you make is one, and they crowd out what you look for)",
+    ),
+]
 
 
 def record_search(principal: Principal, context: Context, filters: Mapping[str, str], shown_as: str = "") -> None:
@@ -159,7 +174,13 @@ class AuditEventListView(generics.ListAPIView[AuditEvent]):
     pagination_class = NewestFirst
 
     def get_queryset(self) -> QuerySet[AuditEvent]:
-        return search(self.request.query_params)
+        events = search(self.request.query_params)
+        own = self.request.query_params.get("own_searches", "")
+        if own not in ("", OWN_SEARCHES):
+            raise ValidationError({"own_searches": f"either {OWN_SEARCHES} or left out"})
+        if own != OWN_SEARCHES:
+            events = events.hiding_searches_of(principal_of(self.request).human)
+        return events
 
     @extend_schema(parameters=_FILTERS)
     def get(self, request: Request, *args: object, **kwargs: object) -> Response:

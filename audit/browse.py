@@ -26,8 +26,9 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from audit import filters
-from audit.api import SEARCH_FILTERS, record_search, search
+from audit.api import OWN_SEARCHES, SEARCH_FILTERS, record_search, search
 from audit.canonical import GENESIS
+from audit.events import audit_viewed
 from audit.models import AuditEvent, AuditEventQuerySet, ChainLink, Checkpoint, EventKind, EvidenceExport
 from audit.periods import parse_moment
 from audit.recorder import record
@@ -40,7 +41,6 @@ from identity.roles import Role, require_role
 PAGE = 50
 CSV_BATCH = 1000
 REPLAY_LIMIT = 2000  # steps on one replay page; a longer stretch is cut here and says so
-OWN_SEARCHES = "shown"  # ?own_searches=shown: include the officer's own audit.searched events
 
 
 def _officer(request: HttpRequest) -> Principal:
@@ -385,14 +385,8 @@ def event_detail(request: HttpRequest, event_id: int) -> HttpResponse:
     event = AuditEvent.objects.filter(pk=event_id).first()
     if event is None:
         raise Http404("no such event")
-    with transaction.atomic():  # looking at one event is a search of the trail like any other
-        record(
-            EventKind.AUDIT_SEARCHED,
-            principal=principal,
-            context=web_context(request),
-            summary=f"audit event {event.pk} viewed",
-            details={"filters": {"event": str(event.pk)}},
-        )
+    with transaction.atomic():  # reading one event in full is itself audited, before the page shows it
+        audit_viewed(principal, web_context(request), event_id=event.pk).record()
     details = event.details or {}
     with timezone.override(zone):
         return render(

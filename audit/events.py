@@ -371,6 +371,24 @@ def ticket_outcome(
     )
 
 
+# --- the audit trail's own readers ------------------------------------------------------------------------------
+
+
+def audit_viewed(principal: Principal, context: Context, *, event_id: int) -> Event:
+    """A compliance officer opened one event in full (its page shows the statement, masks and chain position).
+
+    Its own kind, not ``audit.searched``: a search says what was looked for, this says which record was read,
+    and an access review wants to count and find the two apart.
+    """
+    return Event(
+        EventKind.AUDIT_VIEWED,
+        principal,
+        context,
+        summary=f"audit event {event_id} viewed",
+        details={"event": event_id},
+    )
+
+
 # --- the wire session's lines -----------------------------------------------------------------------------------
 
 

@@ -43,7 +43,9 @@ _STATEMENT_PREVIEW = 600
 _TICKET_OUTCOMES = frozenset(
     {"ticket.approved", "ticket.rejected", "ticket.cancelled", "ticket.expired", "ticket.executed", "ticket.failed"}
 )
-_AUDIT_KINDS = frozenset({"audit.searched", "audit.replayed", "audit.exported", "audit.purged", "audit.review_signed"})
+_AUDIT_KINDS = frozenset(
+    {"audit.searched", "audit.viewed", "audit.replayed", "audit.exported", "audit.purged", "audit.review_signed"}
+)
 PATIENT_ACCOUNTING_NOTE = (
     "Patient-level accounting needs row identifiers, which the gateway does not record: a read's audit record "
     "holds its row count, the PHI types it returned and a digest of the bytes sent, and its result preview is "

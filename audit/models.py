@@ -50,6 +50,8 @@ class EventKind(models.TextChoices):
     TICKET_PREVIEWED = "ticket.previewed", "Ticket masked preview of affected rows shown"
     REVIEW_REFUSED = "review.refused", "Review refused"
     AUDIT_SEARCHED = "audit.searched", "Audit trail searched"
+    # One event opened in full on its page (audit.browse.event_detail): a look at a single record, not a search.
+    AUDIT_VIEWED = "audit.viewed", "Audit event viewed"
     AUDIT_REPLAYED = "audit.replayed", "Session replayed"
     AUDIT_EXPORTED = "audit.exported", "Evidence bundle exported"
     AUDIT_PURGED = "audit.purged", "Audit events past retention purged"
@@ -128,9 +130,9 @@ class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
         return self.filter(kind__in=[value for value in EventKind.values if value.startswith(f"{kind}.")])
 
     def hiding_searches_of(self, user: Any) -> AuditEventQuerySet:
-        """Without the ``audit.searched`` events of this person: an officer's own look-ups crowd out what
-        they are looking for (each page view and each filter change is one)."""
-        return self.exclude(Q(kind=EventKind.AUDIT_SEARCHED) & Q(actor=user))
+        """Without the ``audit.searched`` and ``audit.viewed`` events of this person: an officer's own look-ups
+        crowd out what they are looking for (each page view, each filter change and each event opened is one)."""
+        return self.exclude(Q(kind__in=[EventKind.AUDIT_SEARCHED, EventKind.AUDIT_VIEWED]) & Q(actor=user))
 
 
 class AuditEvent(models.Model):

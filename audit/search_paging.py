@@ -20,7 +20,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import BasePagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.utils.urls import replace_query_param
+from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 ORDERED_WALK_BUDGET_MS = 40
 INDEX_PLAN_TIMEOUT_MS = 20_000
@@ -119,7 +119,9 @@ def count_within(queryset: QuerySet[Any], budget_ms: int = COUNT_BUDGET_MS) -> i
 
 
 class NewestFirst(BasePagination):
-    """Keyset pages, newest first: ``?before=<id>`` continues after the last event of the previous page."""
+    """Keyset pages, newest first, both ways (``page_between``, as the search page pages): ``next`` is the
+    ``?before=<id>`` of the older page, ``previous`` the ``?after=<id>`` of the newer one. Both links keep every
+    other parameter (the filters, the page size), so following them never skips or repeats an event."""
 
     page_size = 100
     max_page_size = 1000
@@ -127,11 +129,20 @@ class NewestFirst(BasePagination):
     def paginate_queryset(self, queryset: QuerySet[Any], request: Request, view: Any = None) -> list[Any]:
         self.request = request
         size = self._page_size(request)
-        before = request.query_params.get("before")
-        if before is not None and not before.isdigit():
-            raise ValidationError({"before": "an event id"})
-        rows, self.next_before = newest_page(queryset, size, int(before) if before is not None else None)
-        return rows
+        before, after = self._event_id(request, "before"), self._event_id(request, "after")
+        if before is not None and after is not None:
+            raise ValidationError({"after": "either before or after, not both"})
+        self.page = page_between(queryset, size, before=before, after=after)
+        return self.page.rows
+
+    @staticmethod
+    def _event_id(request: Request, name: str) -> int | None:
+        raw = request.query_params.get(name)
+        if raw is None:
+            return None
+        if not (raw.isascii() and raw.isdigit() and len(raw) < 19):
+            raise ValidationError({name: "an event id"})
+        return int(raw)
 
     def _page_size(self, request: Request) -> int:
         raw = request.query_params.get("page_size")
@@ -141,18 +152,45 @@ class NewestFirst(BasePagination):
             raise ValidationError({"page_size": f"1 to {self.max_page_size}"})
         return int(raw)
 
+    def _link(self, name: str, value: int | None, other: str) -> str | None:
+        """This request's URL with ``name=value`` and without ``other`` (a page starts from one side only)."""
+        if value is None:
+            return None
+        return replace_query_param(remove_query_param(self.request.build_absolute_uri(), other), name, value)
+
     def get_paginated_response(self, data: Any) -> Response:
-        following = None
-        if self.next_before is not None:
-            following = replace_query_param(self.request.build_absolute_uri(), "before", self.next_before)
-        return Response({"next": following, "results": data})
+        return Response(
+            {
+                "next": self._link("before", self.page.older, "after"),
+                "previous": self._link("after", self.page.newer, "before"),
+                "results": data,
+            }
+        )
 
     def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        link = {"type": "string", "nullable": True, "format": "uri"}
         return {
             "type": "object",
             "required": ["results"],
             "properties": {
-                "next": {"type": "string", "nullable": True, "format": "uri"},
+                "next": {**link, "description": "the older page (null on the oldest)"},
+                "previous": {**link, "description": "the newer page (null on the newest)"},
                 "results": schema,
             },
         }
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        def parameter(name: str, description: str) -> dict[str, Any]:
+            return {
+                "name": name,
+                "required": False,
+                "in": "query",
+                "description": description,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+
+        return [
+            parameter("before", "events older than this id (the ``next`` link sets it)"),
+            parameter("after", "events newer than this id (the ``previous`` link sets it)"),
+            parameter("page_size", f"events per page, {self.page_size} unless given, at most {self.max_page_size}"),
+        ]

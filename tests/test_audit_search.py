@@ -153,3 +153,70 @@ def test_both_plans_find_the_same_newest_events(filters: dict[str, str]) -> None
 
     queryset = search(filters)
     assert newest_ids(queryset, 50, walk_budget_ms=60_000) == newest_ids(queryset, 50, walk_budget_ms=None)
+
+
+def test_the_callers_own_searches_are_hidden_unless_asked_for() -> None:
+    """As on the search page: an officer's own look-ups would crowd out what they are looking for."""
+    officer = make_user(Role.COMPLIANCE)
+    officer_api = user_client(officer)
+    mine = {"kind": "audit.searched", "actor": officer.username}
+    for _ in range(3):
+        assert officer_api.get("/api/v1/audit/events", mine).json()["results"] == []
+    shown = officer_api.get("/api/v1/audit/events", {**mine, "own_searches": "shown"}).json()
+    assert len(shown["results"]) == 4  # each search is recorded before it runs
+    other = user_client(make_user(Role.COMPLIANCE)).get("/api/v1/audit/events", mine).json()
+    assert len(other["results"]) == 4  # another officer sees them all
+    assert officer_api.get("/api/v1/audit/events", {"own_searches": "yes"}).status_code == 400
+
+
+def test_pages_go_both_ways_keeping_the_filters_while_events_arrive() -> None:
+    owner = make_user(Role.ENGINEER)
+    agent, agent_api = agent_client(owner)
+
+    def submit(n: int) -> None:
+        sql = f"SELECT {n} AS paging"
+        assert agent_api.post("/api/v1/queries", {"datasource": "clinic", "sql": sql}, format="json").status_code == 200
+
+    for n in range(5):
+        submit(n)
+    officer_api = user_client(make_user(Role.COMPLIANCE))
+    ids = list(
+        AuditEvent.objects.filter(agent_name=agent.name, kind=EventKind.QUERY_SUBMITTED)
+        .order_by("-id")
+        .values_list("id", flat=True)
+    )
+    first = officer_api.get(
+        "/api/v1/audit/events", {"agent": agent.name, "kind": "query.submitted", "page_size": "2"}
+    ).json()
+    assert [event["id"] for event in first["results"]] == ids[:2] and first["previous"] is None
+    second = officer_api.get(first["next"]).json()
+    last = officer_api.get(second["next"]).json()
+    assert [event["id"] for event in last["results"]] == ids[4:] and last["next"] is None
+    submit(5)  # a newer event arrives while the officer reads: going back neither skips nor repeats one
+    back = officer_api.get(last["previous"]).json()
+    assert "kind=query.submitted" in last["previous"] and "page_size=2" in last["previous"]
+    assert "before=" not in last["previous"]
+    assert [event["id"] for event in back["results"]] == ids[2:4]
+    assert back["previous"] is not None and back["next"] is not None
+    assert [event["id"] for event in officer_api.get(back["next"]).json()["results"]] == ids[4:]
+    front = officer_api.get(back["previous"]).json()
+    assert [event["id"] for event in front["results"]] == ids[:2] and front["previous"] is not None
+    newest = officer_api.get(front["previous"]).json()  # less than a page is newer than ids[0]: the newest page
+    arrived = AuditEvent.objects.filter(agent_name=agent.name, kind=EventKind.QUERY_SUBMITTED).latest("id").pk
+    assert [event["id"] for event in newest["results"]] == [arrived, ids[0]] and newest["previous"] is None
+    assert officer_api.get("/api/v1/audit/events", {"after": "x"}).status_code == 400
+    assert officer_api.get("/api/v1/audit/events", {"after": "1", "before": "9"}).status_code == 400
+
+
+def test_the_schema_documents_paging_and_own_searches() -> None:
+    import yaml
+    from rest_framework.test import APIClient
+
+    schema = yaml.safe_load(APIClient().get("/api/schema/").content)
+    operation = schema["paths"]["/api/v1/audit/events"]["get"]
+    names = {parameter["name"] for parameter in operation["parameters"]}
+    assert {"own_searches", "before", "after", "page_size", "kind"} <= names
+    body = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    if "$ref" in body:
+        body = schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+    assert {"next", "previous", "results"} <= set(body["properties"])

@@ -288,8 +288,15 @@ def test_the_event_page_shows_every_field_its_chain_position_and_its_relatives(
     assert f"/audit/sessions/{submitted.session_id}/?event={submitted.pk}" in html
     outcome = page_html(cast["officer"], f"/audit/events/{executed.pk}/")
     assert "ssn" in outcome and "partial" in outcome and f'href="/audit/events/{submitted.pk}/"' in outcome
-    viewed = AuditEvent.objects.filter(kind=EventKind.AUDIT_SEARCHED, actor=cast["officer"]).order_by("-id").first()
-    assert viewed is not None and viewed.details["filters"] == {"event": str(executed.pk)}
+    viewed = AuditEvent.objects.filter(kind=EventKind.AUDIT_VIEWED, actor=cast["officer"]).order_by("-id").first()
+    assert viewed is not None and viewed.details == {"event": executed.pk}
+    assert viewed.summary == f"audit event {executed.pk} viewed"
+    assert not AuditEvent.objects.filter(kind=EventKind.AUDIT_SEARCHED, actor=cast["officer"]).exists()
+    mine = {"kind": "audit.viewed", "actor": cast["officer"].username}
+    search = page_html(cast["officer"], "/audit/", own_searches="shown", **mine)
+    assert '<option value="audit.viewed" selected>Audit event viewed</option>' in search
+    assert "2 events match" in search
+    assert "0 events match" in page_html(cast["officer"], "/audit/", **mine)  # own look-ups hidden by default
 
 
 # --- Replay ---------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 from django.utils import timezone
 
 from audit.evidence import ExportFilters, export_evidence
-from audit.evidence_report import PATIENT_ACCOUNTING_NOTE, SECTION_TITLES
+from audit.evidence_report import PATIENT_ACCOUNTING_NOTE, SECTION_TITLES, EvidenceSummary
 from audit.models import AuditEvent, EventKind, Outcome
 from audit.recorder import Context, masking_details, record
 from identity.principal import Principal
@@ -215,3 +215,10 @@ def test_an_empty_period_still_lays_out(tmp_path: Path) -> None:
     lines = body_lines(pages)
     for title in SECTION_TITLES:
         assert section(lines, title), f"section {title!r} has no content"
+
+
+def test_an_event_opened_counts_as_an_audit_action_like_a_search() -> None:
+    summary = EvidenceSummary()
+    for kind in (EventKind.AUDIT_SEARCHED, EventKind.AUDIT_VIEWED, EventKind.TICKET_RESULT_READ):
+        summary.add({"kind": str(kind), "actor_name": "olive", "occurred_at": "2031-01-01T00:00:00Z", "summary": ""})
+    assert summary.people["olive"].audit_actions == 2 and summary.people["olive"].other == 1
