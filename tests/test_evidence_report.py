@@ -222,3 +222,15 @@ def test_an_event_opened_counts_as_an_audit_action_like_a_search() -> None:
     for kind in (EventKind.AUDIT_SEARCHED, EventKind.AUDIT_VIEWED, EventKind.TICKET_RESULT_READ):
         summary.add({"kind": str(kind), "actor_name": "olive", "occurred_at": "2031-01-01T00:00:00Z", "summary": ""})
     assert summary.people["olive"].audit_actions == 2 and summary.people["olive"].other == 1
+
+
+def test_every_action_on_the_audit_trail_itself_counts_as_an_audit_action() -> None:
+    summary = EvidenceSummary()
+    audit_kinds = [kind for kind in EventKind if kind.value.startswith("audit.")]
+    assert EventKind.AUDIT_LITERALS_REVEALED in audit_kinds
+    for n, kind in enumerate(audit_kinds, start=1):
+        at = "2031-01-01T00:00:00Z"
+        summary.add(
+            {"id": n, "kind": str(kind), "actor_name": "olive", "occurred_at": at, "summary": "", "details": {}}
+        )
+    assert summary.people["olive"].audit_actions == len(audit_kinds) and summary.people["olive"].other == 0
