@@ -19,7 +19,17 @@ from gateway.pgwire.backend import DataRow, FieldDescription
 from gateway.wire import results
 from gateway.wire.results import MaskedRow, mask_frame, mask_row
 from policy.binary_text import binary_to_text
-from policy.masking import ColumnMask, MaskingPlan, hmac_sha256, mask_value, pseudonym, text_bytes_mask
+from policy.masking import (
+    ColumnMask,
+    MaskingPlan,
+    frame_value,
+    framed,
+    framed_text_mask,
+    hmac_sha256,
+    mask_value,
+    pseudonym,
+    text_bytes_mask,
+)
 from policy.models import Mask, PhiType
 
 # ------------------------------------------------------------------------------------------- the reference
@@ -137,6 +147,30 @@ def test_mask_value_is_unchanged(value: str | None, mask: str, phi_type: str) ->
 def test_bytes_masks_match_masking_the_decoded_text(raw: bytes, mask: str, phi_type: str) -> None:
     expected = _reference_mask_value(raw.decode("utf-8", "replace"), mask, phi_type, KEY)
     assert text_bytes_mask(mask, phi_type, KEY)(raw) == (None if expected is None else expected.encode("utf-8"))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(raw_values, st.sampled_from(MASKS), st.sampled_from(PHI_TYPES))
+@example(b"1984-03-12", Mask.GENERALIZE, "birth_date")
+@example(b"1984-\xff\xfe", Mask.GENERALIZE, "birth_date")  # a year, then bytes that are not UTF-8
+@example(b"\xd9\xa1\xd9\xa2\xd9\xa3\xd9\xa4-01", Mask.GENERALIZE, "birth_date")  # digits of another script
+@example(b"1984", Mask.GENERALIZE, "birth_date")
+@example(b"198a-03-12", Mask.GENERALIZE, "service_date")
+@example(b"12", Mask.GENERALIZE, "zip")
+@example(b"caf\xe9", Mask.HASH, "name")
+@example(b"", Mask.PARTIAL, "ssn")
+@example(b"x", Mask.NULL, "ssn")
+def test_framed_masks_frame_what_the_bytes_masks_give(raw: bytes, mask: str, phi_type: str) -> None:
+    # The relay's per-column loop writes these straight into the row (issue 13): the value behind its length word.
+    expected = frame_value(text_bytes_mask(mask, phi_type, KEY)(raw))
+    assert framed_text_mask(mask, phi_type, KEY)(raw) == expected
+    assert framed(text_bytes_mask(mask, phi_type, KEY))(raw) == expected
+
+
+def test_a_framed_value_is_its_length_and_bytes() -> None:
+    assert frame_value(None) == b"\xff\xff\xff\xff"
+    assert frame_value(b"") == b"\x00\x00\x00\x00"
+    assert frame_value(b"abc") == b"\x00\x00\x00\x03abc"
 
 
 @settings(max_examples=3000, deadline=None)
