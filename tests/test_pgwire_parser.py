@@ -297,3 +297,29 @@ def test_failure_inside_a_body_poisons_the_parser() -> None:
 def test_max_message_size_must_be_sane() -> None:
     with pytest.raises(ValueError):
         pg.BackendParser(max_message_size=4)
+
+
+def test_next_frame_of_takes_a_run_of_one_type_and_leaves_what_ends_it() -> None:
+    # The relay takes buffered DataRows in one go (issue 13): the same frames next_frame gives, then nothing
+    # consumed at the first frame of another type or an incomplete one.
+    rows = [pg.DataRow((b"1", None, b"x" * n)).encode() for n in range(3)]
+    tail = pg.CommandComplete("SELECT 3").encode()
+    parser = pg.BackendParser()
+    parser.feed(b"".join(rows) + tail[:3])
+    assert [parser.next_frame_of(ord("D")) for _ in rows] == rows
+    assert parser.next_frame_of(ord("D")) is None  # a CommandComplete, not yet complete
+    parser.feed(tail[3:])
+    assert parser.next_frame_of(ord("D")) is None and parser.buffered == len(tail)
+    assert parser.next_frame() == (ord("C"), tail)
+    assert parser.next_frame_of(ord("D")) is None  # nothing buffered
+    parser.feed(rows[0][:4])
+    assert parser.next_frame_of(ord("D")) is None and parser.buffered == 4  # a DataRow, not yet complete
+
+
+def test_next_frame_of_fails_as_next_frame_does() -> None:
+    parser = pg.BackendParser(max_message_size=16)
+    parser.feed(pg.DataRow((b"x" * 32,)).encode())
+    with pytest.raises(pg.ProtocolError):
+        parser.next_frame_of(ord("D"))
+    with pytest.raises(pg.ProtocolError):
+        parser.next_frame_of(ord("D"))  # failed for good

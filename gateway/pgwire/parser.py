@@ -255,3 +255,14 @@ class BackendParser(_Parser):
         """Every complete message currently buffered."""
         while (message := self.next_message()) is not None:
             yield message
+
+    def next_frame_of(self, type_code: int) -> bytes | None:
+        """``next_frame``'s frame if the next complete message is of type ``type_code``, else None, and nothing
+        consumed: lets a relay take a run of DataRows in one go and leave whatever ends it to the general path."""
+        buf = self._buf
+        pos = self._pos
+        if pos >= len(buf) or buf[pos] != type_code:
+            self._raise_if_failed()  # a failed parser's buffer is empty: say so rather than "nothing yet"
+            return None
+        framed = self._frame(BACKEND_DECODERS, {}, "backend")
+        return None if framed is None else self._take(pos, framed[1])
