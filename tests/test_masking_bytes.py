@@ -230,3 +230,28 @@ def test_a_malformed_frame_fails_as_decoding_it_does(
         except Exception as error:
             got = type(error)
         assert got == expected
+
+
+@settings(max_examples=1000, deadline=None)
+@given(result_rows(), st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=4), st.integers(0, 40))
+def test_a_run_of_rows_is_masked_as_each_row_is(
+    case: tuple[DataRow, MaskingPlan, tuple[FieldDescription, ...]], picks: list[int], cut: int
+) -> None:
+    # The relay masks the DataRows it has buffered in one call (issue 13), reading each in place: the same bytes
+    # as frame by frame, or the same error, also when a row is malformed (its lengths must not read the next).
+    row, plan, fields = case
+    whole = row.encode()
+    short = whole[:5] + whole[5 : max(7, len(whole) - cut)]  # a frame whose values run past its end
+    variants = [whole, short, whole[:5] + b"\xff\xff" + whole[7:], whole]
+    frames = [variants[pick] for pick in picks]
+    masker = results.row_masker(plan, fields)
+    ends = [sum(map(len, frames[: index + 1])) for index in range(len(frames))]
+    try:
+        expected: bytes | type[Exception] = b"".join(masker.mask_frame(frame) for frame in frames)
+    except Exception as error:
+        expected = type(error)
+    try:
+        got: bytes | type[Exception] = masker.mask_run(b"".join(frames), ends)
+    except Exception as error:
+        got = type(error)
+    assert got == expected

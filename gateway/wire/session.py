@@ -1252,32 +1252,25 @@ class WireSession:
 
     def _relay_buffered_rows(self, relay: RelayState, meter: ResultMeter) -> None:
         """The DataRows already read after the one ``_relay_frame`` just relayed, relayed in one go (issue 13):
-        the same masking, count, digest and state table as one by one, without a trip through the callers' loop
-        and ``_relay_frame`` per row. Stops at the first frame of another type, at the end of what has arrived,
-        or once FLUSH_BYTES are waiting (the caller then flushes and checks the client's backpressure)."""
+        the same masking, count, digest and state table as one by one, without a trip through the callers' loop,
+        ``_relay_frame`` and a copy per row. Stops at the first frame of another type, at the end of what has
+        arrived, or at about FLUSH_BYTES (the caller then flushes and checks the client's backpressure)."""
         upstream = self.upstream
         if upstream is None:
             return
-        next_row = upstream.parser.next_frame_of
-        mask = row_masker(relay.plan, relay.fields).mask_frame if relay.masked and relay.plan is not None else None
-        rows: list[bytes] = []
-        size = self.out_size
-        try:
-            while size < FLUSH_BYTES and (frame := next_row(_DATA_ROW)) is not None:
-                if mask is not None:
-                    frame = mask(frame)
-                rows.append(frame)
-                size += len(frame)
-        finally:
-            # Rows taken from the parser are relayed even when a later one fails (a malformed row ends the
-            # session after them, as it would one by one).
-            if rows:
-                self.connection.send_frames(_DATA_ROW, len(rows))
-                chunk = b"".join(rows)
-                meter.rows += len(rows)
-                meter.digest.update(chunk)  # the digest of the rows' bytes in order, as with one update a row
-                self.out.append(chunk)
-                self.out_size += len(chunk)
+        take_run = upstream.parser.take_run
+        masker = row_masker(relay.plan, relay.fields) if relay.masked and relay.plan is not None else None
+        while self.out_size < FLUSH_BYTES:
+            run, ends = take_run(_DATA_ROW, FLUSH_BYTES - self.out_size)
+            if not ends:
+                return
+            if masker is not None:
+                run = masker.mask_run(run, ends)  # a malformed row raises: the session ends, none of the run sent
+            self.connection.send_frames(_DATA_ROW, len(ends))
+            meter.rows += len(ends)
+            meter.digest.update(run)  # the digest of the rows' bytes in order, as with one update a row
+            self.out.append(run)
+            self.out_size += len(run)
 
     def _relay_frame(self, relay: RelayState, code: int, frame: bytes) -> Step:
         """One upstream frame of the responses to ``relay.item``: sans-IO, so the relay task and the fast path
