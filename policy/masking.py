@@ -89,6 +89,14 @@ _DIGIT_OR_NUL = bytes(byte if byte in _DIGITS else 0 for byte in range(256))
 _YEAR_BYTES = re.compile(rb"([0-9]{4})-")
 
 
+try:  # CPython's own SHA-256: copying its state is a memcpy, a third cheaper a pseudonym than OpenSSL's context
+    from _sha256 import sha256 as _sha256  # type: ignore[import-not-found,unused-ignore]  # CPython <= 3.11
+except ImportError:  # pragma: no cover - the interpreter decides
+    try:
+        from _sha2 import sha256 as _sha256  # type: ignore[import-not-found,no-redef,unused-ignore]  # 3.12 on
+    except ImportError:
+        _sha256 = hashlib.sha256  # type: ignore[assignment,unused-ignore]
+
 _IPAD = bytes(byte ^ 0x36 for byte in range(256))
 _OPAD = bytes(byte ^ 0x5C for byte in range(256))
 
@@ -98,7 +106,7 @@ def _hmac_states(key: bytes, prefix: bytes) -> tuple[Any, Any]:
     if len(key) > 64:  # sha256's block size: a longer key is hashed first
         key = hashlib.sha256(key).digest()
     block = key.ljust(64, b"\0")
-    inner, outer = hashlib.sha256(block.translate(_IPAD)), hashlib.sha256(block.translate(_OPAD))
+    inner, outer = _sha256(block.translate(_IPAD)), _sha256(block.translate(_OPAD))
     inner.update(prefix)
     return inner, outer
 

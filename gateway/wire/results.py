@@ -182,53 +182,56 @@ class RowMasker:
     def mask_frame(self, frame: bytes) -> bytes:
         """A whole DataRow frame (as the upstream sent it) masked straight to the frame the client is sent, in one
         pass: no DataRow in between. Anything malformed goes through ``DataRow.decode_body``, which says what."""
-        return self._mask_at(frame, 0, len(frame))
+        return self.mask_run(frame, [len(frame)])
 
     def mask_run(self, run: bytes, ends: list[int]) -> bytes:
         """Consecutive DataRow frames, ``run[0:ends[0]]``, ``run[ends[0]:ends[1]]`` and so on (as
-        ``BackendParser.take_run`` gives them), masked and joined: what ``mask_frame`` gives each, in order."""
-        mask = self._mask_at
-        masked: list[bytes] = []
-        add = masked.append
-        start = 0
-        for end in ends:
-            add(mask(run, start, end))
-            start = end
-        return b"".join(masked)
+        ``BackendParser.take_run`` gives them), masked and joined: what ``mask_frame`` gives each, in order.
 
-    def _mask_at(self, data: bytes, start: int, stop: int) -> bytes:
-        """The DataRow frame ``data[start:stop]``, masked: read in place, so a run of frames needs no copy each.
-
-        The hottest loop of a masked read (issue 13), so it checks bounds once rather than per column: positions
-        only grow, so the row is well formed exactly when the last value ends at ``stop``; a length word past the
-        end of ``data`` raises ``struct.error``. Otherwise the frame is decoded properly (and refused) and the
-        work done on it is dropped: a mask may have seen bytes of the next frame, but its output is never sent."""
+        The hottest loop of a masked read (issue 13): each frame is read in place (no copy, no call per frame)
+        and its bounds are checked once rather than per column. Positions only grow, so a frame is well formed
+        exactly when its last value ends where the frame does; a length word past the end of ``run`` raises
+        ``struct.error``. Otherwise the frame goes through ``DataRow.decode_body``, which raises what is wrong,
+        and the work done on it is dropped: a mask may have seen bytes of the next frame, never sent."""
         masks = self.framed
-        try:
-            if _UINT16_UNPACK(data, start + 5)[0] != len(masks):
-                return self._mask_decoded(data[start:stop])
-            parts: list[bytes] = [data[start + 5 : start + 7]]
-            add = parts.append
-            pos = start + 7
-            for mask in masks:
-                (length,) = _INT32_UNPACK(data, pos)
-                if length < 0:
-                    if length != -1:
-                        return self._mask_decoded(data[start:stop])
-                    add(_NULL_LENGTH)
-                    pos += 4
-                    continue
-                end = pos + 4 + length
-                add(data[pos:end] if mask is None else mask(data[pos + 4 : end]))  # as it came, or masked
-                pos = end
-        except struct.error:
-            return self._mask_decoded(data[start:stop])
-        if pos != stop:
-            return self._mask_decoded(data[start:stop])
-        body = b"".join(parts)
-        if len(body) > MAX_INT32 - 4:
-            raise ValueError(f"DataRow of {len(body) + 4} bytes is too large to frame")
-        return _HEADER_PACK(b"D", len(body) + 4) + body
+        count = len(masks)
+        masked: list[bytes] = []
+        emit = masked.append
+        start = 0
+        pos = 0
+        parts: list[bytes] = []
+        for stop in ends:
+            try:
+                if _UINT16_UNPACK(run, start + 5)[0] != count:
+                    pos = -1
+                else:
+                    parts = [run[start + 5 : start + 7]]
+                    add = parts.append
+                    pos = start + 7
+                    for mask in masks:
+                        (length,) = _INT32_UNPACK(run, pos)
+                        if length < 0:
+                            if length != -1:
+                                pos = -1
+                                break
+                            add(_NULL_LENGTH)
+                            pos += 4
+                            continue
+                        end = pos + 4 + length
+                        add(run[pos:end] if mask is None else mask(run[pos + 4 : end]))  # as it came, or masked
+                        pos = end
+            except struct.error:
+                pos = -1
+            if pos != stop:
+                emit(self._mask_decoded(run[start:stop]))  # raises what is wrong with the frame
+                start = stop
+                continue
+            body = b"".join(parts)
+            if len(body) > MAX_INT32 - 4:
+                raise ValueError(f"DataRow of {len(body) + 4} bytes is too large to frame")
+            emit(_HEADER_PACK(b"D", len(body) + 4) + body)
+            start = stop
+        return b"".join(masked)
 
     def _mask_decoded(self, frame: bytes) -> bytes:
         return self.mask(DataRow.decode_body(frame[5:]).values)[1]  # raises what is wrong with the frame
