@@ -214,6 +214,9 @@ def framed_text_mask(mask: str, phi_type: str, key: bytes) -> FramedMask:
         kept = frame_value(b"***0000")[:-4]
 
         def partial(raw: bytes) -> bytes:
+            tail = raw[-4:]
+            if len(tail) == 4 and tail.isalnum():  # ``bytes.isalnum``: ASCII only, so these are the last four kept
+                return kept + tail
             tail = raw.translate(_ALNUM_OR_NUL).replace(b"\0", b"")[-4:]
             return kept + tail if len(tail) == 4 else framed_redacted
 

@@ -159,6 +159,9 @@ def test_bytes_masks_match_masking_the_decoded_text(raw: bytes, mask: str, phi_t
 @example(b"12", Mask.GENERALIZE, "zip")
 @example(b"caf\xe9", Mask.HASH, "name")
 @example(b"", Mask.PARTIAL, "ssn")
+@example(b"123-45-6789", Mask.PARTIAL, "ssn")
+@example(b"12\xc3\xa9456", Mask.PARTIAL, "phone")  # the last four bytes hold half a character
+@example(b"(555) 555-12\xd9\xa3", Mask.PARTIAL, "phone")
 @example(b"x", Mask.NULL, "ssn")
 def test_framed_masks_frame_what_the_bytes_masks_give(raw: bytes, mask: str, phi_type: str) -> None:
     # The relay's per-column loop writes these straight into the row (issue 13): the value behind its length word.
