@@ -19,7 +19,17 @@ from gateway.pgwire.backend import DataRow, FieldDescription
 from gateway.wire import results
 from gateway.wire.results import MaskedRow, mask_frame, mask_row
 from policy.binary_text import binary_to_text
-from policy.masking import ColumnMask, MaskingPlan, hmac_sha256, mask_value, pseudonym, text_bytes_mask
+from policy.masking import (
+    ColumnMask,
+    MaskingPlan,
+    frame_value,
+    framed,
+    framed_text_mask,
+    hmac_sha256,
+    mask_value,
+    pseudonym,
+    text_bytes_mask,
+)
 from policy.models import Mask, PhiType
 
 # ------------------------------------------------------------------------------------------- the reference
@@ -140,6 +150,33 @@ def test_bytes_masks_match_masking_the_decoded_text(raw: bytes, mask: str, phi_t
 
 
 @settings(max_examples=3000, deadline=None)
+@given(raw_values, st.sampled_from(MASKS), st.sampled_from(PHI_TYPES))
+@example(b"1984-03-12", Mask.GENERALIZE, "birth_date")
+@example(b"1984-\xff\xfe", Mask.GENERALIZE, "birth_date")  # a year, then bytes that are not UTF-8
+@example(b"\xd9\xa1\xd9\xa2\xd9\xa3\xd9\xa4-01", Mask.GENERALIZE, "birth_date")  # digits of another script
+@example(b"1984", Mask.GENERALIZE, "birth_date")
+@example(b"198a-03-12", Mask.GENERALIZE, "service_date")
+@example(b"12", Mask.GENERALIZE, "zip")
+@example(b"caf\xe9", Mask.HASH, "name")
+@example(b"", Mask.PARTIAL, "ssn")
+@example(b"123-45-6789", Mask.PARTIAL, "ssn")
+@example(b"12\xc3\xa9456", Mask.PARTIAL, "phone")  # the last four bytes hold half a character
+@example(b"(555) 555-12\xd9\xa3", Mask.PARTIAL, "phone")
+@example(b"x", Mask.NULL, "ssn")
+def test_framed_masks_frame_what_the_bytes_masks_give(raw: bytes, mask: str, phi_type: str) -> None:
+    # The relay's per-column loop writes these straight into the row (issue 13): the value behind its length word.
+    expected = frame_value(text_bytes_mask(mask, phi_type, KEY)(raw))
+    assert framed_text_mask(mask, phi_type, KEY)(raw) == expected
+    assert framed(text_bytes_mask(mask, phi_type, KEY))(raw) == expected
+
+
+def test_a_framed_value_is_its_length_and_bytes() -> None:
+    assert frame_value(None) == b"\xff\xff\xff\xff"
+    assert frame_value(b"") == b"\x00\x00\x00\x00"
+    assert frame_value(b"abc") == b"\x00\x00\x00\x03abc"
+
+
+@settings(max_examples=3000, deadline=None)
 @given(result_rows())
 def test_masked_rows_are_byte_identical_to_the_reference(
     case: tuple[DataRow, MaskingPlan, tuple[FieldDescription, ...]],
@@ -196,3 +233,28 @@ def test_a_malformed_frame_fails_as_decoding_it_does(
         except Exception as error:
             got = type(error)
         assert got == expected
+
+
+@settings(max_examples=1000, deadline=None)
+@given(result_rows(), st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=4), st.integers(0, 40))
+def test_a_run_of_rows_is_masked_as_each_row_is(
+    case: tuple[DataRow, MaskingPlan, tuple[FieldDescription, ...]], picks: list[int], cut: int
+) -> None:
+    # The relay masks the DataRows it has buffered in one call (issue 13), reading each in place: the same bytes
+    # as frame by frame, or the same error, also when a row is malformed (its lengths must not read the next).
+    row, plan, fields = case
+    whole = row.encode()
+    short = whole[:5] + whole[5 : max(7, len(whole) - cut)]  # a frame whose values run past its end
+    variants = [whole, short, whole[:5] + b"\xff\xff" + whole[7:], whole]
+    frames = [variants[pick] for pick in picks]
+    masker = results.row_masker(plan, fields)
+    ends = [sum(map(len, frames[: index + 1])) for index in range(len(frames))]
+    try:
+        expected: bytes | type[Exception] = b"".join(masker.mask_frame(frame) for frame in frames)
+    except Exception as error:
+        expected = type(error)
+    try:
+        got: bytes | type[Exception] = masker.mask_run(b"".join(frames), ends)
+    except Exception as error:
+        got = type(error)
+    assert got == expected

@@ -297,3 +297,44 @@ def test_failure_inside_a_body_poisons_the_parser() -> None:
 def test_max_message_size_must_be_sane() -> None:
     with pytest.raises(ValueError):
         pg.BackendParser(max_message_size=4)
+
+
+def test_take_run_takes_a_run_of_one_type_and_leaves_what_ends_it() -> None:
+    # The relay takes buffered DataRows in one go (issue 13): the same frames next_frame gives, in one piece
+    # with their ends, then nothing consumed at the first frame of another type or an incomplete one.
+    rows = [pg.DataRow((b"1", None, b"x" * n)).encode() for n in range(3)]
+    tail = pg.CommandComplete("SELECT 3").encode()
+    parser = pg.BackendParser()
+    parser.feed(b"".join(rows) + tail[:3])
+    run, ends = parser.take_run(ord("D"), 1 << 20)
+    assert run == b"".join(rows) and [run[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)] == rows
+    assert parser.take_run(ord("D"), 1 << 20) == (b"", [])  # a CommandComplete, not yet complete
+    parser.feed(tail[3:])
+    assert parser.take_run(ord("D"), 1 << 20) == (b"", []) and parser.buffered == len(tail)
+    assert parser.next_frame() == (ord("C"), tail)
+    assert parser.take_run(ord("D"), 1 << 20) == (b"", [])  # nothing buffered
+    parser.feed(rows[0][:4])
+    assert parser.take_run(ord("D"), 1 << 20) == (b"", []) and parser.buffered == 4  # a DataRow, incomplete
+
+
+def test_take_run_stops_at_its_budget() -> None:
+    rows = [pg.DataRow((b"x" * 10,)).encode() for _ in range(5)]
+    parser = pg.BackendParser()
+    parser.feed(b"".join(rows))
+    assert parser.take_run(ord("D"), len(rows[0]) + 1) == (b"".join(rows[:2]), [len(rows[0]), 2 * len(rows[0])])
+    assert parser.take_run(ord("D"), 1)[1] == [len(rows[0])]  # at least one frame
+    assert parser.take_run(ord("D"), 1 << 20)[1] == [len(rows[0]), 2 * len(rows[0])]
+
+
+def test_take_run_leaves_a_bad_length_to_next_frame() -> None:
+    # The frames before it are taken; the bad one is refused by next_frame, as frame by frame.
+    good = pg.DataRow((b"x",)).encode()
+    for bad in (b"D" + struct.pack("!i", 3), pg.DataRow((b"x" * 32,)).encode()):
+        parser = pg.BackendParser(max_message_size=24)
+        parser.feed(good + bad)
+        assert parser.take_run(ord("D"), 1 << 20) == (good, [len(good)])
+        assert parser.take_run(ord("D"), 1 << 20) == (b"", [])
+        with pytest.raises(pg.ProtocolError):
+            parser.next_frame()
+        with pytest.raises(pg.ProtocolError):
+            parser.take_run(ord("D"), 1 << 20)  # failed for good

@@ -457,3 +457,25 @@ def test_transaction_tracker() -> None:
     assert tracker.observe(pg.ReadyForQuery("T")) == "T"  # upstream's word is final
     assert tracker.observe(pg.CommandComplete("COMMIT")) == "I"
     assert tracker.observe(pg.CommandComplete("PREPARE TRANSACTION")) == "I"
+
+
+def test_send_frames_is_send_frame_repeated() -> None:
+    # A run of frames of one type (the relay's buffered DataRows) goes through the state table in one call:
+    # from every state, for every backend type, the same end state or the same refusal as frame by frame.
+    from gateway.pgwire.states import BACKEND_TYPE_BY_CODE
+
+    for state in State:
+        for code in BACKEND_TYPE_BY_CODE:
+            for count in (1, 2, 3):
+                one_by_one, batched = pg.ServerConnection(state), pg.ServerConnection(state)
+                try:
+                    for _ in range(count):
+                        one_by_one.send_frame(code)
+                    expected: State | type[Exception] = one_by_one.state
+                except pg.ProtocolError:
+                    expected = pg.ProtocolError
+                try:
+                    got: State | type[Exception] = batched.send_frames(code, count)
+                except pg.ProtocolError:
+                    got = pg.ProtocolError
+                assert got == expected, (state, bytes((code,)), count)

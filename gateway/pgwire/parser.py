@@ -255,3 +255,28 @@ class BackendParser(_Parser):
         """Every complete message currently buffered."""
         while (message := self.next_message()) is not None:
             yield message
+
+    def take_run(self, type_code: int, max_bytes: int) -> tuple[bytes, list[int]]:
+        """The complete messages of type ``type_code`` at the front of the buffer, undecoded and in one piece,
+        with the end offset of each within it: lets a relay take a run of DataRows in one go (issue 13) without
+        a call and a copy per frame. Stops at a message of another type or an incomplete one (left for
+        ``next_frame``), and once the run holds ``max_bytes`` or more. A length word that is out of bounds ends
+        the run too: ``next_frame`` then refuses it, after the frames before it, as frame by frame."""
+        buf = self._buf
+        start = pos = self._pos
+        size = len(buf)
+        limit = self.max_message_size
+        ends: list[int] = []
+        while pos < size and buf[pos] == type_code and pos - start < max_bytes:
+            if size - pos < 5:
+                break
+            (length,) = _unpack_int32(buf, pos + 1)
+            end = pos + 1 + length
+            if length < 4 or length > limit or end > size:
+                break
+            ends.append(end - start)
+            pos = end
+        if not ends:
+            self._raise_if_failed()  # a failed parser's buffer is empty: say so rather than "nothing yet"
+            return b"", ends
+        return self._take(start, pos), ends

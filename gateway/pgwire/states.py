@@ -324,6 +324,15 @@ class ServerConnection:
         self.state = next_state
         return next_state
 
+    def send_frames(self, code: int, count: int) -> State:
+        """``send_frame`` for ``count`` frames of one type in a row (a run of DataRows): one transition looked up,
+        the rest only when that state does not simply repeat."""
+        state = self.send_frame(code)
+        if count > 1 and ON_SEND[state].get(BACKEND_TYPE_BY_CODE[code]) is not state:  # known: sent above
+            for _ in range(count - 1):
+                state = self.send_frame(code)
+        return state
+
     def can_receive(self, kind: type) -> bool:
         return kind in ON_RECEIVE[self.state]
 
