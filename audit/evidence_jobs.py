@@ -70,7 +70,11 @@ def run_export(export_id: int) -> str:
         if percent < 100 and now - last_report < _PROGRESS_EVERY_SECONDS:
             return
         last_report = now
-        EvidenceExport.objects.filter(pk=export_id).update(progress=min(percent, 99), message=what)
+        # Called from inside the export's read-only snapshot transaction too: written on the side connection,
+        # committed at once, so the page sees it and the snapshot stays read-only.
+        EvidenceExport.objects.using(settings.SIDE_DATABASE).filter(pk=export_id).update(
+            progress=min(percent, 99), message=what
+        )
 
     try:
         result = export_evidence(

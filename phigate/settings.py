@@ -83,6 +83,10 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.get_int("DATABASE_CONN_MAX_AGE", 0)
 # A connection kept across requests (DATABASE_CONN_MAX_AGE > 0) is checked before its first use in a request, so
 # one a database restart or pg_terminate_backend killed is replaced instead of failing the request.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.get_bool("DATABASE_CONN_HEALTH_CHECKS", True)
+# The same database on a connection of its own, for the few writes that must not join whatever transaction the
+# caller is in: an evidence export reports its progress from inside its read-only snapshot (audit.evidence_jobs).
+SIDE_DATABASE = "side"
+DATABASES[SIDE_DATABASE] = {**DATABASES["default"]}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.get_str("REDIS_URL", "redis://127.0.0.1:6379/0") or ""

@@ -276,6 +276,25 @@ def export_period(tmp_path: Path, activity: Activity, officer: Any, name: str = 
     return export_evidence(filters, tmp_path / name, requested_by=Principal(human=officer))
 
 
+def test_a_bundle_of_one_person_carries_the_periods_review_and_verifies_offline(tmp_path: Path) -> None:
+    """Filtered to one person, a bundle still holds the sign-off of the period's review (someone else's event):
+    the review is the period's evidence, and the offline verifier's filter check accepts it."""
+    officer = make_user(Role.COMPLIANCE, name="officer")
+    activity = signed_period(officer)
+    period = activity.period
+    person = next(event.actor_name for event in activity.events if event.actor_name)
+    filters = ExportFilters(since=period.starts_at, until=period.ends_at, user=person)
+    result = export_evidence(filters, tmp_path / "person.zip", requested_by=Principal(human=officer))
+    assert result.chain_ok, result.chain_status
+    with zipfile.ZipFile(result.path) as archive:
+        events = [json.loads(line) for line in archive.read("events.jsonl").splitlines()]
+    signed = [event for event in events if event["kind"] == EventKind.AUDIT_REVIEW_SIGNED]
+    assert [event["details"]["review"] for event in signed] == [period.pk]
+    assert {event["actor_name"] for event in events if event not in signed} == {person}
+    verified = offline_verify(result.path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
 def test_a_signed_review_is_in_the_bundle_of_its_period_and_verifies_offline(tmp_path: Path) -> None:
     officer = make_user(Role.COMPLIANCE, name="officer")
     activity = signed_period(officer)
