@@ -212,7 +212,12 @@ class CuttableProxy:
             if not self.up:
                 client.close()
                 continue
-            server = socket.create_connection(("127.0.0.1", self.target))
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:  # the server is down (restarting): refuse this one, like the server would, keep serving
+                client.close()
+                continue
+            server.settimeout(None)
             with self.lock:
                 self.sockets += [client, server]
             threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
