@@ -34,19 +34,13 @@ from audit.periods import parse_moment
 from audit.recorder import record
 from audit.replay import RESULT_KINDS, replay_steps, statement_params
 from audit.search_paging import Page, count_within, newest_page, page_between
+from audit.views import compliance_officer
 from identity.authentication import web_context
 from identity.principal import Principal
-from identity.roles import Role, require_role
 
 PAGE = 50
 CSV_BATCH = 1000
 REPLAY_LIMIT = 2000  # steps on one replay page; a longer stretch is cut here and says so
-
-
-def _officer(request: HttpRequest) -> Principal:
-    """The signed-in compliance officer, or 403 naming the role (explicit, not a silent empty page)."""
-    require_role(request.user, Role.COMPLIANCE, "the audit trail is for compliance officers")  # type: ignore[arg-type]
-    return Principal(human=request.user)  # type: ignore[arg-type]
 
 
 def _zone(request: HttpRequest, errors: dict[str, str]) -> ZoneInfo:
@@ -135,7 +129,7 @@ def _local_input(raw: str, zone: ZoneInfo) -> str:
 
 @login_required
 def search_page(request: HttpRequest) -> HttpResponse:
-    principal = _officer(request)
+    principal = compliance_officer(request)
     wanted = _read_search(request)
     before = _event_id(request.GET.get("before", "")) if request.GET.get("before") else None
     after = _event_id(request.GET.get("after", "")) if request.GET.get("after") else None
@@ -286,7 +280,7 @@ async def _csv_lines(events: QuerySet[AuditEvent], zone: ZoneInfo) -> AsyncItera
 @login_required
 def search_csv(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """The current search's results, every page, as CSV; the same filters as the page and the same masking."""
-    principal = _officer(request)
+    principal = compliance_officer(request)
     wanted = _read_search(request)
     events = _matching(wanted, principal)
     if events is None:
@@ -379,7 +373,7 @@ def _other_details(details: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 @login_required
 def event_detail(request: HttpRequest, event_id: int) -> HttpResponse:
-    principal = _officer(request)
+    principal = compliance_officer(request)
     errors: dict[str, str] = {}
     zone = _zone(request, errors)
     event = AuditEvent.objects.filter(pk=event_id).first()
@@ -440,7 +434,7 @@ class ReplayPart:
 def session_replay(request: HttpRequest, session_id: str) -> HttpResponse:
     """One session's events as a player steps through them. A day-long HTTP session (one per agent per day when
     the client names none) is split where the agent was idle longer than the gap: one stretch of work per page."""
-    principal = _officer(request)
+    principal = compliance_officer(request)
     errors: dict[str, str] = {}
     zone = _zone(request, errors)
     moments = list(

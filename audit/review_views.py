@@ -24,21 +24,16 @@ from audit.activity_review import (
     sign_off_check,
 )
 from audit.models import Disposition, FindingKind, ReviewFinding, ReviewPeriod, ReviewStatus
+from audit.views import compliance_officer
 from identity.authentication import web_context
-from identity.principal import Principal
-from identity.roles import Role, require_role
 
 LISTED = 200
-
-
-def _officer(request: HttpRequest) -> Principal:
-    require_role(request.user, Role.COMPLIANCE, "activity reviews are for compliance officers")  # type: ignore[arg-type]
-    return Principal(human=request.user)  # type: ignore[arg-type]
+OFFICERS_ONLY = "activity reviews are for compliance officers"
 
 
 @login_required
 def review_list(request: HttpRequest) -> HttpResponse:
-    _officer(request)
+    compliance_officer(request, OFFICERS_ONLY)
     ensure_periods()
     now = timezone.now()
     periods = list(
@@ -74,7 +69,7 @@ def _period(period_id: int) -> ReviewPeriod:
 
 @login_required
 def review_period(request: HttpRequest, period_id: int) -> HttpResponse:
-    principal = _officer(request)
+    principal = compliance_officer(request, OFFICERS_ONLY)
     period = _period(period_id)
     refresh_findings(period)
     findings = list(period.findings.in_queue_order().select_related("noted_by"))
@@ -107,7 +102,7 @@ def review_period(request: HttpRequest, period_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def review_note(request: HttpRequest, period_id: int, finding_id: int) -> HttpResponse:
-    principal = _officer(request)
+    principal = compliance_officer(request, OFFICERS_ONLY)
     raw = request.POST.get("disposition", "")
     try:
         note_finding(
@@ -129,7 +124,7 @@ def review_note(request: HttpRequest, period_id: int, finding_id: int) -> HttpRe
 @login_required
 @require_POST
 def review_sign_off(request: HttpRequest, period_id: int) -> HttpResponse:
-    principal = _officer(request)
+    principal = compliance_officer(request, OFFICERS_ONLY)
     try:
         period = sign_off(principal, period_id, web_context(request))
     except ReviewPeriod.DoesNotExist:

@@ -24,9 +24,10 @@ from identity.principal import Principal
 from identity.roles import Role, require_role
 
 
-def _compliance(request: HttpRequest) -> Principal:
-    """The signed-in compliance officer, or 403 naming the role (explicit, not a silent empty page)."""
-    require_role(request.user, Role.COMPLIANCE, "the audit trail is for compliance officers")  # type: ignore[arg-type]
+def compliance_officer(request: HttpRequest, why: str = "the audit trail is for compliance officers") -> Principal:
+    """The signed-in compliance officer, or 403 naming the role (explicit, not a silent empty page). Every audit
+    page (search, replay, exports, activity reviews) checks through here."""
+    require_role(request.user, Role.COMPLIANCE, why)  # type: ignore[arg-type]
     return Principal(human=request.user)  # type: ignore[arg-type]
 
 
@@ -43,7 +44,7 @@ def _day(raw: str, name: str, default: datetime) -> datetime:
 @require_http_methods(["GET", "POST"])
 def exports(request: HttpRequest) -> HttpResponse:
     """The officer's own evidence exports and a form for a new one (GET); POST starts one (also from search)."""
-    principal = _compliance(request)
+    principal = compliance_officer(request)
     if request.method == "POST":
         return _start_export(request, principal)
     return render(request, "audit/exports.html", {"exports": EvidenceExport.objects.of(principal.human)[:100]})
@@ -74,7 +75,7 @@ def _start_export(request: HttpRequest, principal: Principal) -> HttpResponse:
 
 
 def _own_export(request: HttpRequest, export_id: int) -> EvidenceExport:
-    officer = _compliance(request)
+    officer = compliance_officer(request)
     export = EvidenceExport.objects.filter(pk=export_id, requested_by=officer.human).first()
     if export is None:
         raise Http404("no such export")
@@ -119,7 +120,7 @@ def reveal_literals(request: HttpRequest, event_id: int) -> HttpResponse:
 
     Why POST: seeing possibly-PHI literals is an act with a record (``audit.literals_revealed``), not a page a
     link preview or a browser prefetch may load; the page is not cached, so going back does not show it again."""
-    principal = _compliance(request)
+    principal = compliance_officer(request)
     event = AuditEvent.objects.filter(pk=event_id).first()
     if event is None or not event.statement:
         raise Http404("no such statement")
