@@ -5,6 +5,7 @@ on the wire listener's host and the port ``GATEWAY_HEALTH_PORT`` (or ``manage.py
 or 0, there is no listener.
 
 * ``/healthz``: 200 while the event loop answers.
+* ``/stats``: the wire front's counts (gateway.wire.stats): statements, and how many took the fast paths.
 * ``/readyz``: the control plane, Redis, each data source's target with the read-only role (``target:<name>``)
   and the audit journal, checked now (``phigate.health``); 200 when all are up, else 503. ``fronts`` says what
   still works: the wire front needs no Redis, the API front (statements queued by the web process) does::
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -70,8 +72,9 @@ class GatewayHealth:
 
 
 class HealthServer:
-    def __init__(self, health: GatewayHealth) -> None:
+    def __init__(self, health: GatewayHealth, stats: Callable[[], dict[str, Any]] | None = None) -> None:
         self.health = health
+        self.stats = stats
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -107,7 +110,9 @@ class HealthServer:
             return 200, {"ok": True, "status": "ok", "process": "gateway"}
         if path == "/readyz":
             return await asyncio.to_thread(self.health.readiness)
-        return 404, {"error": "not found; try /healthz or /readyz"}
+        if path == "/stats" and self.stats is not None:
+            return 200, {"process": "gateway", "wire": self.stats()}
+        return 404, {"error": "not found; try /healthz, /readyz or /stats"}
 
 
 def _request_line(head: bytes) -> tuple[str, str]:

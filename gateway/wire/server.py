@@ -17,6 +17,7 @@ from gateway.pipeline import DatasourceRuntime
 from gateway.wire.lifecycle import SessionLifecycle
 from gateway.wire.scram_server import tls_server_end_point
 from gateway.wire.session import CancelKey, WireClientProtocol, WireSession
+from gateway.wire.stats import WireStats
 from phigate import envconfig
 from policy import session_settings
 
@@ -101,6 +102,7 @@ class WireServer:
         self.throttle = FailureThrottle()
         self.audit = open_wire_audit_sink()
         self.decisions = DecisionCache()
+        self.stats = WireStats()
         self.lifecycle = SessionLifecycle()
         self.server: asyncio.Server | None = None
 
@@ -125,6 +127,7 @@ class WireServer:
             throttle=self.throttle,
             audit=self.audit,
             decisions=self.decisions,
+            stats=self.stats,
         )
         client_protocol = writer.transport.get_protocol()
         if isinstance(client_protocol, WireClientProtocol):

@@ -11,9 +11,11 @@ Two coroutines per session:
 Rows of an allowed statement are released only once its audit record is durable (``gate``): the statement runs
 meanwhile, which is harmless on the read-only role, so auditing overlaps execution instead of adding to it.
 
-The common case, one simple Query at a time whose ALLOWED decision is cached, skips both coroutines: the client
-socket's callback takes it (``try_fast_query``) and the upstream socket's callback relays the answer, through
-the same per-frame step (``_relay_frame``) the relay task uses. Waking a coroutine costs more than that work.
+The common case, one statement at a time whose ALLOWED decision is cached, skips both coroutines: the client
+socket's callback takes it (``try_fast_path``: a simple Query, or an extended-protocol batch ``[Parse] Bind
+[Describe] Execute Sync``) and the upstream socket's callback relays the answer, through the same per-message
+steps (``_forward_parse`` ..., ``_relay_frame``) the two coroutines use. Waking a coroutine costs more than that
+work.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ import logging
 import secrets
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from approvals.params import StatementParams
-from audit.events import Context, SessionLines, StatementError, json_prefix
+from audit.events import Context, SessionLines, StatementError, json_members, json_prefix
 from audit.preview import PREVIEW_ROWS, wire_value
 from audit.sinks import WireAuditSink, open_wire_audit_sink
 from gateway import control_plane
@@ -97,6 +100,7 @@ from gateway.wire.sign_in import (
     FORWARDED_PARAMETERS,
     ControlPlaneUnavailable,
 )
+from gateway.wire.stats import WireStats
 from gateway.wire.upstream import Upstream, UpstreamError
 from identity.principal import Principal
 from policy import session_settings
@@ -126,6 +130,9 @@ _CONFIRMATIONS = frozenset({ord("1"), ord("2")})  # ParseComplete, BindComplete:
 _EMPTY_QUERY = ord("I")
 _NO_EFFECTS = (NoEffect(),)
 _FAST_QUERY = Query("")  # stands for the fast path's Query in the state table, which looks at types only
+_SYNC = Sync()
+_BATCH_STARTS = frozenset({ord("P"), ord("B")})  # what an extended-protocol batch the fast path takes starts with
+_BATCH_MESSAGES: dict[int, Any] = {kind.type_code[0]: kind for kind in (Parse, Bind, Describe, Execute, Sync)}
 FLUSH_BYTES = 64 * 1024  # relayed output past this goes to the socket (and the client's backpressure is checked)
 # SQLSTATEs of the approval flow (class HA is ours: "held for approval").
 APPROVAL_REQUIRED = "HA001"
@@ -209,10 +216,11 @@ class ResultMeter:
 
 @dataclass
 class FastQuery:
-    """A simple Query answered on the fast path (``WireSession.try_fast_query``)."""
+    """A simple Query, or an extended-protocol batch, answered on the fast path (``WireSession.try_fast_path``)."""
 
     relay: RelayState
     done: asyncio.Future[None]  # the client loop waits for it before handling anything sent after the query
+    rest: deque[Expected] = field(default_factory=deque)  # a batch's further answers, in the upstream's order
     held: tuple[int, bytes] | None = None  # a frame waiting for the audit gate
     waiting: bool = False  # for the audit gate
     paused: bool = False  # upstream reading paused until the client drains
@@ -227,7 +235,7 @@ class WireClientProtocol(asyncio.StreamReaderProtocol):
     def data_received(self, data: bytes) -> None:
         session = self.session
         if session is not None:
-            if session.try_fast_query(data):
+            if session.try_fast_path(data):
                 return
             session.client_parked = False  # the client loop has bytes to read now
         super().data_received(data)
@@ -279,8 +287,10 @@ class WireSession:
         throttle: Callable[[str, str], float] | None = None,
         audit: WireAuditSink | None = None,
         decisions: DecisionCache | None = None,
+        stats: WireStats | None = None,
     ) -> None:
         self.reader, self.writer = reader, writer
+        self.stats = stats or WireStats()
         self.runtime = runtime
         self.registry = registry
         self.tls = tls
@@ -317,6 +327,8 @@ class WireSession:
         # Statements with a submitted record and no outcome record yet: each gets exactly one (``_settle``).
         self.unsettled: dict[str, Decision] = {}
         self.batch_error: StatementError | None = None  # why the upstream skips the rest of the batch
+        # While the fast path takes an extended-protocol batch: the answers its messages expect, in order.
+        self.fast_batch: list[Expected] | None = None
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -325,6 +337,7 @@ class WireSession:
             if not await asyncio.wait_for(self._start_up(), timeout=AUTHENTICATION_TIMEOUT_SECONDS):
                 return
             self.registry[self.cancel_key] = self
+            self.stats.sessions_opened += 1
             relay = self.relay_task = asyncio.create_task(self._relay(), name=f"relay-{self.context.session_id}")
             try:
                 await self._client_loop()
@@ -495,11 +508,15 @@ class WireSession:
                 await self._flush_upstream()
 
     async def _sync(self) -> None:
-        item = Expected("sync", done=self._future())
-        self._forward(Sync(), item)
-        self.book.sync()
+        item = self._forward_sync()
         await self._flush_upstream()
         await self._relayed(item)
+
+    def _forward_sync(self) -> Expected:
+        item = Expected("sync", done=None if self.fast_batch is not None else self._future())
+        self._forward(Sync(), item)
+        self.book.sync()
+        return item
 
     async def _caught_up(self) -> None:
         """Wait until the relay has handled everything forwarded so far."""
@@ -535,10 +552,15 @@ class WireSession:
         await self.upstream.drain()
 
     def _forward(self, message: Any, expected: Expected | None) -> None:
+        """Send ``message`` upstream (at the next flush) and tell the relay what answers it: through the relay's
+        queue, or, while the fast path takes a batch (``fast_batch``), to that batch's own list."""
         assert self.upstream is not None
         self.upstream.send(message.encode())
         if expected is not None:
-            self.queue.put_nowait(expected)
+            if self.fast_batch is not None:
+                self.fast_batch.append(expected)
+            else:
+                self.queue.put_nowait(expected)
 
     def _reply(self, *messages: BackendMessage, ready: bool = False, in_batch: bool = False) -> None:
         self.queue.put_nowait(Outgoing(list(messages), ready_for_query=ready, in_batch=in_batch))
@@ -580,13 +602,19 @@ class WireSession:
             self.audit_lines_datasource = name
         return self.audit_lines
 
-    def _start_audit(self, decision: Decision, sql: str) -> tuple[asyncio.Future[None], str]:
+    def _start_audit(
+        self, decision: Decision, sql: str, more: dict[str, Any] | None = None
+    ) -> tuple[asyncio.Future[None], str]:
         """Queue the statement's audit record for the next flush. Returns the future its rows wait for, and the
-        statement id that links this record to the result's."""
+        statement id that links this record to the result's. ``more``: details of this execution (its bound
+        parameters) after the decision's own, which it must not repeat."""
         statement_id = self._next_statement_id()
+        self.stats.statements += 1
         prefix = decision.wire_memo.get("submitted_json")
         if prefix is None:  # the decision's details serialized once, the statement id appended per statement
             prefix = decision.wire_memo["submitted_json"] = json_prefix(decision.submitted)
+        if more:
+            prefix = f"{prefix}{json_members(more)},"
         gate = self.audit.submit_line(self._lines_for(decision).submitted(sql, prefix, statement_id))
         assert gate is not None
         self.unsettled[statement_id] = decision
@@ -793,6 +821,10 @@ class WireSession:
             unnamed = ("S",) if message.statement == UNNAMED else ()  # PostgreSQL drops it before parsing
             await self._refuse_decision(decision, simple=False, drop_unnamed=unnamed)
             return
+        self._forward_parse(message, decision)
+
+    def _forward_parse(self, message: Parse, decision: Decision) -> None:
+        """A Parse whose statement may be prepared (allowed or held): entered in the book, sent."""
         existing = self.book.statement(message.statement)
         prepared = Prepared(message.query, decision, message.param_types)
         op = self.book.parse(message.statement, prepared)
@@ -830,6 +862,9 @@ class WireSession:
         if statement is None:
             await self._refuse(_no_statement(message.statement), simple=False)
             return
+        self._forward_bind(message, statement)
+
+    def _forward_bind(self, message: Bind, statement: Prepared) -> Portal:
         existing = self.book.portal(message.portal)
         portal = Portal(
             message.portal,
@@ -840,6 +875,7 @@ class WireSession:
         if message.portal != UNNAMED and existing is not None:
             op.voided = True  # PostgreSQL answers 42P03 and keeps the portal it has
         self._forward(message, Expected("bind", portal=portal, op=op))
+        return portal
 
     async def _describe(self, message: Describe) -> None:
         if message.kind == "S":
@@ -853,6 +889,9 @@ class WireSession:
         if portal is None:
             await self._refuse(_no_portal(message.name), simple=False)
             return
+        self._forward_describe_portal(message, portal)
+
+    def _forward_describe_portal(self, message: Describe, portal: Portal) -> None:
         portal.describing = True  # its Execute need not ask again: this answer is relayed first
         self._forward(message, Expected("describe_portal", portal=portal, rows_decision=self._fetched_from(portal)))
 
@@ -895,18 +934,27 @@ class WireSession:
             await self._refuse_decision(held, simple=False)
             return
         effects = statement_effects(portal.statement.sql) or ()
-        rows_decision: Decision | None = None
-        executing = dataclasses.replace(
-            decision, submitted={**decision.submitted, "params": portal.params.for_audit()}, wire_memo={}
-        )
+        cursor: Portal | None = None
         if effects and isinstance(effects[0], Fetch):
             cursor = self.book.portal(effects[0].name)
             if cursor is None:
                 await self._refuse(_no_cursor(effects[0].name), simple=False)
                 return
+        self._forward_execute(message, portal, decision, cursor)
+
+    def _forward_execute(self, message: Execute, portal: Portal, decision: Decision, cursor: Portal | None) -> None:
+        """An Execute of an allowed statement's portal (``cursor``: the cursor a FETCH in it reads): its record
+        queued with the bound parameters, the book told, the portal described for masking if nobody asked."""
+        rows_decision: Decision | None = None
+        params = {"params": portal.params.for_audit()}
+        executing = decision  # its memos (the record's details, result shapes) serve every Execute of the statement
+        if cursor is not None or "params" in decision.submitted:
+            executing = dataclasses.replace(decision, submitted={**decision.submitted, **params}, wire_memo={})
+            params = {}
+        if cursor is not None:
             rows_decision = cursor.statement.decision
             executing = _fetching(executing, cursor)
-        gate, statement_id = self._start_audit(executing, portal.statement.sql)
+        gate, statement_id = self._start_audit(executing, portal.statement.sql, params)
         op = self.book.sql(portal.statement.sql, decision, simple_query=False, statement_id=statement_id)
         if portal.row_description is None and not portal.describing:
             # Masking needs the column origins and formats of this portal: ask for them, for ourselves.
@@ -993,10 +1041,11 @@ class WireSession:
 
     # -------------------------------------------------------------------------------------------- fast path
 
-    def try_fast_query(self, data: bytes) -> bool:
-        """Take a lone simple Query straight from the socket callback and relay its answer from the upstream's
+    def try_fast_path(self, data: bytes) -> bool:
+        """Take what the client sent straight from the socket callback and relay the answer from the upstream's
         socket callback, waking no coroutine: the common case of one statement at a time, where task hand-overs
-        cost more than the work. Only when nothing else is buffered or in flight, for a statement whose ALLOWED
+        cost more than the work. A lone simple Query (``_fast_query``) or one extended-protocol batch
+        (``_fast_batch``), only when nothing else is buffered or in flight, for a statement whose ALLOWED
         decision is cached; anything else returns False and takes the client loop, unchanged."""
         upstream = self.upstream
         if not (
@@ -1011,10 +1060,15 @@ class WireSession:
             and not self.parser.buffered
             and self.queue.empty()
             and 5 < len(data) <= FAST_QUERY_MAX_BYTES
-            and data[0] == _QUERY
-            and int.from_bytes(data[1:5], "big") + 1 == len(data)
         ):
             return False
+        if data[0] == _QUERY:
+            return int.from_bytes(data[1:5], "big") + 1 == len(data) and self._fast_query(data, upstream)
+        if data[0] in _BATCH_STARTS:
+            return self._fast_batch(data, upstream)
+        return False
+
+    def _fast_query(self, data: bytes, upstream: Upstream) -> bool:
         try:
             sql = Query.decode_body(data[5:]).sql
         except ProtocolError:
@@ -1037,6 +1091,66 @@ class WireSession:
         self.book.sync()
         item = Expected("query", decision=decision, gate=gate, sql=sql, statement_id=statement_id, op=op)
         self.fast = FastQuery(RelayState(item), asyncio.get_running_loop().create_future())
+        self.stats.fast_queries += 1
+        return True
+
+    def _fast_batch(self, data: bytes, upstream: Upstream) -> bool:
+        """One extended-protocol batch, ``[Parse] Bind [Describe portal] Execute Sync`` on the unnamed portal, as
+        ORMs, drivers and JDBC send each statement: judged, booked and forwarded by the same steps as the client
+        loop's (``_forward_parse`` ...), only when every step is known in advance to need no wait: the Parse's
+        decision is cached and ALLOWED, or the prepared statement's decision is ALLOWED and current. Nothing is
+        changed before that is known; otherwise False, and the client loop takes the batch as usual."""
+        batch = _batch_messages(data)
+        if batch is None:
+            return False
+        parse, bind, describe, execute = batch
+        if parse is not None:
+            if parse.statement == REFUSAL_STATEMENT or bind.statement != parse.statement:
+                return False
+            if parse.statement != UNNAMED and self.book.statement(parse.statement) is not None:
+                return False  # PostgreSQL refuses the name (42P05): the client loop books that
+            decision, _ = self._cached(parse.query)
+            sql = parse.query
+        else:
+            statement = self.book.statement(bind.statement)
+            if statement is None:
+                return False
+            decision, sql = statement.decision, statement.sql
+            if decision is EMPTY_STATEMENT or decision.catalog is not self.runtime.catalogs.peek(self.datasource):
+                return False
+        if (
+            decision is None
+            or decision.verdict != "allowed"
+            or effects_of_cached_decision(decision, sql) != _NO_EFFECTS
+        ):
+            return False
+        formats = len(bind.param_formats)
+        if formats > 1 and formats != len(bind.params):
+            return False  # malformed: the client loop has PostgreSQL's answer for it
+        expected: list[Expected] = []
+        self.fast_batch = expected
+        try:
+            if parse is not None:
+                self.connection.receive(parse)
+                self._forward_parse(parse, decision)
+                statement = self.book.statement(parse.statement)
+            assert statement is not None
+            self.connection.receive(bind)
+            portal = self._forward_bind(bind, statement)
+            if describe is not None:
+                self.connection.receive(describe)
+                self._forward_describe_portal(describe, portal)
+            self.connection.receive(execute)
+            self._forward_execute(execute, portal, decision, None)
+            self.connection.receive(_SYNC)
+            self._forward_sync()
+        finally:
+            self.fast_batch = None
+        upstream.flush()
+        upstream.protocol.divert = self._fast_received
+        first = expected[0]
+        self.fast = FastQuery(RelayState(first), asyncio.get_running_loop().create_future(), deque(expected[1:]))
+        self.stats.fast_batches += 1
         return True
 
     def _fast_received(self, data: bytes) -> None:
@@ -1075,8 +1189,10 @@ class WireSession:
                         return
                     relay.released = True
                 elif step is Step.DONE:
-                    self._fast_finish()
-                    return
+                    if not self._fast_next(fast):
+                        self._fast_finish()
+                        return
+                    relay = fast.relay
                 elif step is Step.FLUSHED and self._client_backlogged():
                     fast.paused = True  # the client reads slowly: stop reading the upstream until it catches up
                     upstream.pause_reading()
@@ -1091,6 +1207,18 @@ class WireSession:
         if self._client_backlogged():
             fast.paused = True
             upstream.pause_reading()
+
+    def _fast_next(self, fast: FastQuery) -> bool:
+        """Move a batch's relay to its next expected answer (False: the batch is answered). After an error the
+        upstream skips everything until Sync: those messages get no answer (``_skipped``)."""
+        while fast.rest:
+            item = fast.rest.popleft()
+            if self.upstream_failed_batch and item.kind not in ("sync", "query"):
+                self._skipped(item)
+                continue
+            fast.relay = RelayState(item)
+            return True
+        return False
 
     def _client_backlogged(self) -> bool:
         """More than CLIENT_BACKLOG_BYTES written to the client and not yet taken by its socket."""
@@ -1184,10 +1312,7 @@ class WireSession:
                     for message in messages:
                         self._send_own(message)
             elif self.upstream_failed_batch and item.kind not in ("sync", "query"):
-                if item.op is not None:  # upstream skips everything until Sync after an error: no response
-                    self.book.skipped(item.op)
-                if item.statement_id:  # a statement that never ran: it ends with the batch's error
-                    self._outcome(item, self.batch_error or BATCH_FAILED)
+                self._skipped(item)
             else:
                 await self._relay_responses(item)
             if item.done is not None and not item.done.done():
@@ -1195,6 +1320,13 @@ class WireSession:
             if self.queue.empty():
                 self._flush_client()
                 await self.writer.drain()
+
+    def _skipped(self, item: Expected) -> None:
+        """The upstream skips everything until Sync after an error: ``item`` gets no response."""
+        if item.op is not None:
+            self.book.skipped(item.op)
+        if item.statement_id:  # a statement that never ran: it ends with the batch's error
+            self._outcome(item, self.batch_error or BATCH_FAILED)
 
     def _send_own(self, message: BackendMessage) -> None:
         """A message the gateway writes itself, through the state table like every relayed one."""
@@ -1586,6 +1718,38 @@ def effects_of_cached_decision(decision: Decision, sql: str) -> tuple[Any, ...] 
     if memo is None:
         memo = decision.wire_memo["effects"] = statement_effects(sql)
     return memo
+
+
+def _batch_messages(data: bytes) -> tuple[Parse | None, Bind, Describe | None, Execute] | None:
+    """``data`` as exactly one ``[Parse] Bind [Describe portal] Execute Sync`` batch on the unnamed portal,
+    decoded; None for anything else (the client loop reads it, and reports what is malformed)."""
+    messages: list[Any] = []
+    position, end = 0, len(data)
+    while position < end:
+        if end - position < 5 or len(messages) == 5:
+            return None
+        kind = _BATCH_MESSAGES.get(data[position])
+        length = int.from_bytes(data[position + 1 : position + 5], "big")
+        stop = position + 1 + length
+        if kind is None or length < 4 or stop > end:
+            return None
+        try:
+            messages.append(kind.decode_body(data[position + 5 : stop]))
+        except ProtocolError:
+            return None
+        position = stop
+    parse = messages.pop(0) if messages and isinstance(messages[0], Parse) else None
+    describe = messages.pop(1) if len(messages) == 4 and isinstance(messages[1], Describe) else None
+    if len(messages) != 3:
+        return None
+    bind, execute, sync = messages
+    if not (isinstance(bind, Bind) and isinstance(execute, Execute) and isinstance(sync, Sync)):
+        return None
+    if bind.portal != UNNAMED or execute.portal != UNNAMED:
+        return None
+    if describe is not None and (describe.kind != "P" or describe.name != UNNAMED):
+        return None
+    return parse, bind, describe, execute
 
 
 def _no_statement(name: str) -> ErrorResponse:

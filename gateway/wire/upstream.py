@@ -79,7 +79,7 @@ class UpstreamTarget:
 
 class UpstreamProtocol(asyncio.StreamReaderProtocol):
     """Received bytes go to the StreamReader, or to ``divert`` while it is set (the session's fast path,
-    gateway.wire.session.WireSession.try_fast_query, which then parses them itself)."""
+    gateway.wire.session.WireSession.try_fast_path, which then parses them itself)."""
 
     divert: Callable[[bytes], None] | None = None
 

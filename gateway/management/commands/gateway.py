@@ -70,7 +70,7 @@ class Command(BaseCommand):
         runtime = DatasourceRuntime()
         wire = WireServer(runtime, tls_context())
         await wire.start(host, port)
-        probes = HealthServer(GatewayHealth(wire.audit))
+        probes = HealthServer(GatewayHealth(wire.audit), wire.stats.snapshot)
         if probe_port:
             await probes.start(host, probe_port)
         log.info(
