@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import secrets
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from typing import Any
 
 from gateway import control_plane
 from gateway.wire import bridge
+from gateway.wire.group import SeatClaims
 from identity.principal import Principal
 from phigate import envconfig, faults, outages
 
@@ -62,9 +64,11 @@ class Seat:
     lifecycle: SessionLifecycle | None = None
     task: asyncio.Task[Any] | None = None  # the connection's task
 
-    def claim(self, principal: Principal, datasource: str) -> bool:
+    token: str = field(default_factory=lambda: secrets.token_hex(8))  # names the seat in the group's registry
+
+    async def claim(self, principal: Principal, datasource: str) -> bool:
         """Count this session against its agent's limit (sign-in, before the upstream connection)."""
-        return self.lifecycle is None or self.lifecycle.claim(self, principal, datasource)
+        return self.lifecycle is None or await self.lifecycle.claim(self, principal, datasource)
 
 
 _CURRENT: contextvars.ContextVar[Seat | None] = contextvars.ContextVar("phigate_wire_seat", default=None)
@@ -76,8 +80,15 @@ def current_seat() -> Seat | None:
 
 
 class SessionLifecycle:
-    def __init__(self, max_per_agent: int | None = None, interval: float = WATCH_INTERVAL_SECONDS) -> None:
+    def __init__(
+        self,
+        max_per_agent: int | None = None,
+        interval: float = WATCH_INTERVAL_SECONDS,
+        group_claims: SeatClaims | None = None,
+    ) -> None:
         self.max_per_agent = max_per_agent if max_per_agent is not None else max_sessions_per_agent()
+        # With several gateway processes: the limit counts the group's seats (gateway.wire.group), not ours alone.
+        self.group_claims = group_claims
         self.interval = interval
         self.seats: set[Seat] = set()
         self.by_agent: dict[int, set[Seat]] = defaultdict(set)
@@ -92,14 +103,21 @@ class SessionLifecycle:
         _CURRENT.set(seat)
         return seat
 
-    def claim(self, seat: Seat, principal: Principal, datasource: str) -> bool:
-        """Count the seat against its agent's limit; False (and nothing counted) past the limit."""
+    async def claim(self, seat: Seat, principal: Principal, datasource: str) -> bool:
+        """Count the seat against its agent's limit, in this process and, in a group, across it; False (and
+        nothing counted) past the limit."""
         agent = principal.agent
         seat.principal, seat.datasource = principal, datasource
         if agent is None:
             return True
         held = self.by_agent[agent.pk]
         if seat not in held and len(held) >= self.max_per_agent:
+            if not held:
+                del self.by_agent[agent.pk]
+            return False
+        if self.group_claims is not None and not await self.group_claims.claim(
+            seat.token, agent.pk, self.max_per_agent
+        ):
             if not held:
                 del self.by_agent[agent.pk]
             return False
@@ -112,6 +130,8 @@ class SessionLifecycle:
 
     def release(self, seat: Seat) -> None:
         self.seats.discard(seat)
+        if seat.agent_id is not None and self.group_claims is not None:
+            self.group_claims.release(seat.token)
         if seat.agent_id is not None:
             held = self.by_agent.get(seat.agent_id)
             if held is not None:

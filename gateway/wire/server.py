@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections import defaultdict, deque
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from audit.sinks import open_wire_audit_sink
 from gateway.decision_cache import DecisionCache
 from gateway.pipeline import DatasourceRuntime
+from gateway.wire.group import Membership
 from gateway.wire.lifecycle import SessionLifecycle
 from gateway.wire.scram_server import tls_server_end_point
 from gateway.wire.session import CancelKey, WireClientProtocol, WireSession
@@ -94,16 +96,21 @@ def tls_context() -> WireTLSContext | None:
 
 
 class WireServer:
-    def __init__(self, runtime: DatasourceRuntime, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, runtime: DatasourceRuntime, tls: ssl.SSLContext | None = None, membership: Membership | None = None
+    ) -> None:
         self.runtime = runtime
         self.tls = tls
+        self.membership = membership or Membership()
+        self.cancels: socket.socket | None = None
         self.registry: dict[CancelKey, WireSession] = {}
         self.sessions: set[asyncio.Task[None]] = set()
         self.throttle = FailureThrottle()
         self.audit = open_wire_audit_sink()
         self.decisions = DecisionCache()
         self.stats = WireStats()
-        self.lifecycle = SessionLifecycle()
+        self.sessions_cancelling: set[asyncio.Task[None]] = set()
+        self.lifecycle = SessionLifecycle(group_claims=self.membership.claims)
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> asyncio.Server:
@@ -113,9 +120,19 @@ class WireServer:
         def protocol() -> WireClientProtocol:
             return WireClientProtocol(asyncio.StreamReader(loop=loop), self._accept, loop=loop)
 
-        self.server = await loop.create_server(protocol, host, port)
+        # In a group, every member listens on the same port and the kernel spreads connections (gateway.wire.group).
+        self.server = await loop.create_server(protocol, host, port, reuse_port=self.membership.grouped or None)
+        self.cancels = self.membership.listen_for_cancels(self._cancel_forwarded)
         self.lifecycle.start()
         return self.server
+
+    def _cancel_forwarded(self, process_id: int, secret: bytes) -> None:
+        """Another member received a CancelRequest for one of our sessions; the key's secret decides, as ever."""
+        session = self.registry.get(CancelKey(process_id, secret))
+        if session is not None:
+            task = asyncio.create_task(session.cancel())
+            self.sessions_cancelling.add(task)
+            task.add_done_callback(self.sessions_cancelling.discard)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = WireSession(
@@ -128,6 +145,7 @@ class WireServer:
             audit=self.audit,
             decisions=self.decisions,
             stats=self.stats,
+            membership=self.membership,
         )
         client_protocol = writer.transport.get_protocol()
         if isinstance(client_protocol, WireClientProtocol):
@@ -152,6 +170,9 @@ class WireServer:
         57P01 (never a silent cut), wait for them to close, and commit what they queued for the audit trail."""
         if self.server is not None:
             self.server.close()
+        if self.cancels is not None:
+            asyncio.get_running_loop().remove_reader(self.cancels.fileno())
+            self.cancels.close()
         await self.lifecycle.shutdown(grace_seconds)
         if self.sessions:
             _, pending = await asyncio.wait(set(self.sessions), timeout=CLOSE_WAIT_SECONDS)

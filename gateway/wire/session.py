@@ -93,6 +93,7 @@ from gateway.wire.book import (
     SetApplicationName,
     statement_effects,
 )
+from gateway.wire.group import Membership, new_process_id
 from gateway.wire.results import ResultShape, mask_frame, masking_text, result_shape, row_masker
 from gateway.wire.sign_in import (
     CONTROL_PLANE_MESSAGE,
@@ -288,9 +289,11 @@ class WireSession:
         audit: WireAuditSink | None = None,
         decisions: DecisionCache | None = None,
         stats: WireStats | None = None,
+        membership: Membership | None = None,
     ) -> None:
         self.reader, self.writer = reader, writer
         self.stats = stats or WireStats()
+        self.membership = membership or Membership()
         self.runtime = runtime
         self.registry = registry
         self.tls = tls
@@ -308,7 +311,8 @@ class WireSession:
         self.connection = ServerConnection(State.READY)  # the protocol's state table, driven by both loops
         self.upstream_failed_batch = False
         self.transaction = TransactionTracker()
-        self.cancel_key = CancelKey(secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4))
+        # The process id names this gateway process in its group (gateway.wire.group), the secret is random.
+        self.cancel_key = CancelKey(new_process_id(self.membership.index), secrets.token_bytes(4))
         self.waiting_ticket: int | None = None
         self.cancelled_wait = asyncio.Event()
         self.out: list[bytes] = []  # relayed bytes waiting for the next flush to the client
@@ -414,6 +418,10 @@ class WireSession:
     def cancel_target(self, process_id: int, secret: bytes) -> WireSession | None:
         """The session a CancelRequest with this key is for, if it is open."""
         return self.registry.get(CancelKey(process_id, secret))
+
+    def forward_cancel(self, process_id: int, secret: bytes) -> bool:
+        """A CancelRequest for a session of another process of the group goes to that process."""
+        return self.membership.forward_cancel(process_id, secret)
 
     def backend_key(self) -> tuple[int, bytes]:
         return self.cancel_key.process_id, self.cancel_key.secret

@@ -82,6 +82,8 @@ class ClientSide(Protocol):
 
     def cancel_target(self, process_id: int, secret: bytes) -> Any: ...
 
+    def forward_cancel(self, process_id: int, secret: bytes) -> bool: ...
+
     def backend_key(self) -> tuple[int, bytes]: ...
 
 
@@ -117,6 +119,8 @@ async def start_up(client: ClientSide) -> SignedIn | None:
             target = client.cancel_target(message.process_id, message.secret_key)
             if target is not None:
                 await target.cancel()
+            else:  # another gateway process's session, or none: that process checks the secret
+                client.forward_cancel(message.process_id, message.secret_key)
             return None
         if isinstance(message, StartupMessage):
             if getattr(client.tls, "required", False) and not _encrypted(client):
@@ -172,7 +176,7 @@ async def _sign_in_steps(client: ClientSide, startup: StartupMessage) -> SignedI
     except session_settings.StartupRefused as exc:
         refused = (exc.sqlstate, exc.message)
     seat = lifecycle.current_seat()
-    if refused is None and seat is not None and not seat.claim(login.principal, datasource):
+    if refused is None and seat is not None and not await seat.claim(login.principal, datasource):
         refused = (lifecycle.TOO_MANY_CONNECTIONS, f'too many connections for role "{agent_name}"')
     if refused is not None:
         sqlstate, message = refused
