@@ -306,6 +306,12 @@ def main() -> None:
         default="journal",
         help="the gateway's audit path: local fsynced journal shipped in batches, or a commit of the event table",
     )
+    parser.add_argument(
+        "--gateway-processes",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port (manage.py gateway --processes; SO_REUSEPORT, gateway.wire.group)",
+    )
     args = parser.parse_args()
     modes = args.modes.split(",")
     selected = args.paths.split(",")
@@ -362,7 +368,15 @@ def main() -> None:
             gateway_env["AUDIT_JOURNAL_DIR"] = str(work / "journal")
         gateway_env.pop("DATASOURCE_BENCH_WRITE_URL", None)
         gateway = subprocess.Popen(
-            [sys.executable, "manage.py", "gateway", "--port", str(gateway_port)],
+            [
+                sys.executable,
+                "manage.py",
+                "gateway",
+                "--port",
+                str(gateway_port),
+                "--processes",
+                str(args.gateway_processes),
+            ],
             cwd=REPO,
             env=gateway_env,
             stdout=open(work / "gateway.log", "wb"),  # noqa: SIM115 - open for the child's lifetime
@@ -583,7 +597,8 @@ def main() -> None:
         load = ", ".join(f"{one:.2f}" for one in (load_at_start[0], os.getloadavg()[0]))
         print(
             f"\nWall time {time.monotonic() - started_at:.0f} s; 1-minute load average at start and end {load} "
-            f"on {os.cpu_count()} CPUs (anything else running skews every path, the floors included)."
+            f"on {os.cpu_count()} CPUs (anything else running skews every path, the floors included); "
+            f"gateway processes: {args.gateway_processes}."
         )
     finally:
         for process in processes:
