@@ -11,10 +11,17 @@ restarted. ``run`` brackets each call instead:
   idle, healthy connection costs one ``select`` on its socket, no round trip;
 * after a database error that means the connection is gone: it is closed, so the next call reconnects;
 * every change of the control plane's state is one structured log line (``phigate.faults``).
+
+``call`` is how the event loop uses ``run``: in a worker thread, and bounded. A control plane that accepted the
+connection and then went silent (a hung server, a path that black-holes after the handshake) used to hold a wire
+decision or a sign-in until the socket gave up, minutes later, with the client hearing nothing. Now the caller
+gets TimeoutError after ``CONTROL_PLANE_TIMEOUT_SECONDS`` and answers its client (08006); the thread itself
+stays until its socket returns (new connections are bounded by ``connect_timeout``, phigate.settings).
 """
 
 from __future__ import annotations
 
+import asyncio
 import select
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,9 +29,20 @@ from typing import Any, TypeVar
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.utils import InterfaceError, OperationalError
 
-from phigate import faults, outages
+from phigate import envconfig, faults, outages
 
 _R = TypeVar("_R")
+DEFAULT_TIMEOUT_SECONDS = 15
+
+
+def timeout_seconds() -> int:
+    return envconfig.get_int("CONTROL_PLANE_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, minimum=1)
+
+
+async def call(fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+    """``run(fn, ...)`` in a worker thread (which keeps the task's context variables), at most
+    ``CONTROL_PLANE_TIMEOUT_SECONDS``: then TimeoutError (see the module docstring)."""
+    return await asyncio.wait_for(asyncio.to_thread(run, fn, *args, **kwargs), timeout=timeout_seconds())
 
 
 def run(call: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:

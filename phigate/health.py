@@ -60,8 +60,8 @@ def control_plane_probe() -> None:
     params: dict[str, Any] = connections[DEFAULT_DB_ALIAS].get_connection_params()
     for driver_only in ("cursor_factory", "context", "prepare_threshold"):
         params.pop(driver_only, None)
-    timeout = int(CHECK_TIMEOUT_SECONDS) or 1
-    with psycopg.connect(**params, connect_timeout=timeout, autocommit=True) as conn:
+    params["connect_timeout"] = int(CHECK_TIMEOUT_SECONDS) or 1  # the probe's own bound, not the settings'
+    with psycopg.connect(**params, autocommit=True) as conn:
         conn.execute("SELECT 1")
 
 

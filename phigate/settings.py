@@ -80,6 +80,17 @@ DATABASES = {
     "default": env.parse_postgres_url("DATABASE_URL", env.require_str("DATABASE_URL")).django_database(),
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.get_int("DATABASE_CONN_MAX_AGE", 0)
+# A control plane that accepts TCP and then says nothing must not hold a connection attempt for minutes, and a
+# peer that vanished must be noticed: bounded connection set-up, TCP keepalives (libpq parameters; a URL's own
+# query parameters win).
+_CONNECTION_BOUNDS = {
+    "connect_timeout": env.get_int("DATABASE_CONNECT_TIMEOUT_SECONDS", 10, minimum=1),
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+DATABASES["default"]["OPTIONS"] = {**_CONNECTION_BOUNDS, **DATABASES["default"]["OPTIONS"]}  # type: ignore[dict-item]
 # A connection kept across requests (DATABASE_CONN_MAX_AGE > 0) is checked before its first use in a request, so
 # one a database restart or pg_terminate_backend killed is replaced instead of failing the request.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.get_bool("DATABASE_CONN_HEALTH_CHECKS", True)

@@ -191,14 +191,17 @@ def oidc_provider(log_dir: Path, users_file: Path, client_id: str, client_secret
 
 
 class CuttableProxy:
-    """A TCP relay to PostgreSQL that can be cut (``cut``) and restored (``up = True``): a process's network path
-    to its control plane, for fault tests."""
+    """A TCP relay to PostgreSQL that can be cut (``cut``) and restored (``up = True``), or stalled (``stall``:
+    connections are accepted and bytes taken, nothing passes either way, until ``resume``): a process's network
+    path to its control plane, for fault tests."""
 
     def __init__(self, port: int) -> None:
         self.target = port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.up = True
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -212,24 +215,34 @@ class CuttableProxy:
             if not self.up:
                 client.close()
                 continue
-            try:
-                server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-            except OSError:  # the server is down (restarting): refuse this one, like the server would, keep serving
-                client.close()
-                continue
-            server.settimeout(None)
-            with self.lock:
-                self.sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _connect(self, client: socket.socket) -> None:
+        self.flowing.wait()  # stalled: the connection is accepted and then hears nothing
+        try:
+            server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+        except OSError:  # the server is down (restarting): refuse this one, like the server would, keep serving
+            client.close()
+            return
+        server.settimeout(None)
+        with self.lock:
+            self.sockets += [client, server]
+        threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                self.flowing.wait()
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_RDWR)
+
+    def stall(self) -> None:
+        self.flowing.clear()
+
+    def resume(self) -> None:
+        self.flowing.set()
 
     def cut(self) -> None:
         self.up = False
@@ -242,4 +255,5 @@ class CuttableProxy:
 
     def close(self) -> None:
         self.cut()
+        self.resume()  # threads waiting for the flow see their sockets closed and end
         self.listener.close()

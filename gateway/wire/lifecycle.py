@@ -170,7 +170,7 @@ class SessionLifecycle:
         agents = [agent_id for agent_id, held in self.by_agent.items() if held]
         if not agents:
             return
-        ended = await asyncio.to_thread(control_plane.run, bridge.ended_agents, agents)
+        ended = await control_plane.call(bridge.ended_agents, agents)
         for agent_id, reason in ended.items():
             for seat in list(self.by_agent.get(agent_id, ())):
                 if seat.ended:
@@ -180,7 +180,7 @@ class SessionLifecycle:
                 _end(seat, ADMIN_SHUTDOWN, message)
                 log.info("wire session %s ended: agent %s %s", _session_id(seat.session), seat.agent_name, reason)
                 try:
-                    await asyncio.to_thread(
+                    await control_plane.call(
                         bridge.record_session_ended, seat.principal, seat.datasource, seat.session.context, reason
                     )
                 except Exception:

@@ -409,8 +409,8 @@ class WireSession:
         nothing can be decided or audited: the session ends with 08006, like a lost connection, which clients and
         pools treat as transient (``run``)."""
         try:
-            # to_thread keeps the task's context variables; control_plane.run replaces a dead connection first
-            return await asyncio.to_thread(control_plane.run, call, *args, **kwargs)
+            # In a worker thread, bounded; a dead connection is replaced first (gateway.control_plane).
+            return await control_plane.call(call, *args, **kwargs)
         except Exception as exc:
             log.exception("wire session %s: control plane call failed", self.context.session_id)
             raise ControlPlaneUnavailable() from exc

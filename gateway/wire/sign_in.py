@@ -223,7 +223,7 @@ class ControlPlaneUnavailable(Exception):
 async def _control_plane(call: Callable[..., _R], *args: Any) -> _R:
     """A control-plane (Django database) call in a worker thread."""
     try:
-        return await asyncio.to_thread(control_plane.run, call, *args)  # a dead connection is replaced first
+        return await control_plane.call(call, *args)  # bounded; a dead connection is replaced first
     except Exception as exc:
         log.exception("wire sign-in: control plane call %s failed", getattr(call, "__name__", call))
         raise ControlPlaneUnavailable() from exc
@@ -250,7 +250,7 @@ async def _refuse_clear_text(client: ClientSide, startup: StartupMessage) -> Non
     """GATEWAY_REQUIRE_TLS: a client that did not ask for TLS is refused, as by a hostssl-only pg_hba.conf."""
     params = startup.parameters
     agent_name, datasource = params.get("user", ""), params.get("database", "") or params.get("user", "")
-    await asyncio.to_thread(
+    await _control_plane(
         bridge.record_sign_in,
         bridge.Login(None, None),
         agent_name,

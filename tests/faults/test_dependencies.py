@@ -48,6 +48,8 @@ from tests.services import CuttableProxy, wait_until
 
 pytestmark = pytest.mark.timeout(120)  # each test, its fixtures included (the first one starts the processes)
 
+SILENCE_BOUND_SECONDS = 4  # the gateway's CONTROL_PLANE_TIMEOUT_SECONDS and connect timeout here
+
 
 # ------------------------------------------------------------------------------------------------ processes
 
@@ -145,6 +147,8 @@ def _start_gateway(target: Target, redis_url: str, relay: CuttableProxy, log_dir
             "DATABASE_URL": _relayed_control_plane(relay),
             "GATEWAY_HEALTH_PORT": str(health_port),
             "LOG_LEVEL": "INFO",
+            "CONTROL_PLANE_TIMEOUT_SECONDS": str(SILENCE_BOUND_SECONDS),
+            "DATABASE_CONNECT_TIMEOUT_SECONDS": str(SILENCE_BOUND_SECONDS),
         },
         log_dir,
     ).start()
@@ -553,9 +557,47 @@ def test_the_gateways_control_plane_outage_is_answered_and_survived(stack: Stack
     wait_until(lambda: _query(stack, agent, back).status_code == 200, 20, what="the API to answer again")
     with psycopg.connect(dsn, autocommit=True) as fresh:
         assert fresh.execute("SELECT label AS back FROM scratch WHERE id = 44").fetchone() == ("row 44",)
-    assert _readiness(readyz)[0] == 200
+    status, ready = _readiness(readyz)
+    assert status == 200, ready
     assert len(_fault_lines(stack.gateway, "control_plane", "down")) == down_lines + 1, stack.gateway.log_tail(60)
     assert len(_fault_lines(stack.gateway, "control_plane", "up")) == up_lines + 1, stack.gateway.log_tail(60)
+
+
+def test_a_silent_control_plane_is_answered_within_its_bound_not_waited_for(
+    stack: Stack, agent: AgentCredentials
+) -> None:
+    """The gateway's path to its control plane accepts and then passes nothing (a hung server, a black hole after
+    the handshake). A statement that needs a decision, and a sign-in, each get 08006 within the bound, instead of
+    waiting for the socket to give up minutes later; once the path flows again, the gateway serves."""
+    dsn = _dsn(agent.agent, agent.token, stack.gateway_port)
+    wire = psycopg.connect(dsn, autocommit=True)
+    try:
+        assert wire.execute("SELECT label FROM scratch WHERE id = 45").fetchone() == ("row 45",)
+        stack.gateway_relay.stall()
+        try:
+            started = time.monotonic()
+            with pytest.raises(psycopg.OperationalError) as failed:  # a new shape: a decision is needed
+                wire.execute("SELECT label AS stalled FROM scratch WHERE id = 46")
+            assert failed.value.sqlstate == "08006", failed.value
+            assert time.monotonic() - started < SILENCE_BOUND_SECONDS + 5
+            started = time.monotonic()
+            with pytest.raises(psycopg.OperationalError) as refused:
+                psycopg.connect(dsn, autocommit=True, connect_timeout=60).close()
+            assert "control plane is unavailable" in str(refused.value), refused.value  # libpq keeps no SQLSTATE
+            assert time.monotonic() - started < SILENCE_BOUND_SECONDS + 5
+        finally:
+            stack.gateway_relay.resume()
+    finally:
+        wire.close()
+
+    def serves() -> bool:
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as fresh:
+                return fresh.execute("SELECT label AS flowing FROM scratch WHERE id = 47").fetchone() == ("row 47",)
+        except psycopg.OperationalError:
+            return False
+
+    wait_until(serves, 30, what="the gateway to serve again")
 
 
 def test_terminated_control_plane_connections_are_replaced(stack: Stack, agent: AgentCredentials) -> None:
