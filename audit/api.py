@@ -12,12 +12,13 @@ from django.db import transaction
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import generics, serializers
+from rest_framework import generics, serializers, views
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from audit import filters
+from audit.accounting import LookupRefused, list_disclosures
 from audit.models import AuditEvent, AuditEventQuerySet, EventKind
 from audit.periods import parse_moment
 from audit.recorder import Context, record
@@ -190,3 +191,34 @@ class AuditEventListView(generics.ListAPIView[AuditEvent]):
         filters = {key: request.query_params[key] for key in request.query_params}
         record_search(principal, request_context(request), filters)
         return super().get(request, *args, **kwargs)
+
+
+class DisclosuresRequestSerializer(serializers.Serializer[dict[str, str]]):
+    datasource = serializers.CharField(max_length=63)
+    key_name = serializers.CharField(max_length=40, help_text="the kind of patient key, e.g. patient_id or mrn")
+    key = serializers.CharField(max_length=200, trim_whitespace=True, help_text="the patient's key, as stored")
+
+
+class DisclosuresView(views.APIView):
+    """``POST /api/v1/audit/disclosures``: every read of one patient's records (the accounting of disclosures,
+    audit.accounting), as the page lists them. A POST, so the patient's key stays out of URLs and access logs;
+    the look-up is recorded (``audit.disclosures_listed``) with the pseudonym only."""
+
+    @extend_schema(request=DisclosuresRequestSerializer, responses={200: OpenApiTypes.OBJECT})
+    def post(self, request: Request) -> Response:
+        principal: Principal = principal_of(request)
+        if principal.is_agent or not has_role(principal.human, Role.COMPLIANCE):
+            raise PermissionDenied("only compliance officers can list the reads of a patient")
+        body = DisclosuresRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            accounting = list_disclosures(
+                principal,
+                request_context(request),
+                body.validated_data["datasource"],
+                body.validated_data["key_name"],
+                body.validated_data["key"],
+            )
+        except LookupRefused as error:
+            raise ValidationError(error.errors) from None
+        return Response(accounting.as_dict())

@@ -299,7 +299,7 @@ def search_csv(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
 # Details that the event page shows in their own sections; the rest are listed as they are.
 _SHOWN_DETAILS = frozenset(
     {"verdict", "reasons", "params", "params_shown", "masking", "preview", "relations", "phi_types", "rowcount"}
-    | {"duration_ms", "result_sha256", "statement_id", "submitted_event"}
+    | {"duration_ms", "result_sha256", "statement_id", "submitted_event", "patients"}
 )
 
 
@@ -401,6 +401,7 @@ def event_detail(request: HttpRequest, event_id: int) -> HttpResponse:
                 "masking": details.get("masking") if isinstance(details.get("masking"), dict) else {},
                 "preview": details.get("preview") if isinstance(details.get("preview"), dict) else {},
                 "result": {key: details[key] for key in ("rowcount", "duration_ms", "result_sha256") if key in details},
+                "patients": details.get("patients") if isinstance(details.get("patients"), dict) else None,
                 "other_details": _other_details(details),
                 "chain": _chain_position(event),
                 "related": _related(event),

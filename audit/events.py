@@ -37,6 +37,7 @@ from audit.journal_format import copy_field, copy_line
 from audit.models import AuditEvent, EventKind, Outcome
 from identity.principal import Principal
 from policy.errors import scrub_error
+from policy.patient_keys import PatientAccess
 
 # The order in which events travel as COPY lines (the journal, the batch writer) and are inserted by them: the
 # chain's hashed fields (audit.canonical, which the offline verifier imports alone), less the id the database
@@ -217,9 +218,12 @@ def executed(
     result_sha256: str,
     duration_ms: float,
     preview: Mapping[str, Any] | None = None,
+    patients: PatientAccess | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Event:
-    """An allowed statement's outcome when it ran: what was sent back (rows, masks, digest, a masked preview)."""
+    """An allowed statement's outcome when it ran: what was sent back (rows, masks, digest, a masked preview)
+    and, when the rows came from patient tables, whose they were (``patients``: pseudonymised keys, or that
+    the result did not say; policy.patient_keys)."""
     return Event(
         EventKind.QUERY_EXECUTED,
         principal,
@@ -234,9 +238,17 @@ def executed(
             "result_sha256": result_sha256,
             "duration_ms": duration_ms,
             "preview": preview or {"columns": [], "rows": []},
+            **patient_details(patients),
             **(extra or {}),
         },
     )
+
+
+def patient_details(patients: PatientAccess | None) -> dict[str, Any]:
+    """The accounting member of an executed record's details: ``patients``, absent when the result disclosed
+    nothing about patients. The search finds a patient's reads by containment of one pseudonym
+    (``AuditEventQuerySet.disclosing_patient``, on the details' GIN index)."""
+    return {} if patients is None else {"patients": patients.details()}
 
 
 def executed_summary(rowcount: int, truncated: bool = False) -> str:
@@ -389,6 +401,21 @@ def audit_viewed(principal: Principal, context: Context, *, event_id: int) -> Ev
     )
 
 
+def disclosures_listed(
+    principal: Principal, context: Context, *, datasource: str, key_name: str, pseudonym: str, reads: int
+) -> Event:
+    """A compliance officer listed the reads of one patient (audit.accounting): which patient by pseudonym and kind
+    of key, never the key that was typed (invariant 7), and how many reads were found."""
+    return Event(
+        EventKind.AUDIT_DISCLOSURES_LISTED,
+        principal,
+        context,
+        datasource=datasource,
+        summary=f"accounting of disclosures: reads of one patient ({key_name}) listed, {reads} found",
+        details={"key_name": key_name, "pseudonym": pseudonym, "reads": reads},
+    )
+
+
 # --- the wire session's lines -----------------------------------------------------------------------------------
 
 
@@ -419,11 +446,14 @@ class SessionLines:
         result_sha256: str,
         duration_ms: float,
         preview: Mapping[str, Any],
+        patients: PatientAccess | None = None,
     ) -> bytes:
         """``masking_json``: ``masking_details`` as JSON members without braces (``json_members``)."""
+        accounting = "" if patients is None else f',"patients":{_JSON.encode(patients.details())}'
         details = (
             f'{{"{LINK}":"{statement_id}","rowcount":{rowcount},"truncated":false,{masking_json},'
-            f'"result_sha256":"{result_sha256}","duration_ms":{duration_ms},"preview":{_JSON.encode(preview)}}}'
+            f'"result_sha256":"{result_sha256}","duration_ms":{duration_ms},"preview":{_JSON.encode(preview)}'
+            f"{accounting}}}"
         )
         return self._line(EventKind.QUERY_EXECUTED, Outcome.SUCCESS, "", executed_summary(rowcount), details)
 

@@ -28,7 +28,7 @@ SECTION_TITLES = (
     "2. Activity per person",
     "3. Activity per agent",
     "4. PHI types accessed per person",
-    "5. Accounting of records read",
+    "5. Accounting of disclosures",
     "6. Approvals",
     "7. Denials",
     "8. Failed sign-ins",
@@ -48,10 +48,13 @@ _TICKET_OUTCOMES = frozenset(
 # sign-offs): every kind of the "audit." family, so a kind added later is counted here without being listed.
 _AUDIT_KINDS = frozenset(kind.value for kind in EventKind if kind.value.startswith("audit."))
 PATIENT_ACCOUNTING_NOTE = (
-    "Patient-level accounting needs row identifiers, which the gateway does not record: a read's audit record "
-    "holds its row count, the PHI types it returned and a digest of the bytes sent, and its result preview is "
-    "masked. The table below is therefore an accounting per person, agent, data source and table, with the number "
-    "of reads and rows and the first and last read; it does not name patients."
+    "Patients are counted by their keys: a read whose result returned a patient-key column unmodified (the policy's "
+    "patient_keys, such as patients.id or patients.mrn) records the distinct keys sent, pseudonymised with a key "
+    "held outside the bundle, so this report names no patient; a compliance officer lists the reads of one "
+    "patient on the Accounting of disclosures page. The first table counts, per person and data source, the "
+    "distinct patients whose records were read, per kind of key (one patient read by id and by record number "
+    "counts once in each), and the reads of patient tables that returned no key column, which cannot be tied to "
+    "patients. The second table lists the reads per person, agent, data source and table."
 )
 
 
@@ -111,6 +114,16 @@ class ReadAccount:
 
 
 @dataclass
+class PatientAccount:
+    """One person's reads of patients in one data source: distinct pseudonyms per kind of key (never printed)."""
+
+    keys: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    identified_reads: int = 0
+    unidentified_reads: int = 0
+    truncated_reads: int = 0  # reads whose key list was cut at its bound: the counts are at least these
+
+
+@dataclass
 class Review:
     at: str
     reviewer: str
@@ -166,6 +179,7 @@ class EvidenceSummary:
     people: dict[str, PersonActivity] = field(default_factory=lambda: defaultdict(PersonActivity))
     agents: dict[tuple[str, str], StatementCounts] = field(default_factory=lambda: defaultdict(StatementCounts))
     reads: dict[tuple[str, str, str, str], ReadAccount] = field(default_factory=lambda: defaultdict(ReadAccount))
+    patients: dict[tuple[str, str], PatientAccount] = field(default_factory=lambda: defaultdict(PatientAccount))
     tickets: dict[int, TicketTrail] = field(default_factory=lambda: defaultdict(TicketTrail))
     denials: list[tuple[str, str, str, str]] = field(default_factory=list)
     failed_sign_ins: list[tuple[str, str, str, str, str]] = field(default_factory=list)
@@ -271,6 +285,21 @@ class EvidenceSummary:
         account.rows += rows
         account.first = account.first or at
         account.last = at
+        patients = details.get("patients")
+        if isinstance(patients, Mapping):
+            self._patients(event, patients)
+
+    def _patients(self, event: Mapping[str, Any], patients: Mapping[str, Any]) -> None:
+        """A read's accounting (policy.patient_keys: ``patients`` in its executed record)."""
+        account = self.patients[(event["actor_name"], event.get("datasource") or "")]
+        if not patients.get("identified"):
+            account.unidentified_reads += 1
+            return
+        account.identified_reads += 1
+        account.truncated_reads += 1 if patients.get("truncated") else 0
+        for pseudonym in patients.get("pseudonyms") or []:
+            key_name, _, _ = str(pseudonym).partition(":")
+            account.keys[key_name].add(str(pseudonym))
 
     def _failed_sign_in(self, event: Mapping[str, Any], details: Mapping[str, Any], at: str) -> None:
         if len(self.failed_sign_ins) < _LIST_LIMIT:
@@ -557,6 +586,30 @@ def _phi_types(out: _Writer, summary: EvidenceSummary) -> None:
 def _accounting(out: _Writer, summary: EvidenceSummary) -> None:
     out.heading(SECTION_TITLES[4])
     out.paragraph(PATIENT_ACCOUNTING_NOTE)
+    patients = [
+        (
+            person,
+            datasource,
+            ", ".join(f"{len(keys)} by {key_name}" for key_name, keys in sorted(account.keys.items())) or "0",
+            account.identified_reads,
+            account.unidentified_reads,
+            account.truncated_reads or "-",
+        )
+        for (person, datasource), account in sorted(summary.patients.items())
+    ]
+    out.table(
+        (
+            "Person",
+            "Data source",
+            "Distinct patients read (by kind of key)",
+            "Reads naming patients",
+            "Reads of patient tables without a key",
+            "Reads with keys cut at the bound",
+        ),
+        patients,
+        (1.5, 1.1, 2.2, 1.1, 1.4, 1.2),
+        empty="No read of a patient table was recorded in this period.",
+    )
     rows = [
         (person, agent, datasource, tables, account.reads, account.rows, account.first, account.last)
         for (person, agent, datasource, tables), account in sorted(summary.reads.items())

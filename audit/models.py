@@ -52,6 +52,9 @@ class EventKind(models.TextChoices):
     AUDIT_SEARCHED = "audit.searched", "Audit trail searched"
     # One event opened in full on its page (audit.browse.event_detail): a look at a single record, not a search.
     AUDIT_VIEWED = "audit.viewed", "Audit event viewed"
+    # A compliance officer listed the reads of one patient (audit.accounting): names the patient's pseudonym and
+    # its kind of key, never the key typed.
+    AUDIT_DISCLOSURES_LISTED = "audit.disclosures_listed", "Accounting of disclosures looked up"
     AUDIT_REPLAYED = "audit.replayed", "Session replayed"
     AUDIT_EXPORTED = "audit.exported", "Evidence bundle exported"
     AUDIT_PURGED = "audit.purged", "Audit events past retention purged"
@@ -93,6 +96,15 @@ class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
     def masking_phi_type(self, phi_type: str) -> AuditEventQuerySet:
         """Reads whose result carried a column of this PHI type (masked)."""
         return self.filter(details__contains={"phi_types": [phi_type]})
+
+    def disclosing_patient(self, datasource: str, pseudonym: str) -> AuditEventQuerySet:
+        """Results that carried the patient with this pseudonym (policy.patient_keys), newest first: containment
+        of one pseudonym, which the details' GIN index (jsonb_path_ops) answers without reading other events."""
+        return self.filter(
+            kind=EventKind.QUERY_EXECUTED,
+            datasource=datasource,
+            details__contains={"patients": {"pseudonyms": [pseudonym]}},
+        ).order_by("-occurred_at", "-id")
 
     def with_verdict(self, verdict: str) -> AuditEventQuerySet:
         return self.filter(details__contains={"verdict": verdict})

@@ -426,6 +426,7 @@ def run(args: argparse.Namespace) -> int:
             "DATABASE_URL": f"{ADMIN}/{CONTROL_DB}",
             "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             "PSEUDONYM_KEY": secrets.token_hex(32),
+            "PATIENT_PSEUDONYM_KEY": secrets.token_hex(32),
             "AUDIT_SIGNING_KEY": secrets.token_hex(32),
             "LOG_LEVEL": "WARNING",
             "ALLOWED_HOSTS": "127.0.0.1",

@@ -336,6 +336,7 @@ def main() -> None:
             "DATABASE_URL": f"{ADMIN}/{CONTROL_DB}",
             "REDIS_URL": args.redis,
             "PSEUDONYM_KEY": secrets.token_hex(32),
+            "PATIENT_PSEUDONYM_KEY": secrets.token_hex(32),
             "LOG_LEVEL": "WARNING",
         }
         if args.phi:

@@ -68,6 +68,24 @@ PHI_TAGS: tuple[PhiTag, ...] = (
     PhiTag("encounters", "notes", "clinical_notes"),
 )
 
+
+@dataclass(frozen=True)
+class PatientKeyTag:
+    """A column that identifies a patient, and its kind of key (policy.models.PatientKeyColumn)."""
+
+    table: str
+    column: str
+    key_name: str
+
+
+PATIENT_KEYS: tuple[PatientKeyTag, ...] = (
+    PatientKeyTag("patients", "id", "patient_id"),
+    PatientKeyTag("patients", "mrn", "mrn"),
+    PatientKeyTag("encounters", "patient_id", "patient_id"),
+)
+"""The clinic's patient keys, for the accounting of disclosures: ``encounters.patient_id`` is the same kind of key
+as ``patients.id``, so a patient read through either is found by one look-up."""
+
 CLINIC_TABLES: Final = ("diagnosis_codes", "patients", "encounters", "prescriptions")
 """Every table ``load_clinic`` creates (in ``public``). All are classified by the demo's policy: their PHI columns
 are in ``PHI_TAGS`` and their other columns hold none, so agents may read them (policy.classification)."""

@@ -165,6 +165,7 @@ def common_env(
     pseudonym_key: str,
     web_port: int,
     audit_signing_key_file: str = "",
+    patient_pseudonym_key: str = "",
 ) -> dict[str, str]:
     """The control-plane environment every phigate process shares; it holds no target credential.
 
@@ -173,8 +174,10 @@ def common_env(
     it; the other processes get ``AUDIT_PUBLIC_KEY``.)
     """
     audit = {"AUDIT_SIGNING_KEY_FILE": audit_signing_key_file} if audit_signing_key_file else {}
+    accounting = {"PATIENT_PSEUDONYM_KEY": patient_pseudonym_key} if patient_pseudonym_key else {}
     return {
         **audit,
+        **accounting,
         "DJANGO_SETTINGS_MODULE": "phigate.settings",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,

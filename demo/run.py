@@ -204,6 +204,8 @@ class Demo:
     def common_env(self, endpoints: Endpoints, redis_url: str) -> dict[str, str]:
         secret_key = config.load_or_create_secret(self.state_dir / "secret_key", lambda: secrets.token_urlsafe(50))
         pseudonym_key = config.load_or_create_secret(self.state_dir / "pseudonym_key", config.new_hex_key)
+        # The accounting of disclosures' own key (policy.patient_keys): never the masking key.
+        patient_key = config.load_or_create_secret(self.state_dir / "patient_pseudonym_key", config.new_hex_key)
         audit_key_file = self.state_dir / "audit_signing_key"
         config.load_or_create_secret(audit_key_file, config.new_hex_key)  # any 32 bytes are an Ed25519 seed
         common = config.common_env(
@@ -213,6 +215,7 @@ class Demo:
             pseudonym_key=pseudonym_key,
             web_port=self.settings.web_port,
             audit_signing_key_file=str(audit_key_file),
+            patient_pseudonym_key=patient_key,
         )
         config.write_private_file(self.state_dir / "env", config.render_env_file(common))
         return common

@@ -44,9 +44,17 @@ from policy.exposure import exposing_relation
 from policy.lineage import ParseError, UnsupportedStatement, analyze_select
 from policy.lineage_masking import default_inference, inference_verdict, plan_for_result
 from policy.lineage_types import Derivation, Lineage, OutputColumn
-from policy.masking import require_pseudonym_key
+from policy.masking import MaskingPlan, require_pseudonym_key
 from policy.models import DataSource, InferenceAction
 from policy.parse_depth import TooDeep, parse_statements
+from policy.patient_keys import (
+    PatientAccess,
+    collect_text_rows,
+    named_key_columns,
+    patient_access,
+    require_patient_key,
+    tables_read,
+)
 from policy.result_values import JsonValue, describe_columns, result_columns, typed_rows
 from policy.target_catalog import TargetCatalog
 from policy.withholding import CannotWithhold, withheld_statement
@@ -521,6 +529,23 @@ def _run_allowed_read(
         raise
 
 
+def _patients_in(
+    decision: Decision, plan: MaskingPlan, columns: list[str], rows: list[list[str | None]]
+) -> PatientAccess | None:
+    """Which patients' rows the result carries (policy.patient_keys), from the raw values of its key columns."""
+    assert decision.datasource is not None and decision.catalog is not None
+    if not rows or not decision.catalog.patient_keys:
+        return None
+    return patient_access(
+        datasource=decision.datasource.name,
+        tables=tables_read(decision.classification, decision.lineage, decision.catalog),
+        key_columns=named_key_columns(plan.patient_keys, columns),
+        seen=collect_text_rows(plan.patient_keys, rows) if plan.patient_keys else None,
+        rowcount=len(rows),
+        key=require_patient_key(),
+    )
+
+
 def _read_and_record(
     principal: Principal,
     decision: Decision,
@@ -542,6 +567,7 @@ def _read_and_record(
     plan = plan_for_result(
         raw.origins, decision.classification, decision.lineage, decision.catalog, principal.identity_kind
     )
+    patients = _patients_in(decision, plan, raw.columns, raw.rows)  # the raw keys, before masking
     rows = plan.apply(raw.rows, key)
     masking = plan.describe(raw.columns)
     columns = result_columns(raw.columns, raw.type_oids, plan, decision.catalog.types)
@@ -562,6 +588,7 @@ def _read_and_record(
             result_sha256=hashlib.sha256(sent).hexdigest(),
             duration_ms=round((time.monotonic() - started) * 1000, 2),
             preview=result_preview(raw.columns, rows),
+            patients=patients,
         )
     )
     return StatementOutcome(

@@ -152,6 +152,10 @@ EXECUTION_SWEEP_SECONDS = env.get_int("EXECUTION_SWEEP_SECONDS", 10, minimum=1, 
 # Key for deterministic pseudonyms (HMAC). Only processes that mask results (gateway, executor) need it;
 # they check for it at start-up (policy.masking.require_pseudonym_key).
 PSEUDONYM_KEY = env.get_str("PSEUDONYM_KEY")
+# Key for the pseudonyms of patient keys in the accounting of disclosures (policy.patient_keys): the gateway
+# records which patients' rows each result carried under it, the web computes a looked-up patient's with it.
+# Never the masking key: a masked value shown to an agent must not be comparable with the audit's pseudonyms.
+PATIENT_PSEUDONYM_KEY = env.get_str("PATIENT_PSEUDONYM_KEY")
 
 # Ed25519 key for audit checkpoints and evidence bundles (audit.signing): held outside the database. Checked
 # here so a malformed key stops the process at start-up rather than at the first checkpoint.

@@ -11,10 +11,11 @@ from approvals import mine_views, queue_views
 from approvals import views as reviewer_views
 from approvals.slack import interactions as slack_interactions
 from approvals.slack import link_page as slack_link_page
+from audit import accounting as audit_accounting
 from audit import browse as audit_browse
 from audit import review_views
 from audit import views as audit_views
-from audit.api import AuditEventListView
+from audit.api import AuditEventListView, DisclosuresView
 from gateway.http_front import QueryView
 from identity.views import LoginView
 from phigate import health
@@ -28,6 +29,7 @@ api_v1 = [
     path("tickets/<int:ticket_id>/reviews", ticket_api.TicketReviewsView.as_view(), name="api-ticket-reviews"),
     path("tickets/<int:ticket_id>/cancel", ticket_api.TicketCancelView.as_view(), name="api-ticket-cancel"),
     path("audit/events", AuditEventListView.as_view(), name="api-audit-events"),
+    path("audit/disclosures", DisclosuresView.as_view(), name="api-audit-disclosures"),
 ]
 
 urlpatterns = [
@@ -53,6 +55,7 @@ urlpatterns = [
     path("audit/events/<int:event_id>/", audit_browse.event_detail, name="audit-event"),
     path("audit/sessions/<path:session_id>/", audit_browse.session_replay, name="audit-replay"),
     path("audit/events/<int:event_id>/reveal", audit_views.reveal_literals, name="audit-reveal-literals"),
+    path("audit/disclosures/", audit_accounting.disclosures_page, name="audit-disclosures"),
     path("audit/exports/", audit_views.exports, name="audit-exports"),
     path("audit/exports/<int:export_id>/", audit_views.export_page, name="audit-export"),
     path("audit/exports/<int:export_id>/progress", audit_views.export_progress, name="audit-export-progress"),

@@ -16,6 +16,7 @@ from policy.models import (
     DataSource,
     InferenceRule,
     MaskRule,
+    PatientKeyColumn,
     PhiColumn,
     PolicyVersion,
 )
@@ -55,6 +56,15 @@ class DataSourceAdmin(AuditedPolicyAdmin):
 class PhiColumnAdmin(AuditedPolicyAdmin):
     list_display = ["datasource", "schema_name", "table_name", "column_name", "phi_type"]
     list_filter = ["datasource", "phi_type"]
+
+
+@admin.register(PatientKeyColumn)
+class PatientKeyColumnAdmin(AuditedPolicyAdmin):
+    """Columns that identify a patient: the accounting of disclosures records their values, pseudonymised, for
+    every result that returns them (policy.patient_keys). Columns with the same kind of key share a key name."""
+
+    list_display = ["datasource", "schema_name", "table_name", "column_name", "key_name"]
+    list_filter = ["datasource", "key_name"]
 
 
 @admin.register(ClassifiedRelation)

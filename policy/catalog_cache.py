@@ -16,8 +16,16 @@ import psycopg
 from phigate import envconfig
 from policy.credentials import Access
 from policy.defaults import DEFAULT_INFERENCE, DEFAULT_MASKS
-from policy.models import ClassifiedRelation, DataSource, InferenceRule, MaskRule, PhiColumn, PhiType
-from policy.target_catalog import Tag, TargetCatalog, load_target_catalog
+from policy.models import (
+    ClassifiedRelation,
+    DataSource,
+    InferenceRule,
+    MaskRule,
+    PatientKeyColumn,
+    PhiColumn,
+    PhiType,
+)
+from policy.target_catalog import PatientKey, Tag, TargetCatalog, load_target_catalog
 
 CATALOG_TTL_SECONDS = envconfig.get_int("CATALOG_TTL_SECONDS", 30, minimum=0)
 REFRESH_FLOOR_SECONDS = 0.25  # a new table is visible to masking within this; bounds reload storms
@@ -27,6 +35,14 @@ def tags_for(datasource: str) -> list[Tag]:
     return [
         Tag(c.schema_name, c.table_name, c.column_name, c.phi_type)
         for c in PhiColumn.objects.filter(datasource__name=datasource)
+    ]
+
+
+def patient_keys_for(datasource: str) -> list[PatientKey]:
+    """The data source's patient-key columns (policy.patient_keys: the accounting of disclosures)."""
+    return [
+        PatientKey(c.schema_name, c.table_name, c.column_name, c.key_name)
+        for c in PatientKeyColumn.objects.for_datasource(datasource)
     ]
 
 
@@ -76,10 +92,11 @@ class CatalogCache:
             started = time.monotonic()
             classified = classified_for(datasource)
             tags = tags_for(datasource)
+            patient_keys = patient_keys_for(datasource)
             with psycopg.connect(
                 url, autocommit=True, application_name=f"phigate-catalog-{self.access.lower()}"
             ) as conn:
-                catalog = load_target_catalog(conn, tags)
+                catalog = load_target_catalog(conn, tags, patient_keys)
             active = DataSource.objects.filter(name=datasource, is_active=True).exists()
             catalog = dataclasses.replace(
                 catalog,

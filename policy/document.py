@@ -9,6 +9,9 @@ after, in the same transaction.
 ``classified`` lists the relations the policy has looked at (policy.classification): agents may read only those.
 A relation's tags do not classify it; list it here once its columns have been reviewed (those without tags then
 hold no PHI).
+
+``patient_keys`` lists the columns that identify a patient (``{table, column, key}``, the key being its kind, such
+as ``patient_id`` or ``mrn``): the accounting of disclosures records their values, pseudonymised (policy.patient_keys).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from policy.models import (
     InferenceRule,
     Mask,
     MaskRule,
+    PatientKeyColumn,
     PhiColumn,
     PhiType,
     PolicyVersion,
@@ -56,10 +60,12 @@ _TOP_KEYS = {
     "approvers",
     "columns",
     "classified",
+    "patient_keys",
     "masks",
     "inference",
 }
 _APPROVER_KEYS = {"risk", "mode", "count", "groups"}
+_KEY_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
 class PolicyError(ValueError):
@@ -107,6 +113,13 @@ def export_document(datasource: DataSource) -> dict[str, Any]:
         "classified": [
             f"{r.schema_name}.{r.table_name}"
             for r in ClassifiedRelation.objects.filter(datasource=datasource).order_by("schema_name", "table_name")
+        ],
+        # Columns that identify a patient, for the accounting of disclosures (policy.patient_keys).
+        "patient_keys": [
+            {"table": f"{k.schema_name}.{k.table_name}", "column": k.column_name, "key": k.key_name}
+            for k in PatientKeyColumn.objects.filter(datasource=datasource).order_by(
+                "schema_name", "table_name", "column_name"
+            )
         ],
         "masks": {str(t): {kind: masks[(str(t), kind)] for kind in _KINDS} for t in PhiType},
         "inference": {
@@ -186,6 +199,19 @@ def validate(document: dict[str, Any]) -> None:
     for index, name in enumerate(classified):
         _require(bool(_TABLE.match(str(name))), f"classified[{index}] must be schema.table in lower case")
     _require(len(set(classified)) == len(classified), "classified repeats a relation")
+    patient_keys = document.get("patient_keys", [])
+    _require(isinstance(patient_keys, list), "patient_keys must be a list")
+    seen_keys = set()
+    for index, entry in enumerate(patient_keys):
+        where = f"patient_keys[{index}]"
+        _require(
+            isinstance(entry, dict) and set(entry) == {"table", "column", "key"}, f"{where} needs table, column, key"
+        )
+        _require(bool(_TABLE.match(str(entry["table"]))), f"{where}.table must be schema.table in lower case")
+        _require(bool(_KEY_NAME.match(str(entry["key"]))), f"{where}.key must be a lower-case name such as patient_id")
+        place = (entry["table"], entry["column"])
+        _require(place not in seen_keys, f"{where} repeats {entry['table']}.{entry['column']}")
+        seen_keys.add(place)
     masks = document.get("masks", {})
     _require(isinstance(masks, dict), "masks must be a mapping")
     for phi_type, row in masks.items():
@@ -314,6 +340,18 @@ def _apply(datasource: DataSource, document: dict[str, Any], actor: User) -> Non
                 phi_type=str(column["type"]),
             )
             for column in document["columns"]
+        )
+    if "patient_keys" in document:
+        PatientKeyColumn.objects.filter(datasource=datasource).delete()
+        PatientKeyColumn.objects.bulk_create(
+            PatientKeyColumn(
+                datasource=datasource,
+                schema_name=str(entry["table"]).split(".")[0],
+                table_name=str(entry["table"]).split(".")[1],
+                column_name=str(entry["column"]),
+                key_name=str(entry["key"]),
+            )
+            for entry in document["patient_keys"]
         )
     if "classified" in document:
         _apply_classified(datasource, [str(name) for name in document["classified"]], actor)

@@ -22,6 +22,7 @@ incomplete lineage over a PHI table. The policy says per type and kind of identi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from policy.defaults import DEFAULT_INFERENCE
 from policy.lineage_types import Derivation, Lineage, OutputColumn, SourceColumn
 from policy.masking import ColumnMask, MaskingPlan
 from policy.models import IdentityKind, InferenceAction, Mask
+from policy.patient_keys import key_columns
 from policy.target_catalog import Tag, TargetCatalog, plan_masks
 
 _STRICTNESS = [Mask.PASS, Mask.GENERALIZE, Mask.PARTIAL, Mask.HASH, Mask.REDACT, Mask.NULL]
@@ -218,10 +220,13 @@ def plan_for_result(
 
     Per column, the stricter of (a) the lineage mask and (b) the mask of the column's reported origin when that
     origin is itself tagged. Outputs computed by a function lineage cannot see into are redacted.
+
+    The plan also names the output columns that are unmodified patient keys (policy.patient_keys.key_columns).
     """
+    keys = key_columns(origins, lineage, catalog)
     fallback = plan_masks(origins, classification, catalog, identity_kind)
     if lineage is None or len(lineage.outputs) != len(origins) or any(o.name == "*" for o in lineage.outputs):
-        return fallback
+        return dataclasses.replace(fallback, patient_keys=keys) if keys else fallback
     untrusted = _untrusted_functions(classification, catalog)
     columns: list[ColumnMask | None] = []
     for output, (table_oid, attnum), v1 in zip(lineage.outputs, origins, fallback.columns, strict=True):
@@ -232,7 +237,7 @@ def plan_for_result(
             )
         from_origin = v1 if (table_oid, attnum) in catalog.tagged_columns else None
         columns.append(_stricter(from_lineage, from_origin))
-    return MaskingPlan(tuple(columns))
+    return MaskingPlan(tuple(columns), patient_keys=keys)
 
 
 def strictest_plan(plans: Sequence[MaskingPlan]) -> MaskingPlan:

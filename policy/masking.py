@@ -258,6 +258,10 @@ class MaskingPlan:
     """One entry per output column: None passes the value, a ColumnMask transforms it."""
 
     columns: tuple[ColumnMask | None, ...]
+    # Not a mask: the output columns that are unmodified patient keys, as (index, key name), whose raw values
+    # the fronts collect before masking for the accounting of disclosures (policy.patient_keys). On the plan
+    # because the plan is what every front already has for each result (the wire relay per row, HTTP per read).
+    patient_keys: tuple[tuple[int, str], ...] = ()
 
     @property
     def is_identity(self) -> bool:

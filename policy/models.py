@@ -108,6 +108,52 @@ class PhiColumn(models.Model):
         return f"{self.schema_name}.{self.table_name}.{self.column_name} ({self.phi_type})"
 
 
+patient_key_name_validator = RegexValidator(
+    r"^[a-z][a-z0-9_]{0,39}$", "Key names are lower-case letters, digits and '_' (e.g. patient_id, mrn)."
+)
+
+
+class PatientKeyColumnQuerySet(models.QuerySet["PatientKeyColumn"]):
+    def for_datasource(self, datasource_name: str) -> PatientKeyColumnQuerySet:
+        return self.filter(datasource__name=datasource_name)
+
+    def key_names(self) -> list[str]:
+        """The kinds of patient key configured (``patient_id``, ``mrn``), for the accounting page's choices."""
+        return sorted(set(self.values_list("key_name", flat=True)))
+
+
+class PatientKeyColumn(models.Model):
+    """A column whose value identifies a patient (``patients.id``, ``patients.mrn``, ``encounters.patient_id``).
+
+    The accounting of disclosures (45 CFR 164.528; policy.patient_keys) records, for every result that returns
+    such a column unmodified, which patients' rows were sent, pseudonymised. Columns holding the same kind of
+    key share a ``key_name`` (``patients.id`` and ``encounters.patient_id`` are both ``patient_id``), so a
+    patient read through either is found by one lookup. Tables with a patient-key column are patient tables: a
+    result read from one without a key column is recorded as unidentified, never guessed.
+    """
+
+    datasource = models.ForeignKey(DataSource, on_delete=models.CASCADE, related_name="patient_key_columns")
+    schema_name = models.CharField(max_length=63, default="public")
+    table_name = models.CharField(max_length=63)
+    column_name = models.CharField(max_length=63)
+    key_name = models.CharField(max_length=40, validators=[patient_key_name_validator])
+
+    objects = PatientKeyColumnQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["datasource", "schema_name", "table_name", "column_name"], name="patient_key_column_unique"
+            ),
+            models.CheckConstraint(
+                condition=Q(key_name__regex=r"^[a-z][a-z0-9_]{0,39}$"), name="patient_key_name_well_formed"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schema_name}.{self.table_name}.{self.column_name} ({self.key_name})"
+
+
 class ClassificationSource(models.TextChoices):
     """How a relation came to be classified (kept for the audit trail and the admin list)."""
 

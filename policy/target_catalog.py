@@ -38,6 +38,14 @@ class Tag:
 
 
 @dataclass(frozen=True)
+class PatientKey:
+    schema_name: str
+    table_name: str
+    column_name: str
+    key_name: str
+
+
+@dataclass(frozen=True)
 class TargetCatalog:
     relkinds: Mapping[int, str]  # relation oid -> relkind
     relation_oids: Mapping[str, int]  # "schema.table" and bare "table" (if unambiguous) -> oid
@@ -64,6 +72,16 @@ class TargetCatalog:
     # Every type by OID: its name, and for arrays the element type, so results can be given JSON types
     # (policy.result_values). Metadata only; a type created since the snapshot is "unknown" (text) until refresh.
     types: Mapping[int, PgType] = field(default_factory=dict)
+    # Patient-key columns (policy.models.PatientKeyColumn), by name and by reported origin: (schema, table,
+    # column) -> key name, and (relation oid, attnum) -> key name. Metadata for the accounting of disclosures
+    # (policy.patient_keys); they never change a mask or a verdict.
+    patient_keys: Mapping[tuple[str, str, str], str] = field(default_factory=dict)
+    patient_key_origins: Mapping[tuple[int, int], str] = field(default_factory=dict)
+
+    @functools.cached_property
+    def patient_tables(self) -> frozenset[tuple[str, str]]:
+        """(schema, table) of every relation with a patient-key column: reading one discloses patients' records."""
+        return frozenset((schema, table) for schema, table, _ in self.patient_keys)
 
     @functools.cached_property
     def names_outside_pg_catalog(self) -> frozenset[str]:
@@ -202,7 +220,9 @@ WHERE a.attrelid = %s AND a.attname = %s AND NOT a.attisdropped AND a.attnum > 0
 """
 
 
-def load_target_catalog(conn: psycopg.Connection, tags: Iterable[Tag]) -> TargetCatalog:
+def load_target_catalog(
+    conn: psycopg.Connection, tags: Iterable[Tag], patient_keys: Iterable[PatientKey] = ()
+) -> TargetCatalog:
     relkinds: dict[int, str] = {}
     qualified: dict[str, int] = {}
     bare: dict[str, list[int]] = {}
@@ -231,6 +251,14 @@ def load_target_catalog(conn: psycopg.Connection, tags: Iterable[Tag]) -> Target
         row = conn.execute(_ATTNUM_SQL, (oid, tag.column_name)).fetchone()
         if row is not None:
             tagged_columns[(oid, int(row[0]))] = tag
+    key_names: dict[tuple[str, str, str], str] = {}
+    key_origins: dict[tuple[int, int], str] = {}
+    for key in patient_keys:
+        key_names[(key.schema_name, key.table_name, key.column_name)] = key.key_name
+        oid = qualified.get(f"{key.schema_name}.{key.table_name}".lower())
+        row = None if oid is None else conn.execute(_ATTNUM_SQL, (oid, key.column_name)).fetchone()
+        if oid is not None and row is not None:
+            key_origins[(oid, int(row[0]))] = key.key_name
     relation_columns = {(str(s), str(n)): tuple(cols) for s, n, cols in conn.execute(_COLUMNS_SQL).fetchall()}
     view_definitions = {(str(s), str(n)): str(d) for s, n, d in conn.execute(_VIEWS_SQL, _OID_BOUND).fetchall() if d}
     types = {
@@ -248,6 +276,8 @@ def load_target_catalog(conn: psycopg.Connection, tags: Iterable[Tag]) -> Target
         system_relations=frozenset(system),
         shadowed_catalog_names=frozenset(catalog_names & other_names),
         types=MappingProxyType(types),
+        patient_keys=MappingProxyType(key_names),
+        patient_key_origins=MappingProxyType(key_origins),
     )
 
 

@@ -132,8 +132,8 @@ class Target:
 
 @pytest.fixture(scope="session")
 def target(control_plane: str) -> Iterator[Target]:
-    from demo.clinic import CLINIC_TABLES, PHI_TAGS, load_clinic
-    from policy.models import ClassificationSource, ClassifiedRelation, DataSource, PhiColumn
+    from demo.clinic import CLINIC_TABLES, PATIENT_KEYS, PHI_TAGS, load_clinic
+    from policy.models import ClassificationSource, ClassifiedRelation, DataSource, PatientKeyColumn, PhiColumn
     from policy.provisioning import provision
 
     owner_url = environment.db_url(environment.TARGET_DB)
@@ -157,6 +157,14 @@ def target(control_plane: str) -> Iterator[Target]:
             table_name=tag.table,
             column_name=tag.column,
             defaults={"phi_type": tag.phi_type},
+        )
+    for patient_key in PATIENT_KEYS:
+        PatientKeyColumn.objects.update_or_create(
+            datasource=datasource,
+            schema_name="public",
+            table_name=patient_key.table,
+            column_name=patient_key.column,
+            defaults={"key_name": patient_key.key_name},
         )
     for table in (*CLINIC_TABLES, "execution_probe", "scratch"):
         ClassifiedRelation.objects.get_or_create(

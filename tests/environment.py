@@ -50,6 +50,7 @@ COMMON_ENV = {
     "DATABASE_URL": db_url(CONTROL_DB),
     "REDIS_URL": REDIS_URL,
     "PSEUDONYM_KEY": secrets.token_hex(32),
+    "PATIENT_PSEUDONYM_KEY": secrets.token_hex(32),
     "AUDIT_SIGNING_KEY": secrets.token_hex(32),  # any 32 bytes are an Ed25519 seed
     "EVIDENCE_DIR": str(Path(tempfile.gettempdir()) / f"phigate-evidence-{RUN_ID}"),
     "LOCAL_LOGIN": "True",

@@ -31,6 +31,7 @@ from audit.models import AuditEvent, EventKind, JournalCursor
 from audit.recorder import Context, event_row
 from identity.principal import Principal
 from identity.roles import Role
+from policy.patient_keys import PatientAccess
 from tests.factories import make_user
 from tests.services import wait_until
 
@@ -318,6 +319,34 @@ def test_session_lines_match_the_event_constructors(principal: Principal) -> Non
             preview=preview,
         ).line(),
     )
+    for patients in (
+        PatientAccess(("public.patients",), {"id": "patient_id"}, ("patient_id:" + "0" * 32,), truncated=True),
+        PatientAccess(("public.patients",)),
+    ):
+        _same_but_time(
+            lines.executed(
+                "x1",
+                rowcount=1,
+                masking_json=json_members(events.masking_details(masking)),
+                result_sha256="ab",
+                duration_ms=1.25,
+                preview=preview,
+                patients=patients,
+            ),
+            events.executed(
+                principal,
+                context,
+                datasource="clinic",
+                statement_id="x1",
+                rowcount=1,
+                truncated=False,
+                masking=masking,
+                result_sha256="ab",
+                duration_ms=1.25,
+                preview=preview,
+                patients=patients,
+            ).line(),
+        )
     error = StatementError.scrubbed("22012", "division by zero", touches_phi=True)
     assert "division" not in error.message  # scrubbed: the statement touches PHI
     _same_but_time(

@@ -29,6 +29,7 @@ from tests.pdf_text import Page, assert_laid_out, body_lines, pdf_pages
 from tests.tampering import chain_until_linked
 
 SSN, PHONE, NAME = "987-65-4329", "555-0147-31", "Zebulon Quintrell"
+PSEUDONYM = "ab" * 16  # a patient's pseudonymised key (policy.patient_keys): counted, never printed
 
 
 @pytest.fixture
@@ -63,6 +64,14 @@ def period() -> dict[str, Any]:
                 {"full_name": {"mask": "initials", "phi_type": "name"}, "ssn": {"mask": "partial", "phi_type": "ssn"}}
             ),
             "preview": {"columns": ["full_name", "ssn"], "rows": [["Z. Q.", "***-**-4329"]]},
+            "patients": {
+                "identified": True,
+                "tables": ["public.patients"],
+                "key_columns": {"id": "patient_id"},
+                "count": 2,
+                "truncated": False,
+                "pseudonyms": [f"patient_id:{PSEUDONYM}", f"patient_id:{'cd' * 16}"],
+            },
         },
     )
     record(
@@ -184,8 +193,9 @@ def test_the_sections_name_the_people_agents_and_approvals(tmp_path: Path, perio
     assert f"{owner} name (1 columns), ssn (1 columns)" in phi
 
     accounting = " ".join(section(lines, SECTION_TITLES[4]))
-    assert "Patient-level accounting needs row identifiers" in accounting
     assert " ".join(PATIENT_ACCOUNTING_NOTE.split()[:12]) in accounting
+    assert f"{owner} clinic 2 by patient_id 1 0 -" in accounting, accounting
+    assert PSEUDONYM not in " ".join(lines)
     assert f"{owner} {agent} clinic public.patients 1 3" in accounting
 
     approvals = " ".join(section(lines, SECTION_TITLES[5]))

@@ -27,6 +27,7 @@ from policy.masking import (
     mask_value,
     text_bytes_mask,
 )
+from policy.patient_keys import KeysSeen, PatientAccess, patient_access, require_patient_key, tables_read
 
 TEXT_OID = 25
 MAX_INT32 = wire.MAX_INT32
@@ -283,3 +284,116 @@ def mask_frame(frame: bytes, plan: MaskingPlan, fields: tuple[FieldDescription, 
     """A DataRow frame masked straight to the frame the client is sent (for a relay that needs no DataRow):
     the same bytes as ``mask_row(DataRow.decode_body(frame[5:]), plan, fields).encode()``, at about half the cost."""
     return row_masker(plan, fields).mask_frame(frame)
+
+
+# ------------------------------------------------------------------------------------ accounting of disclosures
+
+
+class PatientReads:
+    """The patient keys one statement's rows carried, read from the DataRow frames as the upstream sent them
+    (before masking: the agent may see them masked), for the statement's outcome record (policy.patient_keys).
+
+    Made only for a result whose plan has a patient-key column (``of``), so a result without one costs the relay
+    nothing but a None test per run of rows. Each row is read in place up to its last key column: no copy, no
+    decoding of the other values. A simple Query's later results (``SELECT 1; SELECT id FROM patients``) carry on
+    in the same object (``next_result``): one statement, one record."""
+
+    __slots__ = ("columns", "key_columns", "seen")
+
+    def __init__(self) -> None:
+        self.seen = KeysSeen()
+        self.key_columns: dict[str, str] = {}  # output column name -> key name, over every result
+        self.columns: tuple[tuple[int, str, int], ...] = ()  # this result's (index, key name, binary type or 0)
+
+    @classmethod
+    def of(cls, plan: MaskingPlan | None, fields: tuple[FieldDescription, ...]) -> PatientReads | None:
+        """A reader for a result under ``plan``, or None when the result has no patient-key column."""
+        if plan is None or not plan.patient_keys:
+            return None
+        reads = cls()
+        reads.start(plan, fields)
+        return reads
+
+    def start(self, plan: MaskingPlan | None, fields: tuple[FieldDescription, ...]) -> None:
+        """Read the key columns of a new result (none, if its plan has none)."""
+        keys = plan.patient_keys if plan is not None else ()
+        columns = []
+        for index, key_name in keys:
+            if index >= len(fields):
+                continue
+            field = fields[index]
+            columns.append((index, key_name, field.type_oid if field.format == 1 else 0))
+            self.key_columns[field.name] = key_name
+        self.columns = tuple(columns)
+
+    def add_frame(self, frame: bytes) -> None:
+        self.add_run(frame, [len(frame)])
+
+    def add_run(self, run: bytes, ends: list[int]) -> None:
+        """The keys of consecutive DataRow frames (``RowMasker.mask_run``'s input). A malformed frame is skipped:
+        the masker, or the client's own parser, reports it."""
+        columns = self.columns
+        if not columns:
+            return
+        add = self.seen.add
+        start = 0
+        for stop in ends:
+            pos = start + 7
+            column = 0
+            try:
+                for index, key_name, binary_type in columns:
+                    while column < index:
+                        (length,) = _INT32_UNPACK(run, pos)
+                        pos += 4 + (length if length > 0 else 0)
+                        column += 1
+                    (length,) = _INT32_UNPACK(run, pos)
+                    end = pos + 4 + length
+                    if length >= 0 and end <= stop:
+                        if binary_type:
+                            self._add_binary(key_name, binary_type, run[pos + 4 : end])
+                        else:
+                            add(key_name, run[pos + 4 : end])
+                    pos = end if length > 0 else pos + 4
+                    column += 1
+            except struct.error:
+                pass
+            start = stop
+
+    def _add_binary(self, key_name: str, type_oid: int, raw: bytes) -> None:
+        """A key in binary format, by its text form (one patient, one pseudonym, in every format)."""
+        text = binary_to_text(type_oid, raw)
+        if text is None:
+            self.seen.truncated = True  # a type the gateway cannot read as text: say the list is incomplete
+        else:
+            self.seen.add(key_name, text.encode("utf-8"))
+
+
+_PATIENT_KEY: bytes | None = None
+
+
+def _patient_key() -> bytes:
+    global _PATIENT_KEY
+    if _PATIENT_KEY is None:
+        _PATIENT_KEY = require_patient_key()
+    return _PATIENT_KEY
+
+
+def result_patients(
+    decision: Decision | None, reads: PatientReads | None, rowcount: int, datasource: str
+) -> PatientAccess | None:
+    """What a statement's rows disclosed about patients, for its outcome record (audit.events.executed): the
+    pseudonyms of the keys ``reads`` collected, or the patient tables read when the result had no key column."""
+    if rowcount <= 0 or decision is None or decision.catalog is None or not decision.catalog.patient_keys:
+        return None
+    memo = decision.wire_memo
+    tables = memo.get("patient tables")
+    if tables is None:
+        tables = memo["patient tables"] = tables_read(decision.classification, decision.lineage, decision.catalog)
+    return patient_access(
+        datasource=datasource,
+        tables=tables,
+        key_columns=reads.key_columns if reads is not None else {},
+        seen=reads.seen if reads is not None else None,
+        rowcount=rowcount,
+        key=_patient_key(),
+    )

@@ -94,7 +94,15 @@ from gateway.wire.book import (
     statement_effects,
 )
 from gateway.wire.group import Membership, new_process_id
-from gateway.wire.results import ResultShape, mask_frame, masking_text, result_shape, row_masker
+from gateway.wire.results import (
+    PatientReads,
+    ResultShape,
+    mask_frame,
+    masking_text,
+    result_patients,
+    result_shape,
+    row_masker,
+)
 from gateway.wire.sign_in import (
     CONTROL_PLANE_MESSAGE,
     CONTROL_PLANE_UNAVAILABLE,
@@ -201,12 +209,18 @@ class ResultMeter:
     columns: list[str] = field(default_factory=list)
     preview: list[list[str | None]] = field(default_factory=list)
     masking_json: str = ""  # ``masking`` as audit details (audit.recorder.masking_details), when known already
+    patients: PatientReads | None = None  # the patient keys sent, when a result has a key column (results.py)
 
-    def next_result(self, masking: dict[str, dict[str, str]]) -> None:
+    def next_result(self, masking: dict[str, dict[str, str]], shape: ResultShape | None = None) -> None:
         """A further result of the same simple Query (``SELECT 1; SELECT 2``): one statement, one outcome record,
-        so its rows and masks add to this meter (the preview keeps the first rows sent)."""
+        so its rows, masks and patient keys add to this meter (the preview keeps the first rows sent)."""
         self.masking = {**self.masking, **masking}
         self.masking_json = ""
+        if shape is not None:
+            if self.patients is None:
+                self.patients = PatientReads.of(shape.plan, shape.fields)
+            else:
+                self.patients.start(shape.plan, shape.fields)
 
     def keep_preview(self, row: DataRow, fields: tuple[FieldDescription, ...]) -> None:
         """The first rows as sent (already masked), for session replay."""
@@ -1404,6 +1418,8 @@ class WireSession:
             run, ends = take_run(_DATA_ROW, FLUSH_BYTES - self.out_size)
             if not ends:
                 return
+            if meter.patients is not None:
+                meter.patients.add_run(run, ends)  # the keys as the upstream sent them (before masking)
             if masker is not None:
                 run = masker.mask_run(run, ends)  # a malformed row raises: the session ends, none of the run sent
             self.connection.send_frames(_DATA_ROW, len(ends))
@@ -1436,7 +1452,10 @@ class WireSession:
                 meter = relay.meter = ResultMeter(
                     masking=plan.describe([f.name for f in fields]) if plan else {},
                     columns=[f.name for f in fields],
+                    patients=PatientReads.of(plan, fields),
                 )
+            if meter.patients is not None:
+                meter.patients.add_frame(frame)
             if relay.masked:
                 assert relay.plan is not None
                 frame = mask_frame(frame, relay.plan, relay.fields)
@@ -1462,10 +1481,13 @@ class WireSession:
             if item.kind == "query":
                 if relay.meter is None:
                     relay.meter = ResultMeter(
-                        masking=shape.masking, columns=shape.columns, masking_json=shape.masking_json
+                        masking=shape.masking,
+                        columns=shape.columns,
+                        masking_json=shape.masking_json,
+                        patients=PatientReads.of(shape.plan, shape.fields),
                     )
                 else:
-                    relay.meter.next_result(shape.masking)
+                    relay.meter.next_result(shape.masking, shape)
             if show:
                 self.connection.send_frame(code)
                 out.append(shape.description)
@@ -1656,6 +1678,7 @@ class WireSession:
             result_sha256=meter.digest.hexdigest(),
             duration_ms=round(((meter.finished or time.monotonic()) - meter.started) * 1000, 2),
             preview={"columns": meter.columns, "rows": meter.preview},
+            patients=result_patients(item.statement_decision, meter.patients, meter.rows, self.datasource),
         )
         self.audit.submit_line(line, urgent=False)
 

@@ -32,6 +32,7 @@ from gateway.wire.server import WireServer, tls_context
 from phigate import envconfig
 from policy.credentials import Access, configured_datasources
 from policy.masking import require_pseudonym_key
+from policy.patient_keys import require_patient_key
 from policy.session_settings import SessionLimits
 
 log = logging.getLogger("gateway")
@@ -62,6 +63,7 @@ class Command(BaseCommand):
         if configured_datasources(Access.WRITE):
             raise ImproperlyConfigured("the gateway must not hold a write credential (DATASOURCE_*_WRITE_URL is set)")
         require_pseudonym_key()
+        require_patient_key()  # the accounting of disclosures: every result's patient keys are recorded with it
         if not configured_datasources(Access.READ):
             log.warning("no DATASOURCE_<NAME>_READ_URL is set: every statement will fail")
         for name in configured_datasources(Access.READ):  # a malformed limit stops the start, not a sign-in

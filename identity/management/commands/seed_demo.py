@@ -1,5 +1,5 @@
 """``manage.py seed_demo --datasource D --agent-name A --agent-owner U``: demo users, tokens, agent, PHI tags and
-the classification of every clinic table.
+the classification of every clinic table, and its patient keys (the accounting of disclosures).
 
 For ``make demo`` only. Prints one JSON object with the users' passwords and API tokens and the agent's token.
 Re-running rotates them all, unless ``--keep-from`` names the previous run's output: a password or token in it
@@ -21,12 +21,12 @@ from django.utils import timezone
 
 from audit.models import EventKind
 from audit.recorder import Context, record
-from demo.clinic import CLINIC_TABLES, PHI_TAGS
+from demo.clinic import CLINIC_TABLES, PATIENT_KEYS, PHI_TAGS
 from identity import tokens
 from identity.models import Agent, ApiToken
 from identity.principal import Principal
 from identity.roles import Role, grant_role
-from policy.models import ClassificationSource, ClassifiedRelation, DataSource, PhiColumn
+from policy.models import ClassificationSource, ClassifiedRelation, DataSource, PatientKeyColumn, PhiColumn
 
 DEMO_USERS = [
     ("alice", Role.REVIEWER),
@@ -120,6 +120,14 @@ class Command(BaseCommand):
                     table_name=tag.table,
                     column_name=tag.column,
                     defaults={"phi_type": tag.phi_type},
+                )
+            for patient_key in PATIENT_KEYS:
+                PatientKeyColumn.objects.update_or_create(
+                    datasource=datasource,
+                    schema_name="public",
+                    table_name=patient_key.table,
+                    column_name=patient_key.column,
+                    defaults={"key_name": patient_key.key_name},
                 )
             for table in CLINIC_TABLES:
                 ClassifiedRelation.objects.get_or_create(
