@@ -42,6 +42,7 @@ system-packages:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	DJANGO_SECRET_KEY=lint-only DATABASE_URL=postgresql://lint@127.0.0.1/lint $(VENV)/bin/mypy
 
 # pytest's temporary directories go to a fresh directory that is removed after a passing run (kept, and named,

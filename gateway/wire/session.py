@@ -347,6 +347,7 @@ class WireSession:
         self.batch_error: StatementError | None = None  # why the upstream skips the rest of the batch
         # While the fast path takes an extended-protocol batch: the answers its messages expect, in order.
         self.fast_batch: list[Expected] | None = None
+        self.fast_frames: dict[int, bytes] | None = None  # the batch's frames as the client sent them, by message id
 
     # ----------------------------------------------------------------------------------------------- lifecycle
 
@@ -577,7 +578,9 @@ class WireSession:
         """Send ``message`` upstream (at the next flush) and tell the relay what answers it: through the relay's
         queue, or, while the fast path takes a batch (``fast_batch``), to that batch's own list."""
         assert self.upstream is not None
-        self.upstream.send(message.encode())
+        # The client's own frame when the fast path has it (a message forwarded unchanged), else encoded.
+        frame = self.fast_frames.get(id(message)) if self.fast_frames is not None else None
+        self.upstream.send(frame if frame is not None else message.encode())
         if expected is not None:
             if self.fast_batch is not None:
                 self.fast_batch.append(expected)
@@ -1122,7 +1125,8 @@ class WireSession:
         loop's (``_forward_parse`` ...), only when every step is known in advance to need no wait: the Parse's
         decision is cached and ALLOWED, or the prepared statement's decision is ALLOWED and current. Nothing is
         changed before that is known; otherwise False, and the client loop takes the batch as usual."""
-        batch = _batch_messages(data)
+        frames: dict[int, bytes] = {}
+        batch = _batch_messages(data, frames)
         if batch is None:
             return False
         parse, bind, describe, execute = batch
@@ -1150,7 +1154,7 @@ class WireSession:
         if formats > 1 and formats != len(bind.params):
             return False  # malformed: the client loop has PostgreSQL's answer for it
         expected: list[Expected] = []
-        self.fast_batch = expected
+        self.fast_batch, self.fast_frames = expected, frames
         try:
             if parse is not None:
                 self.connection.receive(parse)
@@ -1167,7 +1171,7 @@ class WireSession:
             self.connection.receive(_SYNC)
             self._forward_sync()
         finally:
-            self.fast_batch = None
+            self.fast_batch, self.fast_frames = None, None
         upstream.flush()
         upstream.protocol.divert = self._fast_received
         first = expected[0]
@@ -1751,9 +1755,12 @@ def effects_of_cached_decision(decision: Decision, sql: str) -> tuple[Any, ...] 
     return memo
 
 
-def _batch_messages(data: bytes) -> tuple[Parse | None, Bind, Describe | None, Execute] | None:
+def _batch_messages(
+    data: bytes, frames: dict[int, bytes]
+) -> tuple[Parse | None, Bind, Describe | None, Execute] | None:
     """``data`` as exactly one ``[Parse] Bind [Describe portal] Execute Sync`` batch on the unnamed portal,
-    decoded; None for anything else (the client loop reads it, and reports what is malformed)."""
+    decoded; None for anything else (the client loop reads it, and reports what is malformed). ``frames`` gets
+    each message's frame as the client sent it, by the message's id (``WireSession._forward`` sends it as is)."""
     messages: list[Any] = []
     position, end = 0, len(data)
     while position < end:
@@ -1765,9 +1772,11 @@ def _batch_messages(data: bytes) -> tuple[Parse | None, Bind, Describe | None, E
         if kind is None or length < 4 or stop > end:
             return None
         try:
-            messages.append(kind.decode_body(data[position + 5 : stop]))
+            message = kind.decode_body(data[position + 5 : stop])
         except ProtocolError:
             return None
+        messages.append(message)
+        frames[id(message)] = data[position:stop]
         position = stop
     parse = messages.pop(0) if messages and isinstance(messages[0], Parse) else None
     describe = messages.pop(1) if len(messages) == 4 and isinstance(messages[1], Describe) else None
