@@ -59,8 +59,10 @@ from policy.errors import scrub_error
 from policy.lineage import ParseError, UnsupportedStatement, analyze
 from policy.lineage_masking import plan_for_result
 from policy.masking import require_pseudonym_key
+from policy.patient_keys import require_patient_key, rows_disclosed
 from policy.result_values import describe_columns, result_columns
 
+PATIENTS = "patients"  # the outcome record's accounting of disclosures (policy.patient_keys)
 log = logging.getLogger(__name__)
 
 NOTHING_CHANGED = "nothing was changed"
@@ -130,7 +132,11 @@ def _finish(
     error: StatementError | None,
     how: str,
 ) -> None:
-    """The ticket's end and its statement's outcome record, in one transaction. ``error``: why it failed."""
+    """The ticket's end and its statement's outcome record, in one transaction. ``error``: why it failed.
+    The outcome record of an executed read says which patients its stored rows name (the accounting of
+    disclosures: the requester reads those rows); the stored result the requester reads does not."""
+    result = dict(result) if result is not None else None
+    patients = result.pop(PATIENTS, None) if result is not None else None
     with transaction.atomic():
         changed = Ticket.objects.filter(pk=ticket.pk, status=Status.EXECUTING).update(
             status=status,
@@ -154,6 +160,7 @@ def _finish(
                 **masking_details((result or {}).get("masking", {})),
                 "preview": result_preview((result or {}).get("columns", []), (result or {}).get("rows", [])),
                 "truncated": (result or {}).get("truncated", False),
+                **({PATIENTS: patients} if patients else {}),
             },
             error=error,
         ).record()
@@ -179,6 +186,8 @@ def _masked_result_maker(ticket: Ticket, url: str):  # type: ignore[no-untyped-d
     key = require_pseudonym_key()
     requester = _principal(ticket)  # results are masked for whoever asked, not for the executor
     catalog = _catalogs.get(ticket.datasource.name, url)
+    if catalog.patient_keys:
+        require_patient_key()  # before anything runs: no result without its accounting of disclosures
     classification = classify(ticket.sql, catalog.functions, relations=catalog)
     try:
         lineage = analyze(ticket.sql, catalog)
@@ -187,7 +196,19 @@ def _masked_result_maker(ticket: Ticket, url: str):  # type: ignore[no-untyped-d
 
     def finish(raw: RawResult) -> dict[str, object]:
         plan = plan_for_result(raw.origins, classification, lineage, catalog, requester.identity_kind)
+        disclosed = rows_disclosed(
+            datasource=ticket.datasource.name,
+            classification=classification,
+            lineage=lineage,
+            catalog=catalog,
+            patient_keys=plan.patient_keys,
+            columns=raw.columns,
+            rows=raw.rows,
+        )
         return {
+            # Which patients the stored rows name (policy.patient_keys), for the outcome record only: ``_finish``
+            # takes it out of what the requester can read.
+            PATIENTS: disclosed.details() if disclosed is not None else None,
             "columns": raw.columns,
             # Types and masks per column: the result API gives values their JSON types from these (read_result).
             "column_types": describe_columns(result_columns(raw.columns, raw.type_oids, plan, catalog.types)),

@@ -132,9 +132,15 @@ def _reads(events: list[AuditEvent]) -> list[Read]:
         names = [str(name) for name in _member(details, "preview").get("columns") or []]
         columns = [(name, str(_member(masking, name).get("mask", "-"))) for name in names]
         key_columns = {str(k): str(v) for k, v in _member(_member(details, "patients"), "key_columns").items()}
-        link = details.get(LINK)
-        reads.append(Read(event, statements.get((event.session_id, str(link))), columns, key_columns))
+        reads.append(Read(event, statements.get(_statement_key(event)), columns, key_columns))
     return reads
+
+
+def _statement_key(event: AuditEvent) -> tuple[str, str]:
+    """What links a result to its statement's record: the session and statement id of a read; the ticket's
+    statement id alone for an approved statement (created in the agent's session, executed by a worker)."""
+    link = str((event.details or {}).get(LINK))
+    return ("", link) if event.kind == EventKind.TICKET_EXECUTED else (event.session_id or "", link)
 
 
 def _member(details: Any, name: str) -> dict[str, Any]:
@@ -148,10 +154,19 @@ def _statements_of(events: list[AuditEvent]) -> dict[tuple[str, str], AuditEvent
     condition = Q(pk=-1)
     for event in events:
         link = (event.details or {}).get(LINK)
-        if isinstance(link, str) and link:
-            condition |= Q(session_id=event.session_id, details__contains={LINK: link})
-    found = AuditEvent.objects.filter(kind=EventKind.QUERY_SUBMITTED).filter(condition)
-    return {(event.session_id, str((event.details or {}).get(LINK))): event for event in found}
+        if not (isinstance(link, str) and link):
+            continue
+        if event.kind == EventKind.TICKET_EXECUTED:
+            condition |= Q(kind=EventKind.TICKET_CREATED, details__contains={LINK: link})
+        else:
+            condition |= Q(kind=EventKind.QUERY_SUBMITTED, session_id=event.session_id, details__contains={LINK: link})
+    found = AuditEvent.objects.filter(condition)
+    return {
+        ("", str((e.details or {}).get(LINK)))
+        if e.kind == EventKind.TICKET_CREATED
+        else (e.session_id or "", str((e.details or {}).get(LINK))): e
+        for e in found
+    }
 
 
 @never_cache

@@ -254,6 +254,8 @@ class EvidenceSummary:
             )
         if event.get("ticket_id") is not None and kind.startswith("ticket."):
             self._ticket(int(event["ticket_id"]), kind, event, details, at, person_name, agent)
+        if kind == "ticket.executed" and isinstance(details.get("patients"), Mapping):
+            self._patients(event, details["patients"])  # an approved statement's rows, read by its requester
 
     def _executed(
         self,

@@ -286,6 +286,24 @@ def audit_coverage(statements: int, settle_seconds: float = 30) -> str:
     )
 
 
+def fast_path_share(health_port: int, processes: int) -> str:
+    """How many of the gateway's statements its fast paths answered (``GET /stats``, gateway.wire.stats)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/stats", timeout=5) as answer:
+            wire = json.load(answer)["wire"]
+    except OSError as exc:
+        return f"Fast paths: /stats did not answer ({exc})."
+    statements = wire["statements"] or 1
+    scope = " (process 0 of the group)" if processes > 1 else ""
+    return (
+        f"Fast paths{scope}: {wire['fast_queries']:,} simple Queries and {wire['fast_batches']:,} extended batches "
+        f"of {wire['statements']:,} statements ({(wire['fast_queries'] + wire['fast_batches']) / statements:.0%})."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
@@ -367,6 +385,8 @@ def main() -> None:
         gateway_env = {**os.environ, **env, "DATASOURCE_BENCH_READ_URL": read_url}
         if args.audit == "journal":
             gateway_env["AUDIT_JOURNAL_DIR"] = str(work / "journal")
+        health_port = free_port()
+        gateway_env["GATEWAY_HEALTH_PORT"] = str(health_port)
         gateway_env.pop("DATASOURCE_BENCH_WRITE_URL", None)
         gateway = subprocess.Popen(
             [
@@ -587,6 +607,7 @@ def main() -> None:
             print("\nFailures:\n\n" + "\n\n".join(failures))
         if "gateway" in selected:
             print("\n" + audit_coverage(gateway_statements))
+            print(fast_path_share(health_port, args.gateway_processes))
         if args.profile:
             mode, _, clients_text = args.profile_run.partition(":")
             print(

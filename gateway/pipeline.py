@@ -47,14 +47,7 @@ from policy.lineage_types import Derivation, Lineage, OutputColumn
 from policy.masking import MaskingPlan, require_pseudonym_key
 from policy.models import DataSource, InferenceAction
 from policy.parse_depth import TooDeep, parse_statements
-from policy.patient_keys import (
-    PatientAccess,
-    collect_text_rows,
-    named_key_columns,
-    patient_access,
-    require_patient_key,
-    tables_read,
-)
+from policy.patient_keys import PatientAccess, rows_disclosed
 from policy.result_values import JsonValue, describe_columns, result_columns, typed_rows
 from policy.target_catalog import TargetCatalog
 from policy.withholding import CannotWithhold, withheld_statement
@@ -534,15 +527,14 @@ def _patients_in(
 ) -> PatientAccess | None:
     """Which patients' rows the result carries (policy.patient_keys), from the raw values of its key columns."""
     assert decision.datasource is not None and decision.catalog is not None
-    if not rows or not decision.catalog.patient_keys:
-        return None
-    return patient_access(
+    return rows_disclosed(
         datasource=decision.datasource.name,
-        tables=tables_read(decision.classification, decision.lineage, decision.catalog),
-        key_columns=named_key_columns(plan.patient_keys, columns),
-        seen=collect_text_rows(plan.patient_keys, rows) if plan.patient_keys else None,
-        rowcount=len(rows),
-        key=require_patient_key(),
+        classification=decision.classification,
+        lineage=decision.lineage,
+        catalog=decision.catalog,
+        patient_keys=plan.patient_keys,
+        columns=columns,
+        rows=rows,
     )
 
 

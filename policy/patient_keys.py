@@ -208,3 +208,27 @@ def collect_text_rows(keys: Iterable[tuple[int, str]], rows: Iterable[Sequence[s
             if value is not None:
                 seen.add(key_name, value.encode("utf-8"))
     return seen
+
+
+def rows_disclosed(
+    *,
+    datasource: str,
+    classification: Classification | None,
+    lineage: Lineage | None,
+    catalog: TargetCatalog,
+    patient_keys: Sequence[tuple[int, str]],
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str | None]],
+) -> PatientAccess | None:
+    """The accounting of a result held as text rows (the HTTP and MCP fronts' reads, an approved statement's
+    stored result), from the raw values of its key columns (``patient_keys``: the masking plan's)."""
+    if not rows or not catalog.patient_keys:
+        return None
+    return patient_access(
+        datasource=datasource,
+        tables=tables_read(classification, lineage, catalog),
+        key_columns=named_key_columns(patient_keys, columns),
+        seen=collect_text_rows(patient_keys, rows) if patient_keys else None,
+        rowcount=len(rows),
+        key=require_patient_key(),
+    )

@@ -266,6 +266,48 @@ def test_every_front_records_the_patients_it_returned_and_the_look_up_finds_the_
     assert dict(read.columns)["full_name"] != "-" and read.key_columns == {"id": "patient_id", "mrn": "mrn"}
 
 
+def test_an_approved_statements_rows_are_accounted_to_its_requester_and_hidden_from_its_result(
+    services: Any,
+) -> None:
+    """A held statement that returns patients' rows (RETURNING) is run by the real worker once approved: its
+    outcome record (``ticket.executed``) names the patients, the look-up finds it with the ticket's statement,
+    and the result the requester reads carries no pseudonym."""
+    owner = make_user(Role.ENGINEER, name="owner")
+    _, token = make_agent(owner)
+    agent_api = api_client(token)
+    sql = "UPDATE patients SET phone = phone WHERE id = 5 RETURNING id, mrn, ssn"
+    response = agent_api.post(
+        "/api/v1/queries", {"datasource": "clinic", "sql": sql, "reason": "check patient 5"}, format="json"
+    )
+    assert response.status_code == 202, response.content
+    ticket_id = response.json()["ticket"]["id"]
+    review = user_client(make_user(Role.REVIEWER)).post(
+        f"/api/v1/tickets/{ticket_id}/reviews", {"decision": "approve", "comment": "ok"}, format="json"
+    )
+    assert review.status_code == 201, review.content
+    executed = wait_until(
+        lambda: AuditEvent.objects.filter(kind=EventKind.TICKET_EXECUTED, ticket_id=ticket_id).first(),
+        30,
+        what="the approved statement's outcome record",
+    )
+    ((mrn,),) = _clinic_rows("SELECT mrn FROM patients WHERE id = 5")
+    key = require_patient_key()
+    patients = executed.details["patients"]
+    assert patients["identified"] is True and patients["key_columns"] == {"id": "patient_id", "mrn": "mrn"}
+    assert patients["pseudonyms"] == sorted(
+        [pseudonym(key, "clinic", "patient_id", b"5"), pseudonym(key, "clinic", "mrn", str(mrn).encode())]
+    )
+    assert executed.actor_name == owner.get_username()
+    officer = make_user(Role.COMPLIANCE, name="officer")
+    found = list_disclosures(Principal(human=officer), Context(front="web"), "clinic", "mrn", str(mrn))
+    read = next(read for read in found.reads if read.event.pk == executed.pk)
+    assert read.statement is not None and read.statement.kind == EventKind.TICKET_CREATED
+    assert read.statement.statement == sql
+    result = agent_api.get(f"/api/v1/tickets/{ticket_id}/result")
+    assert result.status_code == 200, result.content
+    assert "patients" not in result.json() and patients["pseudonyms"][0].split(":")[1] not in result.content.decode()
+
+
 def test_a_read_without_a_key_column_is_recorded_as_not_identified(services: Any) -> None:
     owner = make_user(Role.ENGINEER, name="owner")
     agent, token = make_agent(owner)
