@@ -55,12 +55,14 @@ PYTEST_IN_SCRATCH = scratch=$$(mktemp -d "$${TMPDIR:-/tmp}/phigate-test.XXXXXX")
 	if [ $$status -eq 0 ]; then rm -rf "$$scratch"; else echo "test run failed; logs kept in $$scratch"; fi; \
 	exit $$status
 
-# Two workers (pytest-xdist, whole files per worker: module fixtures such as the browser stay in one process, and
-# each worker runs its own gateway, worker and databases) for everything but tests/faults, which then run alone:
+# Three workers (pytest-xdist; tests wait on processes and sockets much of the time, so three beat two on this
+# 2-core machine: 734 s for the parallel part against about 840), whole files per worker (module fixtures such as
+# the browser stay in one process, and each worker runs its own gateway, worker and databases) for everything but
+# tests/faults, which then run alone:
 # they stall the cluster's horizon, cut connections and kill processes, which must not land on a sibling's tests.
 # --no-loadscope-reorder keeps the collection order (tests/conftest.py puts the longest files first) rather than
 # xdist's order by number of tests, which starts the two longest files, of one or a few tests each, last.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 test: $(STAMP) services system-packages lint
 	@$(call PYTEST_IN_SCRATCH,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --ignore=tests/faults,tests/faults)
 
