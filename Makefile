@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NATIVE := $(VENV)/.native
 
-.PHONY: demo test lint services system-packages venv clean noninterference screenshots soak
+.PHONY: demo test lint services system-packages venv native clean noninterference screenshots soak
 
-venv: $(STAMP)
+venv: $(STAMP) $(NATIVE)
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +16,13 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The masked relay's innermost loop compiled with mypyc (gateway/wire/native_build.py); rebuilt when it changes.
+native: $(NATIVE)
+$(NATIVE): $(STAMP) gateway/wire/row_runs.py gateway/wire/native_build.py
+	$(PY) -m gateway.wire.native_build
+	touch $(NATIVE)
+
+demo: $(STAMP) $(NATIVE)
 	$(PY) -m demo.run
 
 # Start PostgreSQL and Redis when they are not already answering (commands from DEVELOPERS.md).
@@ -63,7 +70,7 @@ PYTEST_IN_SCRATCH = scratch=$$(mktemp -d "$${TMPDIR:-/tmp}/phigate-test.XXXXXX")
 # --no-loadscope-reorder keeps the collection order (tests/conftest.py puts the longest files first) rather than
 # xdist's order by number of tests, which starts the two longest files, of one or a few tests each, last.
 TEST_WORKERS ?= 3
-test: $(STAMP) services system-packages lint
+test: $(STAMP) $(NATIVE) services system-packages lint
 	@$(call PYTEST_IN_SCRATCH,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --ignore=tests/faults,tests/faults)
 
 # The README's screenshots (docs/screenshots/) are refreshed only on purpose, by this target; tests otherwise
@@ -87,4 +94,4 @@ soak: $(STAMP) services
 	$(PY) bench/soak.py --minutes $(MINUTES)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache gateway/wire/row_runs_native.*.so

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from typing import Any
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.pgwire.backend import DataRow, FieldDescription
-from gateway.wire import results
+from gateway.wire import results, row_runs
 from gateway.wire.results import MaskedRow, mask_frame, mask_row
 from policy.binary_text import binary_to_text
 from policy.masking import (
@@ -258,3 +259,42 @@ def test_a_run_of_rows_is_masked_as_each_row_is(
     except Exception as error:
         got = type(error)
     assert got == expected
+
+
+def test_the_compiled_row_loop_is_the_one_in_use() -> None:
+    """``make native`` (part of ``make venv`` and ``make test``) builds it from the source as it is."""
+    assert results.NATIVE_ROW_LOOP, "gateway/wire/row_runs_native is missing or stale: run make native"
+    assert results.mask_frames is not row_runs.mask_frames
+
+
+@settings(max_examples=1000, deadline=None)
+@given(result_rows(), st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=5), st.integers(0, 40))
+@example(
+    (DataRow((b"1", None)), MaskingPlan((None, ColumnMask(Mask.HASH, "mrn", "test"))), ()), [4], 0
+)  # a length word past the end of the run
+def test_the_compiled_loop_and_the_python_loop_agree(
+    case: tuple[DataRow, MaskingPlan, tuple[FieldDescription, ...]], picks: list[int], cut: int
+) -> None:
+    """Frame for frame, the same output, the same stop at the first malformed frame, the same error."""
+    row, plan, fields = case
+    whole = row.encode()
+    variants = [
+        whole,
+        whole[:5] + whole[5 : max(7, len(whole) - cut)],  # values that run past the frame's end
+        whole[:5] + b"\xff\xff" + whole[7:],  # the wrong column count
+        whole + b"\x00",  # a byte after the last value
+        whole[:7] + b"\x7f\xff\xff\xff",  # a length word that points past the run
+    ]
+    frames = [variants[pick] for pick in picks]
+    run = b"".join(frames)
+    ends = [sum(map(len, frames[: index + 1])) for index in range(len(frames))]
+    masks = results.row_masker(plan, fields).framed
+
+    def outcome(loop: Any) -> tuple[int, list[bytes]] | type[Exception]:
+        out: list[bytes] = []
+        try:
+            return loop(run, ends, 0, 0, masks, out), out
+        except Exception as error:
+            return type(error)
+
+    assert outcome(results.mask_frames) == outcome(row_runs.mask_frames)

@@ -7,13 +7,16 @@ plan. A column whose origin the policy cannot place is redacted (``_plan_for``: 
 
 from __future__ import annotations
 
+import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from audit.events import json_members, masking_details
 from gateway.pgwire import primitives as wire
 from gateway.pgwire.backend import DataRow, FieldDescription, RowDescription
 from gateway.pipeline import Decision
+from gateway.wire import native_build, row_runs
 from policy.binary_text import binary_to_text
 from policy.lineage_masking import plan_for_result
 from policy.masking import (
@@ -30,6 +33,23 @@ from policy.masking import (
 from policy.patient_keys import KeysSeen, PatientAccess, patient_access, require_patient_key, tables_read
 
 TEXT_OID = 25
+log = logging.getLogger(__name__)
+
+
+def _hot_loop() -> tuple[Callable[..., int], bool]:
+    """The row loop compiled by ``make native`` (gateway.wire.native_build) when it was built from the source as
+    it is now; else the same loop as Python. Returns it and whether it is the compiled one."""
+    try:
+        from gateway.wire import row_runs_native  # type: ignore[attr-defined]
+    except ImportError:
+        return row_runs.mask_frames, False
+    if getattr(row_runs_native, "SOURCE_SHA256", "") != native_build.source_digest():
+        log.warning("gateway/wire/row_runs_native is older than row_runs.py; the Python loop runs (make native)")
+        return row_runs.mask_frames, False
+    return row_runs_native.mask_frames, True
+
+
+mask_frames, NATIVE_ROW_LOOP = _hot_loop()
 MAX_INT32 = wire.MAX_INT32
 _INT32_PACK = wire.INT32.pack
 _UINT16_PACK = wire.UINT16.pack
@@ -189,49 +209,16 @@ class RowMasker:
         """Consecutive DataRow frames, ``run[0:ends[0]]``, ``run[ends[0]:ends[1]]`` and so on (as
         ``BackendParser.take_run`` gives them), masked and joined: what ``mask_frame`` gives each, in order.
 
-        The hottest loop of a masked read (issue 13): each frame is read in place (no copy, no call per frame)
-        and its bounds are checked once rather than per column. Positions only grow, so a frame is well formed
-        exactly when its last value ends where the frame does; a length word past the end of ``run`` raises
-        ``struct.error``. Otherwise the frame goes through ``DataRow.decode_body``, which raises what is wrong,
-        and the work done on it is dropped: a mask may have seen bytes of the next frame, never sent."""
-        masks = self.framed
-        count = len(masks)
+        The hottest loop of a masked read (issue 13) is ``gateway.wire.row_runs.mask_frames``, compiled when
+        built (``NATIVE_ROW_LOOP``): each frame read in place, its bounds checked once. A frame that is not well
+        formed goes through ``DataRow.decode_body`` here, which raises what is wrong; the work done on it is
+        dropped (a mask may have seen bytes of the next frame, never sent)."""
         masked: list[bytes] = []
-        emit = masked.append
-        start = 0
-        pos = 0
-        parts: list[bytes] = []
-        for stop in ends:
-            try:
-                if _UINT16_UNPACK(run, start + 5)[0] != count:
-                    pos = -1
-                else:
-                    parts = [run[start + 5 : start + 7]]
-                    add = parts.append
-                    pos = start + 7
-                    for mask in masks:
-                        (length,) = _INT32_UNPACK(run, pos)
-                        if length < 0:
-                            if length != -1:
-                                pos = -1
-                                break
-                            add(_NULL_LENGTH)
-                            pos += 4
-                            continue
-                        end = pos + 4 + length
-                        add(run[pos:end] if mask is None else mask(run[pos + 4 : end]))  # as it came, or masked
-                        pos = end
-            except struct.error:
-                pos = -1
-            if pos != stop:
-                emit(self._mask_decoded(run[start:stop]))  # raises what is wrong with the frame
-                start = stop
-                continue
-            body = b"".join(parts)
-            if len(body) > MAX_INT32 - 4:
-                raise ValueError(f"DataRow of {len(body) + 4} bytes is too large to frame")
-            emit(_HEADER_PACK(b"D", len(body) + 4) + body)
-            start = stop
+        index, total = 0, len(ends)
+        while (index := mask_frames(run, ends, index, ends[index - 1] if index else 0, self.framed, masked)) < total:
+            start = ends[index - 1] if index else 0
+            masked.append(self._mask_decoded(run[start : ends[index]]))  # raises what is wrong with the frame
+            index += 1
         return b"".join(masked)
 
     def _mask_decoded(self, frame: bytes) -> bytes:
