@@ -457,8 +457,8 @@ class SessionLines:
         )
         return self._line(EventKind.QUERY_EXECUTED, Outcome.SUCCESS, "", executed_summary(rowcount), details)
 
-    def failed(self, statement_id: str, error: StatementError) -> bytes:
-        details = _JSON.encode(failure_details(statement_id, error))
+    def failed(self, statement_id: str, error: StatementError, extra: Mapping[str, Any] | None = None) -> bytes:
+        details = _JSON.encode(failure_details(statement_id, error, extra))
         return self._line(EventKind.QUERY_FAILED, Outcome.FAILURE, "", error.message, details)
 
     def _line(self, kind: EventKind, outcome: Outcome, statement: str, summary: str, details: str) -> bytes:

@@ -254,7 +254,7 @@ class EvidenceSummary:
             )
         if event.get("ticket_id") is not None and kind.startswith("ticket."):
             self._ticket(int(event["ticket_id"]), kind, event, details, at, person_name, agent)
-        if kind == "ticket.executed" and isinstance(details.get("patients"), Mapping):
+        if kind in ("ticket.executed", "query.failed") and isinstance(details.get("patients"), Mapping):
             self._patients(event, details["patients"])  # an approved statement's rows, read by its requester
 
     def _executed(

@@ -101,7 +101,8 @@ class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
         """Results that carried the patient with this pseudonym (policy.patient_keys), newest first: containment
         of one pseudonym, which the details' GIN index (jsonb_path_ops) answers without reading other events."""
         return self.filter(
-            kind__in=(EventKind.QUERY_EXECUTED, EventKind.TICKET_EXECUTED),  # a read, or an approved statement's
+            # A read, one that failed after some rows went out, or an approved statement's stored rows.
+            kind__in=(EventKind.QUERY_EXECUTED, EventKind.QUERY_FAILED, EventKind.TICKET_EXECUTED),
             datasource=datasource,
             details__contains={"patients": {"pseudonyms": [pseudonym]}},
         ).order_by("-occurred_at", "-id")

@@ -308,6 +308,31 @@ def test_an_approved_statements_rows_are_accounted_to_its_requester_and_hidden_f
     assert "patients" not in result.json() and patients["pseudonyms"][0].split(":")[1] not in result.content.decode()
 
 
+def test_a_read_that_fails_after_some_rows_accounts_for_the_rows_that_went_out(services: Any) -> None:
+    """PostgreSQL sends rows as it makes them: a statement that fails on its fifth row has disclosed four
+    patients. Its one outcome record (``query.failed``) names them, and the look-up finds it."""
+    owner = make_user(Role.ENGINEER, name="owner")
+    agent, token = make_agent(owner)
+    sql = "SELECT id, mrn, 10 / (id - 5) AS ratio FROM patients WHERE id BETWEEN 1 AND 9 ORDER BY id"
+    with WireClient(services.gateway_port, agent.name, token) as client:
+        replies = client.query(sql)
+    sent = [int(message.values[0]) for message in replies if isinstance(message, DataRow)]  # type: ignore[arg-type]
+    assert sent == [1, 2, 3, 4], replies  # the rows before the error reached the client
+    failed = wait_until(
+        lambda: AuditEvent.objects.filter(kind=EventKind.QUERY_FAILED, agent=agent).first(), 15, what="the failure"
+    )
+    assert failed.details["sqlstate"] == "22012"
+    key = require_patient_key()
+    mrns = dict(_clinic_rows("SELECT id, mrn FROM patients WHERE id BETWEEN 1 AND 4"))
+    expected = [pseudonym(key, "clinic", "patient_id", str(n).encode()) for n in sent]
+    expected += [pseudonym(key, "clinic", "mrn", str(mrns[n]).encode()) for n in sent]
+    assert failed.details["patients"]["pseudonyms"] == sorted(expected)
+    officer = make_user(Role.COMPLIANCE, name="officer")
+    found = list_disclosures(Principal(human=officer), Context(front="web"), "clinic", "patient_id", "3")
+    assert any(read.event.pk == failed.pk for read in found.reads)
+    assert not AuditEvent.objects.filter(kind=EventKind.QUERY_EXECUTED, agent=agent).exists()  # one outcome
+
+
 def test_a_read_without_a_key_column_is_recorded_as_not_identified(services: Any) -> None:
     owner = make_user(Role.ENGINEER, name="owner")
     agent, token = make_agent(owner)

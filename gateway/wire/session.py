@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from approvals.params import StatementParams
-from audit.events import Context, SessionLines, StatementError, json_members, json_prefix
+from audit.events import Context, SessionLines, StatementError, json_members, json_prefix, patient_details
 from audit.preview import PREVIEW_ROWS, wire_value
 from audit.sinks import WireAuditSink, open_wire_audit_sink
 from gateway import control_plane
@@ -341,7 +341,7 @@ class WireSession:
         self.ending = False  # terminate() was called: a wait for approval stops
         self.out_size = 0  # bytes in ``out``: past FLUSH_BYTES they go to the socket, and backpressure is checked
         # Outcomes of statements whose last bytes were relayed, recorded once those bytes leave (``_flush_client``).
-        self.results_sent: list[tuple[Expected, ResultMeter | StatementError]] = []
+        self.results_sent: list[tuple[Expected, ResultMeter | StatementError, ResultMeter | None]] = []
         # Statements with a submitted record and no outcome record yet: each gets exactly one (``_settle``).
         self.unsettled: dict[str, Decision] = {}
         self.batch_error: StatementError | None = None  # why the upstream skips the rest of the batch
@@ -1372,14 +1372,15 @@ class WireSession:
 
     def _record_results(self) -> None:
         results, self.results_sent = self.results_sent, []
-        for item, outcome in results:
-            self._finish_audit(item, outcome)
+        for item, outcome, sent in results:
+            self._finish_audit(item, outcome, sent)
 
-    def _outcome(self, item: Expected, outcome: ResultMeter | StatementError) -> None:
+    def _outcome(self, item: Expected, outcome: ResultMeter | StatementError, sent: ResultMeter | None = None) -> None:
         """The statement's outcome, recorded once its last bytes leave. Only the first counts: a statement that
-        failed after some of its results (``SELECT 1; SELECT 1/0``) has failed, and has one outcome record."""
+        failed after some of its results (``SELECT 1; SELECT 1/0``) has failed, and has one outcome record.
+        ``sent``: for a failure, what had gone out before it (its rows still disclosed their patients)."""
         if self.unsettled.pop(item.statement_id, None) is not None:
-            self.results_sent.append((item, outcome))
+            self.results_sent.append((item, outcome, sent))
 
     def _settle_abandoned(self) -> None:
         """The session ended with statements in flight (the client or the upstream went away, a fault): each
@@ -1565,7 +1566,7 @@ class WireSession:
             error = self._statement_error(item.replacement if item.kind == "refusal" else message, item)
             self.batch_error = error
             if item.statement_id:
-                self._outcome(item, error)  # PostgreSQL's error, mid-statement or at once: the statement failed
+                self._outcome(item, error, relay.meter)  # PostgreSQL's error, mid-statement or at once: it failed
             if message.is_fatal:
                 self._write(self._scrub(message, item), item, always=True)
                 raise UpstreamError(message.fields.get("M", "the target database ended the session"))
@@ -1666,13 +1667,19 @@ class WireSession:
             return True
         return touches_phi(decision.classification, decision.catalog)
 
-    def _finish_audit(self, item: Expected, outcome: ResultMeter | StatementError) -> None:
-        """The statement's outcome record: what was sent (rows, masks, digest of the bytes) or why it failed.
+    def _finish_audit(
+        self, item: Expected, outcome: ResultMeter | StatementError, sent: ResultMeter | None = None
+    ) -> None:
+        """The statement's outcome record: what was sent (rows, masks, digest of the bytes) or why it failed;
+        a failure after rows went out says whose records those rows were (the accounting of disclosures).
         Queued, not waited for."""
         assert item.decision is not None
         lines = self._lines_for(item.decision)
         if isinstance(outcome, StatementError):
-            self.audit.submit_line(lines.failed(item.statement_id, outcome), urgent=False)
+            disclosed = None
+            if sent is not None and sent.rows:
+                disclosed = result_patients(item.statement_decision, sent.patients, sent.rows, self.datasource)
+            self.audit.submit_line(lines.failed(item.statement_id, outcome, patient_details(disclosed)), urgent=False)
             return
         meter = outcome
         line = lines.executed(
