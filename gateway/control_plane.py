@@ -42,7 +42,12 @@ def timeout_seconds() -> int:
 async def call(fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
     """``run(fn, ...)`` in a worker thread (which keeps the task's context variables), at most
     ``CONTROL_PLANE_TIMEOUT_SECONDS``: then TimeoutError (see the module docstring)."""
-    return await asyncio.wait_for(asyncio.to_thread(run, fn, *args, **kwargs), timeout=timeout_seconds())
+    bound = timeout_seconds()
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(run, fn, *args, **kwargs), timeout=bound)
+    except TimeoutError:
+        faults.dependency(faults.CONTROL_PLANE).down(f"no answer within {bound} s")  # one line per outage
+        raise
 
 
 def run(call: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:

@@ -157,7 +157,8 @@ class SessionLifecycle:
             try:
                 await self.check()
             except Exception as exc:  # a control-plane hiccup must not stop the watch; the next pass retries
-                if outages.outage_of(exc) == faults.CONTROL_PLANE:
+                # A control plane that does not answer within its bound (gateway.control_plane.call) is down too.
+                if isinstance(exc, TimeoutError) or outages.outage_of(exc) == faults.CONTROL_PLANE:
                     faults.dependency(faults.CONTROL_PLANE).down(exc)  # one line per outage, not one per pass
                 else:
                     log.warning("wire session watcher: check failed", exc_info=True)
