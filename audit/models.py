@@ -143,9 +143,11 @@ class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
         return self.filter(kind__in=[value for value in EventKind.values if value.startswith(f"{kind}.")])
 
     def hiding_searches_of(self, user: Any) -> AuditEventQuerySet:
-        """Without the ``audit.searched`` and ``audit.viewed`` events of this person: an officer's own look-ups
-        crowd out what they are looking for (each page view, each filter change and each event opened is one)."""
-        return self.exclude(Q(kind__in=[EventKind.AUDIT_SEARCHED, EventKind.AUDIT_VIEWED]) & Q(actor=user))
+        """Without the ``audit.searched``, ``audit.viewed`` and ``audit.disclosures_listed`` events of this person:
+        an officer's own look-ups crowd out what they are looking for (each page view, each filter change, each
+        event opened and each patient looked up is one)."""
+        own = [EventKind.AUDIT_SEARCHED, EventKind.AUDIT_VIEWED, EventKind.AUDIT_DISCLOSURES_LISTED]
+        return self.exclude(Q(kind__in=own) & Q(actor=user))
 
 
 class AuditEvent(models.Model):

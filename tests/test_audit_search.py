@@ -169,6 +169,19 @@ def test_the_callers_own_searches_are_hidden_unless_asked_for() -> None:
     assert officer_api.get("/api/v1/audit/events", {"own_searches": "yes"}).status_code == 400
 
 
+def test_the_callers_own_patient_look_ups_are_hidden_unless_asked_for() -> None:
+    officer = make_user(Role.COMPLIANCE)
+    officer_api = user_client(officer)
+    looked_up = officer_api.post(
+        "/api/v1/audit/disclosures", {"datasource": "clinic", "key_name": "patient_id", "key": "7"}, format="json"
+    )
+    assert looked_up.status_code == 200, looked_up.content
+    mine = {"kind": "audit.disclosures_listed", "actor": officer.username}
+    assert officer_api.get("/api/v1/audit/events", mine).json()["results"] == []
+    assert len(officer_api.get("/api/v1/audit/events", {**mine, "own_searches": "shown"}).json()["results"]) == 1
+    assert len(user_client(make_user(Role.COMPLIANCE)).get("/api/v1/audit/events", mine).json()["results"]) == 1
+
+
 def test_pages_go_both_ways_keeping_the_filters_while_events_arrive() -> None:
     owner = make_user(Role.ENGINEER)
     agent, agent_api = agent_client(owner)
