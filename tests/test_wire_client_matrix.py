@@ -783,10 +783,19 @@ def _pipeline_trace(dsn: str, bad: str) -> list[str]:
     return trace
 
 
+def _settled(trace: list[str]) -> list[str]:
+    """What does not depend on when the client hears of the error: psycopg raises it at the next ``execute`` if
+    the error has arrived by then, else at the pipeline's end, so whether the statement after it has a cursor
+    (whose fetch then fails) is timing, on any server. The rows of the statements before it and the session
+    after it are not."""
+    return [entry for entry in trace if entry.startswith(("rows:", "after:", "status:"))]
+
+
 def test_psycopg_pipeline_with_an_upstream_error_behaves_like_postgresql(services: Any, agent: dict[str, Any]) -> None:
     gateway = _pipeline_trace(agent["dsn"], "SELECT 1 / (id - id) FROM scratch WHERE id = 1")
-    assert gateway == _pipeline_trace(direct_dsn(services), "SELECT 1 / (id - id) FROM scratch WHERE id = 1")
-    assert "pipeline-error:22012" in gateway
+    direct = _pipeline_trace(direct_dsn(services), "SELECT 1 / (id - id) FROM scratch WHERE id = 1")
+    assert _settled(gateway) == _settled(direct)
+    assert "pipeline-error:22012" in gateway and "pipeline-error:22012" in direct
 
 
 def test_psycopg_pipeline_with_a_held_statement_behaves_like_an_error(services: Any, agent: dict[str, Any]) -> None:
@@ -797,9 +806,7 @@ def test_psycopg_pipeline_with_a_held_statement_behaves_like_an_error(services: 
     direct = _pipeline_trace(direct_dsn(services), held)
     assert "pipeline-error:HA001" in gateway
     assert "pipeline-error:25006" in direct  # the read role's sessions are read-only
-    assert [t for t in gateway if not t.startswith("pipeline-error")] == [
-        t for t in direct if not t.startswith("pipeline-error")
-    ]
+    assert _settled(gateway) == _settled(direct)
 
 
 def _named_cursor(dsn: str, binary: bool) -> list[Any]:

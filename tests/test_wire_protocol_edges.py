@@ -33,6 +33,7 @@ from gateway.pgwire.states import State
 from identity.roles import Role
 from tests import environment
 from tests.factories import make_agent, make_user
+from tests.services import wait_until
 from tests.wire_client import WireClient, WireClosed, WireTimeout, errors, of_type, rows, sqlstates, wire_text
 
 INT4_OID = 23
@@ -251,6 +252,32 @@ def test_fetch_from_an_unknown_cursor_is_34000(client) -> None:
     simple_ok(client, "BEGIN")
     replies = client.query("FETCH 1 FROM no_such_cursor")
     assert_refused_like_postgresql(replies, "34000", "no_such_cursor")
+
+
+def test_every_refusal_of_an_unknown_name_is_on_record_as_a_denial(agent, client) -> None:  # type: ignore[no-untyped-def]
+    """A client that guesses names is worth a reviewer's look: each refusal is a denial record of its own,
+    naming the protocol message (and the statement, for FETCH), in the agent's session."""
+    client.batch(Execute("guessed_portal", 0))
+    client.batch(Bind("p", "guessed_statement"), Execute("p", 0))
+    client.batch(Describe("S", "guessed_name"))
+    simple_ok(client, "BEGIN")
+    client.query("FETCH 1 FROM guessed_cursor")
+    client.query("ROLLBACK")
+
+    def denials() -> list[AuditEvent] | None:
+        found = list(AuditEvent.objects.filter(kind=EventKind.QUERY_DENIED, agent=agent["agent"]).order_by("id"))
+        return found if len(found) >= 4 else None
+
+    found = wait_until(denials, 15, what="four denial records")
+    assert [(e.details["protocol_message"], e.details["sqlstate"]) for e in found] == [
+        ("Execute", "34000"),
+        ("Bind", "26000"),
+        ("Describe", "26000"),
+        ("Query", "34000"),
+    ]
+    assert 'portal "guessed_portal" does not exist' in found[0].summary
+    assert found[3].statement == "FETCH 1 FROM guessed_cursor"
+    assert all(e.details["refusal"] == "unknown name" and e.outcome == "denied" for e in found)
 
 
 # --- 5. notices --------------------------------------------------------------------------------------------

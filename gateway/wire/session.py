@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from approvals.params import StatementParams
+from audit import events
 from audit.events import Context, SessionLines, StatementError, json_members, json_prefix, patient_details
 from audit.preview import PREVIEW_ROWS, wire_value
 from audit.sinks import WireAuditSink, open_wire_audit_sink
@@ -669,7 +670,7 @@ class WireSession:
         if effects and isinstance(effects[0], Fetch):
             cursor = self.book.portal(effects[0].name)
             if cursor is None:
-                await self._refuse(_no_cursor(effects[0].name), simple=True, drop_unnamed=("S", "P"))
+                await self._refuse_unknown(_no_cursor(effects[0].name), "Query", sql, simple=True)
                 return
             rows_decision = cursor.statement.decision
             decision = _fetching(decision, cursor)
@@ -737,7 +738,7 @@ class WireSession:
             return
         prepared = self.book.statement(effect.name)
         if prepared is None:
-            await self._refuse(_no_statement(effect.name), simple=True, drop_unnamed=("S", "P"))
+            await self._refuse_unknown(_no_statement(effect.name), "Query", sql, simple=True)
             return
         if not effect.constant_arguments:
             await self._refuse(EXECUTE_NEEDS_LITERALS, simple=True, drop_unnamed=("S", "P"))
@@ -802,6 +803,22 @@ class WireSession:
             reply = Outgoing(outcome, ready_for_query=simple, in_batch=not simple, done=self._future())
             self.queue.put_nowait(reply)
             await self._relayed(reply)
+
+    async def _refuse_unknown(self, error: ErrorResponse, message: str, sql: str = "", *, simple: bool = False) -> None:
+        """A message that names a statement, portal or cursor the server does not have (as far as the book knows):
+        refused with PostgreSQL's SQLSTATE (fail closed), and recorded as a denial, since a client that guesses
+        names is worth a reviewer's look. No row was read: the record is deferred, not waited for."""
+        assert self.principal is not None
+        denial = events.refused(
+            self.principal,
+            self.context,
+            datasource=self.datasource,
+            statement=sql,
+            summary=f"refused: {error.fields.get('M', '')} ({message})",
+            details={"sqlstate": error.fields.get("C", ""), "protocol_message": message, "refusal": "unknown name"},
+        )
+        self.audit.submit_line(denial.line(), urgent=False)
+        await self._refuse(error, simple=simple, drop_unnamed=("S", "P") if simple else ())
 
     async def _refuse(self, error: ErrorResponse, *, simple: bool, drop_unnamed: tuple[str, ...] = ()) -> None:
         """Fail the statement the way PostgreSQL fails one, upstream included.
@@ -885,7 +902,7 @@ class WireSession:
     async def _bind(self, message: Bind) -> None:
         statement = self.book.statement(message.statement)
         if statement is None:
-            await self._refuse(_no_statement(message.statement), simple=False)
+            await self._refuse_unknown(_no_statement(message.statement), "Bind")
             return
         self._forward_bind(message, statement)
 
@@ -906,13 +923,13 @@ class WireSession:
         if message.kind == "S":
             statement = self.book.statement(message.name)
             if statement is None:
-                await self._refuse(_no_statement(message.name), simple=False)
+                await self._refuse_unknown(_no_statement(message.name), "Describe")
                 return
             self._forward(message, Expected("describe_statement", statement=statement))
             return
         portal = self.book.portal(message.name)
         if portal is None:
-            await self._refuse(_no_portal(message.name), simple=False)
+            await self._refuse_unknown(_no_portal(message.name), "Describe")
             return
         self._forward_describe_portal(message, portal)
 
@@ -932,7 +949,7 @@ class WireSession:
     async def _execute(self, message: Execute) -> None:
         portal = self.book.portal(message.portal)
         if portal is None:
-            await self._refuse(_no_portal(message.portal), simple=False)
+            await self._refuse_unknown(_no_portal(message.portal), "Execute")
             return
         if portal.cursor:
             await self._execute_cursor(message, portal)
@@ -963,7 +980,7 @@ class WireSession:
         if effects and isinstance(effects[0], Fetch):
             cursor = self.book.portal(effects[0].name)
             if cursor is None:
-                await self._refuse(_no_cursor(effects[0].name), simple=False)
+                await self._refuse_unknown(_no_cursor(effects[0].name), "Execute", portal.statement.sql)
                 return
         self._forward_execute(message, portal, decision, cursor)
 
