@@ -136,11 +136,15 @@ def _reads(events: list[AuditEvent]) -> list[Read]:
     return reads
 
 
+_TICKET_KINDS = (EventKind.TICKET_CREATED, EventKind.TICKET_EXECUTED)
+
+
 def _statement_key(event: AuditEvent) -> tuple[str, str]:
-    """What links a result to its statement's record: the session and statement id of a read; the ticket's
-    statement id alone for an approved statement (created in the agent's session, executed by a worker)."""
+    """What links a result to its statement's record, the same on both: the session and statement id of a read;
+    the ticket's statement id alone for an approved statement (created in the agent's session, executed by a
+    worker)."""
     link = str((event.details or {}).get(LINK))
-    return ("", link) if event.kind == EventKind.TICKET_EXECUTED else (event.session_id or "", link)
+    return ("", link) if event.kind in _TICKET_KINDS else (event.session_id or "", link)
 
 
 def _member(details: Any, name: str) -> dict[str, Any]:
@@ -160,13 +164,7 @@ def _statements_of(events: list[AuditEvent]) -> dict[tuple[str, str], AuditEvent
             condition |= Q(kind=EventKind.TICKET_CREATED, details__contains={LINK: link})
         else:
             condition |= Q(kind=EventKind.QUERY_SUBMITTED, session_id=event.session_id, details__contains={LINK: link})
-    found = AuditEvent.objects.filter(condition)
-    return {
-        ("", str((e.details or {}).get(LINK)))
-        if e.kind == EventKind.TICKET_CREATED
-        else (e.session_id or "", str((e.details or {}).get(LINK))): e
-        for e in found
-    }
+    return {_statement_key(found): found for found in AuditEvent.objects.filter(condition)}
 
 
 @never_cache

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 MEMBER_SHIFT = 24  # a process id is (member index << 24) | 24 random bits: 127 members at most, ids stay positive
 MAX_MEMBERS = (1 << (31 - MEMBER_SHIFT)) - 1
 GROUP_ENV = "PHIGATE_GATEWAY_GROUP"  # set by the supervisor for its members: the names of the group's sockets
+MEMBERS_ENV = "PHIGATE_GATEWAY_MEMBERS"  # how many members the group has (cancel keys name one of them)
 SUPERVISOR_ENV = "PHIGATE_GATEWAY_SUPERVISOR"  # the supervisor's pid, for a member to notice it is orphaned
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
 STABLE_SECONDS = 30.0  # a member that ran this long before exiting is restarted without back-off
@@ -86,7 +87,7 @@ class Membership:
         group = os.environ.get(GROUP_ENV, "")
         if index is None or not group:
             return cls()
-        count = int(os.environ.get("PHIGATE_GATEWAY_MEMBERS", "1"))
+        count = int(os.environ.get(MEMBERS_ENV, "1"))
         return cls(index=index, count=count, group=group, claims=SeatClaims(_address(group, "seats")))
 
     def forward_cancel(self, process_id: int, secret: bytes) -> bool:
@@ -294,7 +295,7 @@ class Supervisor:
         env = {
             **os.environ,
             GROUP_ENV: self.group,
-            "PHIGATE_GATEWAY_MEMBERS": str(self.count),
+            MEMBERS_ENV: str(self.count),
             SUPERVISOR_ENV: str(os.getpid()),
         }
         member.process = await asyncio.create_subprocess_exec(*self.member_argv(member.index), env=env)

@@ -595,6 +595,11 @@ class WireSession:
         """A cached ALLOWED decision for this statement shape under the current catalog snapshot, if any."""
         return self.decisions.lookup(self._cache_scope, sql, self.runtime.catalogs.peek(self.datasource))
 
+    def _outdated(self, decision: Decision) -> bool:
+        """A prepared statement's decision made under another catalog snapshot than the current one: tags,
+        classification or rules may have changed since its Parse, so it is judged again before it runs."""
+        return decision.catalog is not self.runtime.catalogs.peek(self.datasource)
+
     async def _decide(self, sql: str, params: StatementParams | None = None) -> Decision:
         assert self.principal is not None and self.upstream is not None
         cached, shape = self._cached(sql)
@@ -744,7 +749,7 @@ class WireSession:
             await self._refuse(EXECUTE_NEEDS_LITERALS, simple=True, drop_unnamed=("S", "P"))
             return
         decision = prepared.decision
-        if decision is not EMPTY_STATEMENT and decision.catalog is not self.runtime.catalogs.peek(self.datasource):
+        if decision is not EMPTY_STATEMENT and self._outdated(decision):
             current = await self._decide_at_parse(prepared.sql)  # the policy may have changed since the PREPARE
             if current.verdict == "allowed" and current.run_sql != decision.run_sql:
                 current = dataclasses.replace(current, verdict="held")  # what the server holds is no longer it
@@ -958,7 +963,7 @@ class WireSession:
         if decision is EMPTY_STATEMENT:
             self._forward(message, Expected("execute", portal=portal))  # EmptyQueryResponse: nothing is read
             return
-        if decision.catalog is not self.runtime.catalogs.peek(self.datasource):
+        if self._outdated(decision):
             # Decided under an older snapshot: tags, classification or rules may have changed since Parse (a
             # prepared statement lives as long as the session), so the statement is judged again.
             current = await self._decide_at_parse(portal.statement.sql)
@@ -1159,7 +1164,7 @@ class WireSession:
             if statement is None:
                 return False
             decision, sql = statement.decision, statement.sql
-            if decision is EMPTY_STATEMENT or decision.catalog is not self.runtime.catalogs.peek(self.datasource):
+            if decision is EMPTY_STATEMENT or self._outdated(decision):
                 return False
         if (
             decision is None
